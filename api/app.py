@@ -1,0 +1,94 @@
+"""The Starlette application: /graphql (HTTP, websockets, GraphiQL), /healthz, /readyz.
+
+Build it with `create_app(settings)`; uvicorn runs it with `--factory api.app:create_app`.
+Connections are made in the lifespan, never at import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import sqlalchemy as sa
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
+
+from api.context import Context, Services
+from api.schema import schema
+from taskrunner import queue
+from taskrunner.config import Settings, get_settings
+from taskrunner.db import create_engine
+from taskrunner.streams import EventHub
+
+
+class GraphQLApp(GraphQL[Context, None]):
+    async def get_context(
+        self, request: Request | WebSocket, response: Response | WebSocket
+    ) -> Context:
+        services: Services = request.app.state.services
+        return Context(services=services)
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    engine = create_engine(settings.require_database_url())
+    redis = await queue.connect(settings.require_redis_url(), settings.queue_name)
+    hub = EventHub(redis)
+    await hub.start()
+    app.state.services = Services(settings=settings, engine=engine, redis=redis, hub=hub)
+    try:
+        yield
+    finally:
+        await hub.stop()
+        await redis.aclose()
+        await engine.dispose()
+
+
+async def healthz(request: Request) -> Response:
+    """The process is up."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """PostgreSQL and Redis answer."""
+    services: Services = request.app.state.services
+    checks: dict[str, Any] = {}
+    try:
+        async with services.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+        checks["postgres"] = "ok"
+    except Exception as exc:
+        checks["postgres"] = f"error: {exc}"
+    try:
+        await services.redis.ping()
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"error: {exc}"
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    graphql = GraphQLApp(
+        schema,
+        graphql_ide="graphiql",
+        subscription_protocols=[GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL],
+    )
+    app = Starlette(
+        routes=[
+            Route("/graphql", graphql, methods=["GET", "POST"]),
+            WebSocketRoute("/graphql", graphql),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+        ],
+        lifespan=_lifespan,
+    )
+    app.state.settings = settings or get_settings()
+    return app

@@ -1,0 +1,58 @@
+"""Maps failures onto the contract's error codes, in one place.
+
+- a `TaskrunnerError` raised by a resolver keeps its message; graphql-core copies its
+  `extensions` (code, field) onto the error;
+- an error GraphQL itself found (unknown field, wrong type, a @oneOf with two members)
+  gets code BAD_INPUT;
+- anything else is unexpected: the client sees "internal error" and an id to quote, the
+  server logs the traceback under that id.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+
+from graphql import ExecutionResult as GraphQLExecutionResult
+from graphql.error import GraphQLError
+from strawberry.extensions import SchemaExtension
+from strawberry.types.execution import ExecutionResult
+
+from taskrunner.errors import TaskrunnerError
+
+log = logging.getLogger(__name__)
+
+
+def classify(error: GraphQLError) -> GraphQLError:
+    """The error as clients should see it."""
+    original = error.original_error
+    if isinstance(original, TaskrunnerError):
+        return error
+    if original is None:
+        if not (error.extensions or {}).get("code"):
+            error.extensions = {**(error.extensions or {}), "code": "BAD_INPUT"}
+        return error
+    if isinstance(original, GraphQLError) and original.original_error is None:
+        return classify(original)
+    incident = uuid.uuid4().hex[:12]
+    log.error("unexpected error %s at %s", incident, error.path, exc_info=original)
+    return GraphQLError(
+        f"internal error (incident {incident}); it was logged, please report it",
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        extensions={"code": "INTERNAL", "incident": incident},
+    )
+
+
+class ErrorCodes(SchemaExtension):
+    def on_operation(self) -> Iterator[None]:
+        yield
+        result = self.execution_context.result
+        if isinstance(result, GraphQLExecutionResult | ExecutionResult) and result.errors:
+            result.errors = [classify(e) for e in result.errors]
+        pre = self.execution_context.pre_execution_errors
+        if pre:
+            self.execution_context.pre_execution_errors = [classify(e) for e in pre]

@@ -1,0 +1,130 @@
+"""Task inputs derived from the worker catalog: one GraphQL input per task type, joined in
+the `@oneOf` `TaskSpecInput`, and their validation into `Submission`s."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import strawberry
+from pydantic import ValidationError
+from strawberry.experimental.pydantic import input as pydantic_input
+
+from api.types import TaskOptionsInput
+from taskrunner.config import Settings
+from taskrunner.errors import BadInput
+from taskrunner.tasks import Submission
+from workers.catalog import TaskType, catalog
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p.title() for p in rest)
+
+
+def _graphql_input(task_type: TaskType) -> type:
+    name = "".join(p.title() for p in task_type.name.split("_")) + "Input"
+    shell = type(name, (), {"__doc__": task_type.description})
+    return pydantic_input(
+        model=task_type.input_model, name=name, all_fields=True, description=task_type.description
+    )(shell)
+
+
+INPUT_TYPES: dict[str, type] = {name: _graphql_input(t) for name, t in catalog().items()}
+
+TaskSpecInput: Any = strawberry.input(
+    type(
+        "TaskSpecInput",
+        (),
+        {
+            "__annotations__": {name: t | None for name, t in INPUT_TYPES.items()},
+            **{name: strawberry.UNSET for name in INPUT_TYPES},
+        },
+    ),
+    one_of=True,
+    description="The task to run: exactly one field, named for its task type.",
+)
+
+
+@strawberry.input(description="One task of a batch: what to run and how.")
+class TaskSubmissionInput:
+    task: TaskSpecInput
+    options: TaskOptionsInput | None = None
+
+
+def _pydantic_errors(exc: ValidationError, prefix: str) -> BadInput:
+    parts = []
+    first_field = prefix
+    for err in exc.errors():
+        where = ".".join([prefix, *(_camel(str(p)) for p in err["loc"])])
+        first_field = first_field if parts else where
+        parts.append(f"{where}: {err['msg']}")
+    return BadInput("; ".join(parts), field=first_field)
+
+
+def to_submission(
+    spec: Any, options: TaskOptionsInput | None, settings: Settings, *, path: str = "task"
+) -> Submission:
+    """Validate one spec and its options against the catalog and the limits."""
+    chosen = [(name, getattr(spec, name)) for name in INPUT_TYPES if getattr(spec, name)]
+    if len(chosen) != 1:  # @oneOf makes this unreachable from GraphQL; kept for direct calls
+        raise BadInput(f"{path}: give exactly one of {', '.join(INPUT_TYPES)}", field=path)
+    name, value = chosen[0]
+    task_type = catalog()[name]
+    raw = strawberry.asdict(value)
+    try:
+        model = task_type.input_model.model_validate(
+            raw, context={"max_runtime_seconds": settings.task_max_runtime_seconds}
+        )
+    except ValidationError as exc:
+        raise _pydantic_errors(exc, f"{path}.{name}") from None
+    opts = options or TaskOptionsInput()
+    return Submission(
+        type=name,
+        input=model.model_dump(mode="json"),
+        timeout_seconds=_timeout(opts, settings),
+        scheduled_for=_not_before(opts),
+        idempotency_key=_idempotency_key(opts),
+        labels=tuple(dict.fromkeys(opts.labels or ())),
+    )
+
+
+def _timeout(opts: TaskOptionsInput, settings: Settings) -> int:
+    limit = settings.task_max_runtime_seconds
+    if opts.timeout_seconds is None:
+        return min(settings.task_default_timeout_seconds, limit)
+    if not 1 <= opts.timeout_seconds <= limit:
+        raise BadInput(
+            f"options.timeoutSeconds: must be between 1 and TASK_MAX_RUNTIME_SECONDS ({limit}), "
+            f"got {opts.timeout_seconds}",
+            field="options.timeoutSeconds",
+        )
+    return opts.timeout_seconds
+
+
+def _not_before(opts: TaskOptionsInput) -> datetime | None:
+    if opts.run_at is not None and opts.delay_seconds is not None:
+        raise BadInput(
+            "options: give runAt or delaySeconds, not both", field="options.delaySeconds"
+        )
+    if opts.delay_seconds is not None:
+        if opts.delay_seconds < 0:
+            raise BadInput(
+                f"options.delaySeconds: must be >= 0, got {opts.delay_seconds}",
+                field="options.delaySeconds",
+            )
+        return datetime.now(UTC) + timedelta(seconds=opts.delay_seconds)
+    if opts.run_at is not None and opts.run_at.tzinfo is None:
+        raise BadInput(
+            "options.runAt: give a time zone, e.g. 2030-01-01T12:00:00Z", field="options.runAt"
+        )
+    return opts.run_at
+
+
+def _idempotency_key(opts: TaskOptionsInput) -> str | None:
+    key = opts.idempotency_key
+    if key is not None and not 1 <= len(key) <= 200:
+        raise BadInput(
+            "options.idempotencyKey: must be 1 to 200 characters", field="options.idempotencyKey"
+        )
+    return key

@@ -1,0 +1,197 @@
+"""The Strawberry schema: queries, mutations and subscriptions of the contract."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncGenerator
+from typing import Annotated, Any
+
+import strawberry
+from strawberry.scalars import JSON
+
+from api.context import Info
+from api.errors import ErrorCodes
+from api.inputs import TaskSpecInput, TaskSubmissionInput, to_submission
+from api.types import (
+    LogAppended,
+    PageInfo,
+    ProgressReported,
+    StatusChanged,
+    Task,
+    TaskConnection,
+    TaskEdge,
+    TaskEvent,
+    TaskFilter,
+    TaskOptionsInput,
+    TaskType,
+    event_type,
+)
+from taskrunner import streams
+from taskrunner import tasks as ops
+from taskrunner.errors import BadInput, LimitExceeded
+from taskrunner.events import decode_cursor
+from taskrunner.states import TaskStatus
+from workers.catalog import catalog
+
+MAX_PAGE = 100
+
+
+def _task_id(value: strawberry.ID, field: str = "id") -> uuid.UUID:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise BadInput(
+            f"{field}: {value!r} is not a task id; task ids are UUIDs returned by submitTask",
+            field=field,
+        ) from None
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="One task by id; null when there is none.")
+    async def task(self, info: Info, id: strawberry.ID) -> Task | None:
+        try:
+            task_id = uuid.UUID(str(id))
+        except ValueError:
+            return None
+        row = await ops.get(
+            engine=info.context.services.engine, task_id=task_id, owner=info.context.owner
+        )
+        return Task.from_row(row) if row else None
+
+    @strawberry.field(description="Your tasks, newest first, `first` (<= 100) at a time.")
+    async def tasks(
+        self,
+        info: Info,
+        filter: TaskFilter | None = None,
+        first: int | None = 20,
+        after: str | None = None,
+    ) -> TaskConnection:
+        if first is None or not 1 <= first <= MAX_PAGE:
+            raise BadInput(f"first: must be between 1 and {MAX_PAGE}, got {first}", field="first")
+        f = filter or TaskFilter()
+        page = await ops.list_tasks(
+            engine=info.context.services.engine,
+            owner=info.context.owner,
+            filter=ops.TaskFilter(
+                status=tuple(TaskStatus(s) for s in f.status or ()),
+                type=tuple(f.type or ()),
+                label=f.label,
+                created_after=f.created_after,
+                created_before=f.created_before,
+            ),
+            first=first,
+            after=after,
+        )
+        edges = [TaskEdge(cursor=page.cursor_of(t), node=Task.from_row(t)) for t in page.tasks]
+        return TaskConnection(
+            edges=edges,
+            page_info=PageInfo(
+                has_next_page=page.has_next_page,
+                end_cursor=edges[-1].cursor if edges else None,
+            ),
+        )
+
+    @strawberry.field(description="The kinds of task you can submit, with their input schemas.")
+    def task_types(self) -> list[TaskType]:
+        return [
+            TaskType(
+                name=t.name,
+                description=t.description,
+                input_schema=t.input_model.model_json_schema(),
+            )
+            for t in catalog().values()
+        ]
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(description="Submit one task; it is QUEUED when this returns.")
+    async def submit_task(
+        self, info: Info, task: TaskSpecInput, options: TaskOptionsInput | None = None
+    ) -> Task:
+        services = info.context.services
+        submission = to_submission(task, options, services.settings)
+        (row,) = await ops.submit(
+            engine=services.engine,
+            redis=services.redis,
+            pool=services.redis,
+            owner=info.context.owner,
+            submissions=[submission],
+        )
+        return Task.from_row(row)
+
+    @strawberry.mutation(description="Submit up to MAX_BATCH_SIZE tasks, all or none.")
+    async def submit_tasks(self, info: Info, tasks: list[TaskSubmissionInput]) -> list[Task]:
+        services = info.context.services
+        limit = services.settings.max_batch_size
+        if not 1 <= len(tasks) <= limit:
+            raise LimitExceeded(
+                f"tasks: give 1 to MAX_BATCH_SIZE ({limit}) submissions, got {len(tasks)}; "
+                "split the batch",
+                field="tasks",
+            )
+        submissions = [
+            to_submission(item.task, item.options, services.settings, path=f"tasks[{i}].task")
+            for i, item in enumerate(tasks)
+        ]
+        rows = await ops.submit(
+            engine=services.engine,
+            redis=services.redis,
+            pool=services.redis,
+            owner=info.context.owner,
+            submissions=submissions,
+        )
+        return [Task.from_row(r) for r in rows]
+
+    @strawberry.mutation(
+        description="Cancel a QUEUED task (it never runs) or a RUNNING one (it is interrupted)."
+    )
+    async def cancel_task(self, info: Info, id: strawberry.ID) -> Task:
+        services = info.context.services
+        row = await ops.cancel(
+            engine=services.engine,
+            redis=services.redis,
+            pool=services.redis,
+            task_id=_task_id(id),
+            owner=info.context.owner,
+        )
+        return Task.from_row(row)
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(
+        description="A task's events after `after` (all when omitted), then live ones; "
+        "completes after the terminal StatusChanged."
+    )
+    async def task_updates(
+        self,
+        info: Info,
+        id: strawberry.ID,
+        after: Annotated[
+            str | None, strawberry.argument(description="The cursor of the last event you got.")
+        ] = None,
+    ) -> AsyncGenerator[TaskEvent, None]:
+        services = info.context.services
+        task_id = _task_id(id)
+        await ops.require(engine=services.engine, task_id=task_id, owner=info.context.owner)
+        after_id = decode_cursor(after) if after else None
+        async for event in streams.task_events(
+            engine=services.engine,
+            hub=services.hub,
+            task_id=task_id,
+            after_id=after_id,
+            quiet_seconds=services.settings.stream_quiet_seconds,
+        ):
+            yield event_type(event)
+
+
+schema = strawberry.Schema(
+    query=Query,
+    mutation=Mutation,
+    subscription=Subscription,
+    types=[StatusChanged, ProgressReported, LogAppended],
+    extensions=[ErrorCodes],
+    scalar_overrides={dict[str, Any]: JSON},
+)

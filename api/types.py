@@ -1,0 +1,198 @@
+"""GraphQL types of the contract (DESIGN.md). Names here are binding for clients."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+import strawberry
+from strawberry.scalars import JSON
+
+from api.context import Info
+from taskrunner import tasks
+from taskrunner.events import Event, EventKind, decode_cursor, encode_cursor
+from taskrunner.models import Task as TaskRow
+from taskrunner.states import TaskStatus as DomainStatus
+
+TaskStatus = strawberry.enum(
+    DomainStatus,
+    description="Where a task is in its life: QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED.",
+)
+
+
+@strawberry.type(description="Why a task failed: a machine-readable code and a message.")
+class TaskError:
+    code: str
+    message: str
+
+
+@strawberry.interface(description="Something that happened to a task, in order.")
+class TaskEvent:
+    cursor: str = strawberry.field(
+        description="Pass as `after` to resume after this event (ordered per task)."
+    )
+    task_id: strawberry.ID
+    at: datetime
+
+
+@strawberry.type(description="The task moved to `status`.")
+class StatusChanged(TaskEvent):
+    status: TaskStatus
+    error: TaskError | None = None
+    result: JSON | None = None
+
+
+@strawberry.type(description="The task reported progress in [0, 1].")
+class ProgressReported(TaskEvent):
+    progress: float
+    message: str | None = None
+
+
+@strawberry.type(description="The task wrote a log line.")
+class LogAppended(TaskEvent):
+    level: str
+    line: str
+
+
+def event_type(event: Event) -> TaskEvent:
+    """The GraphQL object for one stored event."""
+    common: dict[str, Any] = {
+        "cursor": encode_cursor(event.id),
+        "task_id": strawberry.ID(str(event.task_id)),
+        "at": event.at,
+    }
+    data = event.data
+    if event.kind is EventKind.STATUS:
+        error = data.get("error")
+        return StatusChanged(
+            **common,
+            status=DomainStatus(data["status"]),
+            error=TaskError(**error) if error else None,
+            result=data.get("result"),
+        )
+    if event.kind is EventKind.PROGRESS:
+        return ProgressReported(**common, progress=data["progress"], message=data.get("message"))
+    return LogAppended(**common, level=data["level"], line=data["line"])
+
+
+@strawberry.type(description="A submitted task and its current state.")
+class Task:
+    id: strawberry.ID
+    type: str
+    status: TaskStatus
+    input: JSON
+    result: JSON | None
+    error: TaskError | None
+    progress: float | None
+    progress_message: str | None
+    priority: int
+    attempts: int
+    max_retries: int
+    timeout_seconds: int
+    idempotency_key: str | None
+    labels: list[str]
+    created_at: datetime
+    scheduled_for: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    cancel_requested: bool
+
+    @strawberry.field(description="The task's events in order, after the cursor `after`.")
+    async def events(
+        self,
+        info: Info,
+        after: str | None = None,
+        first: Annotated[int | None, strawberry.argument(description="At most 1000.")] = None,
+    ) -> list[TaskEvent]:
+        after_id = decode_cursor(after) if after else None
+        limit = min(first, 1000) if first is not None else None
+        rows = await tasks.list_events(
+            engine=info.context.services.engine,
+            task_id=uuid.UUID(str(self.id)),
+            after_id=after_id,
+            first=limit,
+        )
+        return [event_type(e) for e in rows]
+
+    @classmethod
+    def from_row(cls, row: TaskRow) -> Task:
+        error = (
+            TaskError(code=row.error_code, message=row.error_message or "")
+            if row.error_code
+            else None
+        )
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            type=row.type,
+            status=DomainStatus(row.status),
+            input=row.input,
+            result=row.result,
+            error=error,
+            progress=row.progress,
+            progress_message=row.progress_message,
+            priority=row.priority,
+            attempts=row.attempts,
+            max_retries=row.max_retries,
+            timeout_seconds=row.timeout_seconds,
+            idempotency_key=row.idempotency_key,
+            labels=list(row.labels),
+            created_at=row.created_at,
+            scheduled_for=row.scheduled_for,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            cancel_requested=row.cancel_requested,
+        )
+
+
+@strawberry.type
+class PageInfo:
+    has_next_page: bool
+    end_cursor: str | None
+
+
+@strawberry.type
+class TaskEdge:
+    cursor: str
+    node: Task
+
+
+@strawberry.type
+class TaskConnection:
+    edges: list[TaskEdge]
+    page_info: PageInfo
+
+
+@strawberry.type(description="A kind of task you can submit.")
+class TaskType:
+    name: str
+    description: str
+    input_schema: JSON = strawberry.field(description="JSON Schema of the task's input.")
+
+
+@strawberry.input(description="Which tasks to list (all given conditions must hold).")
+class TaskFilter:
+    status: list[TaskStatus] | None = None
+    type: list[str] | None = None
+    label: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+@strawberry.input(description="How to run a task. Every field is optional.")
+class TaskOptionsInput:
+    timeout_seconds: int | None = strawberry.field(
+        default=None, description="Fail with TIMEOUT after this long (<= TASK_MAX_RUNTIME_SECONDS)."
+    )
+    run_at: datetime | None = strawberry.field(
+        default=None, description="Do not start before this time."
+    )
+    delay_seconds: int | None = strawberry.field(
+        default=None, description="Do not start before this many seconds from now."
+    )
+    idempotency_key: str | None = strawberry.field(
+        default=None, description="Submitting again with the same key returns the first task."
+    )
+    labels: list[str] | None = strawberry.field(
+        default=None, description="Free-form labels to filter by."
+    )

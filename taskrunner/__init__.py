@@ -1,0 +1,1 @@
+"""taskrunner: the shared core of the task service (config, tables, state machine, events)."""

@@ -1,0 +1,101 @@
+"""Settings read once from the environment (or `.env`); a bad value stops start-up."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from taskrunner.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Names follow the seeds (see README's table)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL URL (postgresql://user:pass@host:port/db). "
+        "Unset: `taskrunner dev` starts an embedded server.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis URL (redis://host:port/0). Unset: `taskrunner dev` starts an embedded one.",
+    )
+    data_dir: Path = Field(
+        default=Path(".taskrunner"),
+        description="Where `taskrunner dev` keeps the embedded servers' data.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address the api binds.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port the api binds.")
+    task_max_runtime_seconds: int = Field(
+        default=3600, gt=0, description="Upper bound of any task's run time (and of `sleep`)."
+    )
+    task_default_timeout_seconds: int = Field(
+        default=300, gt=0, description="Timeout of a task submitted without `timeoutSeconds`."
+    )
+    max_batch_size: int = Field(default=100, gt=0, description="Most tasks in one `submitTasks`.")
+    worker_concurrency: int = Field(default=50, gt=0, description="Tasks one worker runs at once.")
+    worker_poll_delay_seconds: float = Field(
+        default=0.05, gt=0, description="How often an idle worker polls the queue."
+    )
+    stream_quiet_seconds: float = Field(
+        default=3.0,
+        gt=0,
+        description="A live stream re-reads PostgreSQL after this long without a message.",
+    )
+    queue_name: str = Field(default="taskrunner:queue", description="arq queue (a Redis key).")
+    log_level: str = Field(default="INFO", description="Log level of every process.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql:// (e.g. postgresql://u:p@127.0.0.1/db)")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis:// (e.g. redis://127.0.0.1:6379/0)")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+        return level
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise ConfigError("DATABASE_URL is not set: set it, or start with `taskrunner dev`")
+        return self.database_url
+
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise ConfigError("REDIS_URL is not set: set it, or start with `taskrunner dev`")
+        return self.redis_url
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings, turning a validation failure into one line per bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = "_".join(str(p) for p in err["loc"]).upper()
+            lines.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read on first use."""
+    return load_settings()

@@ -1,0 +1,98 @@
+"""Task events as typed messages: the row shape, the Redis channels, the cursor.
+
+An event is written to `task_event` by the journal and, only after its transaction
+commits, published as JSON on `task:{id}` and `owner:{owner}`. Subscribers treat the
+message as a hint that may be lost or duplicated: PostgreSQL stays the truth.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict
+from redis.asyncio import Redis
+
+from taskrunner.errors import BadInput
+
+CURSOR_WIDTH = 12  # zero-padded, so cursors compare the same as text and as numbers
+
+
+class EventKind(StrEnum):
+    STATUS = "status"
+    PROGRESS = "progress"
+    LOG = "log"
+    ARTIFACT = "artifact"
+
+
+class Event(BaseModel):
+    """One row of `task_event`. `seq` numbers a task's events 1, 2, 3 ... without gaps;
+    `id` is the global cursor; `xid` is the writing transaction (orders `tasksUpdates`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    task_id: uuid.UUID
+    seq: int
+    xid: int
+    owner: str
+    kind: EventKind
+    at: datetime
+    data: dict[str, Any]
+
+    @property
+    def cursor(self) -> str:
+        return encode_cursor(self.id)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json"))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Event:
+        return cls.model_validate(orjson.loads(raw))
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Event:
+        return cls.model_validate(dict(row))
+
+
+def encode_cursor(event_id: int) -> str:
+    return str(event_id).zfill(CURSOR_WIDTH)
+
+
+def decode_cursor(cursor: str, *, field: str = "after") -> int:
+    """The event id inside a cursor, or BAD_INPUT naming `field`."""
+    if not cursor.isdigit():
+        raise BadInput(
+            f"{field}: {cursor!r} is not a cursor; pass the `cursor` of an event you received",
+            field=field,
+        )
+    return int(cursor)
+
+
+def task_channel(task_id: uuid.UUID | str) -> str:
+    return f"taskrunner:task:{task_id}"
+
+
+def owner_channel(owner: str) -> str:
+    return f"taskrunner:owner:{owner}"
+
+
+CANCEL_CHANNEL = "taskrunner:cancel"
+
+
+async def publish(redis: Redis, events: Iterable[Event]) -> None:
+    """Publish committed events on their task and owner channels, in one round trip."""
+    pipe = redis.pipeline(transaction=False)
+    count = 0
+    for event in events:
+        payload = event.to_json()
+        pipe.publish(task_channel(event.task_id), payload)
+        pipe.publish(owner_channel(event.owner), payload)
+        count += 1
+    if count:
+        await pipe.execute()

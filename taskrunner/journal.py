@@ -1,0 +1,170 @@
+"""The write path: every change to a task is one conditional update plus one event row,
+in one transaction, published only after commit.
+
+Order rules enforced here (DESIGN.md, "Truth, queue and events"):
+- the task rows are locked (in id order, so batches never deadlock) before anything is
+  decided; the allowed previous states come from `states.py`;
+- each event gets the task's next `seq` under that lock, so a per-task stream sees
+  1, 2, 3 ... and detects a gap exactly;
+- a task's events must also be in transaction-id order, because `tasksUpdates` pages by
+  (xid, id). A transaction whose xid is older than the task's last writer (it took its
+  xid before queueing for the lock) is rolled back and run again with a fresh xid.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from taskrunner.events import Event, EventKind, publish
+from taskrunner.models import CURRENT_XID, event_table, task_table
+from taskrunner.states import TaskStatus, accepts_events, can_move
+
+T = TypeVar("T")
+MAX_TRANSACTION_RUNS = 8
+
+
+class XidInversion(Exception):
+    """This transaction's id is older than the last writer of a task it changes."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """One event to record for a task; with `to`, also a status change."""
+
+    task_id: uuid.UUID
+    kind: EventKind
+    data: Mapping[str, Any]
+    to: TaskStatus | None = None
+    retry_request: bool = False
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    change: Change
+    found: TaskStatus | None  # the status under lock; None: no such task
+    event: Event | None  # None: rejected
+
+    @property
+    def accepted(self) -> bool:
+        return self.event is not None
+
+
+@dataclass
+class _Row:
+    status: TaskStatus
+    seq: int
+    owner: str
+    values: dict[str, Any] = field(default_factory=dict)
+    changed: bool = False
+
+
+async def run_transaction(engine: AsyncEngine, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """Run `fn` in a transaction, again (bounded) when it hit an xid inversion."""
+    for _ in range(MAX_TRANSACTION_RUNS - 1):
+        try:
+            async with engine.begin() as conn:
+                return await fn(conn)
+        except XidInversion:
+            continue
+    async with engine.begin() as conn:
+        return await fn(conn)
+
+
+async def lock_tasks(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, _Row]:
+    """Lock the tasks' rows in id order; refuse (XidInversion) if one was written by a
+    transaction newer than this one."""
+    result = await conn.execute(
+        sa.text(
+            "SELECT id, status, event_seq, last_xid, owner, "
+            "pg_current_xact_id()::text::bigint AS xid "
+            "FROM task WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"
+        ),
+        {"ids": sorted(set(ids))},
+    )
+    rows: dict[uuid.UUID, _Row] = {}
+    for row in result.mappings():
+        if row["last_xid"] > row["xid"]:
+            raise XidInversion(str(row["id"]))
+        rows[row["id"]] = _Row(TaskStatus(row["status"]), row["event_seq"], row["owner"])
+    return rows
+
+
+async def insert_events(conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[Event]:
+    """Insert event rows (task_id, seq, owner, kind, data); return them as Events, in order."""
+    if not rows:
+        return []
+    stmt = sa.insert(event_table).returning(*event_table.c, sort_by_parameter_order=True)
+    result = await conn.execute(stmt, rows)
+    return [Event.from_row(r) for r in result.mappings()]
+
+
+async def record(conn: AsyncConnection, changes: Sequence[Change]) -> list[Outcome]:
+    """Apply `changes` in order inside the caller's transaction; rejected ones write nothing."""
+    rows = await lock_tasks(conn, [c.task_id for c in changes])
+    decided: list[tuple[Change, TaskStatus | None, int | None]] = []
+    pending: list[dict[str, Any]] = []
+    for change in changes:
+        row = rows.get(change.task_id)
+        found = row.status if row else None
+        if row is None or not _allowed(row.status, change):
+            decided.append((change, found, None))
+            continue
+        row.seq += 1
+        row.changed = True
+        if change.to is not None:
+            row.status = change.to
+            row.values["status"] = change.to.value
+        row.values.update(change.values)
+        pending.append(
+            {
+                "task_id": change.task_id,
+                "seq": row.seq,
+                "owner": row.owner,
+                "kind": change.kind.value,
+                "data": dict(change.data),
+            }
+        )
+        decided.append((change, found, len(pending) - 1))
+
+    for task_id, row in rows.items():
+        if row.changed:
+            await conn.execute(
+                sa.update(task_table)
+                .where(task_table.c.id == task_id)
+                .values(event_seq=row.seq, last_xid=CURRENT_XID, **row.values)
+            )
+    events = await insert_events(conn, pending)
+    return [
+        Outcome(change, found, None if index is None else events[index])
+        for change, found, index in decided
+    ]
+
+
+def _allowed(current: TaskStatus, change: Change) -> bool:
+    if change.to is None:
+        return accepts_events(current)
+    return can_move(current, change.to, retry_request=change.retry_request)
+
+
+async def apply(engine: AsyncEngine, redis: Redis, changes: Sequence[Change]) -> list[Outcome]:
+    """Record `changes` in one transaction, then publish the accepted events."""
+
+    async def work(conn: AsyncConnection) -> list[Outcome]:
+        return await record(conn, changes)
+
+    outcomes = await run_transaction(engine, work)
+    await publish(redis, [o.event for o in outcomes if o.event is not None])
+    return outcomes
+
+
+async def apply_one(engine: AsyncEngine, redis: Redis, change: Change) -> Outcome:
+    (outcome,) = await apply(engine, redis, [change])
+    return outcome

@@ -1,0 +1,100 @@
+"""Tables: `task` (one row per task, its current state) and `task_event` (its history).
+
+Each task row carries `event_seq` (the seq of its last event) and `last_xid` (the
+transaction that wrote it). Both are read under the row lock by the journal so
+that per-task event order, seq order and transaction order are the same.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlmodel import Field, SQLModel
+
+CURRENT_XID = sa.text("(pg_current_xact_id()::text::bigint)")
+NOW = sa.text("clock_timestamp()")
+
+
+class Task(SQLModel, table=True):
+    __tablename__ = "task"
+    __table_args__ = (
+        sa.Index("ix_task_created", "created_at", "id"),
+        sa.Index("ix_task_status_created", "status", "created_at"),
+        sa.Index("ix_task_type_created", "type", "created_at"),
+        sa.Index("ix_task_owner_created", "owner", "created_at"),
+        sa.Index(
+            "ux_task_owner_idempotency",
+            "owner",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+        ),
+    )
+
+    id: uuid.UUID = Field(primary_key=True)
+    owner: str = Field(default="", sa_column_kwargs={"server_default": ""})
+    type: str
+    status: str
+    input: dict[str, Any] = Field(sa_column=sa.Column(JSONB, nullable=False))
+    result: Any | None = Field(default=None, sa_column=sa.Column(JSONB))
+    error_code: str | None = None
+    error_message: str | None = None
+    progress: float | None = None
+    progress_message: str | None = None
+    priority: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    max_retries: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    timeout_seconds: int
+    idempotency_key: str | None = None
+    labels: list[str] = Field(
+        default_factory=list,
+        sa_column=sa.Column(ARRAY(sa.Text), nullable=False, server_default="{}"),
+    )
+    created_at: datetime = Field(
+        sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False, server_default=NOW)
+    )
+    scheduled_for: datetime | None = Field(
+        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
+    )
+    started_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
+    finished_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
+    )
+    cancel_requested: bool = Field(default=False, sa_column_kwargs={"server_default": "false"})
+    worker_id: str | None = None
+    event_seq: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    last_xid: int = Field(
+        sa_column=sa.Column(sa.BigInteger, nullable=False, server_default=CURRENT_XID)
+    )
+
+
+class TaskEvent(SQLModel, table=True):
+    __tablename__ = "task_event"
+    __table_args__ = (
+        sa.UniqueConstraint("task_id", "seq", name="ux_task_event_task_seq"),
+        sa.Index("ix_task_event_xid_id", "xid", "id"),
+        sa.Index("ix_task_event_owner_xid_id", "owner", "xid", "id"),
+    )
+
+    id: int | None = Field(
+        default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True)
+    )
+    task_id: uuid.UUID = Field(
+        sa_column=sa.Column(sa.Uuid, sa.ForeignKey("task.id", ondelete="CASCADE"), nullable=False)
+    )
+    seq: int
+    xid: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, server_default=CURRENT_XID))
+    owner: str
+    kind: str
+    at: datetime = Field(
+        sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False, server_default=NOW)
+    )
+    data: dict[str, Any] = Field(sa_column=sa.Column(JSONB, nullable=False))
+
+
+task_table: sa.Table = Task.__table__  # type: ignore[attr-defined]
+event_table: sa.Table = TaskEvent.__table__  # type: ignore[attr-defined]

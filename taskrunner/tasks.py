@@ -1,0 +1,267 @@
+"""Task operations the API offers: submit, read, list, cancel. Keyword-only functions
+over an engine; every change goes through the journal."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from arq import ArqRedis
+from redis.asyncio import Redis
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from taskrunner import journal, queue
+from taskrunner.events import CANCEL_CHANNEL, Event, EventKind, publish
+from taskrunner.errors import BadInput, Conflict, NotFound
+from taskrunner.models import NOW, Task, event_table, task_table
+from taskrunner.states import TERMINAL, TaskStatus
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A validated request to run `type` with `input` (already checked by its model)."""
+
+    type: str
+    input: dict[str, Any]
+    timeout_seconds: int
+    priority: int = 0
+    max_retries: int = 0
+    scheduled_for: datetime | None = None
+    idempotency_key: str | None = None
+    labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    status: Sequence[TaskStatus] = ()
+    type: Sequence[str] = ()
+    label: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+@dataclass
+class TaskPage:
+    tasks: list[Task] = field(default_factory=list)
+    has_next_page: bool = False
+
+    def cursor_of(self, task: Task) -> str:
+        return encode_page_cursor(task)
+
+
+def _task(row: Any) -> Task:
+    return Task(**dict(row))
+
+
+async def submit(
+    *,
+    engine: AsyncEngine,
+    redis: Redis,
+    pool: ArqRedis,
+    owner: str,
+    submissions: Sequence[Submission],
+) -> list[Task]:
+    """Insert the tasks and their QUEUED events in one transaction, publish, then enqueue.
+    A submission whose idempotency key the owner already used returns the first task."""
+
+    async def work(conn: AsyncConnection) -> tuple[list[Task], list[Event]]:
+        return await _insert(conn, owner, submissions)
+
+    tasks, events = await journal.run_transaction(engine, work)
+    await publish(redis, events)
+    created = {e.task_id for e in events}
+    await queue.enqueue(
+        pool,
+        [queue.Job(t.type, t.id, t.scheduled_for) for t in tasks if t.id in created],
+    )
+    return tasks
+
+
+async def _insert(
+    conn: AsyncConnection, owner: str, submissions: Sequence[Submission]
+) -> tuple[list[Task], list[Event]]:
+    rows = [
+        {
+            "id": uuid.uuid4(),
+            "owner": owner,
+            "type": s.type,
+            "status": TaskStatus.QUEUED.value,
+            "input": s.input,
+            "priority": s.priority,
+            "max_retries": s.max_retries,
+            "timeout_seconds": s.timeout_seconds,
+            "idempotency_key": s.idempotency_key,
+            "labels": list(s.labels),
+            "scheduled_for": s.scheduled_for,
+            "event_seq": 1,
+        }
+        for s in submissions
+    ]
+    stmt = (
+        pg_insert(task_table)
+        .on_conflict_do_nothing(
+            index_elements=["owner", "idempotency_key"],
+            index_where=sa.text("idempotency_key IS NOT NULL"),
+        )
+        .returning(*task_table.c, sort_by_parameter_order=True)
+    )
+    inserted = {r["id"]: _task(r) for r in (await conn.execute(stmt, rows)).mappings()}
+    events = await journal.insert_events(
+        conn,
+        [
+            {
+                "task_id": t.id,
+                "seq": 1,
+                "owner": owner,
+                "kind": EventKind.STATUS.value,
+                "data": {"status": TaskStatus.QUEUED.value},
+            }
+            for t in inserted.values()
+        ],
+    )
+    keys = [r["idempotency_key"] for r in rows if r["id"] not in inserted]
+    existing: dict[str | None, Task] = {}
+    if keys:
+        found = await conn.execute(
+            sa.select(task_table).where(
+                task_table.c.owner == owner, task_table.c.idempotency_key.in_(keys)
+            )
+        )
+        existing = {r["idempotency_key"]: _task(r) for r in found.mappings()}
+    tasks = [inserted.get(r["id"]) or existing[r["idempotency_key"]] for r in rows]
+    return tasks, events
+
+
+async def get(*, engine: AsyncEngine, task_id: uuid.UUID, owner: str) -> Task | None:
+    async with engine.connect() as conn:
+        row = (
+            (
+                await conn.execute(
+                    sa.select(task_table).where(
+                        task_table.c.id == task_id, task_table.c.owner == owner
+                    )
+                )
+            )
+            .mappings()
+            .first()
+        )
+    return _task(row) if row else None
+
+
+async def require(*, engine: AsyncEngine, task_id: uuid.UUID, owner: str) -> Task:
+    task = await get(engine=engine, task_id=task_id, owner=owner)
+    if task is None:
+        raise NotFound(f"no task with id {task_id}; check the id returned by submitTask")
+    return task
+
+
+def encode_page_cursor(task: Task) -> str:
+    raw = f"{task.created_at.isoformat()}|{task.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, task_id = raw.split("|", 1)
+        return datetime.fromisoformat(created), uuid.UUID(task_id)
+    except (ValueError, UnicodeDecodeError):
+        raise BadInput(
+            f"after: {cursor!r} is not a page cursor; pass pageInfo.endCursor of the previous page",
+            field="after",
+        ) from None
+
+
+async def list_tasks(
+    *, engine: AsyncEngine, owner: str, filter: TaskFilter, first: int, after: str | None
+) -> TaskPage:
+    """Newest first, keyset-paged on (created_at, id): pages stay stable as tasks arrive."""
+    t = task_table.c
+    query = sa.select(task_table).where(t.owner == owner)
+    if filter.status:
+        query = query.where(t.status.in_([s.value for s in filter.status]))
+    if filter.type:
+        query = query.where(t.type.in_(list(filter.type)))
+    if filter.label is not None:
+        query = query.where(t.labels.contains([filter.label]))
+    if filter.created_after is not None:
+        query = query.where(t.created_at > filter.created_after)
+    if filter.created_before is not None:
+        query = query.where(t.created_at < filter.created_before)
+    if after:
+        created, task_id = decode_page_cursor(after)
+        query = query.where(sa.tuple_(t.created_at, t.id) < sa.tuple_(created, task_id))
+    query = query.order_by(t.created_at.desc(), t.id.desc()).limit(first + 1)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).mappings().all()
+    tasks = [_task(r) for r in rows[:first]]
+    return TaskPage(tasks=tasks, has_next_page=len(rows) > first)
+
+
+async def list_events(
+    *, engine: AsyncEngine, task_id: uuid.UUID, after_id: int | None, first: int | None
+) -> list[Event]:
+    """A task's events in seq order, after the event `after_id` (ids grow with seq)."""
+    e = event_table.c
+    query = sa.select(event_table).where(e.task_id == task_id)
+    if after_id is not None:
+        query = query.where(e.id > after_id)
+    query = query.order_by(e.seq)
+    if first is not None:
+        query = query.limit(first)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).mappings().all()
+    return [Event.from_row(r) for r in rows]
+
+
+async def cancel(
+    *, engine: AsyncEngine, redis: Redis, pool: ArqRedis, task_id: uuid.UUID, owner: str
+) -> Task:
+    """QUEUED: CANCELLED at once, and it never runs. RUNNING: flag it and tell the workers;
+    the one running it cancels the coroutine, which ends CANCELLED. Finished: CONFLICT."""
+    for _ in range(journal.MAX_TRANSACTION_RUNS):
+        task = await require(engine=engine, task_id=task_id, owner=owner)
+        status = TaskStatus(task.status)
+        if status in TERMINAL:
+            raise Conflict(
+                f"task {task_id} is already {status.value}; only QUEUED or RUNNING tasks can be "
+                "cancelled (retryTask runs a finished task again)"
+            )
+        if status is TaskStatus.RUNNING and task.cancel_requested:
+            await redis.publish(CANCEL_CHANNEL, str(task_id))
+            return task
+        outcome = await journal.apply_one(engine, redis, _cancel_change(task_id, status))
+        if outcome.accepted:
+            if status is TaskStatus.QUEUED:
+                await queue.remove(pool, task_id)
+            else:
+                await redis.publish(CANCEL_CHANNEL, str(task_id))
+            return await require(engine=engine, task_id=task_id, owner=owner)
+    raise Conflict(f"task {task_id} kept changing state; try cancelTask again")
+
+
+def _cancel_change(task_id: uuid.UUID, status: TaskStatus) -> journal.Change:
+    if status is TaskStatus.QUEUED:
+        return journal.Change(
+            task_id,
+            EventKind.STATUS,
+            {"status": TaskStatus.CANCELLED.value},
+            to=TaskStatus.CANCELLED,
+            values={"cancel_requested": True, "finished_at": NOW},
+        )
+    return journal.Change(
+        task_id,
+        EventKind.LOG,
+        {"level": "info", "line": "cancel requested"},
+        values={"cancel_requested": True},
+    )
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,188 @@
+"""Real servers for the suite: one embedded PostgreSQL and one Redis per run, a fresh
+database per test (copied from a migrated template), and on demand a real uvicorn
+serving the api plus a real arq worker, both in the test's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from arq.worker import Worker
+from gql import Client, GraphQLRequest
+from gql.transport.httpx import HTTPXAsyncTransport
+from gql.transport.websockets import WebsocketsTransport
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from api.app import create_app
+from taskrunner.config import Settings, load_settings
+from taskrunner.db import create_engine, migrate
+from taskrunner.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from workers.settings import worker_options
+
+TEMPLATE = "taskrunner_template"
+_numbers = itertools.count(1)
+
+
+@dataclass
+class Servers:
+    postgres: EmbeddedPostgres
+    redis: EmbeddedRedis
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    root = tmp_path_factory.mktemp("servers")
+    postgres = EmbeddedPostgres(root / "postgres")
+    redis = EmbeddedRedis(root / "redis")
+    postgres.start()
+    redis.start()
+    try:
+        postgres.create_database(TEMPLATE)
+        migrate(postgres.url(TEMPLATE))
+        yield Servers(postgres, redis)
+    finally:
+        redis.stop()
+        postgres.stop()
+
+
+@pytest.fixture
+def database_url(servers: Servers) -> str:
+    """A fresh, migrated database for this test."""
+    name = f"test_{next(_numbers)}"
+    servers.postgres.create_database(name, template=TEMPLATE)
+    return servers.postgres.url(name)
+
+
+@pytest.fixture
+async def redis_url(servers: Servers) -> AsyncIterator[str]:
+    client = Redis.from_url(servers.redis.url)
+    await client.flushall()
+    await client.aclose()
+    yield servers.redis.url
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str) -> Settings:
+    return load_settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        stream_quiet_seconds=1.0,
+        worker_poll_delay_seconds=0.02,
+        task_max_runtime_seconds=60,
+        _env_file=None,
+    )
+
+
+@pytest.fixture
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(settings.require_database_url(), pool_size=2)
+    yield engine
+    await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def run_api(settings: Settings) -> AsyncIterator[str]:
+    """A real uvicorn serving the app on a free loopback port; yields its base URL."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        if serving.done():
+            serving.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await serving
+
+
+@contextlib.asynccontextmanager
+async def run_worker(settings: Settings, **overrides: Any) -> AsyncIterator[Worker]:
+    """A real arq worker with our settings, in this event loop."""
+    worker = Worker(**{**worker_options(settings), "handle_signals": False, **overrides})
+    running = asyncio.create_task(worker.async_run())
+    try:
+        yield worker
+    finally:
+        await worker.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
+@dataclass
+class Stack:
+    url: str
+    settings: Settings
+
+    @property
+    def graphql_url(self) -> str:
+        return f"{self.url}/graphql"
+
+    @property
+    def ws_url(self) -> str:
+        return self.graphql_url.replace("http://", "ws://")
+
+    async def execute(self, query: str, **variables: Any) -> dict[str, Any]:
+        """One GraphQL operation over HTTP with the gql client."""
+        transport = HTTPXAsyncTransport(url=self.graphql_url, timeout=30)
+        async with Client(transport=transport) as session:
+            result: dict[str, Any] = await session.execute(
+                GraphQLRequest(query, variable_values=variables or None)
+            )
+            return result
+
+    def ws_client(self) -> Client:
+        transport = WebsocketsTransport(
+            url=self.ws_url, subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL]
+        )
+        return Client(transport=transport)
+
+    async def subscribe(
+        self, query: str, *, limit: int | None = None, timeout: float = 20, **variables: Any
+    ) -> list[dict[str, Any]]:
+        """Collect a subscription's results until it completes (or `limit` arrive)."""
+        got: list[dict[str, Any]] = []
+
+        async def collect() -> None:
+            async with self.ws_client() as session:
+                agen = session.subscribe(GraphQLRequest(query, variable_values=variables or None))
+                try:
+                    async for item in agen:
+                        got.append(item)
+                        if limit is not None and len(got) >= limit:
+                            break
+                finally:
+                    await agen.aclose()
+
+        await asyncio.wait_for(collect(), timeout)
+        return got
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[Stack]:
+    """The api alone (no worker): tasks stay QUEUED."""
+    async with run_api(settings) as url:
+        yield Stack(url, settings)
+
+
+@pytest.fixture
+async def stack(settings: Settings) -> AsyncIterator[Stack]:
+    """The api and one worker."""
+    async with run_api(settings) as url, run_worker(settings):
+        yield Stack(url, settings)
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent

@@ -1,0 +1,79 @@
+"""arq worker configuration. `arq workers.settings.WorkerSettings` and `taskrunner worker`
+both use it; the class is built from the environment on first access, not at import."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import socket
+import uuid
+from typing import Any, cast
+
+from arq.worker import Function, func
+
+from taskrunner import queue
+from taskrunner.config import Settings, get_settings
+from taskrunner.db import create_engine
+from taskrunner.logs import configure_logging
+from workers.catalog import TaskType, catalog
+from workers.runner import WorkerContext, execute, watch_cancellations
+
+GRACE_SECONDS = 30
+
+
+def _job(task_type: TaskType) -> Function:
+    async def job(ctx: dict[str, Any], task_id: str) -> str:
+        return await execute(cast(WorkerContext, ctx), task_type, task_id)
+
+    job.__qualname__ = f"run_{task_type.name}"
+    return func(job, name=task_type.name, max_tries=1000)
+
+
+async def _startup(settings: Settings, ctx: dict[str, Any]) -> None:
+    ctx["settings"] = settings
+    ctx["engine"] = create_engine(settings.require_database_url())
+    ctx["worker_id"] = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    ctx["running"] = {}
+    ctx["cancel_watcher"] = asyncio.create_task(
+        watch_cancellations(cast(WorkerContext, ctx), ctx["redis"])
+    )
+
+
+async def _shutdown(ctx: dict[str, Any]) -> None:
+    watcher = ctx.get("cancel_watcher")
+    if watcher is not None:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    engine = ctx.get("engine")
+    if engine is not None:
+        await engine.dispose()
+
+
+def worker_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for `arq.Worker` (also the attributes of WorkerSettings)."""
+    return {
+        "functions": [_job(t) for t in catalog().values()],
+        "redis_settings": queue.redis_settings(settings.require_redis_url()),
+        "queue_name": settings.queue_name,
+        "on_startup": functools.partial(_startup, settings),
+        "on_shutdown": _shutdown,
+        "max_jobs": settings.worker_concurrency,
+        "poll_delay": settings.worker_poll_delay_seconds,
+        "queue_read_limit": max(100, settings.worker_concurrency * 4),
+        # Our own timeout (per task) fires first; arq's is only a backstop.
+        "job_timeout": settings.task_max_runtime_seconds + GRACE_SECONDS,
+        "keep_result": 0,
+        "max_tries": 1000,
+        "health_check_interval": 10,
+    }
+
+
+def __getattr__(name: str) -> Any:
+    if name == "WorkerSettings":
+        settings = get_settings()
+        configure_logging(settings.log_level)
+        return type("WorkerSettings", (), worker_options(settings))
+    raise AttributeError(name)

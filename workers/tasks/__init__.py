@@ -1,0 +1,1 @@
+"""One module per task type: NAME, a pydantic `Input`, and `async def run(ctx, input)`."""
