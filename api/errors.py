@@ -20,8 +20,14 @@ from strawberry.extensions import SchemaExtension
 from strawberry.types.execution import ExecutionResult
 
 from taskrunner.errors import TaskrunnerError
+from workers.catalog import catalog
 
 log = logging.getLogger(__name__)
+
+TASK_SPEC_HINT = (
+    'Give exactly one task type, e.g. task: {echo: {message: "hi"}}; '
+    f"the types are: {', '.join(catalog())} (query taskTypes for their inputs)."
+)
 
 
 def classify(error: GraphQLError) -> GraphQLError:
@@ -32,6 +38,8 @@ def classify(error: GraphQLError) -> GraphQLError:
     if original is None:
         if not (error.extensions or {}).get("code"):
             error.extensions = {**(error.extensions or {}), "code": "BAD_INPUT"}
+            if "'TaskSpecInput'" in error.message:
+                error.message += f" {TASK_SPEC_HINT}"
         return error
     if isinstance(original, GraphQLError) and original.original_error is None:
         return classify(original)

@@ -53,7 +53,7 @@ class TaskSubmissionInput:
 
 
 def _pydantic_errors(exc: ValidationError, prefix: str) -> BadInput:
-    parts = []
+    parts: list[str] = []
     first_field = prefix
     for err in exc.errors():
         where = ".".join([prefix, *(_camel(str(p)) for p in err["loc"])])

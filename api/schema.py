@@ -98,7 +98,7 @@ class Query:
             TaskType(
                 name=t.name,
                 description=t.description,
-                input_schema=t.input_model.model_json_schema(),
+                input_schema=JSON(t.input_model.model_json_schema()),
             )
             for t in catalog().values()
         ]
@@ -187,7 +187,12 @@ class Subscription:
             yield event_type(event)
 
 
-schema = strawberry.Schema(
+class TaskrunnerSchema(strawberry.Schema):
+    def process_errors(self, errors: Any, execution_context: Any = None) -> None:
+        """Expected errors are answers, not incidents; `api.errors` logs the unexpected."""
+
+
+schema = TaskrunnerSchema(
     query=Query,
     mutation=Mutation,
     subscription=Subscription,

@@ -13,10 +13,10 @@ from api.context import Info
 from taskrunner import tasks
 from taskrunner.events import Event, EventKind, decode_cursor, encode_cursor
 from taskrunner.models import Task as TaskRow
-from taskrunner.states import TaskStatus as DomainStatus
+from taskrunner.states import TaskStatus
 
-TaskStatus = strawberry.enum(
-    DomainStatus,
+strawberry.enum(
+    TaskStatus,
     description="Where a task is in its life: QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED.",
 )
 
@@ -67,7 +67,7 @@ def event_type(event: Event) -> TaskEvent:
         error = data.get("error")
         return StatusChanged(
             **common,
-            status=DomainStatus(data["status"]),
+            status=TaskStatus(data["status"]),
             error=TaskError(**error) if error else None,
             result=data.get("result"),
         )
@@ -125,9 +125,9 @@ class Task:
         return cls(
             id=strawberry.ID(str(row.id)),
             type=row.type,
-            status=DomainStatus(row.status),
-            input=row.input,
-            result=row.result,
+            status=TaskStatus(row.status),
+            input=JSON(row.input),
+            result=JSON(row.result),
             error=error,
             progress=row.progress,
             progress_message=row.progress_message,

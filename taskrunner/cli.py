@@ -38,7 +38,7 @@ def cmd_worker(settings: Settings) -> int:
 
     from workers.settings import worker_options
 
-    run_worker(worker_options(settings))  # type: ignore[arg-type]
+    run_worker(worker_options(settings))
     return 0
 
 

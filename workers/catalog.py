@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from workers import tasks as tasks_package
 from workers.context import TaskContext
 
-RunFn = Callable[[TaskContext, Any], Awaitable[Any]]
+RunFn = Callable[[TaskContext, Any], Coroutine[Any, Any, Any]]
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import traceback
 import uuid
 from typing import Any, TypedDict
@@ -21,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner import journal
 from taskrunner.config import Settings
-from taskrunner.events import EventKind
+from taskrunner.events import CANCEL_CHANNEL, EventKind
 from taskrunner.models import NOW, task_table
 from taskrunner.states import TaskStatus
 from workers.catalog import TaskType
@@ -71,7 +72,7 @@ async def execute(ctx: WorkerContext, task_type: TaskType, task_id: str) -> str:
     return str(final.to.value if final.to else "")
 
 
-async def _load(engine: AsyncEngine, task_id: uuid.UUID) -> sa.Row[Any]:
+async def _load(engine: AsyncEngine, task_id: uuid.UUID) -> sa.Row[Any, Any, Any]:
     t = task_table.c
     async with engine.connect() as conn:
         return (
@@ -82,7 +83,7 @@ async def _load(engine: AsyncEngine, task_id: uuid.UUID) -> sa.Row[Any]:
 
 
 async def _run_body(
-    ctx: WorkerContext, task_type: TaskType, task_id: uuid.UUID, row: sa.Row[Any]
+    ctx: WorkerContext, task_type: TaskType, task_id: uuid.UUID, row: sa.Row[Any, Any, Any]
 ) -> journal.Change:
     """Run the task's coroutine and turn how it ended into the final change."""
     settings = ctx["settings"]
@@ -174,21 +175,22 @@ async def cancel_running(ctx: WorkerContext, task_id: uuid.UUID) -> bool:
 async def watch_cancellations(ctx: WorkerContext, redis: Redis) -> None:
     """Cancel bodies when asked on the cancel channel, and, in case a message was lost,
     whenever the table says a running task here has `cancel_requested`."""
-    from taskrunner.events import CANCEL_CHANNEL
-
     pubsub = redis.pubsub()
     await pubsub.subscribe(CANCEL_CHANNEL)
-    quiet = ctx["settings"].stream_quiet_seconds
+    every = ctx["settings"].stream_quiet_seconds
+    next_sweep = time.monotonic() + every
     try:
         while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=quiet)
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=every)
             if message is not None and message["type"] == "message":
                 raw = message["data"]
-                await cancel_running(ctx, uuid.UUID(raw.decode() if isinstance(raw, bytes) else raw))
-                continue
-            await _sweep(ctx)
+                text = raw.decode() if isinstance(raw, bytes) else str(raw)
+                await cancel_running(ctx, uuid.UUID(text))
+            if time.monotonic() >= next_sweep:
+                await _sweep(ctx)
+                next_sweep = time.monotonic() + every
     finally:
-        await pubsub.aclose()
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
 async def _sweep(ctx: WorkerContext) -> None:

@@ -1,0 +1,85 @@
+"""`taskrunner dev` as a user runs it: prints the GraphiQL URL, serves GraphiQL, stops
+everything on Ctrl-C, and keeps the tasks for the next start."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import httpx
+
+from taskrunner.embedded import free_port
+from tests.conftest import Stack, repo_root
+
+
+async def _start_dev(data_dir: Path, port: int) -> tuple[asyncio.subprocess.Process, str]:
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")},
+        "DATA_DIR": str(data_dir),
+        "PORT": str(port),
+        "LOG_LEVEL": "WARNING",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "taskrunner",
+        "dev",
+        cwd=repo_root(),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        start_new_session=True,  # its own process group, like a terminal job
+    )
+    assert proc.stdout is not None
+    async with asyncio.timeout(90):
+        while True:
+            line = (await proc.stdout.readline()).decode()
+            assert line, "taskrunner dev exited before printing the GraphiQL line"
+            if line.startswith("GraphiQL: "):
+                return proc, line.removeprefix("GraphiQL: ").strip()
+
+
+async def _ctrl_c(proc: asyncio.subprocess.Process) -> int:
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    return await asyncio.wait_for(proc.wait(), 60)
+
+
+def _alive(pid_file: Path) -> bool:
+    if not pid_file.exists():
+        return False
+    pid = int(pid_file.read_text().split()[0])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_dev_serves_graphiql_stops_on_ctrl_c_and_keeps_tasks(tmp_path: Path) -> None:
+    port = free_port()
+    proc, url = await _start_dev(tmp_path / "data", port)
+    try:
+        assert url == f"http://127.0.0.1:{port}/graphql"
+        async with httpx.AsyncClient() as client:
+            page = await client.get(url, headers={"Accept": "text/html"})
+        assert page.status_code == 200 and "graphiql" in page.text.lower()
+        stack = Stack(url.removesuffix("/graphql"), settings=None)  # type: ignore[arg-type]
+        task_id = (
+            await stack.execute('mutation { submitTask(task: {echo: {message: "kept"}}) { id } }')
+        )["submitTask"]["id"]
+    finally:
+        code = await _ctrl_c(proc)
+    assert code == 0
+    assert not _alive(tmp_path / "data" / "postgres" / "postmaster.pid")
+    assert not _alive(tmp_path / "data" / "redis" / "redis.pid")
+
+    proc, url = await _start_dev(tmp_path / "data", port)
+    try:
+        listed = await stack.execute("{ tasks { edges { node { id type status } } } }")
+    finally:
+        assert await _ctrl_c(proc) == 0
+    nodes = [e["node"] for e in listed["tasks"]["edges"]]
+    assert [n["id"] for n in nodes] == [task_id]
+    assert nodes[0]["status"] == "SUCCEEDED"
