@@ -13,6 +13,7 @@ import httpx
 
 from taskrunner.embedded import free_port
 from tests.conftest import Stack, repo_root
+from tests.test_walking_skeleton import WATCH
 
 
 async def _start_dev(data_dir: Path, port: int) -> tuple[asyncio.subprocess.Process, str]:
@@ -83,3 +84,37 @@ async def test_dev_serves_graphiql_stops_on_ctrl_c_and_keeps_tasks(tmp_path: Pat
     nodes = [e["node"] for e in listed["tasks"]["edges"]]
     assert [n["id"] for n in nodes] == [task_id]
     assert nodes[0]["status"] == "SUCCEEDED"
+
+
+async def test_the_arq_cli_runs_the_worker(api: Stack) -> None:
+    """Scaling workers is `arq workers.settings.WorkerSettings`, once per replica."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": api.settings.require_database_url(),
+        "REDIS_URL": api.settings.require_redis_url(),
+        "LOG_LEVEL": "WARNING",
+    }
+    arq = Path(sys.executable).parent / "arq"
+    workers = [
+        await asyncio.create_subprocess_exec(
+            str(arq), "workers.settings.WorkerSettings", cwd=repo_root(), env=env
+        )
+        for _ in range(2)
+    ]
+    try:
+        ids = [
+            (
+                await api.execute(
+                    f'mutation {{ submitTask(task: {{echo: {{message: "{i}"}}}}) {{ id }} }}'
+                )
+            )["submitTask"]["id"]
+            for i in range(6)
+        ]
+        for task_id in ids:
+            events = await api.subscribe(WATCH, id=task_id)
+            assert events[-1]["taskUpdates"]["status"] == "SUCCEEDED"
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        codes = [await asyncio.wait_for(w.wait(), 30) for w in workers]
+    assert codes == [0, 0], "workers must stop cleanly on SIGTERM"

@@ -1,0 +1,109 @@
+"""The write path against a real PostgreSQL: conditional transitions, gap-free seqs under
+concurrency, and per-task transaction order (the xid trap of DESIGN.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+import sqlalchemy as sa
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from taskrunner import journal
+from taskrunner.config import Settings
+from taskrunner.events import EventKind
+from taskrunner.states import TaskStatus
+from taskrunner.tasks import Submission, _insert
+
+
+@pytest.fixture
+async def redis(settings: Settings) -> Redis:
+    client = Redis.from_url(settings.require_redis_url())
+    yield client  # type: ignore[misc]
+    await client.aclose()
+
+
+async def _new_task(engine: AsyncEngine) -> uuid.UUID:
+    async with engine.begin() as conn:
+        tasks, _ = await _insert(conn, "", [Submission("echo", {"message": "x"}, 60)])
+    return tasks[0].id
+
+
+def _log(task_id: uuid.UUID, n: int) -> journal.Change:
+    return journal.Change(task_id, EventKind.LOG, {"level": "info", "line": str(n)})
+
+
+def _to(task_id: uuid.UUID, status: TaskStatus) -> journal.Change:
+    return journal.Change(task_id, EventKind.STATUS, {"status": status.value}, to=status)
+
+
+async def _seqs(engine: AsyncEngine, task_id: uuid.UUID) -> list[tuple[int, int, int]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            sa.text("SELECT seq, xid, id FROM task_event WHERE task_id = :t ORDER BY seq"),
+            {"t": task_id},
+        )
+        return [(r.seq, r.xid, r.id) for r in rows]
+
+
+async def test_a_refused_transition_writes_nothing(engine: AsyncEngine, redis: Redis) -> None:
+    task_id = await _new_task(engine)
+    outcome = await journal.apply_one(engine, redis, _to(task_id, TaskStatus.SUCCEEDED))
+    assert not outcome.accepted and outcome.found is TaskStatus.QUEUED
+    assert [s for s, _, _ in await _seqs(engine, task_id)] == [1]
+
+
+async def test_unknown_task_is_reported_not_found(engine: AsyncEngine, redis: Redis) -> None:
+    outcome = await journal.apply_one(engine, redis, _to(uuid.uuid4(), TaskStatus.RUNNING))
+    assert not outcome.accepted and outcome.found is None
+
+
+async def test_concurrent_writers_get_gap_free_seqs_in_xid_and_id_order(
+    engine: AsyncEngine, redis: Redis
+) -> None:
+    task_id = await _new_task(engine)
+    await journal.apply_one(engine, redis, _to(task_id, TaskStatus.RUNNING))
+    await asyncio.gather(*(journal.apply_one(engine, redis, _log(task_id, n)) for n in range(40)))
+    rows = await _seqs(engine, task_id)
+    assert [s for s, _, _ in rows] == list(range(1, 43))
+    xids = [x for _, x, _ in rows]
+    ids = [i for _, _, i in rows]
+    assert xids == sorted(xids) and ids == sorted(ids)
+
+
+async def test_older_transaction_behind_a_newer_writer_is_rerun_with_a_fresh_xid(
+    engine: AsyncEngine, redis: Redis
+) -> None:
+    """T1 takes its xid first, then waits for the row T2 (a newer xid) holds. Recording
+    T1's event with its old xid would put it before T2's in (xid, id) order: the journal
+    must roll T1 back and run it again."""
+    task_id = await _new_task(engine)
+    await journal.apply_one(engine, redis, _to(task_id, TaskStatus.RUNNING))
+    runs = 0
+    t1_has_xid = asyncio.Event()
+    t2_locked = asyncio.Event()
+
+    async def t1(conn: sa.ext.asyncio.AsyncConnection) -> list[journal.Outcome]:
+        nonlocal runs
+        runs += 1
+        await conn.execute(sa.text("SELECT pg_current_xact_id()"))
+        if runs == 1:
+            t1_has_xid.set()
+            await t2_locked.wait()
+        return await journal.record(conn, [_log(task_id, 1)])
+
+    async def t2() -> None:
+        await t1_has_xid.wait()
+        async with engine.begin() as conn:
+            await journal.record(conn, [_log(task_id, 2)])
+            t2_locked.set()
+            await asyncio.sleep(0.2)  # T1 now queues for the row lock
+
+    await asyncio.gather(journal.run_transaction(engine, t1), t2())
+    assert runs == 2
+    rows = await _seqs(engine, task_id)
+    assert [s for s, _, _ in rows] == [1, 2, 3, 4]
+    xids = [x for _, x, _ in rows]
+    assert xids == sorted(xids)

@@ -1,0 +1,215 @@
+"""The task API over real HTTP: failures, timeouts, batches, idempotency, listing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from gql.transport.exceptions import TransportQueryError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.conftest import Stack
+from tests.test_walking_skeleton import WATCH
+
+
+async def _errors(stack: Stack, query: str, **variables: Any) -> list[dict[str, Any]]:
+    with pytest.raises(TransportQueryError) as err:
+        await stack.execute(query, **variables)
+    assert err.value.errors
+    return err.value.errors
+
+
+async def _count(engine: AsyncEngine, table: str) -> int:
+    async with engine.connect() as conn:
+        return int(await conn.scalar(sa.text(f"SELECT count(*) FROM {table}")) or 0)
+
+
+async def test_sleep_past_its_timeout_fails_with_timeout_within_3s(stack: Stack) -> None:
+    started = time.monotonic()
+    task_id = (
+        await stack.execute(
+            "mutation { submitTask(task: {sleep: {seconds: 10}}, options: {timeoutSeconds: 1})"
+            " { id timeoutSeconds } }"
+        )
+    )["submitTask"]["id"]
+    events = [e["taskUpdates"] for e in await stack.subscribe(WATCH, id=task_id)]
+    assert time.monotonic() - started < 3
+    assert events[-1]["status"] == "FAILED"
+    assert events[-1]["error"]["code"] == "TIMEOUT"
+    lines = [e["line"] for e in events if e["__typename"] == "LogAppended"]
+    assert any(line.startswith("task_killed") for line in lines)
+
+
+async def test_an_exception_in_the_task_fails_it_with_its_type_message_and_traceback(
+    stack: Stack,
+) -> None:
+    task_id = (
+        await stack.execute('mutation { submitTask(task: {fail: {message: "boom"}}) { id } }')
+    )["submitTask"]["id"]
+    events = [e["taskUpdates"] for e in await stack.subscribe(WATCH, id=task_id)]
+    assert events[-1]["status"] == "FAILED"
+    assert events[-1]["error"] == {
+        "code": "TaskFailedOnPurpose",
+        "message": "boom (attempt 1)",
+    }
+    logs = [e for e in events if e["__typename"] == "LogAppended"]
+    assert logs and logs[0]["level"] == "error" and "Traceback" in logs[0]["line"]
+    task = (
+        await stack.execute(
+            "query($id: ID!) { task(id: $id) { status attempts error { code } } }", id=task_id
+        )
+    )["task"]
+    assert task == {"status": "FAILED", "attempts": 1, "error": {"code": "TaskFailedOnPurpose"}}
+
+
+async def test_sum_adds_the_numbers(stack: Stack) -> None:
+    task_id = (
+        await stack.execute(
+            "mutation { submitTask(task: {sum: {numbers: [1, 2.5, -0.5]}}) { id } }"
+        )
+    )["submitTask"]["id"]
+    events = [e["taskUpdates"] for e in await stack.subscribe(WATCH, id=task_id)]
+    assert events[-1]["result"] == {"sum": 3.0}
+
+
+SUBMIT_MANY = """
+mutation($tasks: [TaskSubmissionInput!]!) { submitTasks(tasks: $tasks) { id type status labels } }
+"""
+
+
+async def test_submit_tasks_inserts_a_batch(api: Stack, engine: AsyncEngine) -> None:
+    batch = [
+        {"task": {"echo": {"message": "a"}}, "options": {"labels": ["batch"]}},
+        {"task": {"sum": {"numbers": [1, 2]}}},
+        {"task": {"sleep": {"seconds": 0}}},
+    ]
+    created = (await api.execute(SUBMIT_MANY, tasks=batch))["submitTasks"]
+    assert [t["type"] for t in created] == ["echo", "sum", "sleep"]
+    assert {t["status"] for t in created} == {"QUEUED"}
+    assert created[0]["labels"] == ["batch"]
+    assert await _count(engine, "task") == 3
+
+
+async def test_a_bad_item_rejects_the_whole_batch_naming_its_index(
+    api: Stack, engine: AsyncEngine
+) -> None:
+    batch = [{"task": {"echo": {"message": "a"}}}, {"task": {"sum": {"numbers": []}}}]
+    (error,) = await _errors(api, SUBMIT_MANY, tasks=batch)
+    assert error["extensions"]["code"] == "BAD_INPUT"
+    assert "tasks[1].task.sum.numbers" in error["message"]
+    assert await _count(engine, "task") == 0
+
+
+async def test_a_batch_over_max_batch_size_is_limit_exceeded(api: Stack) -> None:
+    batch = [{"task": {"echo": {"message": "a"}}}] * (api.settings.max_batch_size + 1)
+    (error,) = await _errors(api, SUBMIT_MANY, tasks=batch)
+    assert error["extensions"]["code"] == "LIMIT_EXCEEDED"
+    assert "MAX_BATCH_SIZE" in error["message"]
+
+
+IDEMPOTENT = """
+mutation($key: String!, $m: String!) {
+  submitTask(task: {echo: {message: $m}}, options: {idempotencyKey: $key}) {
+    id idempotencyKey input
+  }
+}"""
+
+
+async def test_the_same_idempotency_key_returns_the_first_task_unchanged(
+    api: Stack, engine: AsyncEngine
+) -> None:
+    results = await asyncio.gather(
+        *(api.execute(IDEMPOTENT, key="k-1", m=f"try {i}") for i in range(8))
+    )
+    tasks = [r["submitTask"] for r in results]
+    assert len({t["id"] for t in tasks}) == 1
+    assert len({t["input"]["message"] for t in tasks}) == 1
+    assert await _count(engine, "task") == 1
+    assert await _count(engine, "task_event") == 1
+    other = (await api.execute(IDEMPOTENT, key="k-2", m="x"))["submitTask"]
+    assert other["id"] != tasks[0]["id"]
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ("{timeoutSeconds: 0}", "options.timeoutSeconds"),
+        ("{timeoutSeconds: 100000}", "options.timeoutSeconds"),
+        ("{delaySeconds: -1}", "options.delaySeconds"),
+        ('{delaySeconds: 1, runAt: "2030-01-01T00:00:00Z"}', "options"),
+        ('{runAt: "2030-01-01T00:00:00"}', "options.runAt"),
+        ('{idempotencyKey: ""}', "options.idempotencyKey"),
+    ],
+)
+async def test_bad_options_are_bad_input_naming_the_option(
+    api: Stack, engine: AsyncEngine, options: str, field: str
+) -> None:
+    (error,) = await _errors(
+        api,
+        f'mutation {{ submitTask(task: {{echo: {{message: "x"}}}}, options: {options}) {{ id }} }}',
+    )
+    assert error["extensions"]["code"] == "BAD_INPUT"
+    assert error["message"].startswith(field)
+    assert await _count(engine, "task") == 0
+
+
+async def test_task_types_lists_the_catalog_with_json_schemas(api: Stack) -> None:
+    types = (await api.execute("{ taskTypes { name description inputSchema } }"))["taskTypes"]
+    by_name = {t["name"]: t for t in types}
+    assert {"echo", "sleep", "sum", "fail"} <= set(by_name)
+    assert by_name["sleep"]["inputSchema"]["properties"]["seconds"]["minimum"] == 0
+    assert by_name["sum"]["inputSchema"]["required"] == ["numbers"]
+    assert all(t["description"] for t in types)
+
+
+async def test_task_events_page_with_first_and_after(stack: Stack) -> None:
+    task_id = (await stack.execute('mutation { submitTask(task: {echo: {message: "e"}}) { id } }'))[
+        "submitTask"
+    ]["id"]
+    await stack.subscribe(WATCH, id=task_id)
+    query = """query($id: ID!, $after: String) {
+      task(id: $id) { events(first: 2, after: $after) { cursor ... on StatusChanged { status } } }
+    }"""
+    first = (await stack.execute(query, id=task_id))["task"]["events"]
+    rest = (await stack.execute(query, id=task_id, after=first[-1]["cursor"]))["task"]["events"]
+    assert [e["status"] for e in first + rest] == ["QUEUED", "RUNNING", "SUCCEEDED"]
+    (error,) = await _errors(stack, query, id=task_id, after="not-a-cursor")
+    assert error["extensions"] == {"code": "BAD_INPUT", "field": "after"}
+
+
+async def test_tasks_filters_by_status_type_and_label(api: Stack) -> None:
+    await api.execute(
+        SUBMIT_MANY,
+        tasks=[
+            {"task": {"echo": {"message": "a"}}, "options": {"labels": ["red"]}},
+            {"task": {"sum": {"numbers": [1]}}, "options": {"labels": ["blue"]}},
+        ],
+    )
+    query = """query($f: TaskFilter) { tasks(filter: $f) { edges { node { type labels } } } }"""
+
+    async def types(f: dict[str, Any]) -> list[str]:
+        edges = (await api.execute(query, f=f))["tasks"]["edges"]
+        return sorted(e["node"]["type"] for e in edges)
+
+    assert await types({"label": "red"}) == ["echo"]
+    assert await types({"type": ["sum"]}) == ["sum"]
+    assert await types({"status": ["QUEUED"]}) == ["echo", "sum"]
+    assert await types({"status": ["RUNNING"]}) == []
+    assert await types({"createdAfter": "2000-01-01T00:00:00Z"}) == ["echo", "sum"]
+    assert await types({"createdBefore": "2000-01-01T00:00:00Z"}) == []
+    (error,) = await _errors(api, "{ tasks(first: 0) { edges { cursor } } }")
+    assert error["extensions"]["code"] == "BAD_INPUT"
+    (error,) = await _errors(api, '{ tasks(after: "@@") { edges { cursor } } }')
+    assert error["extensions"] == {"code": "BAD_INPUT", "field": "after"}
+
+
+async def test_health_and_readiness(api: Stack) -> None:
+    async with httpx.AsyncClient(base_url=api.url) as client:
+        assert (await client.get("/healthz")).json() == {"status": "ok"}
+        ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"ready": True, "postgres": "ok", "redis": "ok"}
