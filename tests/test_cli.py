@@ -86,6 +86,23 @@ async def test_dev_serves_graphiql_stops_on_ctrl_c_and_keeps_tasks(tmp_path: Pat
     assert nodes[0]["status"] == "SUCCEEDED"
 
 
+_STARTED: dict[int, asyncio.Event] = {}
+
+
+async def _wait_started_then_drain(proc: asyncio.subprocess.Process) -> None:
+    """Note arq's "Starting worker" line (its signal handlers are set by then), then keep
+    reading stderr so the pipe never fills."""
+    started = _STARTED.setdefault(proc.pid, asyncio.Event())
+    assert proc.stderr is not None
+    while line := await proc.stderr.readline():
+        if b"Starting worker" in line:
+            started.set()
+
+
+async def _started(proc: asyncio.subprocess.Process) -> None:
+    await _STARTED.setdefault(proc.pid, asyncio.Event()).wait()
+
+
 async def test_the_arq_cli_runs_the_worker(api: Stack) -> None:
     """Scaling workers is `arq workers.settings.WorkerSettings`, once per replica."""
     env = {
@@ -97,11 +114,17 @@ async def test_the_arq_cli_runs_the_worker(api: Stack) -> None:
     arq = Path(sys.executable).parent / "arq"
     workers = [
         await asyncio.create_subprocess_exec(
-            str(arq), "workers.settings.WorkerSettings", cwd=repo_root(), env=env
+            str(arq),
+            "workers.settings.WorkerSettings",
+            cwd=repo_root(),
+            env=env,
+            stderr=asyncio.subprocess.PIPE,
         )
         for _ in range(2)
     ]
+    drains = [asyncio.create_task(_wait_started_then_drain(w)) for w in workers]
     try:
+        await asyncio.wait_for(asyncio.gather(*(_started(w) for w in workers)), 60)
         ids = [
             (
                 await api.execute(
@@ -117,4 +140,6 @@ async def test_the_arq_cli_runs_the_worker(api: Stack) -> None:
         for worker in workers:
             worker.send_signal(signal.SIGTERM)
         codes = [await asyncio.wait_for(w.wait(), 30) for w in workers]
+        for drain in drains:
+            drain.cancel()
     assert codes == [0, 0], "workers must stop cleanly on SIGTERM"
