@@ -205,3 +205,22 @@ async def test_tasks_paged_two_at_a_time_returns_each_once_in_stable_order(api: 
         after = page["pageInfo"]["endCursor"]
     assert pages == 3
     assert seen == list(reversed(ids))  # newest first, each exactly once
+
+
+async def test_following_an_unknown_task_is_not_found(api: Stack) -> None:
+    with pytest.raises(TransportQueryError) as err:
+        await api.subscribe(WATCH, id="00000000-0000-0000-0000-000000000000")
+    assert err.value.errors is not None
+    assert err.value.errors[0]["extensions"]["code"] == "NOT_FOUND"
+
+
+async def test_cancel_while_the_attempt_is_starting_still_cancels_it(stack: Stack) -> None:
+    """cancelTask racing the worker's QUEUED -> RUNNING: whichever wins, it ends CANCELLED
+    and quickly (the worker remembers a request for a body that has not started yet)."""
+    for _ in range(5):
+        task_id = (
+            await stack.execute("mutation { submitTask(task: {sleep: {seconds: 20}}) { id } }")
+        )["submitTask"]["id"]
+        await stack.execute("mutation($id: ID!) { cancelTask(id: $id) { status } }", id=task_id)
+        events = await stack.subscribe(WATCH, id=task_id, within=2.5)
+        assert events[-1]["taskUpdates"]["status"] == "CANCELLED"

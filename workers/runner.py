@@ -11,6 +11,7 @@ import logging
 import time
 import traceback
 import uuid
+from dataclasses import dataclass
 from typing import Any, TypedDict
 
 import sqlalchemy as sa
@@ -39,6 +40,7 @@ class WorkerContext(TypedDict):
     engine: AsyncEngine
     worker_id: str
     running: dict[uuid.UUID, asyncio.Task[Any]]  # task id -> its body, for cancellation
+    cancel_requests: dict[uuid.UUID, float]  # asked before its body started here -> when
 
 
 def _status(to: TaskStatus, **data: Any) -> dict[str, Any]:
@@ -72,31 +74,43 @@ async def execute(ctx: WorkerContext, task_type: TaskType, task_id: str) -> str:
     return str(final.to.value if final.to else "")
 
 
-async def _load(engine: AsyncEngine, task_id: uuid.UUID) -> sa.Row[Any, Any, Any]:
+@dataclass(frozen=True)
+class Attempt:
+    """What the runner needs of the task row, read once the attempt has started."""
+
+    input: dict[str, Any]
+    timeout_seconds: int
+    number: int
+    cancel_requested: bool
+
+
+async def _load(engine: AsyncEngine, task_id: uuid.UUID) -> Attempt:
     t = task_table.c
+    query = sa.select(t.input, t.timeout_seconds, t.attempts, t.cancel_requested).where(
+        t.id == task_id
+    )
     async with engine.connect() as conn:
-        return (
-            await conn.execute(
-                sa.select(t.input, t.timeout_seconds, t.attempts).where(t.id == task_id)
-            )
-        ).one()
+        row = (await conn.execute(query)).one()
+    return Attempt(row.input, row.timeout_seconds, row.attempts, row.cancel_requested)
 
 
 async def _run_body(
-    ctx: WorkerContext, task_type: TaskType, task_id: uuid.UUID, row: sa.Row[Any, Any, Any]
+    ctx: WorkerContext, task_type: TaskType, task_id: uuid.UUID, attempt: Attempt
 ) -> journal.Change:
     """Run the task's coroutine and turn how it ended into the final change."""
     settings = ctx["settings"]
     try:
         data = task_type.input_model.model_validate(
-            row.input, context={"max_runtime_seconds": settings.task_max_runtime_seconds}
+            attempt.input, context={"max_runtime_seconds": settings.task_max_runtime_seconds}
         )
     except ValidationError as exc:
         return _failed(task_id, "BAD_INPUT", f"stored input no longer valid: {exc}")
-    tctx = TaskContext(task_id, row.attempts, settings, ctx["engine"], ctx["redis"])
+    tctx = TaskContext(task_id, attempt.number, settings, ctx["engine"], ctx["redis"])
     body = asyncio.create_task(task_type.run(tctx, data), name=f"task:{task_id}")
     ctx["running"][task_id] = body
-    timer = asyncio.timeout(row.timeout_seconds)
+    if ctx["cancel_requests"].pop(task_id, None) is not None or attempt.cancel_requested:
+        body.cancel()  # asked while this attempt was starting
+    timer = asyncio.timeout(attempt.timeout_seconds)
     try:
         async with timer:
             result = await body
@@ -105,8 +119,8 @@ async def _run_body(
             raise_from = traceback.format_exc()
             await _log(ctx, task_id, "error", raise_from)
             return _failed(task_id, "TimeoutError", "the task raised TimeoutError")
-        await _log(ctx, task_id, "error", f"task_killed: exceeded {row.timeout_seconds}s")
-        return _failed(task_id, "TIMEOUT", f"exceeded its timeout of {row.timeout_seconds}s")
+        await _log(ctx, task_id, "error", f"task_killed: exceeded {attempt.timeout_seconds}s")
+        return _failed(task_id, "TIMEOUT", f"exceeded its timeout of {attempt.timeout_seconds}s")
     except asyncio.CancelledError:
         current = asyncio.current_task()
         if current is not None and current.cancelling():
@@ -163,10 +177,19 @@ async def _hand_back(ctx: WorkerContext, task_id: uuid.UUID) -> None:
         log.exception("could not hand task %s back; the reconciler will", task_id)
 
 
-async def cancel_running(ctx: WorkerContext, task_id: uuid.UUID) -> bool:
-    """Cancel the body of a task this worker runs; False when it does not run it here."""
+CANCEL_MEMORY_SECONDS = 60.0
+
+
+def cancel_running(ctx: WorkerContext, task_id: uuid.UUID) -> bool:
+    """Cancel the body of a task this worker runs. When it does not run it (yet), remember
+    the request for a while: the body may be about to start here."""
     body = ctx["running"].get(task_id)
     if body is None or body.done():
+        requests = ctx["cancel_requests"]
+        now = time.monotonic()
+        for stale in [k for k, at in requests.items() if now - at > CANCEL_MEMORY_SECONDS]:
+            del requests[stale]
+        requests[task_id] = now
         return False
     body.cancel()
     return True
@@ -185,7 +208,7 @@ async def watch_cancellations(ctx: WorkerContext, redis: Redis) -> None:
             if message is not None and message["type"] == "message":
                 raw = message["data"]
                 text = raw.decode() if isinstance(raw, bytes) else str(raw)
-                await cancel_running(ctx, uuid.UUID(text))
+                cancel_running(ctx, uuid.UUID(text))
             if time.monotonic() >= next_sweep:
                 await _sweep(ctx)
                 next_sweep = time.monotonic() + every
@@ -204,4 +227,4 @@ async def _sweep(ctx: WorkerContext) -> None:
         )
         ids = list(flagged)
     for tid in ids:
-        await cancel_running(ctx, tid)
+        cancel_running(ctx, tid)

@@ -36,6 +36,7 @@ async def _startup(settings: Settings, ctx: dict[str, Any]) -> None:
     ctx["engine"] = create_engine(settings.require_database_url())
     ctx["worker_id"] = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     ctx["running"] = {}
+    ctx["cancel_requests"] = {}
     ctx["cancel_watcher"] = asyncio.create_task(
         watch_cancellations(cast(WorkerContext, ctx), ctx["redis"])
     )
