@@ -13,8 +13,11 @@ from strawberry.experimental.pydantic import input as pydantic_input
 from api.types import TaskOptionsInput
 from taskrunner.config import Settings
 from taskrunner.errors import BadInput
+from taskrunner.queue import PRIORITY_MAX, PRIORITY_MIN
 from taskrunner.tasks import Submission
 from workers.catalog import TaskType, catalog
+
+MAX_RETRIES = 100
 
 
 def _camel(name: str) -> str:
@@ -82,11 +85,26 @@ def to_submission(
     return Submission(
         type=name,
         input=model.model_dump(mode="json"),
+        priority=_ranged("priority", opts.priority, 0, PRIORITY_MIN, PRIORITY_MAX),
+        max_retries=_ranged(
+            "maxRetries", opts.max_retries, task_type.retry.max_retries, 0, MAX_RETRIES
+        ),
         timeout_seconds=_timeout(opts, settings),
         scheduled_for=_not_before(opts),
         idempotency_key=_idempotency_key(opts),
         labels=tuple(dict.fromkeys(opts.labels or ())),
     )
+
+
+def _ranged(name: str, value: int | None, default: int, low: int, high: int) -> int:
+    if value is None:
+        return default
+    if not low <= value <= high:
+        raise BadInput(
+            f"options.{name}: must be between {low} and {high}, got {value}",
+            field=f"options.{name}",
+        )
+    return value
 
 
 def _timeout(opts: TaskOptionsInput, settings: Settings) -> int:

@@ -24,9 +24,10 @@ from api.types import (
     TaskFilter,
     TaskOptionsInput,
     TaskType,
+    Worker,
     event_type,
 )
-from taskrunner import streams
+from taskrunner import heartbeats, streams
 from taskrunner import tasks as ops
 from taskrunner.errors import BadInput, LimitExceeded
 from taskrunner.events import decode_cursor
@@ -103,6 +104,21 @@ class Query:
             for t in catalog().values()
         ]
 
+    @strawberry.field(description="Live workers (from their heartbeats), oldest first.")
+    async def workers(self, info: Info) -> list[Worker]:
+        found = await heartbeats.live_workers(info.context.services.redis)
+        return [
+            Worker(
+                id=w.id,
+                host=w.host,
+                pid=w.pid,
+                started_at=w.started_at,
+                last_heartbeat_at=w.last_heartbeat_at,
+                running_task_ids=[strawberry.ID(str(t)) for t in w.running],
+            )
+            for w in sorted(found, key=lambda w: w.started_at)
+        ]
+
 
 @strawberry.type
 class Mutation:
@@ -150,6 +166,21 @@ class Mutation:
     async def cancel_task(self, info: Info, id: strawberry.ID) -> Task:
         services = info.context.services
         row = await ops.cancel(
+            engine=services.engine,
+            redis=services.redis,
+            pool=services.redis,
+            task_id=_task_id(id),
+            owner=info.context.owner,
+        )
+        return Task.from_row(row)
+
+    @strawberry.mutation(
+        description="Run a FAILED or CANCELLED task again as a new attempt; its events keep "
+        "the whole history."
+    )
+    async def retry_task(self, info: Info, id: strawberry.ID) -> Task:
+        services = info.context.services
+        row = await ops.retry(
             engine=services.engine,
             redis=services.redis,
             pool=services.redis,

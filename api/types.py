@@ -97,6 +97,24 @@ class Task:
     started_at: datetime | None
     finished_at: datetime | None
     cancel_requested: bool
+    worker_id: str | None = strawberry.field(
+        description="The worker running it (while RUNNING), as listed by `workers`."
+    )
+    next_attempt_at: datetime | None = strawberry.field(
+        description="While QUEUED and waiting (runAt, or the backoff before a retry): when it "
+        "is handed to the workers."
+    )
+
+    @strawberry.field(
+        description="While QUEUED and ready: its place among ready tasks (1 starts next). "
+        "Approximate."
+    )
+    async def queue_position(self, info: Info) -> int | None:
+        if self.status is not TaskStatus.QUEUED or self.next_attempt_at is not None:
+            return None
+        return await tasks.queue_position(
+            engine=info.context.services.engine, priority=self.priority, created_at=self.created_at
+        )
 
     @strawberry.field(description="The task's events in order, after the cursor `after`.")
     async def events(
@@ -142,7 +160,19 @@ class Task:
             started_at=row.started_at,
             finished_at=row.finished_at,
             cancel_requested=row.cancel_requested,
+            worker_id=row.worker_id if row.status == TaskStatus.RUNNING.value else None,
+            next_attempt_at=row.due_at if row.status == TaskStatus.QUEUED.value else None,
         )
+
+
+@strawberry.type(description="A live worker, from its heartbeat.")
+class Worker:
+    id: str
+    host: str
+    pid: int
+    started_at: datetime
+    last_heartbeat_at: datetime
+    running_task_ids: list[strawberry.ID]
 
 
 @strawberry.type
@@ -181,6 +211,15 @@ class TaskFilter:
 
 @strawberry.input(description="How to run a task. Every field is optional.")
 class TaskOptionsInput:
+    priority: int | None = strawberry.field(
+        default=None,
+        description="-1000 to 1000 (default 0): among ready tasks a higher one starts first.",
+    )
+    max_retries: int | None = strawberry.field(
+        default=None,
+        description="Run again after a failure up to this many times (0 to 100), waiting "
+        "longer each time; default: the task type's policy.",
+    )
     timeout_seconds: int | None = strawberry.field(
         default=None, description="Fail with TIMEOUT after this long (<= TASK_MAX_RUNTIME_SECONDS)."
     )

@@ -48,6 +48,27 @@ class Settings(BaseSettings):
         gt=0,
         description="A live stream re-reads PostgreSQL after this long without a message.",
     )
+    worker_shutdown_grace_seconds: int = Field(
+        default=10,
+        ge=0,
+        description="On SIGTERM a worker takes no new task and lets running ones finish this "
+        "long; the rest go back to the queue.",
+    )
+    heartbeat_interval_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often a worker reports it is alive; silent for 5 intervals, its "
+        "running tasks are recovered.",
+    )
+    scheduler_interval_seconds: float = Field(
+        default=0.25, gt=0, description="How often workers enqueue tasks that became due."
+    )
+    reconcile_interval_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often one worker re-enqueues tasks Redis lost and recovers tasks of "
+        "dead workers.",
+    )
     queue_name: str = Field(default="taskrunner:queue", description="arq queue (a Redis key).")
     log_level: str = Field(default="INFO", description="Log level of every process.")
 

@@ -26,6 +26,16 @@ class Task(SQLModel, table=True):
         sa.Index("ix_task_status_created", "status", "created_at"),
         sa.Index("ix_task_type_created", "type", "created_at"),
         sa.Index("ix_task_owner_created", "owner", "created_at"),
+        # the scheduler's scan: tasks waiting in PostgreSQL until they are due
+        sa.Index("ix_task_due", "due_at", postgresql_where=sa.text("due_at IS NOT NULL")),
+        # queuePosition and the reconciler's look at ready tasks
+        sa.Index(
+            "ix_task_ready",
+            sa.text("priority DESC"),
+            "created_at",
+            postgresql_where=sa.text("status = 'QUEUED' AND due_at IS NULL"),
+        ),
+        sa.Index("ix_task_running", "worker_id", postgresql_where=sa.text("status = 'RUNNING'")),
         sa.Index(
             "ux_task_owner_idempotency",
             "owner",
@@ -65,6 +75,12 @@ class Task(SQLModel, table=True):
     )
     finished_at: datetime | None = Field(
         default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
+    )
+    due_at: datetime | None = Field(
+        default=None,
+        sa_column=sa.Column(sa.DateTime(timezone=True)),
+        description="QUEUED but waiting in PostgreSQL (runAt, retry backoff) until then; "
+        "NULL once handed to the queue.",
     )
     cancel_requested: bool = Field(default=False, sa_column_kwargs={"server_default": "false"})
     worker_id: str | None = None

@@ -1,17 +1,28 @@
-"""The one module that knows arq: job ids, enqueueing, removal. arq only delivers;
-PostgreSQL decides (a worker re-reads the row before it runs anything)."""
+"""The one module that knows arq: job ids, scores, enqueueing, removal, re-delivery.
+
+arq only delivers; PostgreSQL decides (a worker re-reads the row before it runs anything).
+arq reads its queue, a Redis sorted set, in score order among members whose score is not
+in the future. We give every job a score in the past that encodes its priority: a higher
+priority is an older score, and within one priority the enqueue time keeps FIFO order.
+Tasks that must wait (runAt, retry backoff) wait in PostgreSQL and are enqueued when due.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 
 from arq import ArqRedis, create_pool
 from arq.connections import RedisSettings
 from arq.constants import in_progress_key_prefix, job_key_prefix
+from arq.jobs import serialize_job
+
+PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
+PRIORITY_STEP_MS = 10**11  # ~3 years: one priority level outranks any wait in the queue
+JOB_EXPIRES_MS = 7 * 24 * 3600 * 1000  # a job still waiting after this is dropped by arq;
+# the reconciler then enqueues it again from PostgreSQL
 
 
 @dataclass(frozen=True)
@@ -20,7 +31,12 @@ class Job:
 
     task_type: str
     task_id: uuid.UUID
-    not_before: datetime | None = None
+    priority: int = 0
+
+
+def score(priority: int, enqueued_ms: int) -> int:
+    """The job's score: always <= now, lower for a higher priority (read first)."""
+    return enqueued_ms - (priority - PRIORITY_MIN) * PRIORITY_STEP_MS
 
 
 def redis_settings(redis_url: str) -> RedisSettings:
@@ -34,18 +50,44 @@ async def connect(redis_url: str, queue_name: str) -> ArqRedis:
 
 
 async def enqueue(pool: ArqRedis, jobs: Sequence[Job]) -> None:
-    """Enqueue with `_job_id` = task id, so a repeated enqueue of a waiting job is a no-op."""
-    await asyncio.gather(
-        *(
-            pool.enqueue_job(
-                job.task_type,
-                str(job.task_id),
-                _job_id=str(job.task_id),
-                _defer_until=job.not_before,
-            )
-            for job in jobs
-        )
-    )
+    """Enqueue jobs in one pipeline. The job id is the task id and both writes are NX, so
+    enqueueing a job that waits or runs already changes nothing."""
+    if not jobs:
+        return
+    now = int(time.time() * 1000)
+    pipe = pool.pipeline(transaction=False)
+    for job in jobs:
+        job_id = str(job.task_id)
+        payload = serialize_job(job.task_type, (job_id,), {}, None, now)
+        pipe.set(job_key_prefix + job_id, payload, px=JOB_EXPIRES_MS, nx=True)
+        pipe.zadd(pool.default_queue_name, {job_id: score(job.priority, now)}, nx=True)
+    await pipe.execute()
+
+
+async def redeliver(pool: ArqRedis, jobs: Sequence[Job]) -> None:
+    """Enqueue jobs whose worker died: drop arq's in-progress marks first (arq itself would
+    wait for its job timeout), then enqueue as usual."""
+    if not jobs:
+        return
+    await pool.delete(*(in_progress_key_prefix + str(job.task_id) for job in jobs))
+    await pool.delete(*(job_key_prefix + str(job.task_id) for job in jobs))
+    await enqueue(pool, jobs)
+
+
+async def missing(pool: ArqRedis, task_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    """The ids among `task_ids` that Redis does not hold as a job (lost, flushed)."""
+    if not task_ids:
+        return []
+    pipe = pool.pipeline(transaction=False)
+    for task_id in task_ids:
+        pipe.exists(job_key_prefix + str(task_id))
+        pipe.zscore(pool.default_queue_name, str(task_id))
+    found = await pipe.execute()
+    return [
+        task_id
+        for i, task_id in enumerate(task_ids)
+        if not found[2 * i] or found[2 * i + 1] is None
+    ]
 
 
 async def remove(pool: ArqRedis, task_id: uuid.UUID) -> None:

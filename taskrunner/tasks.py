@@ -78,7 +78,7 @@ async def submit(
     created = {e.task_id for e in events}
     await queue.enqueue(
         pool,
-        [queue.Job(t.type, t.id, t.scheduled_for) for t in tasks if t.id in created],
+        [queue.Job(t.type, t.id, t.priority) for t in tasks if t.id in created and not t.due_at],
     )
     return tasks
 
@@ -86,6 +86,7 @@ async def submit(
 async def _insert(
     conn: AsyncConnection, owner: str, submissions: Sequence[Submission]
 ) -> tuple[list[Task], list[Event]]:
+    now = datetime.now(UTC)
     rows = [
         {
             "id": uuid.uuid4(),
@@ -99,6 +100,7 @@ async def _insert(
             "idempotency_key": s.idempotency_key,
             "labels": list(s.labels),
             "scheduled_for": s.scheduled_for,
+            "due_at": s.scheduled_for if s.scheduled_for and s.scheduled_for > now else None,
             "event_seq": 1,
         }
         for s in submissions
@@ -244,6 +246,54 @@ async def cancel(
                 await redis.publish(CANCEL_CHANNEL, str(task_id))
             return await require(engine=engine, task_id=task_id, owner=owner)
     raise Conflict(f"task {task_id} kept changing state; try cancelTask again")
+
+
+async def retry(
+    *, engine: AsyncEngine, redis: Redis, pool: ArqRedis, task_id: uuid.UUID, owner: str
+) -> Task:
+    """Run a FAILED or CANCELLED task again, as a new attempt (its history stays)."""
+    task = await require(engine=engine, task_id=task_id, owner=owner)
+    change = journal.Change(
+        task_id,
+        EventKind.STATUS,
+        {"status": TaskStatus.QUEUED.value},
+        to=TaskStatus.QUEUED,
+        retry_request=True,
+        values={
+            "due_at": None,
+            "finished_at": None,
+            "cancel_requested": False,
+            "error_code": None,
+            "error_message": None,
+            "result": None,
+            "progress": None,
+            "progress_message": None,
+            "worker_id": None,
+        },
+    )
+    outcome = await journal.apply_one(engine, redis, change)
+    if not outcome.accepted:
+        found = outcome.found.value if outcome.found else "gone"
+        raise Conflict(f"task {task_id} is {found}; only FAILED or CANCELLED tasks can be retried")
+    await queue.enqueue(pool, [queue.Job(task.type, task.id, task.priority)])
+    return await require(engine=engine, task_id=task_id, owner=owner)
+
+
+async def queue_position(*, engine: AsyncEngine, priority: int, created_at: datetime) -> int:
+    """For a ready QUEUED task: 1 + the ready tasks that start before it (higher priority,
+    or same priority and older). Approximate: a retried task waits behind those enqueued
+    before its retry."""
+    t = task_table.c
+    ahead = sa.select(sa.func.count()).where(
+        t.status == TaskStatus.QUEUED.value,
+        t.due_at.is_(None),
+        sa.or_(
+            t.priority > priority,
+            sa.and_(t.priority == priority, t.created_at < created_at),
+        ),
+    )
+    async with engine.connect() as conn:
+        return int(await conn.scalar(ahead) or 0) + 1
 
 
 def _cancel_change(task_id: uuid.UUID, status: TaskStatus) -> journal.Change:

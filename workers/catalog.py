@@ -10,12 +10,13 @@ import importlib
 import inspect
 import pkgutil
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
 from pydantic import BaseModel
 
+from taskrunner.retries import RetryPolicy
 from workers import tasks as tasks_package
 from workers.context import TaskContext
 
@@ -28,6 +29,7 @@ class TaskType:
     description: str
     input_model: type[BaseModel]
     run: RunFn
+    retry: RetryPolicy = field(default_factory=RetryPolicy)  # the module's RETRY, if any
 
 
 def _load(module_name: str) -> TaskType:
@@ -39,8 +41,11 @@ def _load(module_name: str) -> TaskType:
         raise TypeError(f"{module.__name__}: Input must be a pydantic BaseModel")
     if not inspect.iscoroutinefunction(run):
         raise TypeError(f"{module.__name__}: run must be `async def run(ctx, input)`")
+    retry = getattr(module, "RETRY", RetryPolicy())
+    if not isinstance(retry, RetryPolicy):
+        raise TypeError(f"{module.__name__}: RETRY must be a taskrunner.retries.RetryPolicy")
     description = inspect.cleandoc(module.__doc__ or name).split("\n\n")[0]
-    return TaskType(name=name, description=description, input_model=model, run=run)
+    return TaskType(name=name, description=description, input_model=model, run=run, retry=retry)
 
 
 @cache

@@ -8,23 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import traceback
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
 import sqlalchemy as sa
 from arq import ArqRedis
 from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner import journal
 from taskrunner.config import Settings
-from taskrunner.events import CANCEL_CHANNEL, EventKind
+from taskrunner.events import EventKind
 from taskrunner.models import NOW, task_table
+from taskrunner.retries import backoff, retries_left
 from taskrunner.states import TaskStatus
 from workers.catalog import TaskType
 from workers.context import TaskContext
@@ -39,6 +39,7 @@ class WorkerContext(TypedDict):
     settings: Settings
     engine: AsyncEngine
     worker_id: str
+    started_at: datetime
     running: dict[uuid.UUID, asyncio.Task[Any]]  # task id -> its body, for cancellation
     cancel_requests: dict[uuid.UUID, float]  # asked before its body started here -> when
 
@@ -68,10 +69,43 @@ async def execute(ctx: WorkerContext, task_type: TaskType, task_id: str) -> str:
     )
     if not start.accepted:  # cancelled, already run, or a duplicate delivery
         return f"skipped: task is {start.found.value if start.found else 'gone'}"
-    row = await _load(engine, tid)
-    final = await _run_body(ctx, task_type, tid, row)
+    attempt = await _load(engine, tid)
+    final = await _run_body(ctx, task_type, tid, attempt)
+    if final.to is TaskStatus.FAILED and retries_left(attempt.max_retries, attempt.number):
+        final = await _retry_later(ctx, task_type, tid, attempt, final)
     await journal.apply_one(engine, redis, final)
     return str(final.to.value if final.to else "")
+
+
+async def _retry_later(
+    ctx: WorkerContext,
+    task_type: TaskType,
+    task_id: uuid.UUID,
+    attempt: Attempt,
+    failure: journal.Change,
+) -> journal.Change:
+    """Turn a failure into RUNNING -> QUEUED, due after the type's backoff."""
+    delay = backoff(task_type.retry, attempt.number)
+    error = failure.data["error"]
+    await _log(
+        ctx,
+        task_id,
+        "warning",
+        f"attempt {attempt.number} failed ({error['code']}: {error['message']}); "
+        f"retry {attempt.number} of {attempt.max_retries} in {delay:.2f}s",
+    )
+    return journal.Change(
+        task_id,
+        EventKind.STATUS,
+        _status(TaskStatus.QUEUED, error=error),
+        to=TaskStatus.QUEUED,
+        values={
+            "due_at": sa.func.clock_timestamp() + timedelta(seconds=delay),
+            "worker_id": None,
+            "error_code": error["code"],
+            "error_message": error["message"],
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -80,18 +114,21 @@ class Attempt:
 
     input: dict[str, Any]
     timeout_seconds: int
-    number: int
+    number: int  # 1 for the first attempt
+    max_retries: int
     cancel_requested: bool
 
 
 async def _load(engine: AsyncEngine, task_id: uuid.UUID) -> Attempt:
     t = task_table.c
-    query = sa.select(t.input, t.timeout_seconds, t.attempts, t.cancel_requested).where(
-        t.id == task_id
-    )
+    query = sa.select(
+        t.input, t.timeout_seconds, t.attempts, t.max_retries, t.cancel_requested
+    ).where(t.id == task_id)
     async with engine.connect() as conn:
         row = (await conn.execute(query)).one()
-    return Attempt(row.input, row.timeout_seconds, row.attempts, row.cancel_requested)
+    return Attempt(
+        row.input, row.timeout_seconds, row.attempts, row.max_retries, row.cancel_requested
+    )
 
 
 async def _run_body(
@@ -136,7 +173,14 @@ async def _run_body(
         payload = to_jsonable_python(result)
     except Exception as exc:
         return _failed(task_id, "BAD_RESULT", f"result is not JSON-serializable: {exc}")
-    return _final(task_id, TaskStatus.SUCCEEDED, result=payload, progress=1.0)
+    return _final(
+        task_id,
+        TaskStatus.SUCCEEDED,
+        result=payload,
+        progress=1.0,
+        error_code=None,
+        error_message=None,
+    )
 
 
 def _final(task_id: uuid.UUID, to: TaskStatus, **values: Any) -> journal.Change:
@@ -175,56 +219,3 @@ async def _hand_back(ctx: WorkerContext, task_id: uuid.UUID) -> None:
         await asyncio.shield(journal.apply_one(ctx["engine"], ctx["redis"], change))
     except Exception:
         log.exception("could not hand task %s back; the reconciler will", task_id)
-
-
-CANCEL_MEMORY_SECONDS = 60.0
-
-
-def cancel_running(ctx: WorkerContext, task_id: uuid.UUID) -> bool:
-    """Cancel the body of a task this worker runs. When it does not run it (yet), remember
-    the request for a while: the body may be about to start here."""
-    body = ctx["running"].get(task_id)
-    if body is None or body.done():
-        requests = ctx["cancel_requests"]
-        now = time.monotonic()
-        for stale in [k for k, at in requests.items() if now - at > CANCEL_MEMORY_SECONDS]:
-            del requests[stale]
-        requests[task_id] = now
-        return False
-    body.cancel()
-    return True
-
-
-async def watch_cancellations(ctx: WorkerContext, redis: Redis) -> None:
-    """Cancel bodies when asked on the cancel channel, and, in case a message was lost,
-    whenever the table says a running task here has `cancel_requested`."""
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(CANCEL_CHANNEL)
-    every = ctx["settings"].stream_quiet_seconds
-    next_sweep = time.monotonic() + every
-    try:
-        while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=every)
-            if message is not None and message["type"] == "message":
-                raw = message["data"]
-                text = raw.decode() if isinstance(raw, bytes) else str(raw)
-                cancel_running(ctx, uuid.UUID(text))
-            if time.monotonic() >= next_sweep:
-                await _sweep(ctx)
-                next_sweep = time.monotonic() + every
-    finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
-
-
-async def _sweep(ctx: WorkerContext) -> None:
-    running = [tid for tid, body in ctx["running"].items() if not body.done()]
-    if not running:
-        return
-    t = task_table.c
-    async with ctx["engine"].connect() as conn:
-        flagged = await conn.scalars(
-            sa.select(t.id).where(t.id.in_(running), t.cancel_requested.is_(True))
-        )
-        ids = list(flagged)
-    for tid in ids:
-        cancel_running(ctx, tid)

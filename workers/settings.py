@@ -9,18 +9,21 @@ import functools
 import os
 import socket
 import uuid
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from arq.worker import Function, func
 
-from taskrunner import queue
+from taskrunner import heartbeats, queue
 from taskrunner.config import Settings, get_settings
 from taskrunner.db import create_engine
 from taskrunner.logs import configure_logging
+from workers import background
 from workers.catalog import TaskType, catalog
-from workers.runner import WorkerContext, execute, watch_cancellations
+from workers.runner import WorkerContext, execute
 
-GRACE_SECONDS = 30
+# arq's own job timeout is only a backstop behind each task's timeout.
+ARQ_TIMEOUT_MARGIN_SECONDS = 30
 
 
 def _job(task_type: TaskType) -> Function:
@@ -35,19 +38,20 @@ async def _startup(settings: Settings, ctx: dict[str, Any]) -> None:
     ctx["settings"] = settings
     ctx["engine"] = create_engine(settings.require_database_url())
     ctx["worker_id"] = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    ctx["started_at"] = datetime.now(UTC)
     ctx["running"] = {}
     ctx["cancel_requests"] = {}
-    ctx["cancel_watcher"] = asyncio.create_task(
-        watch_cancellations(cast(WorkerContext, ctx), ctx["redis"])
-    )
+    ctx["background"] = background.start(cast(WorkerContext, ctx))
 
 
 async def _shutdown(ctx: dict[str, Any]) -> None:
-    watcher = ctx.get("cancel_watcher")
-    if watcher is not None:
-        watcher.cancel()
+    for task in ctx.get("background", ()):
+        task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+            await task
+    if "worker_id" in ctx:
+        with contextlib.suppress(Exception):
+            await heartbeats.leave(ctx["redis"], ctx["worker_id"])
     engine = ctx.get("engine")
     if engine is not None:
         await engine.dispose()
@@ -64,8 +68,8 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "max_jobs": settings.worker_concurrency,
         "poll_delay": settings.worker_poll_delay_seconds,
         "queue_read_limit": max(100, settings.worker_concurrency * 4),
-        # Our own timeout (per task) fires first; arq's is only a backstop.
-        "job_timeout": settings.task_max_runtime_seconds + GRACE_SECONDS,
+        "job_timeout": settings.task_max_runtime_seconds + ARQ_TIMEOUT_MARGIN_SECONDS,
+        "job_completion_wait": settings.worker_shutdown_grace_seconds,
         "keep_result": 0,
         "max_tries": 1000,
         "health_check_interval": 10,

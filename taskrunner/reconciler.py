@@ -1,0 +1,125 @@
+"""Keeps PostgreSQL and the queue in step; makes a lost task impossible.
+
+- `enqueue_due`: tasks that waited in PostgreSQL (runAt, retry backoff) go to the queue
+  when due. Rows are claimed with SKIP LOCKED, so any number of workers can run it.
+- `requeue_lost`: QUEUED tasks that Redis does not hold (the api died between commit and
+  enqueue, Redis was flushed or restarted without its data) are enqueued again.
+- `recover_orphans`: RUNNING tasks of a worker whose heartbeat stopped run again (if
+  retries remain) or fail with WORKER_LOST.
+Every step is idempotent: a job is enqueued NX, a transition is conditional.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from arq import ArqRedis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from taskrunner import journal, queue
+from taskrunner.events import EventKind
+from taskrunner.models import NOW, task_table
+from taskrunner.retries import retries_left
+from taskrunner.states import TaskStatus
+
+BATCH = 1000
+WORKER_LOST = "WORKER_LOST"
+
+
+async def enqueue_due(engine: AsyncEngine, pool: ArqRedis, limit: int = BATCH) -> int:
+    """Hand due tasks to the queue; returns how many."""
+    claim = sa.text(
+        "WITH due AS (SELECT id FROM task WHERE due_at <= clock_timestamp() "
+        "AND status = 'QUEUED' ORDER BY due_at LIMIT :limit FOR UPDATE SKIP LOCKED) "
+        "UPDATE task SET due_at = NULL FROM due WHERE task.id = due.id "
+        "RETURNING task.id, task.type, task.priority"
+    )
+    async with engine.begin() as conn:
+        rows = (await conn.execute(claim, {"limit": limit})).all()
+    await queue.enqueue(pool, [queue.Job(r.type, r.id, r.priority) for r in rows])
+    return len(rows)
+
+
+async def requeue_lost(engine: AsyncEngine, pool: ArqRedis, limit: int = BATCH) -> int:
+    """Enqueue ready QUEUED tasks that Redis does not hold; returns how many."""
+    t = task_table.c
+    query = (
+        sa.select(t.id, t.type, t.priority)
+        .where(t.status == TaskStatus.QUEUED.value, t.due_at.is_(None))
+        .order_by(t.priority.desc(), t.created_at)
+        .limit(limit)
+    )
+    async with engine.connect() as conn:
+        rows = {r.id: r for r in (await conn.execute(query)).all()}
+    lost = await queue.missing(pool, list(rows))
+    await queue.enqueue(pool, [queue.Job(rows[i].type, i, rows[i].priority) for i in lost])
+    return len(lost)
+
+
+async def recover_orphans(
+    engine: AsyncEngine,
+    pool: ArqRedis,
+    live_worker_ids: set[str],
+    *,
+    grace_seconds: float,
+) -> int:
+    """Recover RUNNING tasks whose worker is not alive; returns how many."""
+    t = task_table.c
+    query = sa.select(
+        t.id, t.type, t.priority, t.attempts, t.max_retries, t.cancel_requested
+    ).where(
+        t.status == TaskStatus.RUNNING.value,
+        sa.or_(t.worker_id.is_(None), t.worker_id.not_in(live_worker_ids or {""})),
+        t.started_at < sa.func.clock_timestamp() - timedelta(seconds=grace_seconds),
+    )
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query.limit(BATCH))).all()
+    if not rows:
+        return 0
+    changes = [_recovery(r) for r in rows]
+    outcomes = await journal.apply(engine, pool, changes)
+    again = [
+        queue.Job(r.type, r.id, r.priority)
+        for r, o in zip(rows, outcomes, strict=True)
+        if o.accepted and o.change.to is TaskStatus.QUEUED
+    ]
+    await queue.redeliver(pool, again)
+    return sum(o.accepted for o in outcomes)
+
+
+def _recovery(row: Any) -> journal.Change:
+    error = {"code": WORKER_LOST, "message": "the worker running this task stopped responding"}
+    if row.cancel_requested:
+        return journal.Change(
+            row.id,
+            EventKind.STATUS,
+            {"status": TaskStatus.CANCELLED.value},
+            to=TaskStatus.CANCELLED,
+            values={"finished_at": NOW, "worker_id": None},
+        )
+    if retries_left(row.max_retries, row.attempts):
+        return journal.Change(
+            row.id,
+            EventKind.STATUS,
+            {"status": TaskStatus.QUEUED.value, "error": error},
+            to=TaskStatus.QUEUED,
+            values={
+                "worker_id": None,
+                "error_code": WORKER_LOST,
+                "error_message": error["message"],
+            },
+        )
+    return journal.Change(
+        row.id,
+        EventKind.STATUS,
+        {"status": TaskStatus.FAILED.value, "error": error},
+        to=TaskStatus.FAILED,
+        values={
+            "finished_at": NOW,
+            "worker_id": None,
+            "error_code": WORKER_LOST,
+            "error_message": error["message"],
+        },
+    )

@@ -1,0 +1,146 @@
+"""What a worker does besides running tasks: follow cancellations, beat its heartbeat,
+enqueue tasks that became due, and (one worker at a time) reconcile.
+
+Each loop survives errors (logged, retried next round): a Redis or PostgreSQL hiccup must
+not take the worker down, and a later round repairs what an earlier one missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from taskrunner import heartbeats, reconciler
+from taskrunner.events import CANCEL_CHANNEL
+from taskrunner.models import task_table
+from workers.runner import WorkerContext
+
+log = logging.getLogger(__name__)
+
+CANCEL_MEMORY_SECONDS = 60.0
+RECONCILE_LOCK = "taskrunner:reconciler"
+
+
+def cancel_running(ctx: WorkerContext, task_id: uuid.UUID) -> bool:
+    """Cancel the body of a task this worker runs. When it does not run it (yet), remember
+    the request for a while: the body may be about to start here."""
+    body = ctx["running"].get(task_id)
+    if body is None or body.done():
+        requests = ctx["cancel_requests"]
+        now = time.monotonic()
+        for stale in [k for k, at in requests.items() if now - at > CANCEL_MEMORY_SECONDS]:
+            del requests[stale]
+        requests[task_id] = now
+        return False
+    body.cancel()
+    return True
+
+
+async def watch_cancellations(ctx: WorkerContext) -> None:
+    """Cancel bodies when asked on the cancel channel, and, in case a message was lost,
+    whenever the table says a running task here has `cancel_requested`."""
+    pubsub = ctx["redis"].pubsub()
+    await pubsub.subscribe(CANCEL_CHANNEL)
+    every = ctx["settings"].stream_quiet_seconds
+    next_sweep = time.monotonic() + every
+    try:
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=every)
+            if message is not None and message["type"] == "message":
+                raw = message["data"]
+                text = raw.decode() if isinstance(raw, bytes) else str(raw)
+                cancel_running(ctx, uuid.UUID(text))
+            if time.monotonic() >= next_sweep:
+                await _sweep(ctx)
+                next_sweep = time.monotonic() + every
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+async def _sweep(ctx: WorkerContext) -> None:
+    running = [tid for tid, body in ctx["running"].items() if not body.done()]
+    if not running:
+        return
+    t = task_table.c
+    async with ctx["engine"].connect() as conn:
+        flagged = await conn.scalars(
+            sa.select(t.id).where(t.id.in_(running), t.cancel_requested.is_(True))
+        )
+        ids = list(flagged)
+    for tid in ids:
+        cancel_running(ctx, tid)
+
+
+def worker_info(ctx: WorkerContext, started_at: datetime) -> heartbeats.WorkerInfo:
+    return heartbeats.WorkerInfo(
+        id=ctx["worker_id"],
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        started_at=started_at,
+        last_heartbeat_at=datetime.now(UTC),
+        running=[tid for tid, body in ctx["running"].items() if not body.done()],
+    )
+
+
+async def beat(ctx: WorkerContext) -> None:
+    await heartbeats.beat(
+        ctx["redis"],
+        worker_info(ctx, ctx["started_at"]),
+        ctx["settings"].heartbeat_interval_seconds,
+    )
+
+
+async def enqueue_due(ctx: WorkerContext) -> None:
+    await reconciler.enqueue_due(ctx["engine"], ctx["redis"])
+
+
+async def reconcile(ctx: WorkerContext) -> None:
+    """Runs on at most one worker per interval (a Redis lock that expires by itself)."""
+    settings = ctx["settings"]
+    lock_ms = int(settings.reconcile_interval_seconds * 1000 * 0.9)
+    if not await ctx["redis"].set(RECONCILE_LOCK, ctx["worker_id"], px=lock_ms, nx=True):
+        return
+    lost = await reconciler.requeue_lost(ctx["engine"], ctx["redis"])
+    live = {w.id for w in await heartbeats.live_workers(ctx["redis"])} | {ctx["worker_id"]}
+    grace = settings.heartbeat_interval_seconds * heartbeats.MISSED_BEATS
+    orphans = await reconciler.recover_orphans(
+        ctx["engine"], ctx["redis"], live, grace_seconds=grace
+    )
+    if lost or orphans:
+        log.warning("reconciler: re-enqueued %d lost tasks, recovered %d orphans", lost, orphans)
+
+
+async def every(seconds: float, step: Callable[[], Awaitable[None]], name: str) -> None:
+    """Run `step` every `seconds` forever; an error is logged and the loop goes on."""
+    while True:
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s failed; trying again in %.1fs", name, seconds)
+        await asyncio.sleep(seconds)
+
+
+def start(ctx: WorkerContext) -> list[asyncio.Task[None]]:
+    """Start the background loops; the caller cancels them at shutdown."""
+    s = ctx["settings"]
+    loops = [
+        (s.heartbeat_interval_seconds, beat, "heartbeat"),
+        (s.scheduler_interval_seconds, enqueue_due, "scheduler"),
+        (s.reconcile_interval_seconds, reconcile, "reconciler"),
+    ]
+    tasks = [
+        asyncio.create_task(every(sec, lambda fn=fn: fn(ctx), name), name=name)  # type: ignore[misc]
+        for sec, fn, name in loops
+    ]
+    tasks.append(asyncio.create_task(watch_cancellations(ctx), name="cancellations"))
+    return tasks
