@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from functools import cached_property
 from typing import Any
 
 import sqlalchemy as sa
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 
 from api.context import Context, Services
+from api.graphiql import STATIC_DIR, STATIC_PATH, offline_graphiql_html
 from api.schema import schema
 from taskrunner import queue
 from taskrunner.config import Settings, get_settings
@@ -28,6 +31,11 @@ from taskrunner.streams import EventHub
 
 
 class GraphQLApp(GraphQL[Context, None]):
+    @cached_property
+    def graphql_ide_html(self) -> str:
+        """GraphiQL with its scripts served from here, so it works without internet."""
+        return offline_graphiql_html(super().graphql_ide_html)
+
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
     ) -> Context:
@@ -85,6 +93,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=[
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
+            Mount(STATIC_PATH, app=StaticFiles(directory=STATIC_DIR), name="graphiql-static"),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
         ],

@@ -134,6 +134,7 @@ class Mutation:
             pool=services.redis,
             owner=info.context.owner,
             submissions=[submission],
+            crash_after_commit=services.settings.test_crash_after_commit,
         )
         return Task.from_row(row)
 
@@ -157,6 +158,7 @@ class Mutation:
             pool=services.redis,
             owner=info.context.owner,
             submissions=submissions,
+            crash_after_commit=services.settings.test_crash_after_commit,
         )
         return [Task.from_row(r) for r in rows]
 

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     )
     queue_name: str = Field(default="taskrunner:queue", description="arq queue (a Redis key).")
     log_level: str = Field(default="INFO", description="Log level of every process.")
+    test_crash_after_commit: bool = Field(
+        default=False,
+        description="For fault tests only: the api process exits right after committing a "
+        "submission, before enqueueing it (the reconciler must still run the task).",
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -4,6 +4,7 @@ over an engine; every change goes through the journal."""
 from __future__ import annotations
 
 import base64
+import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -66,6 +67,7 @@ async def submit(
     pool: ArqRedis,
     owner: str,
     submissions: Sequence[Submission],
+    crash_after_commit: bool = False,
 ) -> list[Task]:
     """Insert the tasks and their QUEUED events in one transaction, publish, then enqueue.
     A submission whose idempotency key the owner already used returns the first task."""
@@ -74,6 +76,8 @@ async def submit(
         return await _insert(conn, owner, submissions)
 
     tasks, events = await journal.run_transaction(engine, work)
+    if crash_after_commit:
+        os._exit(70)  # fault injection: see Settings.test_crash_after_commit
     await publish(redis, events)
     created = {e.task_id for e in events}
     await queue.enqueue(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,11 +75,32 @@ def settings(database_url: str, redis_url: str) -> Settings:
     return load_settings(
         database_url=database_url,
         redis_url=redis_url,
-        stream_quiet_seconds=1.0,
-        worker_poll_delay_seconds=0.02,
-        task_max_runtime_seconds=60,
+        **FAST,
         _env_file=None,
     )
+
+
+# Short intervals so that recovery happens within a test's patience.
+FAST: dict[str, Any] = {
+    "stream_quiet_seconds": 1.0,
+    "worker_poll_delay_seconds": 0.02,
+    "task_max_runtime_seconds": 60,
+    "heartbeat_interval_seconds": 0.4,
+    "scheduler_interval_seconds": 0.1,
+    "reconcile_interval_seconds": 0.5,
+    "worker_shutdown_grace_seconds": 2,
+}
+
+
+def process_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment for a subprocess (api or worker) using the test's servers."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COV_CORE")}
+    env.update({k.upper(): str(v) for k, v in FAST.items()})
+    env["DATABASE_URL"] = settings.require_database_url()
+    env["REDIS_URL"] = settings.require_redis_url()
+    env["LOG_LEVEL"] = "WARNING"
+    env.update(extra)
+    return env
 
 
 @pytest.fixture

@@ -1,0 +1,311 @@
+"""The task lifecycle with real processes: retries, priorities, scheduling, idempotency,
+graceful shutdown, and no lost task when a process or Redis fails."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from taskrunner.config import Settings
+from taskrunner.embedded import free_port
+from tests.conftest import Stack, process_env, repo_root, run_api, run_worker
+from tests.test_walking_skeleton import WATCH
+
+SUBMIT = """
+mutation($task: TaskSpecInput!, $options: TaskOptionsInput) {
+  submitTask(task: $task, options: $options) { id }
+}"""
+TASK = """
+query($id: ID!) {
+  task(id: $id) {
+    id status attempts maxRetries priority createdAt startedAt finishedAt
+    error { code message } result workerId nextAttemptAt queuePosition
+  }
+}"""
+
+
+async def submit(stack: Stack, task: dict[str, Any], **options: Any) -> str:
+    result = await stack.execute(SUBMIT, task=task, options=options or None)
+    return str(result["submitTask"]["id"])
+
+
+async def task_of(stack: Stack, task_id: str) -> dict[str, Any]:
+    return dict((await stack.execute(TASK, id=task_id))["task"])
+
+
+async def finish(stack: Stack, task_id: str, within: float = 30) -> list[dict[str, Any]]:
+    return [e["taskUpdates"] for e in await stack.subscribe(WATCH, id=task_id, within=within)]
+
+
+async def wait_for(engine: AsyncEngine, sql: str, expected: Any, within: float = 30) -> None:
+    """Poll PostgreSQL until `sql` returns `expected`."""
+    async with asyncio.timeout(within):
+        while True:
+            async with engine.connect() as conn:
+                if await conn.scalar(sa.text(sql)) == expected:
+                    return
+            await asyncio.sleep(0.1)
+
+
+async def test_failures_are_retried_with_growing_waits_until_success(stack: Stack) -> None:
+    task_id = await submit(stack, {"fail": {"failTimes": 2}}, maxRetries=3)
+    events = await finish(stack, task_id)
+    statuses = [(e["status"], datetime.fromisoformat(e["at"])) for e in events if e.get("status")]
+    assert [s for s, _ in statuses] == [
+        "QUEUED", "RUNNING", "QUEUED", "RUNNING", "QUEUED", "RUNNING", "SUCCEEDED"
+    ]  # fmt: skip
+    waits = [
+        (statuses[i + 1][1] - statuses[i][1]).total_seconds() for i in (2, 4)
+    ]  # retry QUEUED -> next RUNNING
+    assert 0.5 <= waits[0] < waits[1], waits
+    task = await task_of(stack, task_id)
+    assert task["status"] == "SUCCEEDED" and task["attempts"] == 3
+    assert task["result"] == {"succeeded_on_attempt": 3}
+    assert task["error"] is None
+
+
+async def test_failures_beyond_max_retries_end_failed(stack: Stack) -> None:
+    task_id = await submit(stack, {"fail": {"failTimes": 2}}, maxRetries=1)
+    events = await finish(stack, task_id)
+    assert events[-1]["status"] == "FAILED"
+    task = await task_of(stack, task_id)
+    assert task["attempts"] == 2 and task["error"]["code"] == "TaskFailedOnPurpose"
+    warnings = [e["line"] for e in events if e.get("level") == "warning"]
+    assert len(warnings) == 1 and "retry 1 of 1" in warnings[0]
+
+
+async def test_retry_task_runs_a_failed_task_again_keeping_its_history(stack: Stack) -> None:
+    task_id = await submit(stack, {"fail": {"failTimes": 1}})
+    assert (await finish(stack, task_id))[-1]["status"] == "FAILED"
+    retried = (
+        await stack.execute("mutation($id: ID!) { retryTask(id: $id) { status } }", id=task_id)
+    )["retryTask"]
+    assert retried["status"] == "QUEUED"
+    events = await finish(stack, task_id)
+    assert [e["status"] for e in events if e.get("status")] == [
+        "QUEUED", "RUNNING", "FAILED", "QUEUED", "RUNNING", "SUCCEEDED"
+    ]  # fmt: skip
+    task = await task_of(stack, task_id)
+    assert task["attempts"] == 2 and task["status"] == "SUCCEEDED"
+
+
+async def test_retry_task_refuses_a_task_that_did_not_fail(api: Stack) -> None:
+    task_id = await submit(api, {"echo": {"message": "x"}})
+    with pytest.raises(Exception, match="only FAILED or CANCELLED") as err:
+        await api.execute("mutation($id: ID!) { retryTask(id: $id) { status } }", id=task_id)
+    assert err.value.errors[0]["extensions"]["code"] == "CONFLICT"  # type: ignore[attr-defined]
+
+
+async def test_a_cancellation_never_consumes_a_retry(stack: Stack) -> None:
+    task_id = await submit(stack, {"sleep": {"seconds": 20}}, maxRetries=3)
+    await stack.subscribe(WATCH, id=task_id, limit=2)
+    await stack.execute("mutation($id: ID!) { cancelTask(id: $id) { id } }", id=task_id)
+    assert (await finish(stack, task_id))[-1]["status"] == "CANCELLED"
+    task = await task_of(stack, task_id)
+    assert task["attempts"] == 1 and task["status"] == "CANCELLED"
+
+
+async def test_ready_tasks_start_in_priority_order(settings: Settings) -> None:
+    priorities = [0, 5, -3, 10, 5, 0, 1, -3, 10, 2]
+    async with run_api(settings) as url:
+        stack = Stack(url, settings)
+        ids = [await submit(stack, {"echo": {"message": str(p)}}, priority=p) for p in priorities]
+        positions = [(await task_of(stack, i))["queuePosition"] for i in ids]
+        async with run_worker(settings, max_jobs=1):
+            for task_id in ids:
+                await finish(stack, task_id)
+        tasks = [await task_of(stack, i) for i in ids]
+    started = sorted(tasks, key=lambda t: t["startedAt"])
+    assert [t["priority"] for t in started] == sorted(priorities, reverse=True)
+    # ties keep submission order
+    assert [t["id"] for t in started if t["priority"] == 10] == [ids[3], ids[8]]
+    # queuePosition predicted the order
+    order = {t["id"]: n for n, t in enumerate(started, start=1)}
+    assert positions == [order[i] for i in ids]
+
+
+async def test_a_delayed_task_does_not_start_before_its_delay(stack: Stack) -> None:
+    task_id = await submit(stack, {"echo": {"message": "later"}}, delaySeconds=3)
+    waiting = await task_of(stack, task_id)
+    assert waiting["status"] == "QUEUED" and waiting["nextAttemptAt"] is not None
+    assert waiting["queuePosition"] is None
+    await finish(stack, task_id)
+    task = await task_of(stack, task_id)
+    created, started = (datetime.fromisoformat(task[k]) for k in ("createdAt", "startedAt"))
+    assert 3.0 <= (started - created).total_seconds() < 4.5
+
+
+async def test_run_at_in_the_past_runs_at_once(stack: Stack) -> None:
+    task_id = await submit(stack, {"echo": {"message": "now"}}, runAt="2001-01-01T00:00:00Z")
+    events = await finish(stack, task_id, within=5)
+    assert events[-1]["status"] == "SUCCEEDED"
+
+
+async def test_twenty_concurrent_submissions_with_one_key_create_one_task(
+    api: Stack, engine: AsyncEngine
+) -> None:
+    ids = await asyncio.gather(
+        *(submit(api, {"echo": {"message": str(i)}}, idempotencyKey="once") for i in range(20))
+    )
+    assert len(set(ids)) == 1
+    async with engine.connect() as conn:
+        assert await conn.scalar(sa.text("SELECT count(*) FROM task")) == 1
+
+
+async def test_workers_query_and_worker_id_show_who_runs_what(stack: Stack) -> None:
+    task_id = await submit(stack, {"sleep": {"seconds": 20}})
+    await stack.subscribe(WATCH, id=task_id, limit=2)
+    await asyncio.sleep(stack.settings.heartbeat_interval_seconds * 2)
+    workers = (
+        await stack.execute("{ workers { id host pid startedAt lastHeartbeatAt runningTaskIds } }")
+    )["workers"]
+    assert len(workers) == 1 and workers[0]["runningTaskIds"] == [task_id]
+    task = await task_of(stack, task_id)
+    assert task["workerId"] == workers[0]["id"]
+    await stack.execute("mutation($id: ID!) { cancelTask(id: $id) { id } }", id=task_id)
+    await finish(stack, task_id)
+    assert (await task_of(stack, task_id))["workerId"] is None
+
+
+# --- real processes and faults --------------------------------------------------------
+
+
+async def start_worker_process(settings: Settings, **env: str) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "taskrunner",
+        "worker",
+        cwd=repo_root(),
+        env=process_env(settings, **env),
+    )
+    return proc
+
+
+async def succeeded_events(engine: AsyncEngine) -> dict[str, int]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            sa.text(
+                "SELECT task_id::text, count(*) FROM task_event "
+                "WHERE kind = 'status' AND data->>'status' = 'SUCCEEDED' GROUP BY task_id"
+            )
+        )
+        return {r[0]: r[1] for r in rows}
+
+
+async def status_counts(engine: AsyncEngine) -> dict[str, int]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(sa.text("SELECT status, count(*) FROM task GROUP BY status"))
+        return {r[0]: r[1] for r in rows}
+
+
+async def test_sigkill_of_a_worker_running_50_tasks_loses_none(
+    api: Stack, engine: AsyncEngine
+) -> None:
+    batch = [{"task": {"sleep": {"seconds": 2}}, "options": {"maxRetries": 1}} for _ in range(50)]
+    await api.execute(
+        "mutation($t: [TaskSubmissionInput!]!) { submitTasks(tasks: $t) { id } }", t=batch
+    )
+    victim = await start_worker_process(api.settings, WORKER_CONCURRENCY="50")
+    try:
+        await wait_for(engine, "SELECT count(*) FROM task WHERE status = 'RUNNING'", 50)
+    finally:
+        victim.kill()  # SIGKILL: no hand-back, no goodbye
+        await victim.wait()
+    async with run_worker(api.settings):
+        await wait_for(
+            engine,
+            "SELECT count(*) FROM task WHERE status IN ('SUCCEEDED', 'FAILED', 'CANCELLED')",
+            50,
+            within=60,
+        )
+    counts = await status_counts(engine)
+    twice = {k: v for k, v in (await succeeded_events(engine)).items() if v > 1}
+    print(f"\nchaos SIGKILL: {counts}, tasks SUCCEEDED twice: {len(twice)}")  # noqa: T201
+    assert counts == {"SUCCEEDED": 50}
+    assert twice == {}
+
+
+async def test_flushall_while_100_tasks_are_queued_loses_none(
+    api: Stack, engine: AsyncEngine
+) -> None:
+    batch = [{"task": {"echo": {"message": str(i)}}} for i in range(100)]
+    await api.execute(
+        "mutation($t: [TaskSubmissionInput!]!) { submitTasks(tasks: $t) { id } }", t=batch
+    )
+    redis = Redis.from_url(api.settings.require_redis_url())
+    try:
+        assert await redis.zcard(api.settings.queue_name) == 100
+        await redis.flushall()
+        assert await redis.zcard(api.settings.queue_name) == 0
+    finally:
+        await redis.aclose()
+    async with run_worker(api.settings):
+        await wait_for(
+            engine, "SELECT count(*) FROM task WHERE status = 'SUCCEEDED'", 100, within=30
+        )
+    counts = await status_counts(engine)
+    print(f"\nchaos FLUSHALL: {counts}")  # noqa: T201
+    assert counts == {"SUCCEEDED": 100}
+
+
+async def test_api_killed_between_commit_and_enqueue_the_task_still_runs(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    port = free_port()
+    env = process_env(settings, PORT=str(port), TEST_CRASH_AFTER_COMMIT="true")
+    api = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "taskrunner", "api", cwd=repo_root(), env=env
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=url) as client:
+            async with asyncio.timeout(30):
+                while True:
+                    try:
+                        if (await client.get("/readyz")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        await asyncio.sleep(0.1)
+            with pytest.raises(httpx.TransportError):
+                await client.post(
+                    "/graphql",
+                    json={"query": 'mutation { submitTask(task: {echo: {message: "x"}}) { id } }'},
+                )
+        assert await asyncio.wait_for(api.wait(), 10) == 70
+    finally:
+        if api.returncode is None:
+            api.kill()
+            await api.wait()
+    assert await status_counts(engine) == {"QUEUED": 1}
+    async with run_worker(settings):
+        await wait_for(engine, "SELECT count(*) FROM task WHERE status = 'SUCCEEDED'", 1)
+    print(f"\nchaos API crash: {await status_counts(engine)}")  # noqa: T201
+
+
+async def test_sigterm_lets_short_tasks_finish_and_hands_long_ones_back(
+    api: Stack, engine: AsyncEngine
+) -> None:
+    short = await submit(api, {"sleep": {"seconds": 1}})
+    long = await submit(api, {"sleep": {"seconds": 30}})
+    worker = await start_worker_process(api.settings)
+    await wait_for(engine, "SELECT count(*) FROM task WHERE status = 'RUNNING'", 2)
+    started = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(worker.wait(), 15) == 0
+    assert time.monotonic() - started < api.settings.worker_shutdown_grace_seconds + 3
+    assert (await task_of(api, short))["status"] == "SUCCEEDED"
+    handed_back = await task_of(api, long)
+    assert handed_back["status"] == "QUEUED"
+    async with run_worker(api.settings):
+        await wait_for(engine, f"SELECT status FROM task WHERE id = '{long}'", "RUNNING", within=15)
