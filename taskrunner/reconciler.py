@@ -54,6 +54,16 @@ async def requeue_lost(engine: AsyncEngine, pool: ArqRedis, limit: int = BATCH) 
     async with engine.connect() as conn:
         rows = {r.id: r for r in (await conn.execute(query)).all()}
     lost = await queue.missing(pool, list(rows))
+    if lost:  # a worker may have finished some meanwhile: keep those still waiting
+        async with engine.connect() as conn:
+            still = set(
+                await conn.scalars(
+                    sa.select(t.id).where(
+                        t.id.in_(lost), t.status == TaskStatus.QUEUED.value, t.due_at.is_(None)
+                    )
+                )
+            )
+        lost = [i for i in lost if i in still]
     await queue.enqueue(pool, [queue.Job(rows[i].type, i, rows[i].priority) for i in lost])
     return len(lost)
 

@@ -138,7 +138,9 @@ async def run_worker(settings: Settings, **overrides: Any) -> AsyncIterator[Work
     try:
         yield worker
     finally:
-        await worker.close()
+        # arq's close() cancels jobs still running and re-raises their CancelledError
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker.close()
         with contextlib.suppress(asyncio.CancelledError):
             await running
 
