@@ -36,11 +36,17 @@ def classify(error: GraphQLError) -> GraphQLError:
     if isinstance(original, TaskrunnerError):
         return error
     if original is None:
-        if not (error.extensions or {}).get("code"):
-            error.extensions = {**(error.extensions or {}), "code": "BAD_INPUT"}
-            if "'TaskSpecInput'" in error.message:
-                error.message += f" {TASK_SPEC_HINT}"
-        return error
+        if (error.extensions or {}).get("code"):
+            return error
+        hint = f" {TASK_SPEC_HINT}" if "'TaskSpecInput'" in error.message else ""
+        return GraphQLError(  # a copy: validation errors are cached and shared
+            error.message + hint,
+            nodes=error.nodes,
+            source=error.source,
+            positions=error.positions,
+            path=error.path,
+            extensions={**(error.extensions or {}), "code": "BAD_INPUT"},
+        )
     if isinstance(original, GraphQLError) and original.original_error is None:
         return classify(original)
     incident = uuid.uuid4().hex[:12]

@@ -3,7 +3,7 @@ the `@oneOf` `TaskSpecInput`, and their validation into `Submission`s."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import strawberry
@@ -90,7 +90,8 @@ def to_submission(
             "maxRetries", opts.max_retries, task_type.retry.max_retries, 0, MAX_RETRIES
         ),
         timeout_seconds=_timeout(opts, settings),
-        scheduled_for=_not_before(opts),
+        scheduled_for=_run_at(opts),
+        delay_seconds=_delay(opts),
         idempotency_key=_idempotency_key(opts),
         labels=tuple(dict.fromkeys(opts.labels or ())),
     )
@@ -120,23 +121,25 @@ def _timeout(opts: TaskOptionsInput, settings: Settings) -> int:
     return opts.timeout_seconds
 
 
-def _not_before(opts: TaskOptionsInput) -> datetime | None:
+def _run_at(opts: TaskOptionsInput) -> datetime | None:
     if opts.run_at is not None and opts.delay_seconds is not None:
         raise BadInput(
             "options: give runAt or delaySeconds, not both", field="options.delaySeconds"
         )
-    if opts.delay_seconds is not None:
-        if opts.delay_seconds < 0:
-            raise BadInput(
-                f"options.delaySeconds: must be >= 0, got {opts.delay_seconds}",
-                field="options.delaySeconds",
-            )
-        return datetime.now(UTC) + timedelta(seconds=opts.delay_seconds)
     if opts.run_at is not None and opts.run_at.tzinfo is None:
         raise BadInput(
             "options.runAt: give a time zone, e.g. 2030-01-01T12:00:00Z", field="options.runAt"
         )
     return opts.run_at
+
+
+def _delay(opts: TaskOptionsInput) -> int | None:
+    if opts.delay_seconds is not None and opts.delay_seconds < 0:
+        raise BadInput(
+            f"options.delaySeconds: must be >= 0, got {opts.delay_seconds}",
+            field="options.delaySeconds",
+        )
+    return opts.delay_seconds
 
 
 def _idempotency_key(opts: TaskOptionsInput) -> str | None:

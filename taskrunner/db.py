@@ -19,12 +19,15 @@ def async_url(database_url: str) -> str:
     return url.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
 
 
-def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
+def create_engine(database_url: str, *, pool_size: int = 20) -> AsyncEngine:
+    # A pool as large as the concurrency it serves, with little overflow: overflow
+    # connections are closed on return, and opening one costs ~5 ms of CPU. No pre-ping
+    # (a round trip per checkout); connections are recycled instead.
     return create_async_engine(
         async_url(database_url),
         pool_size=pool_size,
-        max_overflow=pool_size * 2,
-        pool_pre_ping=True,
+        max_overflow=max(2, pool_size // 4),
+        pool_recycle=1800,
     )
 
 

@@ -87,12 +87,12 @@ CANCEL_CHANNEL = "taskrunner:cancel"
 
 async def publish(redis: Redis, events: Iterable[Event]) -> None:
     """Publish committed events on their task and owner channels, in one round trip."""
-    pipe = redis.pipeline(transaction=False)
-    count = 0
-    for event in events:
-        payload = event.to_json()
-        pipe.publish(task_channel(event.task_id), payload)
-        pipe.publish(owner_channel(event.owner), payload)
-        count += 1
-    if count:
+    events = list(events)
+    if not events:
+        return
+    async with redis.pipeline(transaction=False) as pipe:
+        for event in events:
+            payload = event.to_json()
+            pipe.publish(task_channel(event.task_id), payload)
+            pipe.publish(owner_channel(event.owner), payload)
         await pipe.execute()

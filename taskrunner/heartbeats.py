@@ -33,17 +33,17 @@ class WorkerInfo(BaseModel):
 
 async def beat(redis: Redis, info: WorkerInfo, interval_seconds: float) -> None:
     ttl_ms = int(interval_seconds * MISSED_BEATS * 1000)
-    pipe = redis.pipeline(transaction=False)
-    pipe.set(worker_key(info.id), orjson.dumps(info.model_dump(mode="json")), px=ttl_ms)
-    pipe.sadd(WORKERS_SET, info.id)
-    await pipe.execute()
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.set(worker_key(info.id), orjson.dumps(info.model_dump(mode="json")), px=ttl_ms)
+        pipe.sadd(WORKERS_SET, info.id)
+        await pipe.execute()
 
 
 async def leave(redis: Redis, worker_id: str) -> None:
-    pipe = redis.pipeline(transaction=False)
-    pipe.delete(worker_key(worker_id))
-    pipe.srem(WORKERS_SET, worker_id)
-    await pipe.execute()
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.delete(worker_key(worker_id))
+        pipe.srem(WORKERS_SET, worker_id)
+        await pipe.execute()
 
 
 async def live_workers(redis: Redis) -> list[WorkerInfo]:

@@ -55,13 +55,13 @@ async def enqueue(pool: ArqRedis, jobs: Sequence[Job]) -> None:
     if not jobs:
         return
     now = int(time.time() * 1000)
-    pipe = pool.pipeline(transaction=False)
-    for job in jobs:
-        job_id = str(job.task_id)
-        payload = serialize_job(job.task_type, (job_id,), {}, None, now)
-        pipe.set(job_key_prefix + job_id, payload, px=JOB_EXPIRES_MS, nx=True)
-        pipe.zadd(pool.default_queue_name, {job_id: score(job.priority, now)}, nx=True)
-    await pipe.execute()
+    async with pool.pipeline(transaction=False) as pipe:
+        for job in jobs:
+            job_id = str(job.task_id)
+            payload = serialize_job(job.task_type, (job_id,), {}, None, now)
+            pipe.set(job_key_prefix + job_id, payload, px=JOB_EXPIRES_MS, nx=True)
+            pipe.zadd(pool.default_queue_name, {job_id: score(job.priority, now)}, nx=True)
+        await pipe.execute()
 
 
 async def redeliver(pool: ArqRedis, jobs: Sequence[Job]) -> None:
@@ -78,11 +78,11 @@ async def missing(pool: ArqRedis, task_ids: Sequence[uuid.UUID]) -> list[uuid.UU
     """The ids among `task_ids` that Redis does not hold as a job (lost, flushed)."""
     if not task_ids:
         return []
-    pipe = pool.pipeline(transaction=False)
-    for task_id in task_ids:
-        pipe.exists(job_key_prefix + str(task_id))
-        pipe.zscore(pool.default_queue_name, str(task_id))
-    found = await pipe.execute()
+    async with pool.pipeline(transaction=False) as pipe:
+        for task_id in task_ids:
+            pipe.exists(job_key_prefix + str(task_id))
+            pipe.zscore(pool.default_queue_name, str(task_id))
+        found = await pipe.execute()
     return [
         task_id
         for i, task_id in enumerate(task_ids)
@@ -96,7 +96,7 @@ async def remove(pool: ArqRedis, task_id: uuid.UUID) -> None:
     job_id = str(task_id)
     if await pool.exists(in_progress_key_prefix + job_id):
         return
-    pipe = pool.pipeline(transaction=True)
-    pipe.zrem(pool.default_queue_name, job_id)
-    pipe.delete(job_key_prefix + job_id)
-    await pipe.execute()
+    async with pool.pipeline(transaction=True) as pipe:
+        pipe.zrem(pool.default_queue_name, job_id)
+        pipe.delete(job_key_prefix + job_id)
+        await pipe.execute()

@@ -8,7 +8,7 @@ import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -33,7 +33,8 @@ class Submission:
     timeout_seconds: int
     priority: int = 0
     max_retries: int = 0
-    scheduled_for: datetime | None = None
+    scheduled_for: datetime | None = None  # runAt
+    delay_seconds: int | None = None  # delaySeconds: counted from the insert, on the DB clock
     idempotency_key: str | None = None
     labels: tuple[str, ...] = ()
 
@@ -90,25 +91,10 @@ async def submit(
 async def _insert(
     conn: AsyncConnection, owner: str, submissions: Sequence[Submission]
 ) -> tuple[list[Task], list[Event]]:
-    now = datetime.now(UTC)
-    rows = [
-        {
-            "id": uuid.uuid4(),
-            "owner": owner,
-            "type": s.type,
-            "status": TaskStatus.QUEUED.value,
-            "input": s.input,
-            "priority": s.priority,
-            "max_retries": s.max_retries,
-            "timeout_seconds": s.timeout_seconds,
-            "idempotency_key": s.idempotency_key,
-            "labels": list(s.labels),
-            "scheduled_for": s.scheduled_for,
-            "due_at": s.scheduled_for if s.scheduled_for and s.scheduled_for > now else None,
-            "event_seq": 1,
-        }
-        for s in submissions
-    ]
+    # One clock for the whole batch: PostgreSQL's. createdAt + delaySeconds is then exactly
+    # the earliest start, whatever the api's clock says.
+    now = cast(datetime, await conn.scalar(sa.select(sa.func.clock_timestamp())))
+    rows = [_row(s, owner, now) for s in submissions]
     stmt = (
         pg_insert(task_table)
         .on_conflict_do_nothing(
@@ -142,6 +128,26 @@ async def _insert(
         existing = {r["idempotency_key"]: _task(r) for r in found.mappings()}
     tasks = [inserted.get(r["id"]) or existing[cast(str, r["idempotency_key"])] for r in rows]
     return tasks, events
+
+
+def _row(s: Submission, owner: str, now: datetime) -> dict[str, Any]:
+    start = now + timedelta(seconds=s.delay_seconds) if s.delay_seconds else s.scheduled_for
+    return {
+        "id": uuid.uuid4(),
+        "owner": owner,
+        "type": s.type,
+        "status": TaskStatus.QUEUED.value,
+        "input": s.input,
+        "priority": s.priority,
+        "max_retries": s.max_retries,
+        "timeout_seconds": s.timeout_seconds,
+        "idempotency_key": s.idempotency_key,
+        "labels": list(s.labels),
+        "created_at": now,
+        "scheduled_for": start,
+        "due_at": start if start is not None and start > now else None,  # wait in PostgreSQL
+        "event_seq": 1,
+    }
 
 
 async def get(*, engine: AsyncEngine, task_id: uuid.UUID, owner: str) -> Task | None:
@@ -315,7 +321,3 @@ def _cancel_change(task_id: uuid.UUID, status: TaskStatus) -> journal.Change:
         {"level": "info", "line": "cancel requested"},
         values={"cancel_requested": True},
     )
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)

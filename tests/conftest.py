@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import signal
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,9 +139,14 @@ async def run_worker(settings: Settings, **overrides: Any) -> AsyncIterator[Work
     try:
         yield worker
     finally:
-        # arq's close() cancels jobs still running and re-raises their CancelledError
-        with contextlib.suppress(asyncio.CancelledError):
-            await worker.close()
+        # What SIGTERM does, in-process: cancel the jobs still running, let them hand their
+        # tasks back, then let arq close its pool and run on_shutdown. arq's close() would
+        # re-raise a cancelled job's CancelledError before closing anything, so the jobs
+        # are awaited (and forgotten) first.
+        worker.handle_sig(signal.SIGUSR1)
+        await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+        worker.tasks.clear()
+        await worker.close()
         with contextlib.suppress(asyncio.CancelledError):
             await running
 
