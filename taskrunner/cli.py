@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -105,12 +106,25 @@ def _stop_children(children: list[subprocess.Popen[bytes]]) -> None:
             child.wait(5)
 
 
+def _require_free_port(host: str, port: int) -> None:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError:
+            raise ConfigError(
+                f"PORT {port} is already in use on {host}: stop what listens there, or set "
+                f"PORT to a free port (e.g. PORT={port + 1} make dev)"
+            ) from None
+
+
 def cmd_dev(settings: Settings) -> int:
     """Embedded PostgreSQL and Redis (unless DATABASE_URL / REDIS_URL are set), migrations,
     one api and one worker. Ctrl-C stops everything this started; the data stays."""
     from taskrunner.db import migrate
     from taskrunner.embedded import EmbeddedPostgres, EmbeddedRedis
 
+    _require_free_port(settings.host, settings.port)
     signal.signal(signal.SIGTERM, _raise_stop)
     data = settings.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)

@@ -110,8 +110,8 @@ class EventHub:
                     self._dispatch(message)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the connection dropped: listeners re-read, then we go on
-                log.warning("event hub lost its Redis connection; reconnecting", exc_info=True)
+            except Exception as exc:  # the connection dropped: listeners re-read, then go on
+                log.warning("event hub lost its Redis connection (%s); reconnecting", exc)
                 for listeners in self._listeners.values():
                     for listener in listeners:
                         listener.resync = True

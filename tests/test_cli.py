@@ -7,6 +7,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -161,3 +162,23 @@ async def test_graphiql_is_served_with_its_assets_from_this_server(api: Stack) -
         for asset in assets:
             response = await client.get(asset)
             assert response.status_code == 200 and len(response.content) > 500, asset
+
+
+async def test_dev_refuses_a_busy_port_naming_it(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "taskrunner",
+            "dev",
+            cwd=repo_root(),
+            env={**os.environ, "DATA_DIR": str(tmp_path), "PORT": str(port)},
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2
+    assert f"PORT {port} is already in use" in err.decode()
+    assert not (tmp_path / "postgres").exists()  # nothing was started
