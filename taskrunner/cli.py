@@ -126,6 +126,9 @@ def cmd_dev(settings: Settings) -> int:
 
     _require_free_port(settings.host, settings.port)
     signal.signal(signal.SIGTERM, _raise_stop)
+    # Ctrl-C stops the stack even when started from a shell that ignores SIGINT for
+    # background jobs (Python would then inherit "ignore").
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     data = settings.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)
     postgres = None if settings.database_url else EmbeddedPostgres(data / "postgres")
