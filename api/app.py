@@ -27,7 +27,7 @@ from api.schema import schema
 from taskrunner import queue
 from taskrunner.config import Settings, get_settings
 from taskrunner.db import create_engine
-from taskrunner.streams import EventHub
+from taskrunner.hub import EventHub
 
 
 class GraphQLApp(GraphQL[Context, None]):

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from strawberry.types import Info as StrawberryInfo
 
 from taskrunner.config import Settings
-from taskrunner.streams import EventHub
+from taskrunner.hub import EventHub
 
 
 @dataclass

@@ -1,142 +1,52 @@
 """Gap-free, duplicate-free event streams: Redis pub/sub for speed, PostgreSQL for truth.
 
-One `EventHub` per process holds a single pub/sub connection and fans messages out to
-in-process listeners. A stream subscribes first, then reads the backlog from
-`task_event`, then passes live events on: it drops what it already sent and re-reads the
-table when a seq is skipped, when its listener overflowed, or when it has been quiet
-for a while (a process may die between commit and publish).
+A stream subscribes first (through the process's `EventHub`), then reads the backlog from
+`task_event`, then passes live events on. It drops what it already sent and re-reads the
+table when something is missing, when Redis dropped its connection, or when it has been
+quiet for a while (a process may die between commit and publish). A subscriber that does
+not keep up gets `LIMIT_EXCEEDED` with the cursor to resume from, never silent loss.
+
+- `task_events`: one task, in `seq` order (1, 2, 3 ... so a gap is detected exactly).
+- `owner_events`: every task of an owner, in (xid, id) order, reading only events of
+  transactions below the snapshot's xmin: nothing can later commit behind the cursor.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import uuid
-from collections import defaultdict
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
-from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner.events import Event, EventKind, task_channel
+from taskrunner.errors import BadInput, LimitExceeded
+from taskrunner.events import Event, EventKind, encode_cursor, owner_channel, task_channel
+from taskrunner.hub import BUFFER_EVENTS, EventHub, FellBehind
 from taskrunner.models import event_table, task_table
 from taskrunner.states import TERMINAL, TaskStatus
 
-log = logging.getLogger(__name__)
-
-
-@dataclass(eq=False)
-class Listener:
-    """Live events of one channel for one consumer. A full queue drops the event and
-    flags `resync`: the consumer then re-reads PostgreSQL, so nothing is lost."""
-
-    queue: asyncio.Queue[Event] = field(default_factory=lambda: asyncio.Queue(maxsize=1000))
-    resync: bool = False
-
-    def offer(self, event: Event) -> None:
-        try:
-            self.queue.put_nowait(event)
-        except asyncio.QueueFull:
-            self.resync = True
-
-    async def next(self, wait_seconds: float) -> Event | None:
-        """The next live event, or None when a re-read is due (quiet, or resync)."""
-        if self.resync:
-            self.resync = False
-            return None
-        try:
-            return await asyncio.wait_for(self.queue.get(), wait_seconds)
-        except TimeoutError:
-            return None
-
-
-class EventHub:
-    """Shares one Redis pub/sub connection among all streams of a process."""
-
-    def __init__(self, redis: Redis) -> None:
-        self._redis = redis
-        self._pubsub: PubSub | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._listeners: dict[str, set[Listener]] = defaultdict(set)
-        self._acks: dict[str, asyncio.Future[None]] = {}
-        self._lock = asyncio.Lock()
-        self._home = f"taskrunner:hub:{uuid.uuid4()}"
-
-    async def start(self) -> None:
-        self._pubsub = self._redis.pubsub()
-        await self._pubsub.subscribe(self._home)  # keeps the connection subscribed
-        self._reader = asyncio.create_task(self._read(), name="event-hub-reader")
-
-    async def stop(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        if self._pubsub is not None:
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
-
-    @contextlib.asynccontextmanager
-    async def listen(self, channel: str) -> AsyncIterator[Listener]:
-        """Listen on `channel`; returns once Redis confirmed the subscription."""
-        assert self._pubsub is not None, "EventHub.start() first"
-        listener = Listener()
-        async with self._lock:
-            first = not self._listeners[channel]
-            self._listeners[channel].add(listener)
-            if first:
-                ack = asyncio.get_running_loop().create_future()
-                self._acks[channel] = ack
-                await self._pubsub.subscribe(channel)
-                await asyncio.wait_for(asyncio.shield(ack), 10)
-        try:
-            yield listener
-        finally:
-            async with self._lock:
-                self._listeners[channel].discard(listener)
-                if not self._listeners[channel]:
-                    del self._listeners[channel]
-                    with contextlib.suppress(Exception):
-                        await self._pubsub.unsubscribe(channel)
-
-    async def _read(self) -> None:
-        assert self._pubsub is not None
-        while True:
-            try:
-                async for message in self._pubsub.listen():
-                    self._dispatch(message)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the connection dropped: listeners re-read, then go on
-                log.warning("event hub lost its Redis connection (%s); reconnecting", exc)
-                for listeners in self._listeners.values():
-                    for listener in listeners:
-                        listener.resync = True
-                await asyncio.sleep(0.5)
-
-    def _dispatch(self, message: dict[str, object]) -> None:
-        channel = message["channel"]
-        name = channel.decode() if isinstance(channel, bytes) else str(channel)
-        if message["type"] == "subscribe":
-            ack = self._acks.pop(name, None)
-            if ack is not None and not ack.done():
-                ack.set_result(None)
-            return
-        if message["type"] != "message":
-            return
-        data = message["data"]
-        if not isinstance(data, bytes | str):
-            return
-        event = Event.from_json(data)
-        for listener in self._listeners.get(name, ()):
-            listener.offer(event)
+PAGE = 500
+EVENT_COLUMNS = tuple(c.name for c in event_table.c)
+HELD_BACK_RETRY_SECONDS = 0.05  # a hinted event waits for an older open transaction
 
 
 def is_terminal(event: Event) -> bool:
     return event.kind is EventKind.STATUS and event.data.get("status") in TERMINAL
+
+
+def _fell_behind(last_cursor: str | None) -> LimitExceeded:
+    resume = f'after: "{last_cursor}"' if last_cursor else "no `after` (nothing was sent yet)"
+    return LimitExceeded(
+        f"subscription fell more than {BUFFER_EVENTS} events behind and was closed; "
+        f"subscribe again with {resume} to get the rest without a gap",
+        field="after",
+    )
+
+
+# --- one task ---------------------------------------------------------------------------
 
 
 async def _read_backlog(
@@ -150,7 +60,7 @@ async def _read_backlog(
                 sa.select(event_table)
                 .where(e.task_id == task_id, e.seq > after_seq)
                 .order_by(e.seq)
-                .limit(500)
+                .limit(PAGE)
             )
         ).mappings()
         events = [Event.from_row(r) for r in rows]
@@ -182,25 +92,144 @@ async def task_events(
 ) -> AsyncIterator[Event]:
     """Every event of one task after `after_id`, in seq order, each once; ends after the
     terminal status event."""
+    last_cursor = encode_cursor(after_id) if after_id is not None else None
     async with hub.listen(task_channel(task_id)) as listener:
         last_seq = await seq_of(engine, task_id, after_id)
-        while True:
-            backlog, status, newest = await _read_backlog(engine, task_id, last_seq)
-            for event in backlog:
-                yield event
-                last_seq = event.seq
-                if is_terminal(event) and event.seq == newest:
+        try:
+            while True:
+                backlog, status, newest = await _read_backlog(engine, task_id, last_seq)
+                for event in backlog:
+                    yield event
+                    last_seq, last_cursor = event.seq, event.cursor
+                    if is_terminal(event) and event.seq == newest:
+                        return
+                if len(backlog) == PAGE:
+                    continue  # more backlog to page through
+                if status in TERMINAL and last_seq >= newest:
                     return
-            if len(backlog) == 500:
-                continue  # more backlog to page through
-            if status in TERMINAL and last_seq >= newest:
-                return
-            while (live := await listener.next(quiet_seconds)) is not None:
-                if live.seq <= last_seq:
-                    continue  # already sent
-                if live.seq != last_seq + 1:
-                    break  # a gap: re-read the table
-                yield live
-                last_seq = live.seq
-                if is_terminal(live):
-                    return
+                while (live := await listener.next(quiet_seconds)) is not None:
+                    if live.seq <= last_seq:
+                        continue  # already sent
+                    if live.seq != last_seq + 1:
+                        break  # a gap: re-read the table
+                    yield live
+                    last_seq, last_cursor = live.seq, live.cursor
+                    if is_terminal(live):
+                        return
+        except FellBehind:
+            raise _fell_behind(last_cursor) from None
+
+
+# --- every task of an owner -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Which events of an owner's tasks to pass: by the task's type, label and creation
+    time, and by the task's status as of the event (a status event's new status; progress
+    and logs happen while RUNNING)."""
+
+    status: Sequence[TaskStatus] = ()
+    type: Sequence[str] = ()
+    label: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+    def passes(self, event: Event, task: dict[str, Any]) -> bool:
+        status = event.data.get("status") if event.kind is EventKind.STATUS else "RUNNING"
+        return (
+            (not self.status or status in self.status)
+            and (not self.type or task["type"] in self.type)
+            and (self.label is None or self.label in task["labels"])
+            and (self.created_after is None or task["created_at"] > self.created_after)
+            and (self.created_before is None or task["created_at"] < self.created_before)
+        )
+
+
+Position = tuple[int, int]  # (xid, id) of the last event passed over
+
+
+async def start_position(engine: AsyncEngine, after_id: int | None) -> Position:
+    """Where an owner's stream starts: after the event `after_id`, or (without it) at the
+    oldest transaction still open, so only what commits from now on is streamed."""
+    async with engine.connect() as conn:
+        if after_id is None:
+            xmin = await conn.scalar(
+                sa.text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+            )
+            return int(xmin or 0), -1
+        xid = await conn.scalar(sa.select(event_table.c.xid).where(event_table.c.id == after_id))
+    if xid is None:
+        raise BadInput(
+            f"after: no event has the cursor {encode_cursor(after_id)}; pass the `cursor` of "
+            "an event you received",
+            field="after",
+        )
+    return int(xid), after_id
+
+
+async def _read_owner_page(
+    engine: AsyncEngine, owner: str, position: Position
+) -> list[tuple[Event, dict[str, Any]]]:
+    """The owner's next events after `position`, from finished transactions only."""
+    e, t = event_table.c, task_table.c
+    query = (
+        sa.select(event_table, t.type.label("task_type"), t.labels, t.created_at)
+        .join(task_table, t.id == e.task_id)
+        .where(
+            e.owner == owner,
+            sa.tuple_(e.xid, e.id) > sa.tuple_(position[0], position[1]),
+            e.xid < sa.text("pg_snapshot_xmin(pg_current_snapshot())::text::bigint"),
+        )
+        .order_by(e.xid, e.id)
+        .limit(PAGE)
+    )
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).mappings().all()
+    return [
+        (
+            Event.from_row({k: r[k] for k in EVENT_COLUMNS}),
+            {"type": r["task_type"], "labels": r["labels"], "created_at": r["created_at"]},
+        )
+        for r in rows
+    ]
+
+
+async def owner_events(
+    *,
+    engine: AsyncEngine,
+    hub: EventHub,
+    owner: str,
+    after_id: int | None,
+    filter: EventFilter,
+    quiet_seconds: float,
+) -> AsyncIterator[Event]:
+    """Every event of the owner's tasks that passes `filter`, after `after_id`, in (xid, id)
+    order, each once; it never ends by itself. Pub/sub messages only wake it up: it always
+    reads PostgreSQL, so its order holds across processes and reconnects."""
+    last_cursor = encode_cursor(after_id) if after_id is not None else None
+    async with hub.listen(owner_channel(owner)) as listener:
+        position = await start_position(engine, after_id)
+        pending: set[Position] = set()  # hinted events not streamed yet (held back)
+        retry = HELD_BACK_RETRY_SECONDS
+        try:
+            while True:
+                page = await _read_owner_page(engine, owner, position)
+                for event, task in page:
+                    position = (event.xid, event.id)
+                    if filter.passes(event, task):
+                        yield event
+                        last_cursor = event.cursor
+                if len(page) == PAGE:
+                    continue
+                pending = {p for p in pending if p > position}
+                pending.update(p for h in listener.drain() if (p := (h.xid, h.id)) > position)
+                if pending:  # an older transaction is still open: look again soon
+                    wait, retry = retry, min(retry * 2, quiet_seconds)
+                else:
+                    wait, retry = quiet_seconds, HELD_BACK_RETRY_SECONDS
+                hint = await listener.next(wait)
+                if hint is not None and (hint.xid, hint.id) > position:
+                    pending.add((hint.xid, hint.id))
+        except FellBehind:
+            raise _fell_behind(last_cursor) from None

@@ -14,8 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from taskrunner import journal
 from taskrunner.config import Settings
 from taskrunner.events import Event, EventKind, publish
+from taskrunner.hub import EventHub, FellBehind, Listener
 from taskrunner.states import TaskStatus
-from taskrunner.streams import EventHub, Listener, task_events
+from taskrunner.streams import task_events
 from taskrunner.tasks import Submission, _insert
 
 
@@ -126,7 +127,7 @@ async def test_resuming_after_the_terminal_event_completes_at_once(
     assert [e.seq for e in first] == [1, 2] and rest == []
 
 
-async def test_a_full_listener_asks_for_a_reread_instead_of_blocking() -> None:
+async def test_a_full_listener_reports_that_its_consumer_fell_behind() -> None:
     listener = Listener(queue=asyncio.Queue(maxsize=1))
     event = Event.model_validate(
         {
@@ -141,8 +142,12 @@ async def test_a_full_listener_asks_for_a_reread_instead_of_blocking() -> None:
         }
     )
     listener.offer(event)
-    listener.offer(event)
-    assert listener.resync
-    assert await listener.next(0.1) is None  # re-read first
     assert await listener.next(0.1) == event
-    assert await listener.next(0.05) is None
+    assert await listener.next(0.05) is None  # quiet: time to re-read
+    listener.resync = True  # Redis reconnected: re-read first
+    assert await listener.next(0.1) is None
+    listener.offer(event)
+    listener.offer(event)  # the buffer of 1 overflows
+    assert listener.overflowed
+    with pytest.raises(FellBehind):
+        await listener.next(0.1)

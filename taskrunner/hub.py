@@ -1,0 +1,164 @@
+"""One Redis pub/sub connection per process, fanned out to in-process listeners.
+
+Each stream of the api (a subscription) listens through the hub instead of opening its
+own Redis connection. A channel is subscribed while at least one listener needs it and
+released when the last one leaves. Messages are hints: PostgreSQL stays the truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+
+from taskrunner.events import Event
+
+log = logging.getLogger(__name__)
+
+
+BUFFER_EVENTS = 1000  # live events buffered per subscriber before it counts as too slow
+
+
+class FellBehind(Exception):
+    """A subscriber did not keep up: its bounded buffer overflowed."""
+
+
+@dataclass(eq=False)
+class Listener:
+    """Live events of one channel for one consumer, in a bounded buffer. When the buffer
+    overflows the consumer is told (FellBehind) instead of memory growing or events
+    silently dropping; when Redis dropped the connection it is asked to re-read."""
+
+    queue: asyncio.Queue[Event] = field(
+        default_factory=lambda: asyncio.Queue(maxsize=BUFFER_EVENTS)
+    )
+    resync: bool = False
+    overflowed: bool = False
+
+    def offer(self, event: Event) -> None:
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.overflowed = True
+
+    async def next(self, wait_seconds: float) -> Event | None:
+        """The next live event, or None when a re-read is due (quiet, or resync)."""
+        if self.overflowed:
+            raise FellBehind
+        if self.resync:
+            self.resync = False
+            return None
+        try:
+            return await asyncio.wait_for(self.queue.get(), wait_seconds)
+        except TimeoutError:
+            return None
+
+    def drain(self) -> list[Event]:
+        """Everything buffered now, without waiting."""
+        if self.overflowed:
+            raise FellBehind
+        drained = []
+        while not self.queue.empty():
+            drained.append(self.queue.get_nowait())
+        return drained
+
+
+class EventHub:
+    """Shares one Redis pub/sub connection among all streams of a process."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._pubsub: PubSub | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._listeners: dict[str, set[Listener]] = defaultdict(set)
+        self._acks: dict[str, asyncio.Future[None]] = {}
+        self.streams = 0  # open streams in this process (for tests and metrics)
+        self._lock = asyncio.Lock()
+        self._home = f"taskrunner:hub:{uuid.uuid4()}"
+
+    async def start(self) -> None:
+        self._pubsub = self._redis.pubsub()
+        await self._pubsub.subscribe(self._home)  # keeps the connection subscribed
+        self._reader = asyncio.create_task(self._read(), name="event-hub-reader")
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._pubsub is not None:
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    @contextlib.asynccontextmanager
+    async def listen(self, channel: str) -> AsyncIterator[Listener]:
+        """Listen on `channel`; returns once Redis confirmed the subscription."""
+        assert self._pubsub is not None, "EventHub.start() first"
+        listener = Listener()
+        async with self._lock:
+            first = not self._listeners[channel]
+            self._listeners[channel].add(listener)
+            try:
+                if first:
+                    ack = asyncio.get_running_loop().create_future()
+                    self._acks[channel] = ack
+                    await self._pubsub.subscribe(channel)
+                    await asyncio.wait_for(asyncio.shield(ack), 10)
+            except BaseException:
+                self._acks.pop(channel, None)
+                await self._release(channel, listener)
+                raise
+        self.streams += 1
+        try:
+            yield listener
+        finally:
+            self.streams -= 1
+            async with self._lock:
+                await self._release(channel, listener)
+
+    async def _release(self, channel: str, listener: Listener) -> None:
+        """Forget `listener`; unsubscribe when it was the channel's last (lock held)."""
+        assert self._pubsub is not None
+        self._listeners[channel].discard(listener)
+        if not self._listeners[channel]:
+            del self._listeners[channel]
+            with contextlib.suppress(Exception):
+                await self._pubsub.unsubscribe(channel)
+
+    async def _read(self) -> None:
+        assert self._pubsub is not None
+        while True:
+            try:
+                async for message in self._pubsub.listen():
+                    self._dispatch(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the connection dropped: listeners re-read, then go on
+                log.warning("event hub lost its Redis connection (%s); reconnecting", exc)
+                for listeners in self._listeners.values():
+                    for listener in listeners:
+                        listener.resync = True
+                await asyncio.sleep(0.5)
+
+    def _dispatch(self, message: dict[str, object]) -> None:
+        channel = message["channel"]
+        name = channel.decode() if isinstance(channel, bytes) else str(channel)
+        if message["type"] == "subscribe":
+            ack = self._acks.pop(name, None)
+            if ack is not None and not ack.done():
+                ack.set_result(None)
+            return
+        if message["type"] != "message":
+            return
+        data = message["data"]
+        if not isinstance(data, bytes | str):
+            return
+        event = Event.from_json(data)
+        for listener in self._listeners.get(name, ()):
+            listener.offer(event)
