@@ -88,6 +88,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         schema,
         graphql_ide="graphiql",
         subscription_protocols=[GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL],
+        keep_alive=True,  # graphql-ws "ka" messages; uvicorn pings websockets as well
+        keep_alive_interval=15,
+        max_subscriptions_per_connection=None,  # ours: Context.subscription_slot
     )
     app = Starlette(
         routes=[

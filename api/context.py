@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from arq import ArqRedis
@@ -9,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from strawberry.types import Info as StrawberryInfo
 
 from taskrunner.config import Settings
+from taskrunner.errors import LimitExceeded
 from taskrunner.hub import EventHub
 
 
@@ -24,8 +27,26 @@ class Services:
 
 @dataclass
 class Context:
+    """One per HTTP request, or per websocket connection (shared by its subscriptions)."""
+
     services: Services
     owner: str = ""  # the caller; one shared owner until API keys exist
+    open_subscriptions: int = 0
+
+    @contextlib.contextmanager
+    def subscription_slot(self) -> Iterator[None]:
+        """Hold one of the connection's MAX_SUBSCRIPTIONS_PER_CONNECTION slots."""
+        limit = self.settings.max_subscriptions_per_connection
+        if self.open_subscriptions >= limit:
+            raise LimitExceeded(
+                f"this connection already has {limit} open subscriptions "
+                "(MAX_SUBSCRIPTIONS_PER_CONNECTION); complete one, or open another connection"
+            )
+        self.open_subscriptions += 1
+        try:
+            yield
+        finally:
+            self.open_subscriptions -= 1
 
     @property
     def settings(self) -> Settings:

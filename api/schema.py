@@ -48,6 +48,16 @@ def _task_id(value: strawberry.ID, field: str = "id") -> uuid.UUID:
         ) from None
 
 
+def _domain_filter(f: TaskFilter) -> ops.TaskFilter:
+    return ops.TaskFilter(
+        status=tuple(TaskStatus(s) for s in f.status or ()),
+        type=tuple(f.type or ()),
+        label=f.label,
+        created_after=f.created_after,
+        created_before=f.created_before,
+    )
+
+
 @strawberry.type
 class Query:
     @strawberry.field(description="One task by id; null when there is none.")
@@ -75,13 +85,7 @@ class Query:
         page = await ops.list_tasks(
             engine=info.context.services.engine,
             owner=info.context.owner,
-            filter=ops.TaskFilter(
-                status=tuple(TaskStatus(s) for s in f.status or ()),
-                type=tuple(f.type or ()),
-                label=f.label,
-                created_after=f.created_after,
-                created_before=f.created_before,
-            ),
+            filter=_domain_filter(f),
             first=first,
             after=after,
         )
@@ -211,14 +215,43 @@ class Subscription:
         task_id = _task_id(id)
         await ops.require(engine=services.engine, task_id=task_id, owner=info.context.owner)
         after_id = decode_cursor(after) if after else None
-        async for event in streams.task_events(
-            engine=services.engine,
-            hub=services.hub,
-            task_id=task_id,
-            after_id=after_id,
-            quiet_seconds=services.settings.stream_quiet_seconds,
-        ):
-            yield event_type(event)
+        with info.context.subscription_slot():
+            async for event in streams.task_events(
+                engine=services.engine,
+                hub=services.hub,
+                task_id=task_id,
+                after_id=after_id,
+                quiet_seconds=services.settings.stream_quiet_seconds,
+            ):
+                yield event_type(event)
+
+    @strawberry.subscription(
+        description="Every event of your tasks that match `filter` (type, label, creation "
+        "time; status: a StatusChanged's new status, RUNNING for progress and logs), in "
+        "commit order, live. Without `after` it starts now; with the cursor of the last "
+        "event you got it resumes without a gap."
+    )
+    async def tasks_updates(
+        self,
+        info: Info,
+        filter: TaskFilter | None = None,
+        after: Annotated[
+            str | None, strawberry.argument(description="The cursor of the last event you got.")
+        ] = None,
+    ) -> AsyncGenerator[TaskEvent, None]:
+        services = info.context.services
+        f = filter or TaskFilter()
+        after_id = decode_cursor(after) if after else None
+        with info.context.subscription_slot():
+            async for event in streams.owner_events(
+                engine=services.engine,
+                hub=services.hub,
+                owner=info.context.owner,
+                after_id=after_id,
+                filter=_domain_filter(f),
+                quiet_seconds=services.settings.stream_quiet_seconds,
+            ):
+                yield event_type(event)
 
 
 class TaskrunnerSchema(strawberry.Schema):

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
         description="How often one worker re-enqueues tasks Redis lost and recovers tasks of "
         "dead workers.",
     )
+    max_subscriptions_per_connection: int = Field(
+        default=100, gt=0, description="Subscriptions one websocket connection may hold open."
+    )
     queue_name: str = Field(default="taskrunner:queue", description="arq queue (a Redis key).")
     log_level: str = Field(default="INFO", description="Log level of every process.")
     test_crash_after_commit: bool = Field(

@@ -14,9 +14,7 @@ not keep up gets `LIMIT_EXCEEDED` with the cursor to resume from, never silent l
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import AsyncIterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,6 +25,7 @@ from taskrunner.events import Event, EventKind, encode_cursor, owner_channel, ta
 from taskrunner.hub import BUFFER_EVENTS, EventHub, FellBehind
 from taskrunner.models import event_table, task_table
 from taskrunner.states import TERMINAL, TaskStatus
+from taskrunner.tasks import TaskFilter
 
 PAGE = 500
 EVENT_COLUMNS = tuple(c.name for c in event_table.c)
@@ -123,27 +122,18 @@ async def task_events(
 # --- every task of an owner -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class EventFilter:
-    """Which events of an owner's tasks to pass: by the task's type, label and creation
-    time, and by the task's status as of the event (a status event's new status; progress
-    and logs happen while RUNNING)."""
-
-    status: Sequence[TaskStatus] = ()
-    type: Sequence[str] = ()
-    label: str | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
-
-    def passes(self, event: Event, task: dict[str, Any]) -> bool:
-        status = event.data.get("status") if event.kind is EventKind.STATUS else "RUNNING"
-        return (
-            (not self.status or status in self.status)
-            and (not self.type or task["type"] in self.type)
-            and (self.label is None or self.label in task["labels"])
-            and (self.created_after is None or task["created_at"] > self.created_after)
-            and (self.created_before is None or task["created_at"] < self.created_before)
-        )
+def passes(filter: TaskFilter, event: Event, task: dict[str, Any]) -> bool:
+    """Whether an owner's event is wanted: by its task's type, label and creation time, and
+    by the task's status as of the event (a status event's new status; progress and logs
+    happen while RUNNING)."""
+    status = event.data.get("status") if event.kind is EventKind.STATUS else "RUNNING"
+    return (
+        (not filter.status or status in filter.status)
+        and (not filter.type or task["type"] in filter.type)
+        and (filter.label is None or filter.label in task["labels"])
+        and (filter.created_after is None or task["created_at"] > filter.created_after)
+        and (filter.created_before is None or task["created_at"] < filter.created_before)
+    )
 
 
 Position = tuple[int, int]  # (xid, id) of the last event passed over
@@ -201,7 +191,7 @@ async def owner_events(
     hub: EventHub,
     owner: str,
     after_id: int | None,
-    filter: EventFilter,
+    filter: TaskFilter,
     quiet_seconds: float,
 ) -> AsyncIterator[Event]:
     """Every event of the owner's tasks that passes `filter`, after `after_id`, in (xid, id)
@@ -217,7 +207,7 @@ async def owner_events(
                 page = await _read_owner_page(engine, owner, position)
                 for event, task in page:
                     position = (event.xid, event.id)
-                    if filter.passes(event, task):
+                    if passes(filter, event, task):
                         yield event
                         last_cursor = event.cursor
                 if len(page) == PAGE:

@@ -1,9 +1,21 @@
-"""What a running task can do: report progress, write log lines, know its attempt."""
+"""What a running task can do: report progress, write log lines, know its attempt.
+
+Everything a task reports goes through one ordered outbox per attempt and is written in
+batches (one transaction for a burst), so a chatty task costs few transactions:
+- progress is coalesced: at most one event per PROGRESS_INTERVAL_SECONDS, the latest wins;
+- log lines (from `ctx.log` and from Python `logging` inside the task) are batched, and
+  past MAX_LOG_LINES per attempt they are counted instead of recorded.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import logging
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -13,6 +25,16 @@ from taskrunner.config import Settings
 from taskrunner.events import EventKind
 
 LOG_LEVELS = frozenset({"debug", "info", "warning", "error"})
+PROGRESS_INTERVAL_SECONDS = 0.1
+MAX_LOG_LINES = 10_000
+MAX_LINE_CHARS = 10_000
+# Loggers of the machinery itself: never captured as a task's lines.
+INTERNAL_LOGGERS = ("taskrunner", "workers.runner", "workers.background", "arq", "sqlalchemy",
+                    "asyncpg", "redis")  # fmt: skip
+
+CURRENT: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
+    "taskrunner_task", default=None
+)
 
 
 @dataclass
@@ -25,27 +47,121 @@ class TaskContext:
     settings: Settings
     engine: AsyncEngine
     redis: Redis
+    _outbox: list[journal.Change] = field(default_factory=list)
+    _pending_progress: journal.Change | None = None
+    _last_progress: float = 0.0
+    _lines: int = 0
+    _dropped: int = 0
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _flusher: asyncio.Task[None] | None = None
 
     async def progress(self, fraction: float, message: str | None = None) -> None:
         """Report progress in [0, 1] (clamped), with an optional message."""
         value = min(1.0, max(0.0, float(fraction)))
-        await journal.apply_one(
-            self.engine,
-            self.redis,
-            journal.Change(
-                self.task_id,
-                EventKind.PROGRESS,
-                {"progress": value, "message": message},
-                values={"progress": value, "progress_message": message},
-            ),
+        self._pending_progress = journal.Change(
+            self.task_id,
+            EventKind.PROGRESS,
+            {"progress": value, "message": message},
+            values={"progress": value, "progress_message": message},
         )
+        wait = self._last_progress + PROGRESS_INTERVAL_SECONDS - time.monotonic()
+        if wait <= 0:
+            await self.flush()
+        else:
+            self._schedule_flush(wait)
 
     async def log(self, line: str, level: str = "info") -> None:
         """Append a log line (level: debug, info, warning or error)."""
         if level not in LOG_LEVELS:
             raise ValueError(f"level must be one of {sorted(LOG_LEVELS)}, not {level!r}")
-        await journal.apply_one(
-            self.engine,
-            self.redis,
-            journal.Change(self.task_id, EventKind.LOG, {"level": level, "line": line}),
+        self.add_line(line, level)
+        await self.flush()
+
+    def add_line(self, line: str, level: str) -> None:
+        """Queue a log line without waiting (what the logging handler uses)."""
+        if self._lines >= MAX_LOG_LINES:
+            self._dropped += 1
+            return
+        self._lines += 1
+        self._outbox.append(
+            journal.Change(
+                self.task_id, EventKind.LOG, {"level": level, "line": line[:MAX_LINE_CHARS]}
+            )
         )
+        self._schedule_flush(0)
+
+    def _schedule_flush(self, delay: float) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_later(delay))
+
+    async def _flush_later(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write everything queued, in order, in one transaction."""
+        async with self._lock:
+            changes, self._outbox = self._outbox, []
+            if self._pending_progress is not None:
+                changes.append(self._pending_progress)
+                self._pending_progress = None
+                self._last_progress = time.monotonic()
+            if changes:
+                await journal.apply(self.engine, self.redis, changes)
+
+    async def close(self) -> None:
+        """Flush what is left (the runner calls it before the final status)."""
+        if self._dropped:
+            self._outbox.append(
+                journal.Change(
+                    self.task_id,
+                    EventKind.LOG,
+                    {
+                        "level": "warning",
+                        "line": f"{self._dropped} more log lines were not recorded "
+                        f"(at most {MAX_LOG_LINES} per attempt)",
+                    },
+                )
+            )
+            self._dropped = 0
+        if self._flusher is not None and not self._flusher.done():
+            self._flusher.cancel()
+        await asyncio.shield(self.flush())
+
+
+class TaskLogHandler(logging.Handler):
+    """Records logged while a task runs (in its asyncio context) become its log lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        ctx = CURRENT.get()
+        if ctx is None or record.name.startswith(INTERNAL_LOGGERS):
+            return
+        try:
+            line = self.format(record)
+            ctx.add_line(line, _level(record.levelno))
+        except Exception:
+            self.handleError(record)
+
+
+def _level(levelno: int) -> str:
+    if levelno >= logging.ERROR:
+        return "error"
+    if levelno >= logging.WARNING:
+        return "warning"
+    return "info" if levelno >= logging.INFO else "debug"
+
+
+def install_log_capture() -> None:
+    """Attach the capturing handler to the root logger once; let task loggers through."""
+    root = logging.getLogger()
+    if not any(isinstance(h, TaskLogHandler) for h in root.handlers):
+        handler = TaskLogHandler(level=logging.DEBUG)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+    logging.getLogger("workers.tasks").setLevel(logging.INFO)
+
+
+async def run_with_context(ctx: TaskContext, coro: Any) -> Any:
+    """Await the task's coroutine with `ctx` as the current task (for log capture)."""
+    CURRENT.set(ctx)
+    return await coro

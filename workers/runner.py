@@ -27,7 +27,7 @@ from taskrunner.models import NOW, task_table
 from taskrunner.retries import backoff, retries_left
 from taskrunner.states import TaskStatus
 from workers.catalog import TaskType
-from workers.context import TaskContext
+from workers.context import TaskContext, run_with_context
 
 log = logging.getLogger(__name__)
 
@@ -143,18 +143,23 @@ async def _run_body(
     except ValidationError as exc:
         return _failed(task_id, "BAD_INPUT", f"stored input no longer valid: {exc}")
     tctx = TaskContext(task_id, attempt.number, settings, ctx["engine"], ctx["redis"])
-    body = asyncio.create_task(task_type.run(tctx, data), name=f"task:{task_id}")
+    body = asyncio.create_task(
+        run_with_context(tctx, task_type.run(tctx, data)), name=f"task:{task_id}"
+    )
     ctx["running"][task_id] = body
     if ctx["cancel_requests"].pop(task_id, None) is not None or attempt.cancel_requested:
         body.cancel()  # asked while this attempt was starting
     timer = asyncio.timeout(attempt.timeout_seconds)
     try:
         async with timer:
-            result = await body
+            try:
+                result = await body
+            finally:
+                ctx["running"].pop(task_id, None)
+                await tctx.close()  # its last progress and lines come before the outcome
     except TimeoutError:
-        if not timer.expired():
-            raise_from = traceback.format_exc()
-            await _log(ctx, task_id, "error", raise_from)
+        if not timer.expired():  # raised by the task itself
+            await _log(ctx, task_id, "error", traceback.format_exc())
             return _failed(task_id, "TimeoutError", "the task raised TimeoutError")
         await _log(ctx, task_id, "error", f"task_killed: exceeded {attempt.timeout_seconds}s")
         return _failed(task_id, "TIMEOUT", f"exceeded its timeout of {attempt.timeout_seconds}s")
@@ -167,8 +172,6 @@ async def _run_body(
     except Exception as exc:
         await _log(ctx, task_id, "error", traceback.format_exc())
         return _failed(task_id, type(exc).__name__, str(exc) or type(exc).__name__)
-    finally:
-        ctx["running"].pop(task_id, None)
     try:
         payload = to_jsonable_python(result)
     except Exception as exc:

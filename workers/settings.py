@@ -20,6 +20,7 @@ from taskrunner.db import create_engine
 from taskrunner.logs import configure_logging
 from workers import background
 from workers.catalog import TaskType, catalog
+from workers.context import install_log_capture
 from workers.runner import WorkerContext, execute
 
 # arq's own job timeout is only a backstop behind each task's timeout.
@@ -42,6 +43,7 @@ async def _startup(settings: Settings, ctx: dict[str, Any]) -> None:
     ctx["running"] = {}
     ctx["cancel_requests"] = {}
     ctx["background"] = background.start(cast(WorkerContext, ctx))
+    install_log_capture()
 
 
 async def _shutdown(ctx: dict[str, Any]) -> None:
