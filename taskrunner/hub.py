@@ -39,6 +39,7 @@ class Listener:
     queue: asyncio.Queue[Event] = field(
         default_factory=lambda: asyncio.Queue(maxsize=BUFFER_EVENTS)
     )
+    buffer_events: int = BUFFER_EVENTS
     resync: bool = False
     overflowed: bool = False
 
@@ -73,8 +74,9 @@ class Listener:
 class EventHub:
     """Shares one Redis pub/sub connection among all streams of a process."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, buffer_events: int = BUFFER_EVENTS) -> None:
         self._redis = redis
+        self._buffer_events = buffer_events
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
         self._listeners: dict[str, set[Listener]] = defaultdict(set)
@@ -100,7 +102,9 @@ class EventHub:
     async def listen(self, channel: str) -> AsyncIterator[Listener]:
         """Listen on `channel`; returns once Redis confirmed the subscription."""
         assert self._pubsub is not None, "EventHub.start() first"
-        listener = Listener()
+        listener = Listener(
+            queue=asyncio.Queue(maxsize=self._buffer_events), buffer_events=self._buffer_events
+        )
         async with self._lock:
             first = not self._listeners[channel]
             self._listeners[channel].add(listener)

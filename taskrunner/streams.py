@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner.errors import BadInput, LimitExceeded
 from taskrunner.events import Event, EventKind, encode_cursor, owner_channel, task_channel
-from taskrunner.hub import BUFFER_EVENTS, EventHub, FellBehind
+from taskrunner.hub import EventHub, FellBehind, Listener
 from taskrunner.models import event_table, task_table
 from taskrunner.states import TERMINAL, TaskStatus
 from taskrunner.tasks import TaskFilter
@@ -36,10 +36,10 @@ def is_terminal(event: Event) -> bool:
     return event.kind is EventKind.STATUS and event.data.get("status") in TERMINAL
 
 
-def _fell_behind(last_cursor: str | None) -> LimitExceeded:
+def _fell_behind(listener: Listener, last_cursor: str | None) -> LimitExceeded:
     resume = f'after: "{last_cursor}"' if last_cursor else "no `after` (nothing was sent yet)"
     return LimitExceeded(
-        f"subscription fell more than {BUFFER_EVENTS} events behind and was closed; "
+        f"subscription fell more than {listener.buffer_events} events behind and was closed; "
         f"subscribe again with {resume} to get the rest without a gap",
         field="after",
     )
@@ -116,7 +116,7 @@ async def task_events(
                     if is_terminal(live):
                         return
         except FellBehind:
-            raise _fell_behind(last_cursor) from None
+            raise _fell_behind(listener, last_cursor) from None
 
 
 # --- every task of an owner -------------------------------------------------------------
@@ -222,4 +222,4 @@ async def owner_events(
                 if hint is not None and (hint.xid, hint.id) > position:
                     pending.add((hint.xid, hint.id))
         except FellBehind:
-            raise _fell_behind(last_cursor) from None
+            raise _fell_behind(listener, last_cursor) from None

@@ -9,7 +9,7 @@ import contextlib
 import itertools
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from gql.transport.httpx import HTTPXAsyncTransport
 from gql.transport.websockets import WebsocketsTransport
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.applications import Starlette
 
 from api.app import create_app
 from taskrunner.config import Settings, load_settings
@@ -112,11 +113,15 @@ async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
 
 
 @contextlib.asynccontextmanager
-async def run_api(settings: Settings) -> AsyncIterator[str]:
+async def run_api(settings: Settings, app: Starlette | None = None) -> AsyncIterator[str]:
     """A real uvicorn serving the app on a free loopback port; yields its base URL."""
     port = free_port()
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        app or create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
     )
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
@@ -216,3 +221,14 @@ async def stack(settings: Settings) -> AsyncIterator[Stack]:
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], within: float, step: float = 0.05
+) -> None:
+    """Poll `check` (state held elsewhere: Redis, a server) until true, or fail."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not true within {within}s: {check.__doc__ or check}")
+        await asyncio.sleep(step)

@@ -92,11 +92,20 @@ class TaskContext:
 
     def _schedule_flush(self, delay: float) -> None:
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_later(delay))
+            self._flusher = asyncio.get_running_loop().create_task(self._drain(delay))
 
-    async def _flush_later(self, delay: float) -> None:
+    async def _drain(self, delay: float) -> None:
+        """Flush after `delay`, and again while more arrived during a write."""
         await asyncio.sleep(delay)
-        await self.flush()
+        while True:
+            await self.flush()
+            if self._outbox:
+                continue
+            if self._pending_progress is None:
+                return
+            await asyncio.sleep(
+                max(0.0, self._last_progress + PROGRESS_INTERVAL_SECONDS - time.monotonic())
+            )
 
     async def flush(self) -> None:
         """Write everything queued, in order, in one transaction."""
@@ -125,7 +134,7 @@ class TaskContext:
             )
             self._dropped = 0
         if self._flusher is not None and not self._flusher.done():
-            self._flusher.cancel()
+            await asyncio.shield(self._flusher)  # never cancel a write half-way
         await asyncio.shield(self.flush())
 
 

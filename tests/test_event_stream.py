@@ -1,0 +1,289 @@
+"""Live event streams over real websockets: exact, ordered, fanned out across api
+processes, bounded per subscriber, released on disconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+import httpx
+import pytest
+from gql import Client, GraphQLRequest
+from gql.transport.exceptions import TransportQueryError
+from gql.transport.websockets import WebsocketsTransport
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from api.app import create_app
+from taskrunner import journal
+from taskrunner.config import Settings
+from taskrunner.embedded import free_port
+from taskrunner.errors import LimitExceeded
+from taskrunner.events import EventKind
+from taskrunner.hub import EventHub
+from taskrunner.states import TaskStatus
+from taskrunner.streams import task_events
+from taskrunner.tasks import Submission, _insert
+from tests.conftest import Stack, eventually, process_env, repo_root, run_api, run_worker
+from tests.test_lifecycle import submit
+from tests.test_walking_skeleton import WATCH
+
+ALL = """
+subscription($filter: TaskFilter, $after: String) {
+  tasksUpdates(filter: $filter, after: $after) {
+    __typename cursor taskId
+    ... on StatusChanged { status }
+    ... on LogAppended { line }
+    ... on ProgressReported { progress }
+  }
+}"""
+EVENTS = """
+query($id: ID!) {
+  task(id: $id) { progress events { __typename cursor ... on LogAppended { line } } }
+}"""
+
+
+async def test_100_progress_steps_and_500_log_lines_arrive_once_in_order(stack: Stack) -> None:
+    task_id = await submit(stack, {"chatter": {"progressSteps": 100, "logLines": 500}})
+    events = [e["taskUpdates"] for e in await stack.subscribe(WATCH, id=task_id, within=60)]
+    cursors = [e["cursor"] for e in events]
+    assert cursors == sorted(cursors) and len(set(cursors)) == len(cursors)
+    lines = [e["line"] for e in events if e["__typename"] == "LogAppended"]
+    assert lines == [f"line {i} of 500" for i in range(1, 501)]  # logging, captured
+    progress = [e["progress"] for e in events if e["__typename"] == "ProgressReported"]
+    assert 1 <= len(progress) <= 100 and progress[-1] == 1.0  # coalesced, latest kept
+    assert progress == sorted(progress)
+    assert events[-1]["status"] == "SUCCEEDED"
+    stored = (await stack.execute(EVENTS, id=task_id))["task"]
+    assert [e["cursor"] for e in stored["events"]] == cursors
+    assert stored["progress"] == 1.0
+
+
+async def test_tasks_updates_streams_every_task_of_the_caller_with_filters(stack: Stack) -> None:
+    async def collect(n: int, **variables: Any) -> list[dict[str, Any]]:
+        return [e["tasksUpdates"] for e in await stack.subscribe(ALL, limit=n, **variables)]
+
+    everything = asyncio.create_task(collect(6))
+    echoes = asyncio.create_task(collect(3, filter={"type": ["echo"]}))
+    failures = asyncio.create_task(collect(1, filter={"status": ["FAILED"]}))
+    await asyncio.sleep(0.5)  # let the subscriptions start
+    echo = await submit(stack, {"echo": {"message": "a"}}, labels=["x"])
+    fail = await submit(stack, {"fail": {"message": "b"}})
+    got = await asyncio.wait_for(everything, 20)
+    by_task: dict[str, list[str]] = {}
+    for e in got:
+        by_task.setdefault(e["taskId"], []).append(e["__typename"])
+    assert set(by_task) == {echo, fail}
+    assert [e.get("status") for e in got if e["taskId"] == echo] == [
+        "QUEUED", "RUNNING", "SUCCEEDED"
+    ]  # fmt: skip
+    assert {e["taskId"] for e in await echoes} == {echo}
+    assert [(e["taskId"], e["status"]) for e in await failures] == [(fail, "FAILED")]
+
+    # resuming from the middle yields exactly the rest
+    rest = await collect(3, after=got[2]["cursor"])
+    assert [e["cursor"] for e in rest] == [e["cursor"] for e in got[3:6]]
+
+
+async def test_tasks_updates_refuses_an_unknown_cursor(api: Stack) -> None:
+    with pytest.raises(TransportQueryError) as err:
+        await api.subscribe(ALL, after="000000999999")
+    assert err.value.errors is not None
+    assert err.value.errors[0]["extensions"]["code"] == "BAD_INPUT"
+
+
+async def test_a_subscriber_on_one_api_process_sees_a_task_submitted_on_another(
+    settings: Settings,
+) -> None:
+    port = free_port()
+    other = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "taskrunner",
+        "api",
+        cwd=repo_root(),
+        env=process_env(settings, PORT=str(port)),
+    )
+    try:
+        async with run_api(settings) as url, run_worker(settings):
+            here = Stack(url, settings)
+            there = Stack(f"http://127.0.0.1:{port}", settings)
+            async with httpx.AsyncClient() as client, asyncio.timeout(30):
+                while True:
+                    try:
+                        if (await client.get(f"{there.url}/readyz")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        await asyncio.sleep(0.1)
+            watching = asyncio.create_task(here.subscribe(ALL, limit=3))
+            await asyncio.sleep(0.5)
+            task_id = await submit(there, {"echo": {"message": "across"}})
+            events = [e["tasksUpdates"] for e in await asyncio.wait_for(watching, 20)]
+    finally:
+        other.terminate()
+        await other.wait()
+    assert [(e["taskId"], e["status"]) for e in events] == [
+        (task_id, "QUEUED"), (task_id, "RUNNING"), (task_id, "SUCCEEDED")
+    ]  # fmt: skip
+
+
+async def _subscribe_many(
+    url: str, task_id: str, connections: int, per_connection: int, ready: asyncio.Event
+) -> list[list[str]]:
+    """`connections` websockets each carrying `per_connection` subscriptions; returns
+    each subscription's cursors."""
+    opened = 0
+
+    async def one_connection() -> list[list[str]]:
+        nonlocal opened
+        transport = WebsocketsTransport(
+            url=url.replace("http", "ws") + "/graphql",
+            subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL],
+        )
+        async with Client(transport=transport) as session:
+
+            async def one() -> list[str]:
+                nonlocal opened
+                cursors: list[str] = []
+                agen = session.subscribe(GraphQLRequest(WATCH, variable_values={"id": task_id}))
+                try:
+                    async for item in agen:
+                        cursors.append(item["taskUpdates"]["cursor"])
+                        if len(cursors) == 1:
+                            opened += 1
+                            if opened == connections * per_connection:
+                                ready.set()
+                finally:
+                    await agen.aclose()
+                return cursors
+
+            return list(await asyncio.gather(*(one() for _ in range(per_connection))))
+
+    results = await asyncio.gather(*(one_connection() for _ in range(connections)))
+    return [cursors for group in results for cursors in group]
+
+
+async def test_200_concurrent_subscribers_each_get_all_100_events_in_order(
+    api: Stack, engine: AsyncEngine
+) -> None:
+    task_id = await submit(api, {"chatter": {"progressSteps": 0, "logLines": 97}})
+    ready = asyncio.Event()
+    watchers = asyncio.create_task(_subscribe_many(api.url, task_id, 20, 10, ready))
+    await asyncio.wait_for(ready.wait(), 30)  # all 200 have the QUEUED event
+    async with run_worker(api.settings):
+        results = await asyncio.wait_for(watchers, 60)
+    stored = (await api.execute(EVENTS, id=task_id))["task"]["events"]
+    expected = [e["cursor"] for e in stored]
+    assert len(expected) == 100  # QUEUED, RUNNING, 97 lines, SUCCEEDED
+    assert len(results) == 200
+    assert all(cursors == expected for cursors in results)
+
+
+async def _channels(redis_url: str) -> int:
+    redis = Redis.from_url(redis_url)
+    try:
+        return len(await redis.pubsub_channels("taskrunner:*"))
+    finally:
+        await redis.aclose()
+
+
+async def test_disconnected_subscribers_release_their_redis_channels_within_2s(
+    settings: Settings,
+) -> None:
+    app = create_app(settings)
+    async with run_api(settings, app) as url:
+        stack = Stack(url, settings)
+        hub: EventHub = app.state.services.hub
+        before = await _channels(settings.require_redis_url())
+        ids = [await submit(stack, {"sleep": {"seconds": 30}}) for _ in range(5)]
+        ready = asyncio.Event()
+        watchers = [
+            asyncio.create_task(_subscribe_many(url, task_id, 4, 5, ready)) for task_id in ids
+        ]
+
+        async def all_open() -> bool:
+            return hub.streams == 100
+
+        async def all_released() -> bool:
+            """no stream open and the channels back to what they were"""
+            channels = await _channels(settings.require_redis_url())
+            return hub.streams == 0 and channels == before
+
+        await eventually(all_open, 30)
+        assert await _channels(settings.require_redis_url()) == before + 5
+        for watcher in watchers:
+            watcher.cancel()  # the clients disconnect
+        await asyncio.gather(*watchers, return_exceptions=True)
+        await eventually(all_released, 2)
+
+
+async def test_a_subscriber_that_falls_behind_gets_limit_exceeded_and_resumes_without_gap(
+    engine: AsyncEngine, settings: Settings
+) -> None:
+    redis = Redis.from_url(settings.require_redis_url())
+    hub = EventHub(redis, buffer_events=20)
+    await hub.start()
+    try:
+        async with engine.begin() as conn:
+            (task,), _ = await _insert(conn, "", [Submission("echo", {"message": "x"}, 60)])
+        await journal.apply(engine, redis, [
+            journal.Change(task.id, EventKind.STATUS, {"status": "RUNNING"},
+                           to=TaskStatus.RUNNING)
+        ])  # fmt: skip
+        stream = task_events(engine=engine, hub=hub, task_id=task.id, after_id=None,
+                             quiet_seconds=30)  # fmt: skip
+        got = [await anext(stream), await anext(stream)]  # QUEUED, RUNNING; then it stalls
+        for n in range(30):  # more than its buffer of 20, published while it does not read
+            line = journal.Change(task.id, EventKind.LOG, {"level": "info", "line": str(n)})
+            await journal.apply(engine, redis, [line])
+        await asyncio.sleep(0.2)
+        with pytest.raises(LimitExceeded) as err:
+            async for event in stream:
+                got.append(event)
+        assert f'after: "{got[-1].cursor}"' in err.value.message
+        resumed = task_events(engine=engine, hub=hub, task_id=task.id, after_id=got[-1].id,
+                              quiet_seconds=0.2)  # fmt: skip
+        while len(got) < 32:
+            got.append(await asyncio.wait_for(anext(resumed), 5))
+        await resumed.aclose()
+    finally:
+        await hub.stop()
+        await redis.aclose()
+    assert [e.seq for e in got] == list(range(1, 33))
+
+
+async def test_the_older_graphql_ws_protocol_works_too(stack: Stack) -> None:
+    task_id = await submit(stack, {"echo": {"message": "legacy"}})
+    transport = WebsocketsTransport(url=stack.ws_url)  # gql's default: "graphql-ws"
+    async with Client(transport=transport) as session:
+        statuses = []
+        agen = session.subscribe(GraphQLRequest(WATCH, variable_values={"id": task_id}))
+        try:
+            async for item in agen:
+                statuses.append(item["taskUpdates"]["status"])
+        finally:
+            await agen.aclose()
+    assert statuses == ["QUEUED", "RUNNING", "SUCCEEDED"]
+
+
+async def test_a_connection_may_hold_only_so_many_subscriptions(settings: Settings) -> None:
+    limited = settings.model_copy(update={"max_subscriptions_per_connection": 2})
+    async with run_api(limited) as url:
+        stack = Stack(url, limited)
+        ids = [await submit(stack, {"sleep": {"seconds": 30}}) for _ in range(3)]
+        async with stack.ws_client() as session:
+            agens = [
+                session.subscribe(GraphQLRequest(WATCH, variable_values={"id": i})) for i in ids
+            ]
+            try:
+                for agen in agens[:2]:
+                    await asyncio.wait_for(anext(agen), 10)
+                with pytest.raises(TransportQueryError) as err:
+                    await asyncio.wait_for(anext(agens[2]), 10)
+            finally:
+                for agen in agens:
+                    await agen.aclose()
+    assert err.value.errors is not None
+    assert err.value.errors[0]["extensions"]["code"] == "LIMIT_EXCEEDED"
+    assert "MAX_SUBSCRIPTIONS_PER_CONNECTION" in err.value.errors[0]["message"]
