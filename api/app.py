@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 
+from api import sse
 from api.context import Context, Services
 from api.graphiql import STATIC_DIR, STATIC_PATH, offline_graphiql_html
 from api.schema import schema
@@ -94,6 +95,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     app = Starlette(
         routes=[
+            Route("/graphql/stream", sse.stream, methods=["GET", "POST"]),
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
             Mount(STATIC_PATH, app=StaticFiles(directory=STATIC_DIR), name="graphiql-static"),

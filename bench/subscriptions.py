@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import contextlib
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -108,6 +109,18 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of a process so far, from /proc/PID/stat."""
+    if pid is None:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is fields[0]
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Subscriber:
     key: str
@@ -121,11 +134,12 @@ class Subscriber:
 class Run:
     task_id: str
     subscribers: list[Subscriber]
+    api_pid: int | None
     first_seen: int = 0
     all_first: asyncio.Event = field(default_factory=asyncio.Event)
     connection_errors: list[str] = field(default_factory=list)
-    # (process_time, perf_counter) when the first live event (after QUEUED) arrived
-    live_since: tuple[float, float] | None = None
+    # (process_time, perf_counter, api CPU) when the first live event (after QUEUED) arrived
+    live_since: tuple[float, float, float | None] | None = None
 
     def record(self, sub: Subscriber, payload: dict[str, Any], now: float) -> None:
         event = (payload.get("data") or {}).get("taskUpdates")
@@ -133,7 +147,7 @@ class Run:
             sub.error = orjson.dumps(payload.get("errors")).decode()
             return
         if self.live_since is None and event.get("status") != "QUEUED":
-            self.live_since = (time.process_time(), time.perf_counter())
+            self.live_since = (time.process_time(), time.perf_counter(), cpu_seconds(self.api_pid))
         if not sub.received:
             self.first_seen += 1
             if self.first_seen == len(self.subscribers):
@@ -278,7 +292,7 @@ async def measure(
     data = await gql(client, args.url, SUBMIT, t=spec, o={"delaySeconds": args.delay})
     task_id = data["submitTask"]["id"]
     subscribers = [Subscriber(key=str(i + 1)) for i in range(count)]
-    run = Run(task_id=task_id, subscribers=subscribers)
+    run = Run(task_id=task_id, subscribers=subscribers, api_pid=args.api_pid)
     per = args.per_connection
     chunks = [subscribers[i : i + per] for i in range(0, count, per)]
     log(f"{count} subscribers on {len(chunks)} connections to task {task_id}")
@@ -315,11 +329,15 @@ async def measure(
             await everything
         if sampler:
             sampler.cancel()
-    client_cpu_pct = None
+    client_cpu_pct = api_cpu_pct = None
     if run.live_since:
-        cpu = time.process_time() - run.live_since[0]
-        wall = time.perf_counter() - run.live_since[1]
-        client_cpu_pct = round(100 * cpu / wall, 1) if wall > 0 else None
+        client_cpu, since, api_cpu = run.live_since
+        wall = time.perf_counter() - since
+        api_now = cpu_seconds(args.api_pid)
+        if wall > 0:
+            client_cpu_pct = round(100 * (time.process_time() - client_cpu) / wall, 1)
+            if api_cpu is not None and api_now is not None:
+                api_cpu_pct = round(100 * (api_now - api_cpu) / wall, 1)
     for error in run.connection_errors[:5]:
         log(f"connection error: {error}")
     for sub in subscribers:
@@ -332,6 +350,7 @@ async def measure(
         timed_out=timed_out,
         subscribe_ms=subscribe_ms,
         client_cpu_pct=client_cpu_pct,
+        api_cpu_pct=api_cpu_pct,
         api_rss_mb=round(peak[0], 1) if sampler else None,
     )
     log(f"{count}: {orjson.dumps(result).decode()}")

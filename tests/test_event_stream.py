@@ -4,6 +4,7 @@ processes, bounded per subscriber, released on disconnect."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from typing import Any
 
@@ -287,3 +288,62 @@ async def test_a_connection_may_hold_only_so_many_subscriptions(settings: Settin
     assert err.value.errors is not None
     assert err.value.errors[0]["extensions"]["code"] == "LIMIT_EXCEEDED"
     assert "MAX_SUBSCRIPTIONS_PER_CONNECTION" in err.value.errors[0]["message"]
+
+
+async def _sse(
+    stack: Stack, query: str, variables: dict[str, Any], headers: dict[str, str] | None = None
+) -> list[tuple[str, str | None, str]]:
+    """(event, id, data) of a Server-Sent Events subscription, until `complete`."""
+    got: list[tuple[str, str | None, str]] = []
+    params = {"query": query, "variables": json.dumps(variables)}
+    async with (
+        httpx.AsyncClient(base_url=stack.url, timeout=20) as client,
+        client.stream("GET", "/graphql/stream", params=params, headers=headers or {}) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        event: dict[str, str] = {}
+        async for line in response.aiter_lines():
+            if line.startswith(":"):
+                continue  # a ping
+            if line:
+                key, _, value = line.partition(":")
+                event[key] = value.strip()
+                continue
+            if event:
+                got.append((event.get("event", ""), event.get("id"), event.get("data", "")))
+                if event.get("event") == "complete":
+                    break
+                event = {}
+    return got
+
+
+async def test_subscriptions_over_server_sent_events_resume_with_last_event_id(
+    stack: Stack,
+) -> None:
+    task_id = await submit(stack, {"echo": {"message": "sse"}})
+    events = await _sse(stack, WATCH, {"id": task_id})
+    assert [e for e, _, _ in events] == ["next", "next", "next", "complete"]
+    statuses = [json.loads(d)["data"]["taskUpdates"]["status"] for e, _, d in events[:3]]
+    assert statuses == ["QUEUED", "RUNNING", "SUCCEEDED"]
+    ids = [i for _, i, _ in events[:3]]
+    assert ids == [json.loads(d)["data"]["taskUpdates"]["cursor"] for _, _, d in events[:3]]
+    resumed = await _sse(stack, WATCH, {"id": task_id}, headers={"Last-Event-ID": str(ids[0])})
+    assert [i for e, i, _ in resumed if e == "next"] == ids[1:]
+
+
+async def test_server_sent_events_refuse_bad_requests_clearly(api: Stack) -> None:
+    async with httpx.AsyncClient(base_url=api.url) as client:
+        bad_json = await client.get("/graphql/stream", params={"query": "x", "variables": "{"})
+        assert bad_json.status_code == 400
+        assert bad_json.json()["errors"][0]["message"].startswith("variables:")
+        not_found = await client.get(
+            "/graphql/stream",
+            params={
+                "query": WATCH,
+                "variables": json.dumps({"id": "00000000-0000-0000-0000-000000000000"}),
+            },
+        )
+    # the subscription starts, then reports NOT_FOUND as its one result
+    assert not_found.status_code == 200
+    assert '"code":"NOT_FOUND"' in not_found.text
