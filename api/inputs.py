@@ -66,9 +66,21 @@ def _pydantic_errors(exc: ValidationError, prefix: str) -> BadInput:
 
 
 def to_submission(
-    spec: Any, options: TaskOptionsInput | None, settings: Settings, *, path: str = "task"
+    spec: Any, options: TaskOptionsInput | None, settings: Settings, *, prefix: str = ""
 ) -> Submission:
-    """Validate one spec and its options against the catalog and the limits."""
+    """Validate one spec and its options against the catalog and the limits; errors name
+    the field below `prefix` (e.g. "tasks[3]." in a batch)."""
+    try:
+        return _submission(spec, options, settings, f"{prefix}task")
+    except BadInput as exc:
+        if not prefix or exc.message.startswith(prefix):
+            raise
+        raise BadInput(f"{prefix}{exc.message}", field=f"{prefix}{exc.field or ''}") from None
+
+
+def _submission(
+    spec: Any, options: TaskOptionsInput | None, settings: Settings, path: str
+) -> Submission:
     chosen = [(name, getattr(spec, name)) for name in INPUT_TYPES if getattr(spec, name)]
     if len(chosen) != 1:  # @oneOf makes this unreachable from GraphQL; kept for direct calls
         raise BadInput(f"{path}: give exactly one of {', '.join(INPUT_TYPES)}", field=path)

@@ -147,14 +147,16 @@ class Mutation:
     async def submit_tasks(self, info: Info, tasks: list[TaskSubmissionInput]) -> list[Task]:
         services = info.context.services
         limit = services.settings.max_batch_size
-        if not 1 <= len(tasks) <= limit:
+        if not tasks:
+            raise BadInput("tasks: give at least one submission", field="tasks")
+        if len(tasks) > limit:
             raise LimitExceeded(
                 f"tasks: give 1 to MAX_BATCH_SIZE ({limit}) submissions, got {len(tasks)}; "
                 "split the batch",
                 field="tasks",
             )
         submissions = [
-            to_submission(item.task, item.options, services.settings, path=f"tasks[{i}].task")
+            to_submission(item.task, item.options, services.settings, prefix=f"tasks[{i}].")
             for i, item in enumerate(tasks)
         ]
         rows = await ops.submit(

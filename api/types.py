@@ -11,6 +11,7 @@ from strawberry.scalars import JSON
 
 from api.context import Info
 from taskrunner import tasks
+from taskrunner.errors import BadInput
 from taskrunner.events import Event, EventKind, decode_cursor, encode_cursor
 from taskrunner.models import Task as TaskRow
 from taskrunner.states import TaskStatus
@@ -124,7 +125,9 @@ class Task:
         first: Annotated[int | None, strawberry.argument(description="At most 1000.")] = None,
     ) -> list[TaskEvent]:
         after_id = decode_cursor(after) if after else None
-        limit = min(first, 1000) if first is not None else None
+        if first is not None and not 1 <= first <= 1000:
+            raise BadInput(f"first: must be between 1 and 1000, got {first}", field="first")
+        limit = first
         rows = await tasks.list_events(
             engine=info.context.services.engine,
             task_id=uuid.UUID(str(self.id)),

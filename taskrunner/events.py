@@ -7,6 +7,7 @@ message as a hint that may be lost or duplicated: PostgreSQL stays the truth.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -16,9 +17,11 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from taskrunner.errors import BadInput
 
+log = logging.getLogger(__name__)
 CURSOR_WIDTH = 12  # zero-padded, so cursors compare the same as text and as numbers
 
 
@@ -66,7 +69,7 @@ def encode_cursor(event_id: int) -> str:
 
 def decode_cursor(cursor: str, *, field: str = "after") -> int:
     """The event id inside a cursor, or BAD_INPUT naming `field`."""
-    if not cursor.isdigit():
+    if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):
         raise BadInput(
             f"{field}: {cursor!r} is not a cursor; pass the `cursor` of an event you received",
             field=field,
@@ -86,13 +89,19 @@ CANCEL_CHANNEL = "taskrunner:cancel"
 
 
 async def publish(redis: Redis, events: Iterable[Event]) -> None:
-    """Publish committed events on their task and owner channels, in one round trip."""
+    """Publish committed events on their task and owner channels, in one round trip.
+
+    Best effort: the events are committed already, and streams re-read PostgreSQL when
+    Redis stays quiet, so a failed publish delays them instead of failing the caller."""
     events = list(events)
     if not events:
         return
-    async with redis.pipeline(transaction=False) as pipe:
-        for event in events:
-            payload = event.to_json()
-            pipe.publish(task_channel(event.task_id), payload)
-            pipe.publish(owner_channel(event.owner), payload)
-        await pipe.execute()
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            for event in events:
+                payload = event.to_json()
+                pipe.publish(task_channel(event.task_id), payload)
+                pipe.publish(owner_channel(event.owner), payload)
+            await pipe.execute()
+    except RedisError as exc:
+        log.warning("could not publish %d events (%s); streams will re-read them", len(events), exc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -23,34 +24,51 @@ from taskrunner.events import Event
 log = logging.getLogger(__name__)
 
 
-BUFFER_EVENTS = 1000  # live events buffered per subscriber before it counts as too slow
+BUFFER_EVENTS = 1000  # live events buffered per subscriber
+STALL_SECONDS = 5.0  # a subscriber that took nothing for this long while its buffer filled
+# up has stopped reading
 
 
 class FellBehind(Exception):
-    """A subscriber did not keep up: its bounded buffer overflowed."""
+    """A subscriber stopped reading and its bounded buffer overflowed."""
 
 
 @dataclass(eq=False)
 class Listener:
-    """Live events of one channel for one consumer, in a bounded buffer. When the buffer
-    overflows the consumer is told (FellBehind) instead of memory growing or events
-    silently dropping; when Redis dropped the connection it is asked to re-read."""
+    """Live events of one channel for one consumer, in a bounded buffer.
+
+    When the buffer overflows while the consumer keeps reading (a burst), the buffer is
+    dropped and the consumer re-reads PostgreSQL. When it overflows because the consumer
+    stopped reading, the consumer is told (FellBehind), so it can resume from its cursor:
+    memory stays bounded and nothing is silently lost. After Redis dropped the
+    connection the consumer is asked to re-read as well."""
 
     queue: asyncio.Queue[Event] = field(
         default_factory=lambda: asyncio.Queue(maxsize=BUFFER_EVENTS)
     )
     buffer_events: int = BUFFER_EVENTS
+    stall_seconds: float = STALL_SECONDS
     resync: bool = False
     overflowed: bool = False
+    last_take: float = field(default_factory=time.monotonic)
 
     def offer(self, event: Event) -> None:
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
-            self.overflowed = True
+            if time.monotonic() - self.last_take > self.stall_seconds:
+                self.overflowed = True
+            else:
+                self._clear()
+                self.resync = True
+
+    def _clear(self) -> None:
+        while not self.queue.empty():
+            self.queue.get_nowait()
 
     async def next(self, wait_seconds: float) -> Event | None:
         """The next live event, or None when a re-read is due (quiet, or resync)."""
+        self.last_take = time.monotonic()
         if self.overflowed:
             raise FellBehind
         if self.resync:
@@ -60,9 +78,12 @@ class Listener:
             return await asyncio.wait_for(self.queue.get(), wait_seconds)
         except TimeoutError:
             return None
+        finally:
+            self.last_take = time.monotonic()
 
     def drain(self) -> list[Event]:
         """Everything buffered now, without waiting."""
+        self.last_take = time.monotonic()
         if self.overflowed:
             raise FellBehind
         drained = []
@@ -74,9 +95,15 @@ class Listener:
 class EventHub:
     """Shares one Redis pub/sub connection among all streams of a process."""
 
-    def __init__(self, redis: Redis, buffer_events: int = BUFFER_EVENTS) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        buffer_events: int = BUFFER_EVENTS,
+        stall_seconds: float = STALL_SECONDS,
+    ) -> None:
         self._redis = redis
         self._buffer_events = buffer_events
+        self._stall_seconds = stall_seconds
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
         self._listeners: dict[str, set[Listener]] = defaultdict(set)
@@ -103,7 +130,9 @@ class EventHub:
         """Listen on `channel`; returns once Redis confirmed the subscription."""
         assert self._pubsub is not None, "EventHub.start() first"
         listener = Listener(
-            queue=asyncio.Queue(maxsize=self._buffer_events), buffer_events=self._buffer_events
+            queue=asyncio.Queue(maxsize=self._buffer_events),
+            buffer_events=self._buffer_events,
+            stall_seconds=self._stall_seconds,
         )
         async with self._lock:
             first = not self._listeners[channel]

@@ -44,6 +44,10 @@ class Change:
     to: TaskStatus | None = None
     retry_request: bool = False
     values: Mapping[str, Any] = field(default_factory=dict)
+    # Only while the row is still this attempt (and, if given, this worker's): a worker
+    # that was declared lost must not write over the attempt that replaced it.
+    expect_attempt: int | None = None
+    expect_worker: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,8 @@ class _Row:
     status: TaskStatus
     seq: int
     owner: str
+    attempts: int
+    worker_id: str | None
     values: dict[str, Any] = field(default_factory=dict)
     changed: bool = False
 
@@ -83,7 +89,7 @@ async def lock_tasks(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> dict[uu
     transaction newer than this one."""
     result = await conn.execute(
         sa.text(
-            "SELECT id, status, event_seq, last_xid, owner, "
+            "SELECT id, status, event_seq, last_xid, owner, attempts, worker_id, "
             "pg_current_xact_id()::text::bigint AS xid "
             "FROM task WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"
         ),
@@ -93,7 +99,13 @@ async def lock_tasks(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> dict[uu
     for row in result.mappings():
         if row["last_xid"] > row["xid"]:
             raise XidInversion(str(row["id"]))
-        rows[row["id"]] = _Row(TaskStatus(row["status"]), row["event_seq"], row["owner"])
+        rows[row["id"]] = _Row(
+            TaskStatus(row["status"]),
+            row["event_seq"],
+            row["owner"],
+            row["attempts"],
+            row["worker_id"],
+        )
     return rows
 
 
@@ -114,7 +126,7 @@ async def record(conn: AsyncConnection, changes: Sequence[Change]) -> list[Outco
     for change in changes:
         row = rows.get(change.task_id)
         found = row.status if row else None
-        if row is None or not _allowed(row.status, change):
+        if row is None or not _allowed(row, change):
             decided.append((change, found, None))
             continue
         row.seq += 1
@@ -148,10 +160,14 @@ async def record(conn: AsyncConnection, changes: Sequence[Change]) -> list[Outco
     ]
 
 
-def _allowed(current: TaskStatus, change: Change) -> bool:
+def _allowed(row: _Row, change: Change) -> bool:
+    if change.expect_attempt is not None and row.attempts != change.expect_attempt:
+        return False
+    if change.expect_worker is not None and row.worker_id != change.expect_worker:
+        return False
     if change.to is None:
-        return accepts_events(current)
-    return can_move(current, change.to, retry_request=change.retry_request)
+        return accepts_events(row.status)
+    return can_move(row.status, change.to, retry_request=change.retry_request)
 
 
 async def apply(engine: AsyncEngine, redis: Redis, changes: Sequence[Change]) -> list[Outcome]:

@@ -11,6 +11,8 @@ Every step is idempotent: a job is enqueued NX, a transition is conditional.
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -68,31 +70,35 @@ async def requeue_lost(engine: AsyncEngine, pool: ArqRedis, limit: int = BATCH) 
     return len(lost)
 
 
-async def recover_orphans(
-    engine: AsyncEngine,
-    pool: ArqRedis,
-    live_worker_ids: set[str],
-    *,
-    grace_seconds: float,
-) -> int:
-    """Recover RUNNING tasks whose worker is not alive; returns how many."""
+async def find_orphans(
+    engine: AsyncEngine, live: dict[str, set[uuid.UUID]], *, grace_seconds: float
+) -> list[Any]:
+    """RUNNING tasks, started over `grace_seconds` ago, that no live worker lists as running
+    (its worker died, or lost track of it after an error)."""
     t = task_table.c
     query = sa.select(
-        t.id, t.type, t.priority, t.attempts, t.max_retries, t.cancel_requested
+        t.id, t.type, t.priority, t.attempts, t.max_retries, t.cancel_requested, t.worker_id
     ).where(
         t.status == TaskStatus.RUNNING.value,
-        sa.or_(t.worker_id.is_(None), t.worker_id.not_in(live_worker_ids or {""})),
         t.started_at < sa.func.clock_timestamp() - timedelta(seconds=grace_seconds),
     )
     async with engine.connect() as conn:
         rows = (await conn.execute(query.limit(BATCH))).all()
-    if not rows:
+    return [r for r in rows if r.id not in live.get(r.worker_id or "", set())]
+
+
+async def recover_orphans(engine: AsyncEngine, pool: ArqRedis, orphans: list[Any]) -> int:
+    """Run orphans again (retries left), cancel them (cancel requested), or fail them with
+    WORKER_LOST. Each change holds only if the row is still that attempt of that worker."""
+    if not orphans:
         return 0
-    changes = [_recovery(r) for r in rows]
+    changes = [
+        replace(_recovery(r), expect_attempt=r.attempts, expect_worker=r.worker_id) for r in orphans
+    ]
     outcomes = await journal.apply(engine, pool, changes)
     again = [
         queue.Job(r.type, r.id, r.priority)
-        for r, o in zip(rows, outcomes, strict=True)
+        for r, o in zip(orphans, outcomes, strict=True)
         if o.accepted and o.change.to is TaskStatus.QUEUED
     ]
     await queue.redeliver(pool, again)

@@ -4,6 +4,7 @@ over an engine; every change goes through the journal."""
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import uuid
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from arq import ArqRedis
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -22,6 +24,8 @@ from taskrunner.errors import BadInput, Conflict, NotFound
 from taskrunner.events import CANCEL_CHANNEL, Event, EventKind, publish
 from taskrunner.models import NOW, Task, event_table, task_table
 from taskrunner.states import TERMINAL, TaskStatus
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -81,10 +85,11 @@ async def submit(
         os._exit(70)  # fault injection: see Settings.test_crash_after_commit
     await publish(redis, events)
     created = {e.task_id for e in events}
-    await queue.enqueue(
-        pool,
-        [queue.Job(t.type, t.id, t.priority) for t in tasks if t.id in created and not t.due_at],
-    )
+    jobs = [queue.Job(t.type, t.id, t.priority) for t in tasks if t.id in created and not t.due_at]
+    try:
+        await queue.enqueue(pool, jobs)
+    except RedisError as exc:  # committed: the reconciler enqueues it, never lose it here
+        log.warning("could not enqueue %d tasks (%s); the reconciler will", len(jobs), exc)
     return tasks
 
 
@@ -246,14 +251,14 @@ async def cancel(
                 "cancelled (retryTask runs a finished task again)"
             )
         if status is TaskStatus.RUNNING and task.cancel_requested:
-            await redis.publish(CANCEL_CHANNEL, str(task_id))
+            await redis.publish(CANCEL_CHANNEL, cancel_message(task_id, task.attempts))
             return task
         outcome = await journal.apply_one(engine, redis, _cancel_change(task_id, status))
         if outcome.accepted:
             if status is TaskStatus.QUEUED:
                 await queue.remove(pool, task_id)
             else:
-                await redis.publish(CANCEL_CHANNEL, str(task_id))
+                await redis.publish(CANCEL_CHANNEL, cancel_message(task_id, task.attempts))
             return await require(engine=engine, task_id=task_id, owner=owner)
     raise Conflict(f"task {task_id} kept changing state; try cancelTask again")
 
@@ -304,6 +309,17 @@ async def queue_position(*, engine: AsyncEngine, priority: int, created_at: date
     )
     async with engine.connect() as conn:
         return int(await conn.scalar(ahead) or 0) + 1
+
+
+def cancel_message(task_id: uuid.UUID, attempt: int) -> str:
+    """What workers hear on the cancel channel: which task, and which attempt of it (a
+    late message must not cancel a later attempt after retryTask)."""
+    return f"{task_id}:{attempt}"
+
+
+def parse_cancel_message(text: str) -> tuple[uuid.UUID, int]:
+    task_id, _, attempt = text.partition(":")
+    return uuid.UUID(task_id), int(attempt)
 
 
 def _cancel_change(task_id: uuid.UUID, status: TaskStatus) -> journal.Change:

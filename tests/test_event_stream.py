@@ -223,7 +223,7 @@ async def test_a_subscriber_that_falls_behind_gets_limit_exceeded_and_resumes_wi
     engine: AsyncEngine, settings: Settings
 ) -> None:
     redis = Redis.from_url(settings.require_redis_url())
-    hub = EventHub(redis, buffer_events=20)
+    hub = EventHub(redis, buffer_events=20, stall_seconds=0.1)
     await hub.start()
     try:
         async with engine.begin() as conn:
@@ -235,6 +235,7 @@ async def test_a_subscriber_that_falls_behind_gets_limit_exceeded_and_resumes_wi
         stream = task_events(engine=engine, hub=hub, task_id=task.id, after_id=None,
                              quiet_seconds=30)  # fmt: skip
         got = [await anext(stream), await anext(stream)]  # QUEUED, RUNNING; then it stalls
+        await asyncio.sleep(0.3)
         for n in range(30):  # more than its buffer of 20, published while it does not read
             line = journal.Change(task.id, EventKind.LOG, {"level": "info", "line": str(n)})
             await journal.apply(engine, redis, [line])

@@ -142,7 +142,7 @@ async def test_a_delayed_task_does_not_start_before_its_delay(stack: Stack) -> N
     await finish(stack, task_id)
     task = await task_of(stack, task_id)
     created, started = (datetime.fromisoformat(task[k]) for k in ("createdAt", "startedAt"))
-    assert 3.0 <= (started - created).total_seconds() < 4.5
+    assert 3.0 <= (started - created).total_seconds() < 5.5
 
 
 async def test_run_at_in_the_past_runs_at_once(stack: Stack) -> None:
@@ -212,7 +212,7 @@ async def status_counts(engine: AsyncEngine) -> dict[str, int]:
 async def test_sigkill_of_a_worker_running_50_tasks_loses_none(
     api: Stack, engine: AsyncEngine
 ) -> None:
-    batch = [{"task": {"sleep": {"seconds": 2}}, "options": {"maxRetries": 1}} for _ in range(50)]
+    batch = [{"task": {"sleep": {"seconds": 4}}, "options": {"maxRetries": 1}} for _ in range(50)]
     await api.execute(
         "mutation($t: [TaskSubmissionInput!]!) { submitTasks(tasks: $t) { id } }", t=batch
     )

@@ -147,7 +147,13 @@ async def test_a_full_listener_reports_that_its_consumer_fell_behind() -> None:
     listener.resync = True  # Redis reconnected: re-read first
     assert await listener.next(0.1) is None
     listener.offer(event)
-    listener.offer(event)  # the buffer of 1 overflows
+    listener.offer(event)  # a burst overflows the buffer of 1 while it is read: re-read
+    assert not listener.overflowed
+    assert await listener.next(0.1) is None
+    listener.stall_seconds = 0.05
+    await asyncio.sleep(0.1)  # now it stops reading
+    listener.offer(event)
+    listener.offer(event)
     assert listener.overflowed
     with pytest.raises(FellBehind):
         await listener.next(0.1)

@@ -104,6 +104,19 @@ async def test_a_bad_item_rejects_the_whole_batch_naming_its_index(
     assert await _count(engine, "task") == 0
 
 
+async def test_a_bad_option_in_a_batch_names_its_index(api: Stack, engine: AsyncEngine) -> None:
+    batch = [
+        {"task": {"echo": {"message": "a"}}},
+        {"task": {"echo": {"message": "b"}}, "options": {"priority": 5000}},
+    ]
+    (error,) = await _errors(api, SUBMIT_MANY, tasks=batch)
+    assert error["extensions"] == {"code": "BAD_INPUT", "field": "tasks[1].options.priority"}
+    assert error["message"].startswith("tasks[1].options.priority: must be between")
+    (empty,) = await _errors(api, SUBMIT_MANY, tasks=[])
+    assert empty["extensions"]["code"] == "BAD_INPUT"
+    assert await _count(engine, "task") == 0
+
+
 async def test_a_batch_over_max_batch_size_is_limit_exceeded(api: Stack) -> None:
     batch = [{"task": {"echo": {"message": "a"}}}] * (api.settings.max_batch_size + 1)
     (error,) = await _errors(api, SUBMIT_MANY, tasks=batch)
@@ -177,8 +190,13 @@ async def test_task_events_page_with_first_and_after(stack: Stack) -> None:
     first = (await stack.execute(query, id=task_id))["task"]["events"]
     rest = (await stack.execute(query, id=task_id, after=first[-1]["cursor"]))["task"]["events"]
     assert [e["status"] for e in first + rest] == ["QUEUED", "RUNNING", "SUCCEEDED"]
-    (error,) = await _errors(stack, query, id=task_id, after="not-a-cursor")
-    assert error["extensions"] == {"code": "BAD_INPUT", "field": "after"}
+    for bad in ("not-a-cursor", "²", "9" * 30):
+        (error,) = await _errors(stack, query, id=task_id, after=bad)
+        assert error["extensions"] == {"code": "BAD_INPUT", "field": "after"}
+    (error,) = await _errors(
+        stack, "query($id: ID!) { task(id: $id) { events(first: -1) { cursor } } }", id=task_id
+    )
+    assert error["extensions"] == {"code": "BAD_INPUT", "field": "first"}
 
 
 async def test_tasks_filters_by_status_type_and_label(api: Stack) -> None:

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from taskrunner import heartbeats, reconciler
 from taskrunner.events import CANCEL_CHANNEL
 from taskrunner.models import task_table
+from taskrunner.tasks import parse_cancel_message
 from workers.runner import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -29,35 +30,56 @@ CANCEL_MEMORY_SECONDS = 60.0
 RECONCILE_LOCK = "taskrunner:reconciler"
 
 
-def cancel_running(ctx: WorkerContext, task_id: uuid.UUID) -> bool:
-    """Cancel the body of a task this worker runs. When it does not run it (yet), remember
-    the request for a while: the body may be about to start here."""
-    body = ctx["running"].get(task_id)
-    if body is None or body.done():
+def cancel_running(ctx: WorkerContext, task_id: uuid.UUID, attempt: int | None = None) -> bool:
+    """Cancel the body of a task this worker runs (only that `attempt`, if given). When it
+    does not run it (yet), remember the request for a while: it may be about to start."""
+    running = ctx["running"].get(task_id)
+    if running is not None and not running.body.done():
+        if attempt is None or attempt == running.attempt:
+            running.body.cancel()
+            return True
+        return False
+    if attempt is not None:
         requests = ctx["cancel_requests"]
         now = time.monotonic()
         for stale in [k for k, at in requests.items() if now - at > CANCEL_MEMORY_SECONDS]:
             del requests[stale]
-        requests[task_id] = now
-        return False
-    body.cancel()
-    return True
+        requests[(task_id, attempt)] = now
+    return False
 
 
 async def watch_cancellations(ctx: WorkerContext) -> None:
     """Cancel bodies when asked on the cancel channel, and, in case a message was lost,
-    whenever the table says a running task here has `cancel_requested`."""
+    whenever the table says a running task here has `cancel_requested`. Survives Redis
+    and PostgreSQL errors: it reconnects and goes on."""
+    every = ctx["settings"].stream_quiet_seconds
+    while True:
+        try:
+            await _follow_cancel_channel(ctx, every)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("cancel watcher failed; restarting in %.1fs", every)
+            await asyncio.sleep(every)
+
+
+async def _follow_cancel_channel(ctx: WorkerContext, every: float) -> None:
     pubsub = ctx["redis"].pubsub()
     await pubsub.subscribe(CANCEL_CHANNEL)
-    every = ctx["settings"].stream_quiet_seconds
     next_sweep = time.monotonic() + every
     try:
         while True:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=every)
             if message is not None and message["type"] == "message":
                 raw = message["data"]
-                text = raw.decode() if isinstance(raw, bytes) else str(raw)
-                cancel_running(ctx, uuid.UUID(text))
+                try:
+                    task_id, attempt = parse_cancel_message(
+                        raw.decode() if isinstance(raw, bytes) else str(raw)
+                    )
+                except ValueError:
+                    log.warning("ignoring a malformed cancel message %r", raw)
+                else:
+                    cancel_running(ctx, task_id, attempt)
             if time.monotonic() >= next_sweep:
                 await _sweep(ctx)
                 next_sweep = time.monotonic() + every
@@ -66,7 +88,7 @@ async def watch_cancellations(ctx: WorkerContext) -> None:
 
 
 async def _sweep(ctx: WorkerContext) -> None:
-    running = [tid for tid, body in ctx["running"].items() if not body.done()]
+    running = [tid for tid, r in ctx["running"].items() if not r.body.done()]
     if not running:
         return
     t = task_table.c
@@ -86,7 +108,7 @@ def worker_info(ctx: WorkerContext, started_at: datetime) -> heartbeats.WorkerIn
         pid=os.getpid(),
         started_at=started_at,
         last_heartbeat_at=datetime.now(UTC),
-        running=[tid for tid, body in ctx["running"].items() if not body.done()],
+        running=[tid for tid, r in ctx["running"].items() if not r.body.done()],
     )
 
 
@@ -103,17 +125,25 @@ async def enqueue_due(ctx: WorkerContext) -> None:
 
 
 async def reconcile(ctx: WorkerContext) -> None:
-    """Runs on at most one worker per interval (a Redis lock that expires by itself)."""
+    """Runs on at most one worker per interval (a Redis lock that expires by itself). A task
+    is recovered only once it has looked orphaned for a whole grace period, so a moment
+    without heartbeats (Redis restarted or flushed) recovers nothing."""
     settings = ctx["settings"]
     lock_ms = int(settings.reconcile_interval_seconds * 1000 * 0.9)
     if not await ctx["redis"].set(RECONCILE_LOCK, ctx["worker_id"], px=lock_ms, nx=True):
         return
     lost = await reconciler.requeue_lost(ctx["engine"], ctx["redis"])
-    live = {w.id for w in await heartbeats.live_workers(ctx["redis"])} | {ctx["worker_id"]}
+    live = {w.id: set(w.running) for w in await heartbeats.live_workers(ctx["redis"])}
+    live[ctx["worker_id"]] = {tid for tid, r in ctx["running"].items() if not r.body.done()}
     grace = settings.heartbeat_interval_seconds * heartbeats.MISSED_BEATS
-    orphans = await reconciler.recover_orphans(
-        ctx["engine"], ctx["redis"], live, grace_seconds=grace
-    )
+    candidates = await reconciler.find_orphans(ctx["engine"], live, grace_seconds=grace)
+    now = time.monotonic()
+    suspects = ctx["orphan_suspects"]
+    seen = {r.id: suspects.get(r.id, now) for r in candidates}
+    suspects.clear()
+    suspects.update(seen)
+    due = [r for r in candidates if now - seen[r.id] >= grace]
+    orphans = await reconciler.recover_orphans(ctx["engine"], ctx["redis"], due)
     if lost or orphans:
         log.warning("reconciler: re-enqueued %d lost tasks, recovered %d orphans", lost, orphans)
 

@@ -63,6 +63,7 @@ class TaskContext:
             EventKind.PROGRESS,
             {"progress": value, "message": message},
             values={"progress": value, "progress_message": message},
+            expect_attempt=self.attempt,
         )
         wait = self._last_progress + PROGRESS_INTERVAL_SECONDS - time.monotonic()
         if wait <= 0:
@@ -85,7 +86,10 @@ class TaskContext:
         self._lines += 1
         self._outbox.append(
             journal.Change(
-                self.task_id, EventKind.LOG, {"level": level, "line": line[:MAX_LINE_CHARS]}
+                self.task_id,
+                EventKind.LOG,
+                {"level": level, "line": line[:MAX_LINE_CHARS]},
+                expect_attempt=self.attempt,
             )
         )
         self._schedule_flush(0)
@@ -130,6 +134,7 @@ class TaskContext:
                         "line": f"{self._dropped} more log lines were not recorded "
                         f"(at most {MAX_LOG_LINES} per attempt)",
                     },
+                    expect_attempt=self.attempt,
                 )
             )
             self._dropped = 0

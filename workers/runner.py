@@ -10,7 +10,7 @@ import asyncio
 import logging
 import traceback
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
@@ -32,6 +32,12 @@ from workers.context import TaskContext, run_with_context
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Running:
+    attempt: int
+    body: asyncio.Task[Any]
+
+
 class WorkerContext(TypedDict):
     """arq's `ctx` as this worker fills it in `on_startup`."""
 
@@ -40,8 +46,9 @@ class WorkerContext(TypedDict):
     engine: AsyncEngine
     worker_id: str
     started_at: datetime
-    running: dict[uuid.UUID, asyncio.Task[Any]]  # task id -> its body, for cancellation
-    cancel_requests: dict[uuid.UUID, float]  # asked before its body started here -> when
+    running: dict[uuid.UUID, Running]  # task id -> its attempt here, for cancellation
+    cancel_requests: dict[tuple[uuid.UUID, int], float]  # (task, attempt) asked early -> when
+    orphan_suspects: dict[uuid.UUID, float]  # the reconciler's: task -> first seen orphaned
 
 
 def _status(to: TaskStatus, **data: Any) -> dict[str, Any]:
@@ -73,7 +80,7 @@ async def execute(ctx: WorkerContext, task_type: TaskType, task_id: str) -> str:
     final = await _run_body(ctx, task_type, tid, attempt)
     if final.to is TaskStatus.FAILED and retries_left(attempt.max_retries, attempt.number):
         final = await _retry_later(ctx, task_type, tid, attempt, final)
-    await journal.apply_one(engine, redis, final)
+    await journal.apply_one(engine, redis, replace(final, expect_attempt=attempt.number))
     return str(final.to.value if final.to else "")
 
 
@@ -90,6 +97,7 @@ async def _retry_later(
     await _log(
         ctx,
         task_id,
+        attempt.number,
         "warning",
         f"attempt {attempt.number} failed ({error['code']}: {error['message']}); "
         f"retry {attempt.number} of {attempt.max_retries} in {delay:.2f}s",
@@ -146,8 +154,9 @@ async def _run_body(
     body = asyncio.create_task(
         run_with_context(tctx, task_type.run(tctx, data)), name=f"task:{task_id}"
     )
-    ctx["running"][task_id] = body
-    if ctx["cancel_requests"].pop(task_id, None) is not None or attempt.cancel_requested:
+    ctx["running"][task_id] = Running(attempt.number, body)
+    asked = ctx["cancel_requests"].pop((task_id, attempt.number), None) is not None
+    if asked or attempt.cancel_requested:
         body.cancel()  # asked while this attempt was starting
     timer = asyncio.timeout(attempt.timeout_seconds)
     try:
@@ -159,18 +168,24 @@ async def _run_body(
                 await tctx.close()  # its last progress and lines come before the outcome
     except TimeoutError:
         if not timer.expired():  # raised by the task itself
-            await _log(ctx, task_id, "error", traceback.format_exc())
+            await _log(ctx, task_id, attempt.number, "error", traceback.format_exc())
             return _failed(task_id, "TimeoutError", "the task raised TimeoutError")
-        await _log(ctx, task_id, "error", f"task_killed: exceeded {attempt.timeout_seconds}s")
+        await _log(
+            ctx,
+            task_id,
+            attempt.number,
+            "error",
+            f"task_killed: exceeded {attempt.timeout_seconds}s",
+        )
         return _failed(task_id, "TIMEOUT", f"exceeded its timeout of {attempt.timeout_seconds}s")
     except asyncio.CancelledError:
         current = asyncio.current_task()
         if current is not None and current.cancelling():
-            await _hand_back(ctx, task_id)  # the worker is stopping, not the user
+            await _hand_back(ctx, task_id, attempt.number)  # the worker is stopping, not the user
             raise
         return _final(task_id, TaskStatus.CANCELLED)
     except Exception as exc:
-        await _log(ctx, task_id, "error", traceback.format_exc())
+        await _log(ctx, task_id, attempt.number, "error", traceback.format_exc())
         return _failed(task_id, type(exc).__name__, str(exc) or type(exc).__name__)
     try:
         payload = to_jsonable_python(result)
@@ -204,12 +219,14 @@ def _failed(task_id: uuid.UUID, code: str, message: str) -> journal.Change:
     )
 
 
-async def _log(ctx: WorkerContext, task_id: uuid.UUID, level: str, line: str) -> None:
-    change = journal.Change(task_id, EventKind.LOG, {"level": level, "line": line})
+async def _log(ctx: WorkerContext, task_id: uuid.UUID, attempt: int, level: str, line: str) -> None:
+    change = journal.Change(
+        task_id, EventKind.LOG, {"level": level, "line": line}, expect_attempt=attempt
+    )
     await journal.apply_one(ctx["engine"], ctx["redis"], change)
 
 
-async def _hand_back(ctx: WorkerContext, task_id: uuid.UUID) -> None:
+async def _hand_back(ctx: WorkerContext, task_id: uuid.UUID, attempt: int) -> None:
     """Put a task this stopping worker was running back to QUEUED for another worker."""
     change = journal.Change(
         task_id,
@@ -217,6 +234,7 @@ async def _hand_back(ctx: WorkerContext, task_id: uuid.UUID) -> None:
         _status(TaskStatus.QUEUED),
         to=TaskStatus.QUEUED,
         values={"worker_id": None},
+        expect_attempt=attempt,
     )
     try:
         await asyncio.shield(journal.apply_one(ctx["engine"], ctx["redis"], change))

@@ -42,6 +42,7 @@ async def _startup(settings: Settings, ctx: dict[str, Any]) -> None:
     ctx["started_at"] = datetime.now(UTC)
     ctx["running"] = {}
     ctx["cancel_requests"] = {}
+    ctx["orphan_suspects"] = {}
     ctx["background"] = background.start(cast(WorkerContext, ctx))
     install_log_capture()
 
