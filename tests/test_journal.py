@@ -107,3 +107,36 @@ async def test_older_transaction_behind_a_newer_writer_is_rerun_with_a_fresh_xid
     assert [s for s, _, _ in rows] == [1, 2, 3, 4]
     xids = [x for _, x, _ in rows]
     assert xids == sorted(xids)
+
+
+async def test_a_write_for_a_replaced_attempt_is_refused(engine: AsyncEngine, redis: Redis) -> None:
+    task_id = await _new_task(engine)
+    start = journal.Change(
+        task_id,
+        EventKind.STATUS,
+        {"status": "RUNNING"},
+        to=TaskStatus.RUNNING,
+        values={"attempts": 2, "worker_id": "w-new"},
+    )
+    assert (await journal.apply_one(engine, redis, start)).accepted
+    stale = journal.Change(
+        task_id,
+        EventKind.STATUS,
+        {"status": "SUCCEEDED"},
+        to=TaskStatus.SUCCEEDED,
+        expect_attempt=1,  # the attempt a lost worker was running
+    )
+    assert not (await journal.apply_one(engine, redis, stale)).accepted
+    wrong_worker = journal.Change(
+        task_id, EventKind.LOG, {"level": "info", "line": "x"}, expect_worker="w-old"
+    )
+    assert not (await journal.apply_one(engine, redis, wrong_worker)).accepted
+    current = journal.Change(
+        task_id,
+        EventKind.STATUS,
+        {"status": "SUCCEEDED"},
+        to=TaskStatus.SUCCEEDED,
+        expect_attempt=2,
+        expect_worker="w-new",
+    )
+    assert (await journal.apply_one(engine, redis, current)).accepted

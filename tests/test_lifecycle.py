@@ -309,3 +309,22 @@ async def test_sigterm_lets_short_tasks_finish_and_hands_long_ones_back(
     assert handed_back["status"] == "QUEUED"
     async with run_worker(api.settings):
         await wait_for(engine, f"SELECT status FROM task WHERE id = '{long}'", "RUNNING", within=15)
+
+
+async def test_a_cancel_does_not_reach_the_attempt_after_a_retry(api: Stack) -> None:
+    """Two workers hear every cancel; the one not running the task remembers it for a
+    while. A retryTask soon after must still run its new attempt."""
+    async with run_worker(api.settings), run_worker(api.settings):
+        task_id = await submit(api, {"sleep": {"seconds": 20}})
+        await api.subscribe(WATCH, id=task_id, limit=2)  # RUNNING
+        await api.execute("mutation($id: ID!) { cancelTask(id: $id) { id } }", id=task_id)
+        assert (await finish(api, task_id))[-1]["status"] == "CANCELLED"
+        await api.execute("mutation($id: ID!) { retryTask(id: $id) { id } }", id=task_id)
+        task: dict[str, Any] = {}
+        for _ in range(3):  # whichever worker takes it, the new attempt keeps running
+            await asyncio.sleep(0.5)
+            task = await task_of(api, task_id)
+            assert task["status"] in ("QUEUED", "RUNNING"), task
+        assert task["status"] == "RUNNING" and task["attempts"] == 2
+        await api.execute("mutation($id: ID!) { cancelTask(id: $id) { id } }", id=task_id)
+        assert (await finish(api, task_id))[-1]["status"] == "CANCELLED"
