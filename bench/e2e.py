@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import sys
 import time
 import uuid
@@ -26,6 +25,7 @@ from typing import Any
 
 import httpx
 import orjson
+from common import GraphQLError, gql, log, percentile
 
 SUBMIT = """mutation($m: String!, $l: String!) {
   submitTask(task: {echo: {message: $m}}, options: {labels: [$l]}) { id } }"""
@@ -35,40 +35,6 @@ UNFINISHED = """query($l: String!) {
 READ_BACK = """query($l: String!, $after: String) {
   tasks(first: 100, after: $after, filter: {label: $l}) {
     edges { node { id status createdAt finishedAt } } pageInfo { hasNextPage endCursor } } }"""
-
-
-class GraphQLError(Exception):
-    pass
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-async def gql(client: httpx.AsyncClient, url: str, query: str, **variables: Any) -> Any:
-    try:
-        response = await client.post(
-            url, content=orjson.dumps({"query": query, "variables": variables})
-        )
-    except httpx.HTTPError as exc:
-        raise GraphQLError(f"HTTP error talking to {url}: {exc!r}") from None
-    try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        raise GraphQLError(f"HTTP {response.status_code}: {response.text[:500]}") from None
-    if body.get("errors"):
-        raise GraphQLError(f"GraphQL errors: {orjson.dumps(body['errors']).decode()}")
-    if response.status_code != 200 or body.get("data") is None:
-        raise GraphQLError(f"HTTP {response.status_code}: {response.text[:500]}")
-    return body["data"]
-
-
-def percentile(sorted_values: list[float], p: float) -> float | None:
-    """Nearest-rank percentile; None when there is nothing to rank."""
-    if not sorted_values:
-        return None
-    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
-    return round(sorted_values[rank - 1], 1)
 
 
 async def submit_all(client: httpx.AsyncClient, args: argparse.Namespace, label: str) -> None:

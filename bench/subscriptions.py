@@ -44,6 +44,7 @@ from typing import Any
 
 import httpx
 import orjson
+from common import GraphQLError, gql, log, percentile
 from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 from websockets.typing import Subprotocol
@@ -57,40 +58,6 @@ EVENTS = """query($id: ID!, $after: String) {
     __typename cursor at ... on StatusChanged { status } } } }"""
 PROTOCOL = Subprotocol("graphql-transport-ws")
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
-
-
-class GraphQLError(Exception):
-    pass
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-async def gql(client: httpx.AsyncClient, url: str, query: str, **variables: Any) -> Any:
-    try:
-        response = await client.post(
-            url, content=orjson.dumps({"query": query, "variables": variables})
-        )
-    except httpx.HTTPError as exc:
-        raise GraphQLError(f"HTTP error talking to {url}: {exc!r}") from None
-    try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        raise GraphQLError(f"HTTP {response.status_code}: {response.text[:500]}") from None
-    if body.get("errors"):
-        raise GraphQLError(f"GraphQL errors: {orjson.dumps(body['errors']).decode()}")
-    if response.status_code != 200 or body.get("data") is None:
-        raise GraphQLError(f"HTTP {response.status_code}: {response.text[:500]}")
-    return body["data"]
-
-
-def percentile(sorted_values: list[float], p: float) -> float | None:
-    """Nearest-rank percentile; None when there is nothing to rank."""
-    if not sorted_values:
-        return None
-    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
-    return round(sorted_values[rank - 1], 2)
 
 
 def ws_url(url: str) -> str:
@@ -271,8 +238,8 @@ def analyse(run: Run, expected: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "events": len(expected),
         "samples": len(latencies),
-        "p50_ms": percentile(latencies, 50),
-        "p99_ms": percentile(latencies, 99),
+        "p50_ms": percentile(latencies, 50, 2),
+        "p99_ms": percentile(latencies, 99, 2),
         "max_ms": round(latencies[-1], 2) if latencies else None,
         "missing": missing,
         "duplicates": duplicates,
