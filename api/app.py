@@ -7,6 +7,9 @@ Connections are made in the lifespan, never at import.
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import uuid
 from collections.abc import AsyncIterator
 from functools import cached_property
 from typing import Any
@@ -14,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
@@ -26,9 +29,12 @@ from api.context import Context, Services
 from api.graphiql import STATIC_DIR, STATIC_PATH, offline_graphiql_html
 from api.schema import schema
 from taskrunner import queue
+from taskrunner.artifacts import LocalStore, Signer, get_artifact, make_store
 from taskrunner.config import Settings, get_settings
 from taskrunner.db import create_engine
 from taskrunner.hub import EventHub
+
+log = logging.getLogger(__name__)
 
 
 class GraphQLApp(GraphQL[Context, None]):
@@ -41,7 +47,7 @@ class GraphQLApp(GraphQL[Context, None]):
         self, request: Request | WebSocket, response: Response | WebSocket
     ) -> Context:
         services: Services = request.app.state.services
-        return Context(services=services)
+        return Context(services=services, base_url=str(request.base_url).rstrip("/"))
 
 
 @contextlib.asynccontextmanager
@@ -51,13 +57,51 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     redis = await queue.connect(settings.require_redis_url(), settings.queue_name)
     hub = EventHub(redis)
     await hub.start()
-    app.state.services = Services(settings=settings, engine=engine, redis=redis, hub=hub)
+    app.state.services = Services(
+        settings=settings,
+        engine=engine,
+        redis=redis,
+        hub=hub,
+        store=make_store(settings),
+        signer=Signer(_signing_key(settings)),
+    )
     try:
         yield
     finally:
         await hub.stop()
         await redis.aclose()
         await engine.dispose()
+
+
+def _signing_key(settings: Settings) -> bytes:
+    if settings.artifact_signing_key is not None:
+        return settings.artifact_signing_key.get_secret_value().encode()
+    log.warning(
+        "ARTIFACT_SIGNING_KEY is not set: artifact URLs are signed with a key of this "
+        "process only; set it (the same on every api replica) for URLs that survive restarts"
+    )
+    return os.urandom(32)
+
+
+async def artifact_download(request: Request) -> Response:
+    """An artifact's bytes, for a URL signed by `Artifact.url` that has not expired."""
+    services: Services = request.app.state.services
+    try:
+        artifact_id = uuid.UUID(request.path_params["artifact_id"])
+        expires = int(request.query_params["expires"])
+        signature = request.query_params["signature"]
+    except (KeyError, ValueError):
+        return PlainTextResponse("bad artifact link: ask the api for Artifact.url again", 403)
+    if not services.signer.valid(artifact_id, expires, signature):
+        return PlainTextResponse("artifact link expired or invalid: ask for a new one", 403)
+    artifact = await get_artifact(services.engine, artifact_id)
+    if artifact is None or not isinstance(services.store, LocalStore):
+        return PlainTextResponse("no such artifact", 404)
+    return FileResponse(
+        services.store.path(artifact.key),
+        media_type=artifact.content_type,
+        filename=artifact.name,
+    )
 
 
 async def healthz(request: Request) -> Response:
@@ -99,6 +143,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
             Mount(STATIC_PATH, app=StaticFiles(directory=STATIC_DIR), name="graphiql-static"),
+            Route("/artifacts/{artifact_id}", artifact_download),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
         ],

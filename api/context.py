@@ -10,6 +10,7 @@ from arq import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 from strawberry.types import Info as StrawberryInfo
 
+from taskrunner.artifacts import ArtifactStore, Signer
 from taskrunner.config import Settings
 from taskrunner.errors import LimitExceeded
 from taskrunner.hub import EventHub
@@ -23,6 +24,8 @@ class Services:
     engine: AsyncEngine
     redis: ArqRedis
     hub: EventHub
+    store: ArtifactStore
+    signer: Signer
 
 
 @dataclass
@@ -31,6 +34,7 @@ class Context:
 
     services: Services
     owner: str = ""  # the caller; one shared owner until API keys exist
+    base_url: str = ""  # e.g. "http://127.0.0.1:8000", for links the api serves
     open_subscriptions: int = 0
 
     @contextlib.contextmanager

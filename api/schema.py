@@ -14,6 +14,7 @@ from api.context import Info
 from api.errors import ErrorCodes
 from api.inputs import TaskSpecInput, TaskSubmissionInput, to_submission
 from api.types import (
+    ArtifactAdded,
     LogAppended,
     PageInfo,
     ProgressReported,
@@ -265,7 +266,7 @@ schema = TaskrunnerSchema(
     query=Query,
     mutation=Mutation,
     subscription=Subscription,
-    types=[StatusChanged, ProgressReported, LogAppended],
+    types=[StatusChanged, ProgressReported, LogAppended, ArtifactAdded],
     # The caches spare re-parsing and re-validating a query text already seen: half of
     # the api's CPU per request otherwise (profiled with py-spy).
     extensions=[

@@ -11,8 +11,10 @@ from strawberry.scalars import JSON
 
 from api.context import Info
 from taskrunner import tasks
+from taskrunner.artifacts import list_artifacts
 from taskrunner.errors import BadInput
 from taskrunner.events import Event, EventKind, decode_cursor, encode_cursor
+from taskrunner.models import Artifact as ArtifactRow
 from taskrunner.models import Task as TaskRow
 from taskrunner.states import TaskStatus
 
@@ -56,6 +58,40 @@ class LogAppended(TaskEvent):
     line: str
 
 
+@strawberry.type(description="A file a task produced.")
+class Artifact:
+    id: strawberry.ID
+    name: str
+    content_type: str
+    size: int
+    sha256: str
+    created_at: datetime
+
+    @strawberry.field(description="Where to download it; the link expires.")
+    def url(self, info: Info) -> str:
+        services = info.context.services
+        path = services.signer.path(
+            uuid.UUID(str(self.id)), services.settings.artifact_url_ttl_seconds
+        )
+        return f"{info.context.base_url}{path}"
+
+    @classmethod
+    def from_row(cls, row: ArtifactRow) -> Artifact:
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            name=row.name,
+            content_type=row.content_type,
+            size=row.size,
+            sha256=row.sha256,
+            created_at=row.created_at,
+        )
+
+
+@strawberry.type(description="The task stored an artifact.")
+class ArtifactAdded(TaskEvent):
+    artifact: Artifact
+
+
 def event_type(event: Event) -> TaskEvent:
     """The GraphQL object for one stored event."""
     common: dict[str, Any] = {
@@ -71,6 +107,18 @@ def event_type(event: Event) -> TaskEvent:
             status=TaskStatus(data["status"]),
             error=TaskError(**error) if error else None,
             result=data.get("result"),
+        )
+    if event.kind is EventKind.ARTIFACT:
+        return ArtifactAdded(
+            **common,
+            artifact=Artifact(
+                id=strawberry.ID(data["id"]),
+                name=data["name"],
+                content_type=data["content_type"],
+                size=data["size"],
+                sha256=data["sha256"],
+                created_at=event.at,
+            ),
         )
     if event.kind is EventKind.PROGRESS:
         return ProgressReported(**common, progress=data["progress"], message=data.get("message"))
@@ -116,6 +164,19 @@ class Task:
         return await tasks.queue_position(
             engine=info.context.services.engine, priority=self.priority, created_at=self.created_at
         )
+
+    @strawberry.field(description="The files the task stored, oldest first.")
+    async def artifacts(self, info: Info) -> list[Artifact]:
+        rows = await list_artifacts(info.context.services.engine, uuid.UUID(str(self.id)))
+        return [Artifact.from_row(r) for r in rows]
+
+    @strawberry.field(
+        description="Download link of the task's whole log (written when an attempt ends)."
+    )
+    async def logs_url(self, info: Info) -> str | None:
+        rows = await list_artifacts(info.context.services.engine, uuid.UUID(str(self.id)))
+        logs = [r for r in rows if r.is_log]
+        return Artifact.from_row(logs[-1]).url(info) if logs else None
 
     @strawberry.field(description="The task's events in order, after the cursor `after`.")
     async def events(

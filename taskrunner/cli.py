@@ -121,6 +121,7 @@ def _require_free_port(host: str, port: int) -> None:
 def cmd_dev(settings: Settings) -> int:
     """Embedded PostgreSQL and Redis (unless DATABASE_URL / REDIS_URL are set), migrations,
     one api and one worker. Ctrl-C stops everything this started; the data stays."""
+    from taskrunner.artifacts import load_or_create_key
     from taskrunner.db import migrate
     from taskrunner.embedded import EmbeddedPostgres, EmbeddedRedis
 
@@ -139,6 +140,8 @@ def cmd_dev(settings: Settings) -> int:
         redis_url = redis.start() if redis else settings.require_redis_url()
         migrate(database_url)
         env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url}
+        if settings.artifact_signing_key is None:
+            env["ARTIFACT_SIGNING_KEY"] = load_or_create_key(data / "signing.key").hex()
         for role in ("api", "worker"):
             children.append(subprocess.Popen([sys.executable, "-m", "taskrunner", role], env=env))
         _wait_ready(f"http://127.0.0.1:{settings.port}/readyz", children, timeout=60)

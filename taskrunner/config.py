@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from taskrunner.errors import ConfigError
@@ -71,6 +71,17 @@ class Settings(BaseSettings):
     )
     max_subscriptions_per_connection: int = Field(
         default=100, gt=0, description="Subscriptions one websocket connection may hold open."
+    )
+    task_max_artifact_mb: float = Field(
+        default=100, gt=0, description="Largest artifact a task or client may store (MB)."
+    )
+    artifact_url_ttl_seconds: int = Field(
+        default=3600, gt=0, description="How long an artifact's download URL stays valid."
+    )
+    artifact_signing_key: SecretStr | None = Field(
+        default=None,
+        description="Key that signs local artifact URLs; give every api replica the same one. "
+        "Unset: `taskrunner dev` makes one in DATA_DIR.",
     )
     queue_name: str = Field(default="taskrunner:queue", description="arq queue (a Redis key).")
     log_level: str = Field(default="INFO", description="Log level of every process.")

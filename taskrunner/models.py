@@ -114,5 +114,28 @@ class TaskEvent(SQLModel, table=True):
     data: dict[str, Any] = Field(sa_column=sa.Column(JSONB, nullable=False))
 
 
+class Artifact(SQLModel, table=True):
+    """A file a task produced (or a client attached): metadata here, bytes in the store."""
+
+    __tablename__ = "artifact"
+    __table_args__ = (sa.Index("ix_artifact_task_created", "task_id", "created_at"),)
+
+    id: uuid.UUID = Field(primary_key=True)
+    task_id: uuid.UUID = Field(
+        sa_column=sa.Column(sa.Uuid, sa.ForeignKey("task.id", ondelete="CASCADE"), nullable=False)
+    )
+    owner: str
+    name: str
+    content_type: str
+    size: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    sha256: str
+    key: str  # where the store keeps the bytes
+    is_log: bool = Field(default=False, sa_column_kwargs={"server_default": "false"})
+    created_at: datetime = Field(
+        sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False, server_default=NOW)
+    )
+
+
+artifact_table: sa.Table = Artifact.__table__  # type: ignore[attr-defined]
 task_table: sa.Table = Task.__table__  # type: ignore[attr-defined]
 event_table: sa.Table = TaskEvent.__table__  # type: ignore[attr-defined]

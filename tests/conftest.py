@@ -73,10 +73,12 @@ async def redis_url(servers: Servers) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def settings(database_url: str, redis_url: str) -> Settings:
+def settings(database_url: str, redis_url: str, tmp_path: Path) -> Settings:
     return load_settings(
         database_url=database_url,
         redis_url=redis_url,
+        data_dir=tmp_path / "data",
+        artifact_signing_key="test-signing-key",
         **FAST,
         _env_file=None,
     )
@@ -101,6 +103,9 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
     env["DATABASE_URL"] = settings.require_database_url()
     env["REDIS_URL"] = settings.require_redis_url()
     env["LOG_LEVEL"] = "WARNING"
+    env["DATA_DIR"] = str(settings.data_dir)
+    if settings.artifact_signing_key is not None:
+        env["ARTIFACT_SIGNING_KEY"] = settings.artifact_signing_key.get_secret_value()
     env.update(extra)
     return env
 

@@ -14,6 +14,7 @@ import contextvars
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,8 +22,10 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner import journal
+from taskrunner.artifacts import ArtifactData, ArtifactStore, ArtifactTooLarge, add_artifact
 from taskrunner.config import Settings
 from taskrunner.events import EventKind
+from taskrunner.models import Artifact
 
 LOG_LEVELS = frozenset({"debug", "info", "warning", "error"})
 PROGRESS_INTERVAL_SECONDS = 0.1
@@ -47,6 +50,7 @@ class TaskContext:
     settings: Settings
     engine: AsyncEngine
     redis: Redis
+    store: ArtifactStore
     _outbox: list[journal.Change] = field(default_factory=list)
     _pending_progress: journal.Change | None = None
     _last_progress: float = 0.0
@@ -77,6 +81,29 @@ class TaskContext:
             raise ValueError(f"level must be one of {sorted(LOG_LEVELS)}, not {level!r}")
         self.add_line(line, level)
         await self.flush()
+
+    async def artifact(
+        self, name: str, data: ArtifactData, content_type: str = "application/octet-stream"
+    ) -> Artifact:
+        """Store a file the task produced: `data` is bytes, a Path, or an async iterator of
+        bytes (streamed, never read whole). Past TASK_MAX_ARTIFACT_MB it raises
+        ArtifactTooLarge, logs `artifact_rejected` and keeps nothing."""
+        await self.flush()  # what the task logged before comes first
+        try:
+            return await add_artifact(
+                engine=self.engine,
+                redis=self.redis,
+                store=self.store,
+                task_id=self.task_id,
+                name=name,
+                data=data,
+                content_type=content_type,
+                max_bytes=int(self.settings.task_max_artifact_mb * 1024 * 1024),
+                expect_attempt=self.attempt,
+            )
+        except ArtifactTooLarge as exc:
+            await self.log(f"artifact_rejected: {name}: {exc.message}", "error")
+            raise
 
     def add_line(self, line: str, level: str) -> None:
         """Queue a log line without waiting (what the logging handler uses)."""
@@ -175,7 +202,8 @@ def install_log_capture() -> None:
     logging.getLogger("workers.tasks").setLevel(logging.INFO)
 
 
-async def run_with_context(ctx: TaskContext, coro: Any) -> Any:
-    """Await the task's coroutine with `ctx` as the current task (for log capture)."""
+async def run_with_context(ctx: TaskContext, start: Callable[[], Awaitable[Any]]) -> Any:
+    """Run the task's coroutine (made only now, so a body cancelled before it starts leaves
+    no never-awaited coroutine) with `ctx` as the current task, for log capture."""
     CURRENT.set(ctx)
-    return await coro
+    return await start()

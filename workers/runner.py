@@ -21,9 +21,10 @@ from pydantic_core import to_jsonable_python
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner import journal
+from taskrunner.artifacts import ArtifactStore, add_artifact
 from taskrunner.config import Settings
 from taskrunner.events import EventKind
-from taskrunner.models import NOW, task_table
+from taskrunner.models import NOW, event_table, task_table
 from taskrunner.retries import backoff, retries_left
 from taskrunner.states import TaskStatus
 from workers.catalog import TaskType
@@ -48,6 +49,7 @@ class WorkerContext(TypedDict):
     started_at: datetime
     running: dict[uuid.UUID, Running]  # task id -> its attempt here, for cancellation
     cancel_requests: dict[tuple[uuid.UUID, int], float]  # (task, attempt) asked early -> when
+    store: ArtifactStore
     orphan_suspects: dict[uuid.UUID, float]  # the reconciler's: task -> first seen orphaned
 
 
@@ -80,6 +82,7 @@ async def execute(ctx: WorkerContext, task_type: TaskType, task_id: str) -> str:
     final = await _run_body(ctx, task_type, tid, attempt)
     if final.to is TaskStatus.FAILED and retries_left(attempt.max_retries, attempt.number):
         final = await _retry_later(ctx, task_type, tid, attempt, final)
+    await _store_log(ctx, tid, attempt.number)
     await journal.apply_one(engine, redis, replace(final, expect_attempt=attempt.number))
     return str(final.to.value if final.to else "")
 
@@ -150,9 +153,11 @@ async def _run_body(
         )
     except ValidationError as exc:
         return _failed(task_id, "BAD_INPUT", f"stored input no longer valid: {exc}")
-    tctx = TaskContext(task_id, attempt.number, settings, ctx["engine"], ctx["redis"])
+    tctx = TaskContext(
+        task_id, attempt.number, settings, ctx["engine"], ctx["redis"], store=ctx["store"]
+    )
     body = asyncio.create_task(
-        run_with_context(tctx, task_type.run(tctx, data)), name=f"task:{task_id}"
+        run_with_context(tctx, lambda: task_type.run(tctx, data)), name=f"task:{task_id}"
     )
     ctx["running"][task_id] = Running(attempt.number, body)
     asked = ctx["cancel_requests"].pop((task_id, attempt.number), None) is not None
@@ -199,6 +204,40 @@ async def _run_body(
         error_code=None,
         error_message=None,
     )
+
+
+async def _store_log(ctx: WorkerContext, task_id: uuid.UUID, attempt: int) -> None:
+    """Write the task's whole log so far (every attempt) to the store as `task.log`; a task
+    that logged nothing has no log file."""
+    e = event_table.c
+    query = (
+        sa.select(e.at, e.data)
+        .where(e.task_id == task_id, e.kind == EventKind.LOG.value)
+        .order_by(e.seq)
+    )
+    async with ctx["engine"].connect() as conn:
+        rows = (await conn.execute(query)).all()
+    if not rows:
+        return
+    text = "".join(
+        f"{r.at.isoformat()} {r.data.get('level', 'info').upper()} {r.data.get('line', '')}\n"
+        for r in rows
+    )
+    try:
+        await add_artifact(
+            engine=ctx["engine"],
+            redis=ctx["redis"],
+            store=ctx["store"],
+            task_id=task_id,
+            name="task.log",
+            data=text.encode(),
+            content_type="text/plain; charset=utf-8",
+            max_bytes=int(ctx["settings"].task_max_artifact_mb * 1024 * 1024),
+            is_log=True,
+            expect_attempt=attempt,
+        )
+    except Exception:  # the outcome matters more than its log file
+        log.exception("could not store the log of task %s", task_id)
 
 
 def _final(task_id: uuid.UUID, to: TaskStatus, **values: Any) -> journal.Change:

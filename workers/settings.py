@@ -15,6 +15,7 @@ from typing import Any, cast
 from arq.worker import Function, func
 
 from taskrunner import heartbeats, queue
+from taskrunner.artifacts import make_store
 from taskrunner.config import Settings, get_settings
 from taskrunner.db import create_engine
 from taskrunner.logs import configure_logging
@@ -38,6 +39,7 @@ def _job(task_type: TaskType) -> Function:
 async def _startup(settings: Settings, ctx: dict[str, Any]) -> None:
     ctx["settings"] = settings
     ctx["engine"] = create_engine(settings.require_database_url())
+    ctx["store"] = make_store(settings)
     ctx["worker_id"] = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     ctx["started_at"] = datetime.now(UTC)
     ctx["running"] = {}

@@ -1,0 +1,262 @@
+"""Artifact storage: bytes in a store, metadata in PostgreSQL.
+
+Bytes are streamed, never held whole in memory: size and sha256 are computed on the way,
+and a stream that passes TASK_MAX_ARTIFACT_MB is stopped and leaves nothing behind.
+`LocalStore` keeps files under DATA_DIR (the default); URLs to them are HMAC-signed and
+expire, and the api serves them (`/artifacts/{id}`, with Range requests).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+import sqlalchemy as sa
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from taskrunner import journal
+from taskrunner.config import Settings
+from taskrunner.errors import Conflict, LimitExceeded
+from taskrunner.events import EventKind, publish
+from taskrunner.models import Artifact, artifact_table
+
+CHUNK_BYTES = 1024 * 1024
+Chunks = AsyncIterator[bytes]
+ArtifactData = bytes | Path | Chunks
+
+
+class ArtifactTooLarge(LimitExceeded):
+    """The artifact passed TASK_MAX_ARTIFACT_MB while it streamed in."""
+
+
+@dataclass(frozen=True)
+class Stored:
+    size: int
+    sha256: str
+
+
+async def chunks_of(data: ArtifactData) -> Chunks:
+    """Any accepted artifact source as a stream of chunks."""
+    if isinstance(data, bytes):
+        for start in range(0, len(data), CHUNK_BYTES):
+            yield data[start : start + CHUNK_BYTES]
+    elif isinstance(data, Path):
+        async with await anyio.open_file(data, "rb") as f:
+            while chunk := await f.read(CHUNK_BYTES):
+                yield chunk
+    else:
+        async for chunk in data:
+            yield chunk
+
+
+class Meter:
+    """Counts and hashes a stream as it passes; stops it past `max_bytes`."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._sha = hashlib.sha256()
+
+    async def measure(self, chunks: Chunks) -> Chunks:
+        async for chunk in chunks:
+            self.size += len(chunk)
+            if self.size > self.max_bytes:
+                raise ArtifactTooLarge(
+                    f"artifact is larger than TASK_MAX_ARTIFACT_MB "
+                    f"({self.max_bytes / 1024 / 1024:g} MB); store less, or raise the limit"
+                )
+            self._sha.update(chunk)
+            yield chunk
+
+    def stored(self) -> Stored:
+        return Stored(self.size, self._sha.hexdigest())
+
+
+class ArtifactStore(Protocol):
+    async def put(
+        self, key: str, data: ArtifactData, *, content_type: str, max_bytes: int
+    ) -> Stored:
+        """Store `data` under `key`; ArtifactTooLarge (and nothing stored) past `max_bytes`."""
+        ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def exists(self, key: str) -> bool: ...
+
+
+@dataclass
+class LocalStore:
+    """Files under `root` (DATA_DIR/artifacts for `taskrunner dev`)."""
+
+    root: Path
+
+    def path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise ValueError(f"artifact key escapes the store: {key!r}")
+        return path
+
+    async def put(
+        self, key: str, data: ArtifactData, *, content_type: str, max_bytes: int
+    ) -> Stored:
+        target = self.path(key)
+        await anyio.Path(target.parent).mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+        meter = Meter(max_bytes)
+        try:
+            async with await anyio.open_file(partial, "wb") as f:
+                async for chunk in meter.measure(chunks_of(data)):
+                    await f.write(chunk)
+            await anyio.Path(partial).rename(target)
+        finally:
+            await anyio.Path(partial).unlink(missing_ok=True)
+        return meter.stored()
+
+    async def delete(self, key: str) -> None:
+        await anyio.Path(self.path(key)).unlink(missing_ok=True)
+
+    async def exists(self, key: str) -> bool:
+        return await anyio.Path(self.path(key)).exists()
+
+
+@dataclass(frozen=True)
+class Signer:
+    """Expiring HMAC signatures for local artifact URLs."""
+
+    key: bytes
+
+    def signature(self, artifact_id: uuid.UUID, expires: int) -> str:
+        message = f"{artifact_id}:{expires}".encode()
+        return hmac.new(self.key, message, hashlib.sha256).hexdigest()
+
+    def path(self, artifact_id: uuid.UUID, ttl_seconds: int) -> str:
+        expires = int(time.time()) + ttl_seconds
+        signature = self.signature(artifact_id, expires)
+        return f"/artifacts/{artifact_id}?expires={expires}&signature={signature}"
+
+    def valid(self, artifact_id: uuid.UUID, expires: int, signature: str) -> bool:
+        expected = self.signature(artifact_id, expires)
+        return hmac.compare_digest(expected, signature) and expires >= time.time()
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """A signing key kept in a file (for `taskrunner dev`), made on first use."""
+    if path.exists():
+        return bytes.fromhex(path.read_text().strip())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = os.urandom(32)
+    path.write_text(key.hex())
+    path.chmod(0o600)
+    return key
+
+
+def object_key(task_id: uuid.UUID, artifact_id: uuid.UUID, name: str) -> str:
+    """Where an artifact's bytes live in the store."""
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:200] or "artifact"
+    return f"{task_id}/{artifact_id}/{safe}"
+
+
+def make_store(settings: Settings) -> ArtifactStore:
+    """The store the settings ask for: the local disk under DATA_DIR."""
+    return LocalStore(settings.data_dir.resolve() / "artifacts")
+
+
+async def add_artifact(
+    *,
+    engine: AsyncEngine,
+    redis: Redis,
+    store: ArtifactStore,
+    task_id: uuid.UUID,
+    name: str,
+    data: ArtifactData,
+    content_type: str,
+    max_bytes: int,
+    is_log: bool = False,
+    expect_attempt: int | None = None,
+) -> Artifact:
+    """Stream `data` into the store, then record the artifact and its ArtifactAdded event
+    in one transaction. If the task no longer runs (that attempt), the bytes are removed
+    and Conflict is raised."""
+    artifact_id = uuid.uuid4()
+    key = object_key(task_id, artifact_id, name)
+    stored = await store.put(key, data, content_type=content_type, max_bytes=max_bytes)
+    meta = {
+        "id": str(artifact_id),
+        "name": name,
+        "content_type": content_type,
+        "size": stored.size,
+        "sha256": stored.sha256,
+    }
+    change = journal.Change(task_id, EventKind.ARTIFACT, meta, expect_attempt=expect_attempt)
+
+    async def work(conn: AsyncConnection) -> tuple[Artifact | None, list[journal.Outcome]]:
+        outcomes = await journal.record(conn, [change])
+        event = outcomes[0].event
+        if event is None:
+            return None, outcomes
+        row = (
+            (
+                await conn.execute(
+                    sa.insert(artifact_table)
+                    .values(
+                        id=artifact_id,
+                        task_id=task_id,
+                        owner=event.owner,
+                        name=name,
+                        content_type=content_type,
+                        size=stored.size,
+                        sha256=stored.sha256,
+                        key=key,
+                        is_log=is_log,
+                        created_at=event.at,
+                    )
+                    .returning(*artifact_table.c)
+                )
+            )
+            .mappings()
+            .one()
+        )
+        return Artifact(**dict(row)), outcomes
+
+    try:
+        artifact, outcomes = await journal.run_transaction(engine, work)
+    except BaseException:
+        await store.delete(key)
+        raise
+    if artifact is None:
+        await store.delete(key)
+        raise Conflict(f"task {task_id} is not running; artifacts are added while it runs")
+    await publish(redis, [o.event for o in outcomes if o.event is not None])
+    return artifact
+
+
+async def list_artifacts(engine: AsyncEngine, task_id: uuid.UUID) -> list[Artifact]:
+    a = artifact_table.c
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            sa.select(artifact_table).where(a.task_id == task_id).order_by(a.created_at, a.id)
+        )
+        return [Artifact(**dict(r)) for r in rows.mappings()]
+
+
+async def get_artifact(engine: AsyncEngine, artifact_id: uuid.UUID) -> Artifact | None:
+    async with engine.connect() as conn:
+        row = (
+            (
+                await conn.execute(
+                    sa.select(artifact_table).where(artifact_table.c.id == artifact_id)
+                )
+            )
+            .mappings()
+            .first()
+        )
+    return Artifact(**dict(row)) if row else None

@@ -1,0 +1,168 @@
+"""Artifacts: streamed into the store with size and sha256, refused past the limit without
+leftovers, listed and downloadable through signed, expiring links with Range support."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from taskrunner.artifacts import ArtifactTooLarge, LocalStore, Signer
+from taskrunner.config import Settings
+from tests.conftest import Stack, run_api, run_worker
+from tests.test_lifecycle import finish, submit
+
+ARTIFACTS = """
+query($id: ID!) {
+  task(id: $id) {
+    status logsUrl result
+    artifacts { id name contentType size sha256 url createdAt }
+  }
+}"""
+
+
+async def _chunks(n: int, size: int) -> AsyncIterator[bytes]:
+    for i in range(n):
+        yield bytes([i % 256]) * size
+
+
+# --- the store ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "artifacts")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"hello", "path", "chunks"],
+    ids=["bytes", "path", "async-iterator"],
+)
+async def test_the_store_keeps_bytes_with_their_size_and_sha256(
+    store: LocalStore, tmp_path: Path, data: object
+) -> None:
+    expected = b"".join([bytes([i % 256]) * 1000 for i in range(50)])
+    source: object
+    if data == "path":
+        source = tmp_path / "in.bin"
+        source.write_bytes(expected)
+    elif data == "chunks":
+        source = _chunks(50, 1000)
+    else:
+        source = expected = b"hello"
+    stored = await store.put("t/a/file.bin", source, content_type="x", max_bytes=10**6)  # type: ignore[arg-type]
+    assert stored.size == len(expected)
+    assert stored.sha256 == hashlib.sha256(expected).hexdigest()
+    assert store.path("t/a/file.bin").read_bytes() == expected
+    assert await store.exists("t/a/file.bin")
+    await store.delete("t/a/file.bin")
+    assert not await store.exists("t/a/file.bin")
+
+
+async def test_the_store_refuses_past_the_limit_and_keeps_nothing(store: LocalStore) -> None:
+    with pytest.raises(ArtifactTooLarge, match="TASK_MAX_ARTIFACT_MB"):
+        await store.put("t/a/big.bin", _chunks(10, 1000), content_type="x", max_bytes=5000)
+    assert not await store.exists("t/a/big.bin")
+    assert [p for p in store.root.rglob("*") if p.is_file()] == []
+
+
+def test_a_key_cannot_escape_the_store(store: LocalStore) -> None:
+    with pytest.raises(ValueError, match="escapes"):
+        store.path("../outside")
+
+
+def test_signatures_expire_and_cannot_be_changed() -> None:
+    signer = Signer(b"k")
+    artifact_id = uuid.uuid4()
+    future = int(time.time()) + 60
+    good = signer.signature(artifact_id, future)
+    assert signer.valid(artifact_id, future, good)
+    assert not signer.valid(artifact_id, future + 1, good)  # expiry changed
+    assert not signer.valid(uuid.uuid4(), future, good)  # another artifact
+    assert not signer.valid(artifact_id, future, good[:-1] + "0")
+    past = int(time.time()) - 1
+    assert not signer.valid(artifact_id, past, signer.signature(artifact_id, past))
+
+
+# --- through the service --------------------------------------------------------------
+
+
+async def test_a_report_artifact_is_listed_announced_and_downloadable(stack: Stack) -> None:
+    task_id = await submit(stack, {"report": {"rows": 5000}})
+    events = await finish(stack, task_id)
+    assert events[-1]["status"] == "SUCCEEDED"
+    task = (await stack.execute(ARTIFACTS, id=task_id))["task"]
+    (artifact,) = task["artifacts"]
+    assert artifact["name"] == "report.csv" and artifact["contentType"] == "text/csv"
+    assert task["logsUrl"] is None  # it logged nothing
+    async with httpx.AsyncClient() as client:
+        whole = await client.get(artifact["url"])
+        assert whole.status_code == 200
+        assert whole.headers["content-type"].startswith("text/csv")
+        assert int(whole.headers["content-length"]) == artifact["size"]
+        assert hashlib.sha256(whole.content).hexdigest() == artifact["sha256"]
+        lines = whole.text.splitlines()
+        assert lines[0] == "n,square,sqrt" and len(lines) == 5001
+        assert lines[-1].startswith("5000,25000000,")
+        part = await client.get(artifact["url"], headers={"Range": "bytes=0-13"})
+        assert part.status_code == 206 and part.content == b"n,square,sqrt\n"
+        tampered = artifact["url"].replace("signature=", "signature=0")
+        assert (await client.get(tampered)).status_code == 403
+        expired = artifact["url"].split("?")[0] + "?expires=1&signature=x"
+        assert (await client.get(expired)).status_code == 403
+
+
+async def test_an_expired_link_is_refused(settings: Settings) -> None:
+    short = settings.model_copy(update={"artifact_url_ttl_seconds": 1})
+    async with run_api(short) as url, run_worker(short):
+        stack = Stack(url, short)
+        task_id = await submit(stack, {"report": {"rows": 10}})
+        await finish(stack, task_id)
+        (artifact,) = (await stack.execute(ARTIFACTS, id=task_id))["task"]["artifacts"]
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(artifact["url"])).status_code == 200
+            time.sleep(2.1)  # noqa: ASYNC251  (let the clock pass the expiry)
+            assert (await client.get(artifact["url"])).status_code == 403
+
+
+async def test_a_timed_out_task_keeps_its_log_with_the_lines_before_the_kill(
+    stack: Stack,
+) -> None:
+    task_id = await submit(
+        stack,
+        {"chatter": {"progressSteps": 0, "logLines": 1000, "intervalSeconds": 0.05}},
+        timeoutSeconds=1,
+    )
+    events = await finish(stack, task_id)
+    assert events[-1]["status"] == "FAILED" and events[-1]["error"]["code"] == "TIMEOUT"
+    task = (await stack.execute(ARTIFACTS, id=task_id))["task"]
+    assert task["logsUrl"] is not None
+    async with httpx.AsyncClient() as client:
+        log = (await client.get(task["logsUrl"])).text
+    assert "INFO line 1 of 1000" in log
+    assert "task_killed" in log
+    assert "line 1000 of 1000" not in log
+
+
+async def test_an_artifact_over_the_limit_fails_the_task_and_leaves_no_object(
+    settings: Settings,
+) -> None:
+    small = settings.model_copy(update={"task_max_artifact_mb": 0.01})
+    async with run_api(small) as url, run_worker(small):
+        stack = Stack(url, small)
+        task_id = await submit(stack, {"report": {"rows": 5000}})
+        events = await finish(stack, task_id)
+        task = (await stack.execute(ARTIFACTS, id=task_id))["task"]
+    assert events[-1]["status"] == "FAILED"
+    assert events[-1]["error"]["code"] == "ArtifactTooLarge"
+    assert [a["name"] for a in task["artifacts"]] == ["task.log"]
+    lines = [e["line"] for e in events if e.get("line")]
+    assert any(line.startswith("artifact_rejected: report.csv") for line in lines)
+    files = [p.name for p in (small.data_dir / "artifacts").rglob("*") if p.is_file()]
+    assert files == ["task.log"]
