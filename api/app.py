@@ -69,6 +69,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
     finally:
         await hub.stop()
+        await app.state.services.store.aclose()
         await redis.aclose()
         await engine.dispose()
 

@@ -67,13 +67,16 @@ class Artifact:
     sha256: str
     created_at: datetime
 
+    key: strawberry.Private[str]
+
     @strawberry.field(description="Where to download it; the link expires.")
-    def url(self, info: Info) -> str:
+    async def url(self, info: Info) -> str:
         services = info.context.services
-        path = services.signer.path(
-            uuid.UUID(str(self.id)), services.settings.artifact_url_ttl_seconds
-        )
-        return f"{info.context.base_url}{path}"
+        ttl = services.settings.artifact_url_ttl_seconds
+        direct = await services.store.download_url(self.key, ttl)
+        if direct is not None:
+            return direct
+        return f"{info.context.base_url}{services.signer.path(uuid.UUID(str(self.id)), ttl)}"
 
     @classmethod
     def from_row(cls, row: ArtifactRow) -> Artifact:
@@ -84,6 +87,7 @@ class Artifact:
             size=row.size,
             sha256=row.sha256,
             created_at=row.created_at,
+            key=row.key,
         )
 
 
@@ -118,6 +122,7 @@ def event_type(event: Event) -> TaskEvent:
                 size=data["size"],
                 sha256=data["sha256"],
                 created_at=event.at,
+                key=data["key"],
             ),
         )
     if event.kind is EventKind.PROGRESS:
@@ -176,7 +181,7 @@ class Task:
     async def logs_url(self, info: Info) -> str | None:
         rows = await list_artifacts(info.context.services.engine, uuid.UUID(str(self.id)))
         logs = [r for r in rows if r.is_log]
-        return Artifact.from_row(logs[-1]).url(info) if logs else None
+        return await Artifact.from_row(logs[-1]).url(info) if logs else None
 
     @strawberry.field(description="The task's events in order, after the cursor `after`.")
     async def events(

@@ -8,6 +8,7 @@ expire, and the api serves them (`/artifacts/{id}`, with Range requests).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -15,11 +16,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
 
 import anyio
 import sqlalchemy as sa
+from miniopy_async.api import Minio
+from miniopy_async.error import S3Error
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -92,6 +96,12 @@ class ArtifactStore(Protocol):
 
     async def exists(self, key: str) -> bool: ...
 
+    async def download_url(self, key: str, ttl_seconds: int) -> str | None:
+        """A direct, expiring download URL, or None when the api serves the bytes."""
+        ...
+
+    async def aclose(self) -> None: ...
+
 
 @dataclass
 class LocalStore:
@@ -126,6 +136,98 @@ class LocalStore:
 
     async def exists(self, key: str) -> bool:
         return await anyio.Path(self.path(key)).exists()
+
+    async def download_url(self, key: str, ttl_seconds: int) -> str | None:
+        return None  # the api serves local files itself, through a signed link
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _Reader:
+    """A chunk stream as the `read(size)` that miniopy-async uploads from."""
+
+    def __init__(self, chunks: Chunks) -> None:
+        self._chunks = chunks
+        self._buffer = bytearray()
+        self._done = False
+
+    async def read(self, size: int = -1) -> bytes:
+        while not self._done and (size < 0 or len(self._buffer) < size):
+            try:
+                self._buffer += await anext(self._chunks)
+            except StopAsyncIteration:
+                self._done = True
+        n = len(self._buffer) if size < 0 else min(size, len(self._buffer))
+        out = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return out
+
+
+@dataclass
+class S3Store:
+    """A bucket of MinIO or any S3 service, through miniopy-async. Uploads of unknown size
+    go multipart, PART_BYTES at a time; a failed one is aborted and leaves no object."""
+
+    client: Minio
+    bucket: str
+    _bucket_ready: bool = False
+
+    PART_BYTES = 8 * 1024 * 1024
+
+    async def _ensure_bucket(self) -> None:
+        if self._bucket_ready:
+            return
+        if not await self.client.bucket_exists(self.bucket):
+            try:
+                await self.client.make_bucket(self.bucket)
+            except S3Error as exc:  # another process made it first
+                if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+        self._bucket_ready = True
+
+    async def put(
+        self, key: str, data: ArtifactData, *, content_type: str, max_bytes: int
+    ) -> Stored:
+        await self._ensure_bucket()
+        meter = Meter(max_bytes)
+        reader = _Reader(meter.measure(chunks_of(data)))
+        try:
+            await self.client.put_object(
+                self.bucket,
+                key,
+                reader,  # type: ignore[arg-type]  # it reads with an async read()
+                length=-1,
+                part_size=self.PART_BYTES,
+                content_type=content_type,
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.client.remove_object(self.bucket, key)
+            raise
+        return meter.stored()
+
+    async def delete(self, key: str) -> None:
+        await self.client.remove_object(self.bucket, key)
+
+    async def exists(self, key: str) -> bool:
+        try:
+            await self.client.stat_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+                return False
+            raise
+        return True
+
+    async def download_url(self, key: str, ttl_seconds: int) -> str | None:
+        return str(
+            await self.client.presigned_get_object(
+                self.bucket, key, expires=timedelta(seconds=ttl_seconds)
+            )
+        )
+
+    async def aclose(self) -> None:
+        await self.client.close_session()  # type: ignore[no-untyped-call]
 
 
 @dataclass(frozen=True)
@@ -166,7 +268,17 @@ def object_key(task_id: uuid.UUID, artifact_id: uuid.UUID, name: str) -> str:
 
 
 def make_store(settings: Settings) -> ArtifactStore:
-    """The store the settings ask for: the local disk under DATA_DIR."""
+    """The store the settings ask for: S3/MinIO when MINIO_ENDPOINT is set, else the local
+    disk under DATA_DIR. Build it inside the event loop that will use it."""
+    if settings.minio_endpoint:
+        client = Minio(
+            settings.minio_endpoint,
+            access_key=settings.minio_access_key,
+            secret_key=settings.minio_secret_key.get_secret_value(),
+            secure=settings.minio_secure,
+            region=settings.minio_region,
+        )
+        return S3Store(client, settings.minio_bucket)
     return LocalStore(settings.data_dir.resolve() / "artifacts")
 
 
@@ -195,6 +307,7 @@ async def add_artifact(
         "content_type": content_type,
         "size": stored.size,
         "sha256": stored.sha256,
+        "key": key,
     }
     change = journal.Change(task_id, EventKind.ARTIFACT, meta, expect_attempt=expect_attempt)
 

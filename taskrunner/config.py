@@ -72,6 +72,20 @@ class Settings(BaseSettings):
     max_subscriptions_per_connection: int = Field(
         default=100, gt=0, description="Subscriptions one websocket connection may hold open."
     )
+    minio_endpoint: str | None = Field(
+        default=None,
+        description="host:port of MinIO or another S3 service for artifacts. Unset: files "
+        "under DATA_DIR/artifacts.",
+    )
+    minio_access_key: str = Field(default="minioadmin", description="S3 access key.")
+    minio_secret_key: SecretStr = Field(
+        default=SecretStr("minioadmin"), description="S3 secret key."
+    )
+    minio_bucket: str = Field(
+        default="taskrunner", description="Bucket for artifacts (created when missing)."
+    )
+    minio_secure: bool = Field(default=False, description="Talk to MINIO_ENDPOINT over HTTPS.")
+    minio_region: str = Field(default="us-east-1", description="The bucket's region.")
     task_max_artifact_mb: float = Field(
         default=100, gt=0, description="Largest artifact a task or client may store (MB)."
     )

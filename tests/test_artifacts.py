@@ -6,14 +6,23 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from moto.server import ThreadedMotoServer
 
-from taskrunner.artifacts import ArtifactTooLarge, LocalStore, Signer
+from taskrunner.artifacts import (
+    ArtifactStore,
+    ArtifactTooLarge,
+    LocalStore,
+    S3Store,
+    Signer,
+    make_store,
+)
 from taskrunner.config import Settings
+from taskrunner.embedded import free_port
 from tests.conftest import Stack, run_api, run_worker
 from tests.test_lifecycle import finish, submit
 
@@ -34,9 +43,48 @@ async def _chunks(n: int, size: int) -> AsyncIterator[bytes]:
 # --- the store ------------------------------------------------------------------------
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> LocalStore:
-    return LocalStore(tmp_path / "artifacts")
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """An S3-compatible server on loopback (moto's; it does not check signatures)."""
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+def s3_settings(settings: Settings, endpoint: str) -> Settings:
+    return settings.model_copy(
+        update={"minio_endpoint": endpoint, "minio_bucket": f"b{uuid.uuid4().hex[:12]}"}
+    )
+
+
+@pytest.fixture(params=["local", "s3"])
+async def store(
+    request: pytest.FixtureRequest, settings: Settings, s3_endpoint: str
+) -> AsyncIterator[ArtifactStore]:
+    """Each store kind, for the one suite both must pass."""
+    chosen = s3_settings(settings, s3_endpoint) if request.param == "s3" else settings
+    store = make_store(chosen)
+    yield store
+    await store.aclose()
+
+
+async def _keys(store: ArtifactStore) -> list[str]:
+    if isinstance(store, LocalStore):
+        return (
+            sorted(str(p.relative_to(store.root)) for p in store.root.rglob("*") if p.is_file())
+            if store.root.exists()
+            else []
+        )
+    assert isinstance(store, S3Store)
+    if not await store.client.bucket_exists(store.bucket):
+        return []
+    return sorted(
+        [o.object_name async for o in store.client.list_objects(store.bucket, recursive=True)]
+    )
 
 
 @pytest.mark.parametrize(
@@ -59,22 +107,51 @@ async def test_the_store_keeps_bytes_with_their_size_and_sha256(
     stored = await store.put("t/a/file.bin", source, content_type="x", max_bytes=10**6)  # type: ignore[arg-type]
     assert stored.size == len(expected)
     assert stored.sha256 == hashlib.sha256(expected).hexdigest()
-    assert store.path("t/a/file.bin").read_bytes() == expected
     assert await store.exists("t/a/file.bin")
+    assert await _keys(store) == ["t/a/file.bin"]
     await store.delete("t/a/file.bin")
     assert not await store.exists("t/a/file.bin")
 
 
-async def test_the_store_refuses_past_the_limit_and_keeps_nothing(store: LocalStore) -> None:
+async def test_the_store_refuses_past_the_limit_and_keeps_nothing(store: ArtifactStore) -> None:
     with pytest.raises(ArtifactTooLarge, match="TASK_MAX_ARTIFACT_MB"):
         await store.put("t/a/big.bin", _chunks(10, 1000), content_type="x", max_bytes=5000)
     assert not await store.exists("t/a/big.bin")
-    assert [p for p in store.root.rglob("*") if p.is_file()] == []
+    assert await _keys(store) == []
 
 
-def test_a_key_cannot_escape_the_store(store: LocalStore) -> None:
+async def test_a_multipart_upload_over_the_limit_is_aborted(
+    settings: Settings, s3_endpoint: str
+) -> None:
+    store = make_store(s3_settings(settings, s3_endpoint))
+    assert isinstance(store, S3Store)
+    try:
+        parts = S3Store.PART_BYTES // (1024 * 1024)
+        with pytest.raises(ArtifactTooLarge):  # the limit falls in the third part
+            await store.put(
+                "t/a/huge.bin",
+                _chunks(3 * parts, 1024 * 1024),
+                content_type="x",
+                max_bytes=(2 * parts + 1) * 1024 * 1024,
+            )
+        assert await _keys(store) == []
+        stored = await store.put(
+            "t/a/two-parts.bin", _chunks(parts + 1, 1024 * 1024), content_type="x",
+            max_bytes=10**9,
+        )  # fmt: skip
+        assert stored.size == (parts + 1) * 1024 * 1024
+        url = await store.download_url("t/a/two-parts.bin", 60)
+        assert url is not None
+        async with httpx.AsyncClient() as client:
+            body = (await client.get(url)).content
+        assert hashlib.sha256(body).hexdigest() == stored.sha256
+    finally:
+        await store.aclose()
+
+
+def test_a_key_cannot_escape_the_local_store(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="escapes"):
-        store.path("../outside")
+        LocalStore(tmp_path).path("../outside")
 
 
 def test_signatures_expire_and_cannot_be_changed() -> None:
@@ -166,3 +243,20 @@ async def test_an_artifact_over_the_limit_fails_the_task_and_leaves_no_object(
     assert any(line.startswith("artifact_rejected: report.csv") for line in lines)
     files = [p.name for p in (small.data_dir / "artifacts").rglob("*") if p.is_file()]
     assert files == ["task.log"]
+
+
+async def test_with_s3_the_artifact_link_is_a_presigned_url(
+    settings: Settings, s3_endpoint: str
+) -> None:
+    on_s3 = s3_settings(settings, s3_endpoint)
+    async with run_api(on_s3) as url, run_worker(on_s3):
+        stack = Stack(url, on_s3)
+        task_id = await submit(stack, {"report": {"rows": 2000}})
+        assert (await finish(stack, task_id))[-1]["status"] == "SUCCEEDED"
+        (artifact,) = (await stack.execute(ARTIFACTS, id=task_id))["task"]["artifacts"]
+    assert artifact["url"].startswith(f"http://{s3_endpoint}/{on_s3.minio_bucket}/")
+    assert "X-Amz-Signature=" in artifact["url"]
+    async with httpx.AsyncClient() as client:
+        body = (await client.get(artifact["url"])).content
+    assert hashlib.sha256(body).hexdigest() == artifact["sha256"]
+    assert len(body) == artifact["size"]

@@ -57,6 +57,9 @@ async def _shutdown(ctx: dict[str, Any]) -> None:
     if "worker_id" in ctx:
         with contextlib.suppress(Exception):
             await heartbeats.leave(ctx["redis"], ctx["worker_id"])
+    store = ctx.get("store")
+    if store is not None:
+        await store.aclose()
     engine = ctx.get("engine")
     if engine is not None:
         await engine.dispose()
