@@ -3,7 +3,9 @@ leftovers, listed and downloadable through signed, expiring links with Range sup
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -23,7 +25,7 @@ from taskrunner.artifacts import (
 )
 from taskrunner.config import Settings
 from taskrunner.embedded import free_port
-from tests.conftest import Stack, run_api, run_worker
+from tests.conftest import Stack, eventually, process_env, repo_root, run_api, run_worker
 from tests.test_lifecycle import finish, submit
 
 ARTIFACTS = """
@@ -260,3 +262,74 @@ async def test_with_s3_the_artifact_link_is_a_presigned_url(
         body = (await client.get(artifact["url"])).content
     assert hashlib.sha256(body).hexdigest() == artifact["sha256"]
     assert len(body) == artifact["size"]
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+async def test_a_50_mb_artifact_streams_in_bounded_memory(settings: Settings) -> None:
+    """The worker writes it and the api serves it, each growing by < 20 MB."""
+    port = free_port()
+    env = process_env(settings, PORT=str(port))
+    api = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "taskrunner", "api", cwd=repo_root(), env=env
+    )
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "taskrunner", "worker", cwd=repo_root(), env=env
+    )
+    stack = Stack(f"http://127.0.0.1:{port}", settings)
+    peaks = {"api": 0.0, "worker": 0.0}
+
+    async def sample() -> None:
+        while True:
+            peaks["api"] = max(peaks["api"], _rss_mb(api.pid))
+            peaks["worker"] = max(peaks["worker"], _rss_mb(worker.pid))
+            await asyncio.sleep(0.02)
+
+    try:
+        async with httpx.AsyncClient(timeout=60) as client:
+
+            async def ready() -> bool:
+                """the api answers /readyz"""
+                try:
+                    return (await client.get(f"{stack.url}/readyz")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await eventually(ready, 30)
+
+            async def report(rows: int) -> dict[str, object]:
+                task_id = await submit(stack, {"report": {"rows": rows}})
+                assert (await finish(stack, task_id, within=120))[-1]["status"] == "SUCCEEDED"
+                (artifact,) = (await stack.execute(ARTIFACTS, id=task_id))["task"]["artifacts"]
+                return dict(artifact)
+
+            async def download(url: str) -> tuple[int, str]:
+                sha, size = hashlib.sha256(), 0
+                async with client.stream("GET", url) as response:
+                    async for chunk in response.aiter_bytes():
+                        sha.update(chunk)
+                        size += len(chunk)
+                return size, sha.hexdigest()
+
+            warm = await report(100)  # imports, pools and caches settle first
+            await download(str(warm["url"]))
+            base = {"api": _rss_mb(api.pid), "worker": _rss_mb(worker.pid)}
+            sampler = asyncio.create_task(sample())
+            big = await report(1_600_000)
+            size, sha = await download(str(big["url"]))
+            sampler.cancel()
+    finally:
+        for proc in (api, worker):
+            proc.terminate()
+            await proc.wait()
+    assert size == big["size"] and size > 50_000_000
+    assert sha == big["sha256"]
+    growth = {k: round(peaks[k] - base[k], 1) for k in base}
+    print(f"\nRSS growth streaming {size / 1e6:.1f} MB: {growth} MB")  # noqa: T201
+    assert growth["worker"] < 20, growth
+    assert growth["api"] < 20, growth
