@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import uuid
 from collections.abc import AsyncGenerator
 from typing import Annotated, Any
@@ -14,6 +16,7 @@ from api.context import Info
 from api.errors import ErrorCodes
 from api.inputs import TaskSpecInput, TaskSubmissionInput, to_submission
 from api.types import (
+    Artifact,
     ArtifactAdded,
     LogAppended,
     PageInfo,
@@ -31,6 +34,7 @@ from api.types import (
 )
 from taskrunner import heartbeats, streams
 from taskrunner import tasks as ops
+from taskrunner.artifacts import add_artifact
 from taskrunner.errors import BadInput, LimitExceeded
 from taskrunner.events import decode_cursor
 from taskrunner.states import TaskStatus
@@ -198,6 +202,48 @@ class Mutation:
             owner=info.context.owner,
         )
         return Task.from_row(row)
+
+    @strawberry.mutation(
+        description="Attach a file to a QUEUED or RUNNING task (at most TASK_MAX_ARTIFACT_MB)."
+    )
+    async def attach_artifact(
+        self,
+        info: Info,
+        task_id: strawberry.ID,
+        name: str,
+        data_base64: str,
+        content_type: str = "application/octet-stream",
+    ) -> Artifact:
+        services = info.context.services
+        tid = _task_id(task_id, "taskId")
+        if not 1 <= len(name) <= 200:
+            raise BadInput("name: give 1 to 200 characters", field="name")
+        try:
+            data = base64.b64decode(data_base64, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadInput(
+                "dataBase64: not valid base64; encode the file's bytes with standard base64",
+                field="dataBase64",
+            ) from None
+        limit = int(services.settings.task_max_artifact_mb * 1024 * 1024)
+        if len(data) > limit:
+            raise LimitExceeded(
+                f"dataBase64: {len(data)} bytes is over TASK_MAX_ARTIFACT_MB "
+                f"({services.settings.task_max_artifact_mb:g} MB)",
+                field="dataBase64",
+            )
+        await ops.require(engine=services.engine, task_id=tid, owner=info.context.owner)
+        row = await add_artifact(
+            engine=services.engine,
+            redis=services.redis,
+            store=services.store,
+            task_id=tid,
+            name=name,
+            data=data,
+            content_type=content_type,
+            max_bytes=limit,
+        )
+        return Artifact.from_row(row)
 
 
 @strawberry.type

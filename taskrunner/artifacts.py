@@ -347,7 +347,9 @@ async def add_artifact(
         raise
     if artifact is None:
         await store.delete(key)
-        raise Conflict(f"task {task_id} is not running; artifacts are added while it runs")
+        raise Conflict(
+            f"task {task_id} has ended; artifacts are added while it is QUEUED or RUNNING"
+        )
     await publish(redis, [o.event for o in outcomes if o.event is not None])
     return artifact
 
@@ -373,3 +375,27 @@ async def get_artifact(engine: AsyncEngine, artifact_id: uuid.UUID) -> Artifact 
             .first()
         )
     return Artifact(**dict(row)) if row else None
+
+
+async def delete_expired(
+    engine: AsyncEngine, store: ArtifactStore, older_than: timedelta, limit: int = 1000
+) -> int:
+    """Delete artifacts created before now - `older_than`: bytes first, then rows (a crash
+    in between leaves a row whose bytes are gone, deleted on the next pass)."""
+    a = artifact_table.c
+    cutoff = sa.func.clock_timestamp() - older_than
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                sa.select(a.id, a.key)
+                .where(a.created_at < cutoff)
+                .order_by(a.created_at)
+                .limit(limit)
+            )
+        ).all()
+    for row in rows:
+        await store.delete(row.key)
+    if rows:
+        async with engine.begin() as conn:
+            await conn.execute(sa.delete(artifact_table).where(a.id.in_([r.id for r in rows])))
+    return len(rows)

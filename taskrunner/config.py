@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     task_max_artifact_mb: float = Field(
         default=100, gt=0, description="Largest artifact a task or client may store (MB)."
     )
+    artifact_retention_days: float = Field(
+        default=30, gt=0, description="Artifacts older than this are deleted (bytes and rows)."
+    )
     artifact_url_ttl_seconds: int = Field(
         default=3600, gt=0, description="How long an artifact's download URL stays valid."
     )

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from taskrunner.events import Event, EventKind, publish
 from taskrunner.models import CURRENT_XID, event_table, task_table
-from taskrunner.states import TaskStatus, accepts_events, can_move
+from taskrunner.states import TaskStatus, accepts_artifacts, accepts_events, can_move
 
 T = TypeVar("T")
 MAX_TRANSACTION_RUNS = 8
@@ -166,6 +166,8 @@ def _allowed(row: _Row, change: Change) -> bool:
     if change.expect_worker is not None and row.worker_id != change.expect_worker:
         return False
     if change.to is None:
+        if change.kind is EventKind.ARTIFACT:
+            return accepts_artifacts(row.status)
         return accepts_events(row.status)
     return can_move(row.status, change.to, retry_request=change.retry_request)
 

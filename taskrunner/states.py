@@ -54,3 +54,8 @@ def can_move(current: TaskStatus, target: TaskStatus, *, retry_request: bool = F
 def accepts_events(current: TaskStatus) -> bool:
     """Progress and log lines are recorded only while the task runs."""
     return current is TaskStatus.RUNNING
+
+
+def accepts_artifacts(current: TaskStatus) -> bool:
+    """Artifacts are added until the task ends (clients may attach inputs while it waits)."""
+    return current in ACTIVE

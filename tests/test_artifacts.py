@@ -4,16 +4,21 @@ leftovers, listed and downloadable through signed, expiring links with Range sup
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
+from gql.transport.exceptions import TransportQueryError
 from moto.server import ThreadedMotoServer
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner.artifacts import (
     ArtifactStore,
@@ -21,6 +26,7 @@ from taskrunner.artifacts import (
     LocalStore,
     S3Store,
     Signer,
+    delete_expired,
     make_store,
 )
 from taskrunner.config import Settings
@@ -333,3 +339,76 @@ async def test_a_50_mb_artifact_streams_in_bounded_memory(settings: Settings) ->
     print(f"\nRSS growth streaming {size / 1e6:.1f} MB: {growth} MB")  # noqa: T201
     assert growth["worker"] < 20, growth
     assert growth["api"] < 20, growth
+
+
+ATTACH = """
+mutation($id: ID!, $name: String!, $data: String!) {
+  attachArtifact(taskId: $id, name: $name, dataBase64: $data, contentType: "text/plain") {
+    name size sha256 url
+  }
+}"""
+
+
+async def test_a_client_attaches_a_file_to_a_waiting_task(api: Stack) -> None:
+    task_id = await submit(api, {"echo": {"message": "x"}})
+    payload = b"input for the task\n" * 100
+    attached = (
+        await api.execute(
+            ATTACH, id=task_id, name="input.txt", data=base64.b64encode(payload).decode()
+        )
+    )["attachArtifact"]
+    assert attached["size"] == len(payload)
+    assert attached["sha256"] == hashlib.sha256(payload).hexdigest()
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(attached["url"])).content == payload
+    listed = (await api.execute(ARTIFACTS, id=task_id))["task"]["artifacts"]
+    assert [a["name"] for a in listed] == ["input.txt"]
+
+
+@pytest.mark.parametrize(
+    ("case", "code"),
+    [("bad-base64", "BAD_INPUT"), ("unknown-task", "NOT_FOUND"), ("finished", "CONFLICT")],
+)  # fmt: skip
+async def test_attaching_refuses_clearly(
+    stack: Stack, engine: AsyncEngine, case: str, code: str
+) -> None:
+    task_id = await submit(stack, {"echo": {"message": "x"}})
+    await finish(stack, task_id)
+    data = base64.b64encode(b"abc").decode()
+    variables = {"id": task_id, "name": "f.txt", "data": data}
+    if case == "bad-base64":
+        variables["data"] = "%%%"
+    elif case == "unknown-task":
+        variables["id"] = str(uuid.uuid4())
+    with pytest.raises(TransportQueryError) as err:
+        await stack.execute(ATTACH, **variables)
+    assert err.value.errors is not None
+    assert err.value.errors[0]["extensions"]["code"] == code, err.value.errors
+    async with engine.connect() as conn:
+        assert await conn.scalar(sa.text("SELECT count(*) FROM artifact")) == 0
+
+
+async def test_expired_artifacts_are_deleted_with_their_bytes(
+    stack: Stack, engine: AsyncEngine
+) -> None:
+    task_id = await submit(stack, {"report": {"rows": 10}})
+    await finish(stack, task_id)
+    store = make_store(stack.settings)
+    assert isinstance(store, LocalStore)
+    assert len(await _keys(store)) == 1
+    assert await delete_expired(engine, store, timedelta(days=1)) == 0  # too young
+    assert await delete_expired(engine, store, timedelta(0)) == 1
+    assert await _keys(store) == []
+    assert (await stack.execute(ARTIFACTS, id=task_id))["task"]["artifacts"] == []
+
+
+async def test_attaching_over_the_limit_is_limit_exceeded(settings: Settings) -> None:
+    small = settings.model_copy(update={"task_max_artifact_mb": 0.001})
+    async with run_api(small) as url:
+        stack = Stack(url, small)
+        task_id = await submit(stack, {"echo": {"message": "x"}})
+        data = base64.b64encode(b"x" * 2000).decode()
+        with pytest.raises(TransportQueryError) as err:
+            await stack.execute(ATTACH, id=task_id, name="big.bin", data=data)
+    assert err.value.errors is not None
+    assert err.value.errors[0]["extensions"] == {"code": "LIMIT_EXCEEDED", "field": "dataBase64"}

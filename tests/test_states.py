@@ -11,6 +11,7 @@ from taskrunner.states import (
     RETRY_ONLY,
     TERMINAL,
     TaskStatus,
+    accepts_artifacts,
     accepts_events,
     can_move,
 )
@@ -43,3 +44,8 @@ def test_retry_requests_only_requeue_failed_or_cancelled() -> None:
 @pytest.mark.parametrize("status", list(TaskStatus))
 def test_progress_and_logs_only_while_running(status: TaskStatus) -> None:
     assert accepts_events(status) == (status is TaskStatus.RUNNING)
+
+
+@pytest.mark.parametrize("status", list(TaskStatus))
+def test_artifacts_until_the_task_ends(status: TaskStatus) -> None:
+    assert accepts_artifacts(status) == (status in (TaskStatus.QUEUED, TaskStatus.RUNNING))

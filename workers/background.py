@@ -14,11 +14,12 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
 from taskrunner import heartbeats, reconciler
+from taskrunner.artifacts import delete_expired
 from taskrunner.events import CANCEL_CHANNEL
 from taskrunner.models import task_table
 from taskrunner.tasks import parse_cancel_message
@@ -148,6 +149,20 @@ async def reconcile(ctx: WorkerContext) -> None:
         log.warning("reconciler: re-enqueued %d lost tasks, recovered %d orphans", lost, orphans)
 
 
+RETENTION_LOCK = "taskrunner:retention"
+RETENTION_EVERY_SECONDS = 600.0
+
+
+async def expire_artifacts(ctx: WorkerContext) -> None:
+    """Delete artifacts past ARTIFACT_RETENTION_DAYS; one worker per round."""
+    lock_ms = int(RETENTION_EVERY_SECONDS * 1000 * 0.9)
+    if not await ctx["redis"].set(RETENTION_LOCK, ctx["worker_id"], px=lock_ms, nx=True):
+        return
+    days = ctx["settings"].artifact_retention_days
+    while await delete_expired(ctx["engine"], ctx["store"], timedelta(days=days)):
+        pass
+
+
 async def every(seconds: float, step: Callable[[], Awaitable[None]], name: str) -> None:
     """Run `step` every `seconds` forever; an error is logged and the loop goes on."""
     while True:
@@ -167,6 +182,7 @@ def start(ctx: WorkerContext) -> list[asyncio.Task[None]]:
         (s.heartbeat_interval_seconds, beat, "heartbeat"),
         (s.scheduler_interval_seconds, enqueue_due, "scheduler"),
         (s.reconcile_interval_seconds, reconcile, "reconciler"),
+        (RETENTION_EVERY_SECONDS, expire_artifacts, "retention"),
     ]
     tasks = [
         asyncio.create_task(every(sec, lambda fn=fn: fn(ctx), name), name=name)  # type: ignore[misc]
