@@ -29,7 +29,14 @@ from api.context import Context, Services
 from api.graphiql import STATIC_DIR, STATIC_PATH, offline_graphiql_html
 from api.schema import schema
 from taskrunner import queue
-from taskrunner.artifacts import LocalStore, Signer, get_artifact, make_store
+from taskrunner.artifacts import (
+    ArtifactTooLarge,
+    LocalStore,
+    Signer,
+    find_upload,
+    get_artifact,
+    make_store,
+)
 from taskrunner.config import Settings, get_settings
 from taskrunner.db import create_engine
 from taskrunner.hub import EventHub
@@ -105,6 +112,31 @@ async def artifact_download(request: Request) -> Response:
     )
 
 
+async def artifact_upload(request: Request) -> Response:
+    """The bytes of an upload granted by createArtifactUpload (local store), streamed in
+    and refused past TASK_MAX_ARTIFACT_MB."""
+    services: Services = request.app.state.services
+    try:
+        upload_id = uuid.UUID(request.path_params["upload_id"])
+        expires = int(request.query_params["expires"])
+        signature = request.query_params["signature"]
+    except (KeyError, ValueError):
+        return PlainTextResponse("bad upload link: call createArtifactUpload again", 403)
+    if not services.signer.valid(upload_id, expires, signature, "upload"):
+        return PlainTextResponse("upload link expired or invalid: ask for a new one", 403)
+    upload = await find_upload(services.redis, upload_id)
+    if upload is None:
+        return PlainTextResponse("no such upload: call createArtifactUpload again", 404)
+    limit = int(services.settings.task_max_artifact_mb * 1024 * 1024)
+    try:
+        stored = await services.store.put(
+            upload.key, request.stream(), content_type=upload.content_type, max_bytes=limit
+        )
+    except ArtifactTooLarge as exc:
+        return PlainTextResponse(exc.message, 413)
+    return JSONResponse({"size": stored.size, "sha256": stored.sha256})
+
+
 async def healthz(request: Request) -> Response:
     """The process is up."""
     return JSONResponse({"status": "ok"})
@@ -144,6 +176,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
             Mount(STATIC_PATH, app=StaticFiles(directory=STATIC_DIR), name="graphiql-static"),
+            Route("/artifacts/uploads/{upload_id}", artifact_upload, methods=["PUT"]),
             Route("/artifacts/{artifact_id}", artifact_download),
             Route("/healthz", healthz),
             Route("/readyz", readyz),

@@ -6,6 +6,7 @@ import base64
 import binascii
 import uuid
 from collections.abc import AsyncGenerator
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import strawberry
@@ -18,6 +19,7 @@ from api.inputs import TaskSpecInput, TaskSubmissionInput, to_submission
 from api.types import (
     Artifact,
     ArtifactAdded,
+    ArtifactUpload,
     LogAppended,
     PageInfo,
     ProgressReported,
@@ -34,8 +36,8 @@ from api.types import (
 )
 from taskrunner import heartbeats, streams
 from taskrunner import tasks as ops
-from taskrunner.artifacts import add_artifact
-from taskrunner.errors import BadInput, LimitExceeded
+from taskrunner.artifacts import add_artifact, begin_upload, complete_upload, find_upload
+from taskrunner.errors import BadInput, LimitExceeded, NotFound
 from taskrunner.events import decode_cursor
 from taskrunner.states import TaskStatus
 from workers.catalog import catalog
@@ -242,6 +244,61 @@ class Mutation:
             data=data,
             content_type=content_type,
             max_bytes=limit,
+        )
+        return Artifact.from_row(row)
+
+    @strawberry.mutation(
+        description="Start a large upload to a QUEUED or RUNNING task: PUT the bytes to the "
+        "returned url (presigned S3 when the store is S3), then call completeArtifactUpload."
+    )
+    async def create_artifact_upload(
+        self,
+        info: Info,
+        task_id: strawberry.ID,
+        name: str,
+        content_type: str = "application/octet-stream",
+    ) -> ArtifactUpload:
+        services = info.context.services
+        tid = _task_id(task_id, "taskId")
+        if not 1 <= len(name) <= 200:
+            raise BadInput("name: give 1 to 200 characters", field="name")
+        await ops.require(engine=services.engine, task_id=tid, owner=info.context.owner)
+        ttl = services.settings.artifact_url_ttl_seconds
+        upload = await begin_upload(
+            services.redis, task_id=tid, name=name, content_type=content_type, ttl_seconds=ttl
+        )
+        url = await services.store.upload_url(upload.key, ttl)
+        if url is None:
+            url = f"{info.context.base_url}{services.signer.path(upload.id, ttl, 'upload')}"
+        return ArtifactUpload(
+            id=strawberry.ID(str(upload.id)),
+            url=url,
+            method="PUT",
+            expires_at=datetime.now(UTC) + timedelta(seconds=ttl),
+        )
+
+    @strawberry.mutation(
+        description="Finish an upload: the file becomes one of the task's artifacts."
+    )
+    async def complete_artifact_upload(
+        self, info: Info, task_id: strawberry.ID, upload_id: strawberry.ID
+    ) -> Artifact:
+        services = info.context.services
+        tid = _task_id(task_id, "taskId")
+        await ops.require(engine=services.engine, task_id=tid, owner=info.context.owner)
+        upload = await find_upload(services.redis, _task_id(upload_id, "uploadId"))
+        if upload is None or upload.task_id != tid:
+            raise NotFound(
+                f"uploadId: no open upload {upload_id} for this task; it may have expired, "
+                "start again with createArtifactUpload",
+                field="uploadId",
+            )
+        row = await complete_upload(
+            engine=services.engine,
+            redis=services.redis,
+            store=services.store,
+            upload=upload,
+            max_bytes=int(services.settings.task_max_artifact_mb * 1024 * 1024),
         )
         return Artifact.from_row(row)
 

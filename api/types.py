@@ -91,6 +91,14 @@ class Artifact:
         )
 
 
+@strawberry.type(description="Where to PUT a file; then call completeArtifactUpload.")
+class ArtifactUpload:
+    id: strawberry.ID
+    url: str
+    method: str
+    expires_at: datetime
+
+
 @strawberry.type(description="The task stored an artifact.")
 class ArtifactAdded(TaskEvent):
     artifact: Artifact

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import math
 import os
 import time
 import uuid
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 import anyio
+import orjson
 import sqlalchemy as sa
 from miniopy_async.api import Minio
 from miniopy_async.error import S3Error
@@ -100,6 +102,14 @@ class ArtifactStore(Protocol):
         """A direct, expiring download URL, or None when the api serves the bytes."""
         ...
 
+    async def upload_url(self, key: str, ttl_seconds: int) -> str | None:
+        """A direct, expiring PUT URL, or None when uploads go through the api."""
+        ...
+
+    def read(self, key: str) -> Chunks:
+        """The stored bytes, as a stream."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -139,6 +149,13 @@ class LocalStore:
 
     async def download_url(self, key: str, ttl_seconds: int) -> str | None:
         return None  # the api serves local files itself, through a signed link
+
+    async def upload_url(self, key: str, ttl_seconds: int) -> str | None:
+        return None  # uploads go through the api (PUT /artifacts/uploads/{id})
+
+    async def read(self, key: str) -> Chunks:
+        async for chunk in chunks_of(self.path(key)):
+            yield chunk
 
     async def aclose(self) -> None:
         return None
@@ -226,6 +243,22 @@ class S3Store:
             )
         )
 
+    async def upload_url(self, key: str, ttl_seconds: int) -> str | None:
+        await self._ensure_bucket()
+        return str(
+            await self.client.presigned_put_object(
+                self.bucket, key, expires=timedelta(seconds=ttl_seconds)
+            )
+        )
+
+    async def read(self, key: str) -> Chunks:
+        response = await self.client.get_object(self.bucket, key)
+        try:
+            async for chunk in response.content.iter_chunked(CHUNK_BYTES):
+                yield chunk
+        finally:
+            response.close()
+
     async def aclose(self) -> None:
         await self.client.close_session()  # type: ignore[no-untyped-call]
 
@@ -236,17 +269,23 @@ class Signer:
 
     key: bytes
 
-    def signature(self, artifact_id: uuid.UUID, expires: int) -> str:
-        message = f"{artifact_id}:{expires}".encode()
+    # What a link lets its holder do; a download link never works as an upload link.
+    ROUTES = {"download": "/artifacts/{}", "upload": "/artifacts/uploads/{}"}
+
+    def signature(self, artifact_id: uuid.UUID, expires: int, purpose: str = "download") -> str:
+        message = f"{purpose}:{artifact_id}:{expires}".encode()
         return hmac.new(self.key, message, hashlib.sha256).hexdigest()
 
-    def path(self, artifact_id: uuid.UUID, ttl_seconds: int) -> str:
-        expires = int(time.time()) + ttl_seconds
-        signature = self.signature(artifact_id, expires)
-        return f"/artifacts/{artifact_id}?expires={expires}&signature={signature}"
+    def path(self, artifact_id: uuid.UUID, ttl_seconds: int, purpose: str = "download") -> str:
+        expires = math.ceil(time.time()) + ttl_seconds  # valid at least ttl_seconds
+        signature = self.signature(artifact_id, expires, purpose)
+        route = self.ROUTES[purpose].format(artifact_id)
+        return f"{route}?expires={expires}&signature={signature}"
 
-    def valid(self, artifact_id: uuid.UUID, expires: int, signature: str) -> bool:
-        expected = self.signature(artifact_id, expires)
+    def valid(
+        self, artifact_id: uuid.UUID, expires: int, signature: str, purpose: str = "download"
+    ) -> bool:
+        expected = self.signature(artifact_id, expires, purpose)
         return hmac.compare_digest(expected, signature) and expires >= time.time()
 
 
@@ -301,6 +340,37 @@ async def add_artifact(
     artifact_id = uuid.uuid4()
     key = object_key(task_id, artifact_id, name)
     stored = await store.put(key, data, content_type=content_type, max_bytes=max_bytes)
+    return await record_artifact(
+        engine=engine,
+        redis=redis,
+        store=store,
+        task_id=task_id,
+        artifact_id=artifact_id,
+        key=key,
+        name=name,
+        content_type=content_type,
+        stored=stored,
+        is_log=is_log,
+        expect_attempt=expect_attempt,
+    )
+
+
+async def record_artifact(
+    *,
+    engine: AsyncEngine,
+    redis: Redis,
+    store: ArtifactStore,
+    task_id: uuid.UUID,
+    artifact_id: uuid.UUID,
+    key: str,
+    name: str,
+    content_type: str,
+    stored: Stored,
+    is_log: bool = False,
+    expect_attempt: int | None = None,
+) -> Artifact:
+    """Record stored bytes as an artifact with its ArtifactAdded event (one transaction);
+    when the task has ended (or the attempt was replaced) the bytes are removed."""
     meta = {
         "id": str(artifact_id),
         "name": name,
@@ -399,3 +469,77 @@ async def delete_expired(
         async with engine.begin() as conn:
             await conn.execute(sa.delete(artifact_table).where(a.id.in_([r.id for r in rows])))
     return len(rows)
+
+
+# --- uploads by clients -----------------------------------------------------------------
+
+UPLOAD_KEY = "taskrunner:upload:{}"
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An upload a client was granted: where the bytes go, and what they will be."""
+
+    id: uuid.UUID
+    task_id: uuid.UUID
+    name: str
+    content_type: str
+    key: str
+
+
+async def begin_upload(
+    redis: Redis, *, task_id: uuid.UUID, name: str, content_type: str, ttl_seconds: int
+) -> Upload:
+    upload_id = uuid.uuid4()
+    upload = Upload(upload_id, task_id, name, content_type, object_key(task_id, upload_id, name))
+    payload = {
+        "task_id": str(task_id),
+        "name": name,
+        "content_type": content_type,
+        "key": upload.key,
+    }
+    await redis.set(UPLOAD_KEY.format(upload_id), orjson.dumps(payload), ex=ttl_seconds * 2)
+    return upload
+
+
+async def find_upload(redis: Redis, upload_id: uuid.UUID) -> Upload | None:
+    raw = await redis.get(UPLOAD_KEY.format(upload_id))
+    if raw is None:
+        return None
+    data = orjson.loads(raw)
+    return Upload(
+        upload_id, uuid.UUID(data["task_id"]), data["name"], data["content_type"], data["key"]
+    )
+
+
+async def complete_upload(
+    *,
+    engine: AsyncEngine,
+    redis: Redis,
+    store: ArtifactStore,
+    upload: Upload,
+    max_bytes: int,
+) -> Artifact:
+    """Measure the uploaded object (size, sha256, the limit) and record it."""
+    if not await store.exists(upload.key):
+        raise Conflict(f"upload {upload.id}: nothing was uploaded yet; PUT the file first")
+    meter = Meter(max_bytes)
+    try:
+        async for _ in meter.measure(store.read(upload.key)):
+            pass
+    except ArtifactTooLarge:
+        await store.delete(upload.key)
+        raise
+    artifact = await record_artifact(
+        engine=engine,
+        redis=redis,
+        store=store,
+        task_id=upload.task_id,
+        artifact_id=upload.id,
+        key=upload.key,
+        name=upload.name,
+        content_type=upload.content_type,
+        stored=meter.stored(),
+    )
+    await redis.delete(UPLOAD_KEY.format(upload.id))
+    return artifact

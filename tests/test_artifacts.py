@@ -171,6 +171,7 @@ def test_signatures_expire_and_cannot_be_changed() -> None:
     assert not signer.valid(artifact_id, future + 1, good)  # expiry changed
     assert not signer.valid(uuid.uuid4(), future, good)  # another artifact
     assert not signer.valid(artifact_id, future, good[:-1] + "0")
+    assert not signer.valid(artifact_id, future, good, "upload")  # another purpose
     past = int(time.time()) - 1
     assert not signer.valid(artifact_id, past, signer.signature(artifact_id, past))
 
@@ -204,7 +205,7 @@ async def test_a_report_artifact_is_listed_announced_and_downloadable(stack: Sta
 
 
 async def test_an_expired_link_is_refused(settings: Settings) -> None:
-    short = settings.model_copy(update={"artifact_url_ttl_seconds": 1})
+    short = settings.model_copy(update={"artifact_url_ttl_seconds": 2})
     async with run_api(short) as url, run_worker(short):
         stack = Stack(url, short)
         task_id = await submit(stack, {"report": {"rows": 10}})
@@ -212,7 +213,7 @@ async def test_an_expired_link_is_refused(settings: Settings) -> None:
         (artifact,) = (await stack.execute(ARTIFACTS, id=task_id))["task"]["artifacts"]
         async with httpx.AsyncClient() as client:
             assert (await client.get(artifact["url"])).status_code == 200
-            time.sleep(2.1)  # noqa: ASYNC251  (let the clock pass the expiry)
+            time.sleep(3.2)  # noqa: ASYNC251  (let the clock pass the expiry)
             assert (await client.get(artifact["url"])).status_code == 403
 
 
@@ -412,3 +413,62 @@ async def test_attaching_over_the_limit_is_limit_exceeded(settings: Settings) ->
             await stack.execute(ATTACH, id=task_id, name="big.bin", data=data)
     assert err.value.errors is not None
     assert err.value.errors[0]["extensions"] == {"code": "LIMIT_EXCEEDED", "field": "dataBase64"}
+
+
+UPLOAD = """
+mutation($id: ID!) {
+  createArtifactUpload(taskId: $id, name: "big.bin", contentType: "application/x-test") {
+    id url method expiresAt
+  }
+}"""
+COMPLETE = """
+mutation($id: ID!, $upload: ID!) {
+  completeArtifactUpload(taskId: $id, uploadId: $upload) { id name size sha256 url contentType }
+}"""
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+async def test_a_large_upload_goes_to_a_put_url_then_is_completed(
+    settings: Settings, s3_endpoint: str, kind: str
+) -> None:
+    chosen = s3_settings(settings, s3_endpoint) if kind == "s3" else settings
+    payload = b"".join(bytes([i % 251]) * 65536 for i in range(80))  # 5 MB
+    async with run_api(chosen) as url:
+        stack = Stack(url, chosen)
+        task_id = await submit(stack, {"echo": {"message": "x"}})
+        upload = (await stack.execute(UPLOAD, id=task_id))["createArtifactUpload"]
+        assert upload["method"] == "PUT"
+        if kind == "s3":
+            assert upload["url"].startswith(f"http://{s3_endpoint}/")
+        else:
+            assert upload["url"].startswith(f"{url}/artifacts/uploads/")
+        async with httpx.AsyncClient(timeout=30) as client:
+            put = await client.put(upload["url"], content=payload)
+            assert put.status_code == 200, put.text
+            artifact = (await stack.execute(COMPLETE, id=task_id, upload=upload["id"]))[
+                "completeArtifactUpload"
+            ]
+            body = (await client.get(artifact["url"])).content
+    assert artifact["size"] == len(payload) and body == payload
+    assert artifact["sha256"] == hashlib.sha256(payload).hexdigest()
+    assert artifact["contentType"] == "application/x-test"
+
+
+async def test_a_local_upload_over_the_limit_is_refused_and_a_download_link_cannot_upload(
+    settings: Settings,
+) -> None:
+    small = settings.model_copy(update={"task_max_artifact_mb": 0.01})
+    async with run_api(small) as url:
+        stack = Stack(url, small)
+        task_id = await submit(stack, {"echo": {"message": "x"}})
+        upload = (await stack.execute(UPLOAD, id=task_id))["createArtifactUpload"]
+        async with httpx.AsyncClient() as client:
+            too_big = await client.put(upload["url"], content=b"x" * 20000)
+            assert too_big.status_code == 413 and "TASK_MAX_ARTIFACT_MB" in too_big.text
+            as_download = upload["url"].replace("/artifacts/uploads/", "/artifacts/")
+            assert (await client.get(as_download)).status_code == 403
+        with pytest.raises(TransportQueryError) as err:
+            await stack.execute(COMPLETE, id=task_id, upload=upload["id"])
+    assert err.value.errors is not None
+    assert err.value.errors[0]["extensions"]["code"] == "CONFLICT"  # nothing was stored
+    assert [p for p in (small.data_dir / "artifacts").rglob("*") if p.is_file()] == []
