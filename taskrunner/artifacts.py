@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import logging
 import math
 import os
 import time
@@ -33,8 +34,9 @@ from taskrunner import journal
 from taskrunner.config import Settings
 from taskrunner.errors import Conflict, LimitExceeded
 from taskrunner.events import EventKind, publish
-from taskrunner.models import Artifact, artifact_table
+from taskrunner.models import Artifact, artifact_table, event_table
 
+log = logging.getLogger(__name__)
 CHUNK_BYTES = 1024 * 1024
 Chunks = AsyncIterator[bytes]
 ArtifactData = bytes | Path | Chunks
@@ -543,3 +545,46 @@ async def complete_upload(
     )
     await redis.delete(UPLOAD_KEY.format(upload.id))
     return artifact
+
+
+async def store_task_log(
+    *,
+    engine: AsyncEngine,
+    redis: Redis,
+    store: ArtifactStore,
+    task_id: uuid.UUID,
+    attempt: int,
+    max_bytes: int,
+) -> None:
+    """Write the task's whole log so far (every attempt) to the store as `task.log`, before
+    its final status (a task that logged nothing gets no file). Never raises: the outcome
+    of the task matters more than its log file."""
+    e = event_table.c
+    query = (
+        sa.select(e.at, e.data)
+        .where(e.task_id == task_id, e.kind == EventKind.LOG.value)
+        .order_by(e.seq)
+    )
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        if not rows:
+            return
+        text = "".join(
+            f"{r.at.isoformat()} {r.data.get('level', 'info').upper()} {r.data.get('line', '')}\n"
+            for r in rows
+        )
+        await add_artifact(
+            engine=engine,
+            redis=redis,
+            store=store,
+            task_id=task_id,
+            name="task.log",
+            data=text.encode(),
+            content_type="text/plain; charset=utf-8",
+            max_bytes=max_bytes,
+            is_log=True,
+            expect_attempt=attempt,
+        )
+    except Exception:
+        log.exception("could not store the log of task %s", task_id)

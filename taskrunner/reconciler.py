@@ -21,6 +21,7 @@ from arq import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner import journal, queue
+from taskrunner.artifacts import ArtifactStore, store_task_log
 from taskrunner.events import EventKind
 from taskrunner.models import NOW, task_table
 from taskrunner.retries import retries_left
@@ -87,14 +88,32 @@ async def find_orphans(
     return [r for r in rows if r.id not in live.get(r.worker_id or "", set())]
 
 
-async def recover_orphans(engine: AsyncEngine, pool: ArqRedis, orphans: list[Any]) -> int:
+async def recover_orphans(
+    engine: AsyncEngine,
+    pool: ArqRedis,
+    orphans: list[Any],
+    store: ArtifactStore | None = None,
+    max_artifact_bytes: int = 0,
+) -> int:
     """Run orphans again (retries left), cancel them (cancel requested), or fail them with
-    WORKER_LOST. Each change holds only if the row is still that attempt of that worker."""
+    WORKER_LOST (their log stored first, as for any ending attempt). Each change holds only
+    if the row is still that attempt of that worker."""
     if not orphans:
         return 0
     changes = [
         replace(_recovery(r), expect_attempt=r.attempts, expect_worker=r.worker_id) for r in orphans
     ]
+    if store is not None:
+        for row, change in zip(orphans, changes, strict=True):
+            if change.to in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+                await store_task_log(
+                    engine=engine,
+                    redis=pool,
+                    store=store,
+                    task_id=row.id,
+                    attempt=row.attempts,
+                    max_bytes=max_artifact_bytes,
+                )
     outcomes = await journal.apply(engine, pool, changes)
     again = [
         queue.Job(r.type, r.id, r.priority)

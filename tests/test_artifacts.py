@@ -32,7 +32,7 @@ from taskrunner.artifacts import (
 from taskrunner.config import Settings
 from taskrunner.embedded import free_port
 from tests.conftest import Stack, eventually, process_env, repo_root, run_api, run_worker
-from tests.test_lifecycle import finish, submit
+from tests.test_lifecycle import finish, start_worker_process, submit, wait_for
 
 ARTIFACTS = """
 query($id: ID!) {
@@ -472,3 +472,26 @@ async def test_a_local_upload_over_the_limit_is_refused_and_a_download_link_cann
     assert err.value.errors is not None
     assert err.value.errors[0]["extensions"]["code"] == "CONFLICT"  # nothing was stored
     assert [p for p in (small.data_dir / "artifacts").rglob("*") if p.is_file()] == []
+
+
+async def test_a_task_whose_worker_died_keeps_its_log(api: Stack, engine: AsyncEngine) -> None:
+    task_id = await submit(
+        api, {"chatter": {"progressSteps": 0, "logLines": 1000, "intervalSeconds": 0.05}}
+    )
+    victim = await start_worker_process(api.settings)
+    try:
+        await wait_for(
+            engine,
+            f"SELECT count(*) >= 5 FROM task_event WHERE task_id = '{task_id}' AND kind = 'log'",
+            True,
+        )
+    finally:
+        victim.kill()
+        await victim.wait()
+    async with run_worker(api.settings):
+        events = await finish(api, task_id)
+    assert events[-1]["status"] == "FAILED" and events[-1]["error"]["code"] == "WORKER_LOST"
+    task = (await api.execute(ARTIFACTS, id=task_id))["task"]
+    async with httpx.AsyncClient() as client:
+        log = (await client.get(task["logsUrl"])).text
+    assert "INFO line 1 of 1000" in log

@@ -144,7 +144,13 @@ async def reconcile(ctx: WorkerContext) -> None:
     suspects.clear()
     suspects.update(seen)
     due = [r for r in candidates if now - seen[r.id] >= grace]
-    orphans = await reconciler.recover_orphans(ctx["engine"], ctx["redis"], due)
+    orphans = await reconciler.recover_orphans(
+        ctx["engine"],
+        ctx["redis"],
+        due,
+        ctx["store"],
+        int(settings.task_max_artifact_mb * 1024 * 1024),
+    )
     if lost or orphans:
         log.warning("reconciler: re-enqueued %d lost tasks, recovered %d orphans", lost, orphans)
 

@@ -21,10 +21,10 @@ from pydantic_core import to_jsonable_python
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner import journal
-from taskrunner.artifacts import ArtifactStore, add_artifact
+from taskrunner.artifacts import ArtifactStore, store_task_log
 from taskrunner.config import Settings
 from taskrunner.events import EventKind
-from taskrunner.models import NOW, event_table, task_table
+from taskrunner.models import NOW, task_table
 from taskrunner.retries import backoff, retries_left
 from taskrunner.states import TaskStatus
 from workers.catalog import TaskType
@@ -207,37 +207,14 @@ async def _run_body(
 
 
 async def _store_log(ctx: WorkerContext, task_id: uuid.UUID, attempt: int) -> None:
-    """Write the task's whole log so far (every attempt) to the store as `task.log`; a task
-    that logged nothing has no log file."""
-    e = event_table.c
-    query = (
-        sa.select(e.at, e.data)
-        .where(e.task_id == task_id, e.kind == EventKind.LOG.value)
-        .order_by(e.seq)
+    await store_task_log(
+        engine=ctx["engine"],
+        redis=ctx["redis"],
+        store=ctx["store"],
+        task_id=task_id,
+        attempt=attempt,
+        max_bytes=int(ctx["settings"].task_max_artifact_mb * 1024 * 1024),
     )
-    async with ctx["engine"].connect() as conn:
-        rows = (await conn.execute(query)).all()
-    if not rows:
-        return
-    text = "".join(
-        f"{r.at.isoformat()} {r.data.get('level', 'info').upper()} {r.data.get('line', '')}\n"
-        for r in rows
-    )
-    try:
-        await add_artifact(
-            engine=ctx["engine"],
-            redis=ctx["redis"],
-            store=ctx["store"],
-            task_id=task_id,
-            name="task.log",
-            data=text.encode(),
-            content_type="text/plain; charset=utf-8",
-            max_bytes=int(ctx["settings"].task_max_artifact_mb * 1024 * 1024),
-            is_log=True,
-            expect_attempt=attempt,
-        )
-    except Exception:  # the outcome matters more than its log file
-        log.exception("could not store the log of task %s", task_id)
 
 
 def _final(task_id: uuid.UUID, to: TaskStatus, **values: Any) -> journal.Change:
