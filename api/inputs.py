@@ -89,7 +89,11 @@ def _submission(
     raw = strawberry.asdict(value)
     try:
         model = task_type.input_model.model_validate(
-            raw, context={"max_runtime_seconds": settings.task_max_runtime_seconds}
+            raw,
+            context={
+                "max_runtime_seconds": settings.task_max_runtime_seconds,
+                "settings": settings,
+            },
         )
     except ValidationError as exc:
         raise _pydantic_errors(exc, f"{path}.{name}") from None

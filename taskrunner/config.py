@@ -100,6 +100,33 @@ class Settings(BaseSettings):
         description="Key that signs local artifact URLs; give every api replica the same one. "
         "Unset: `taskrunner dev` makes one in DATA_DIR.",
     )
+    fetch_domain_allowlist: str = Field(
+        default="*",
+        description="Hosts webScrape may fetch: comma-separated glob patterns; `*` allows any "
+        "public host. Private, loopback and link-local addresses need an explicit pattern.",
+    )
+    brave_api_key: SecretStr | None = Field(
+        default=None, description="Brave Search API key for the `search` task type."
+    )
+    brave_api_url: str = Field(
+        default="https://api.search.brave.com/res/v1",
+        description="Base URL of the Brave Search API (point it at another host to test).",
+    )
+    search_source_allowlist: str = Field(
+        default="web,news",
+        description="Comma-separated sources `search` may query (e.g. web,news,videos).",
+    )
+    search_cache_ttl_seconds: int = Field(
+        default=3600, ge=0, description="How long identical searches are answered from Redis."
+    )
+    search_max_results: int = Field(
+        default=20, gt=0, le=200, description="Most results one `search` returns."
+    )
+    task_modules: str = Field(
+        default="",
+        description="Comma-separated packages of your own task types (modules with NAME, "
+        "Input and run), added to the built-in ones.",
+    )
     queue_name: str = Field(default="taskrunner:queue", description="arq queue (a Redis key).")
     log_level: str = Field(default="INFO", description="Log level of every process.")
     test_crash_after_commit: bool = Field(

@@ -149,7 +149,11 @@ async def _run_body(
     settings = ctx["settings"]
     try:
         data = task_type.input_model.model_validate(
-            attempt.input, context={"max_runtime_seconds": settings.task_max_runtime_seconds}
+            attempt.input,
+            context={
+                "max_runtime_seconds": settings.task_max_runtime_seconds,
+                "settings": settings,
+            },
         )
     except ValidationError as exc:
         return _failed(task_id, "BAD_INPUT", f"stored input no longer valid: {exc}")
