@@ -26,7 +26,7 @@ def _camel(name: str) -> str:
 
 
 def _graphql_input(task_type: TaskType) -> type:
-    name = "".join(p.title() for p in task_type.name.split("_")) + "Input"
+    name = "".join(p[:1].upper() + p[1:] for p in task_type.name.split("_")) + "Input"
     shell = type(name, (), {"__doc__": task_type.description})
     return pydantic_input(
         model=task_type.input_model, name=name, all_fields=True, description=task_type.description

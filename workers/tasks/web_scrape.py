@@ -1,0 +1,61 @@
+"""Fetch a web page and return its title, H1 headings and links.
+
+Only hosts allowed by FETCH_DOMAIN_ALLOWLIST are fetched; hosts that resolve to private,
+loopback or link-local addresses are refused unless allowlisted by name, after every
+redirect too. Error codes: FetchRefused, TooManyRedirects, ResponseTooLarge.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+from pydantic import BaseModel, Field, HttpUrl
+from selectolax.lexbor import LexborHTMLParser, LexborNode
+
+from taskrunner.fetch import fetch
+from workers.context import TaskContext
+
+NAME = "webScrape"
+
+
+class Input(BaseModel):
+    url: HttpUrl = Field(description="The page to fetch (http or https).")
+    max_bytes: int = Field(
+        default=2_000_000, ge=1, le=20_000_000, description="Largest body to read, in bytes."
+    )
+    follow_redirects: bool = Field(default=True, description="Follow up to 5 redirects.")
+
+
+def _text(node: LexborNode) -> str:
+    """A node's text with its whitespace collapsed, as a reader sees it."""
+    return " ".join(node.text().split())
+
+
+def _links(base: str, parser: LexborHTMLParser) -> list[str]:
+    found: dict[str, None] = {}
+    for node in parser.css("a[href]"):
+        href = (node.attributes.get("href") or "").strip()
+        absolute = urljoin(base, href)
+        parts = urlsplit(absolute)
+        if parts.scheme in ("http", "https"):
+            found[urlunsplit(parts._replace(fragment=""))] = None
+    return list(found)
+
+
+async def run(ctx: TaskContext, input: Input) -> dict[str, object]:
+    page = await fetch(
+        str(input.url),
+        allowlist=ctx.settings.fetch_domain_allowlist,
+        max_bytes=input.max_bytes,
+        max_redirects=5 if input.follow_redirects else 0,
+    )
+    parser = LexborHTMLParser(page.body.decode("utf-8", errors="replace"))
+    title = parser.css_first("title")
+    return {
+        "statusCode": page.status_code,
+        "finalUrl": page.final_url,
+        "contentType": page.content_type,
+        "title": _text(title) if title else None,
+        "h1s": [_text(h) for h in parser.css("h1")],
+        "links": _links(page.final_url, parser),
+    }
