@@ -177,9 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "export-schema":
-        return cmd_export_schema(args.output)
     try:
+        if args.command == "export-schema":
+            return cmd_export_schema(args.output)
         settings = load_settings()
     except ConfigError as exc:
         print(f"taskrunner: {exc}", file=sys.stderr)

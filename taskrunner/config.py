@@ -122,7 +122,7 @@ class Settings(BaseSettings):
     search_max_results: int = Field(
         default=20, gt=0, le=200, description="Most results one `search` returns."
     )
-    task_modules: str = Field(
+    taskrunner_task_modules: str = Field(
         default="",
         description="Comma-separated packages of your own task types (modules with NAME, "
         "Input and run), added to the built-in ones.",

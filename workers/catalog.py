@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from taskrunner.config import get_settings
+from taskrunner.errors import ConfigError
 from taskrunner.retries import RetryPolicy
 from workers import tasks as tasks_package
 from workers.context import TaskContext
@@ -33,7 +35,7 @@ class TaskType:
 
 
 def _load(module_name: str) -> TaskType:
-    module = importlib.import_module(f"{tasks_package.__name__}.{module_name}")
+    module = importlib.import_module(module_name)
     name, model, run = (getattr(module, a, None) for a in ("NAME", "Input", "run"))
     if not isinstance(name, str) or not name.isidentifier():
         raise TypeError(f"{module.__name__}: NAME must be an identifier string")
@@ -48,12 +50,40 @@ def _load(module_name: str) -> TaskType:
     return TaskType(name=name, description=description, input_model=model, run=run, retry=retry)
 
 
-@cache
-def catalog() -> dict[str, TaskType]:
-    """Task types by name, in module order."""
-    found = [
-        _load(info.name)
-        for info in pkgutil.iter_modules(tasks_package.__path__)
+def packages() -> list[str]:
+    """The packages whose modules are task types: ours, then TASKRUNNER_TASK_MODULES."""
+    extra = [p.strip() for p in get_settings().taskrunner_task_modules.split(",") if p.strip()]
+    return [tasks_package.__name__, *extra]
+
+
+def _modules(package_name: str) -> list[str]:
+    try:
+        package = importlib.import_module(package_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"TASKRUNNER_TASK_MODULES: cannot import {package_name!r} ({exc}); make it "
+            "importable (installed, or on PYTHONPATH)"
+        ) from None
+    if not hasattr(package, "__path__"):  # a single module
+        return [package_name]
+    return [
+        f"{package_name}.{info.name}"
+        for info in pkgutil.iter_modules(package.__path__)
         if not info.name.startswith("_")
     ]
-    return {t.name: t for t in sorted(found, key=lambda t: t.name)}
+
+
+@cache
+def catalog() -> dict[str, TaskType]:
+    """Task types by name, sorted. Two modules defining the same NAME is an error."""
+    found: dict[str, tuple[str, TaskType]] = {}
+    for package_name in packages():
+        for module_name in _modules(package_name):
+            task_type = _load(module_name)
+            if task_type.name in found:
+                raise ConfigError(
+                    f"task type {task_type.name!r} is defined twice: in "
+                    f"{found[task_type.name][0]} and in {module_name}; rename one NAME"
+                )
+            found[task_type.name] = (module_name, task_type)
+    return {name: found[name][1] for name in sorted(found)}
