@@ -22,6 +22,7 @@ from api.types import (
     ArtifactUpload,
     LogAppended,
     PageInfo,
+    Processed,
     ProgressReported,
     StatusChanged,
     Task,
@@ -115,6 +116,24 @@ class Query:
             )
             for t in catalog().values()
         ]
+
+    @strawberry.field(
+        description="Has the key `scope:key` been processed? True when one of your tasks "
+        "carrying it (as idempotencyKey or as a label) SUCCEEDED; with the latest such task."
+    )
+    async def processed(self, info: Info, scope: str, key: str) -> Processed:
+        if not scope or not key:
+            raise BadInput('scope, key: give both, e.g. scope: "search", key: "<hash>"')
+        full = f"{scope}:{key}"
+        done_at, latest = await ops.processed(
+            engine=info.context.services.engine, owner=info.context.owner, key=full
+        )
+        return Processed(
+            key=full,
+            processed=done_at is not None,
+            processed_at=done_at,
+            latest_task=Task.from_row(latest) if latest else None,
+        )
 
     @strawberry.field(description="Live workers (from their heartbeats), oldest first.")
     async def workers(self, info: Info) -> list[Worker]:

@@ -252,6 +252,14 @@ class Worker:
     running_task_ids: list[strawberry.ID]
 
 
+@strawberry.type(description="Whether work for a key was done, and its latest task.")
+class Processed:
+    key: str
+    processed: bool = strawberry.field(description="A task carrying the key SUCCEEDED.")
+    processed_at: datetime | None = strawberry.field(description="When it last did.")
+    latest_task: Task | None = strawberry.field(description="The newest task carrying the key.")
+
+
 @strawberry.type
 class PageInfo:
     has_next_page: bool

@@ -36,6 +36,7 @@ class Task(SQLModel, table=True):
             postgresql_where=sa.text("status = 'QUEUED' AND due_at IS NULL"),
         ),
         sa.Index("ix_task_running", "worker_id", postgresql_where=sa.text("status = 'RUNNING'")),
+        sa.Index("ix_task_labels", "labels", postgresql_using="gin"),
         sa.Index(
             "ux_task_owner_idempotency",
             "owner",

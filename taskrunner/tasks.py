@@ -311,6 +311,31 @@ async def queue_position(*, engine: AsyncEngine, priority: int, created_at: date
         return int(await conn.scalar(ahead) or 0) + 1
 
 
+async def processed(
+    *, engine: AsyncEngine, owner: str, key: str
+) -> tuple[datetime | None, Task | None]:
+    """Seed 002's helpers: when a task carrying `key` (as its idempotency key or one of its
+    labels) last SUCCEEDED, and the latest task carrying it."""
+    t = task_table.c
+    carries = sa.and_(t.owner == owner, sa.or_(t.idempotency_key == key, t.labels.contains([key])))
+    async with engine.connect() as conn:
+        done_at = await conn.scalar(
+            sa.select(sa.func.max(t.finished_at)).where(
+                carries, t.status == TaskStatus.SUCCEEDED.value
+            )
+        )
+        row = (
+            (
+                await conn.execute(
+                    sa.select(task_table).where(carries).order_by(t.created_at.desc()).limit(1)
+                )
+            )
+            .mappings()
+            .first()
+        )
+    return done_at, _task(row) if row else None
+
+
 def cancel_message(task_id: uuid.UUID, attempt: int) -> str:
     """What workers hear on the cancel channel: which task, and which attempt of it (a
     late message must not cancel a later attempt after retryTask)."""

@@ -231,3 +231,34 @@ async def test_health_and_readiness(api: Stack) -> None:
         ready = await client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json() == {"ready": True, "postgres": "ok", "redis": "ok"}
+
+
+PROCESSED = """
+query($scope: String!, $key: String!) {
+  processed(scope: $scope, key: $key) { key processed processedAt latestTask { id status } }
+}"""
+
+
+async def test_processed_tells_whether_a_key_was_done_and_its_latest_task(stack: Stack) -> None:
+    before = (await stack.execute(PROCESSED, scope="search", key="abc"))["processed"]
+    assert before == {"key": "search:abc", "processed": False, "processedAt": None,
+                      "latestTask": None}  # fmt: skip
+    first = (
+        await stack.execute(
+            'mutation { submitTask(task: {echo: {message: "1"}}, '
+            'options: {labels: ["search:abc"]}) { id } }'
+        )
+    )["submitTask"]["id"]
+    await stack.subscribe(WATCH, id=first)
+    second = (
+        await stack.execute(
+            "mutation { submitTask(task: {sleep: {seconds: 30}}, "
+            'options: {idempotencyKey: "search:abc"}) { id } }'
+        )
+    )["submitTask"]["id"]
+    after = (await stack.execute(PROCESSED, scope="search", key="abc"))["processed"]
+    assert after["processed"] is True and after["processedAt"] is not None
+    assert after["latestTask"]["id"] == second
+    other = (await stack.execute(PROCESSED, scope="search", key="zzz"))["processed"]
+    assert other["processed"] is False
+    await stack.execute("mutation($id: ID!) { cancelTask(id: $id) { id } }", id=second)
