@@ -91,17 +91,26 @@ def _signing_key(settings: Settings) -> bytes:
     return os.urandom(32)
 
 
-async def artifact_download(request: Request) -> Response:
-    """An artifact's bytes, for a URL signed by `Artifact.url` that has not expired."""
+def _signed_id(request: Request, param: str, purpose: str) -> uuid.UUID | Response:
+    """The id in a signed link, or the 403 answer for a malformed, forged or expired one."""
     services: Services = request.app.state.services
     try:
-        artifact_id = uuid.UUID(request.path_params["artifact_id"])
+        link_id = uuid.UUID(request.path_params[param])
         expires = int(request.query_params["expires"])
         signature = request.query_params["signature"]
     except (KeyError, ValueError):
-        return PlainTextResponse("bad artifact link: ask the api for Artifact.url again", 403)
-    if not services.signer.valid(artifact_id, expires, signature):
-        return PlainTextResponse("artifact link expired or invalid: ask for a new one", 403)
+        return PlainTextResponse(f"bad {purpose} link: ask the api for a new one", 403)
+    if not services.signer.valid(link_id, expires, signature, purpose):
+        return PlainTextResponse(f"{purpose} link expired or invalid: ask for a new one", 403)
+    return link_id
+
+
+async def artifact_download(request: Request) -> Response:
+    """An artifact's bytes, for a URL signed by `Artifact.url` that has not expired."""
+    services: Services = request.app.state.services
+    artifact_id = _signed_id(request, "artifact_id", "download")
+    if isinstance(artifact_id, Response):
+        return artifact_id
     artifact = await get_artifact(services.engine, artifact_id)
     if artifact is None or not isinstance(services.store, LocalStore):
         return PlainTextResponse("no such artifact", 404)
@@ -116,14 +125,9 @@ async def artifact_upload(request: Request) -> Response:
     """The bytes of an upload granted by createArtifactUpload (local store), streamed in
     and refused past TASK_MAX_ARTIFACT_MB."""
     services: Services = request.app.state.services
-    try:
-        upload_id = uuid.UUID(request.path_params["upload_id"])
-        expires = int(request.query_params["expires"])
-        signature = request.query_params["signature"]
-    except (KeyError, ValueError):
-        return PlainTextResponse("bad upload link: call createArtifactUpload again", 403)
-    if not services.signer.valid(upload_id, expires, signature, "upload"):
-        return PlainTextResponse("upload link expired or invalid: ask for a new one", 403)
+    upload_id = _signed_id(request, "upload_id", "upload")
+    if isinstance(upload_id, Response):
+        return upload_id
     upload = await find_upload(services.redis, upload_id)
     if upload is None:
         return PlainTextResponse("no such upload: call createArtifactUpload again", 404)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -40,6 +40,7 @@ from taskrunner import tasks as ops
 from taskrunner.artifacts import add_artifact, begin_upload, complete_upload, find_upload
 from taskrunner.errors import BadInput, LimitExceeded, NotFound
 from taskrunner.events import decode_cursor
+from taskrunner.models import Task as TaskRow
 from taskrunner.states import TaskStatus
 from workers.catalog import catalog
 
@@ -54,6 +55,21 @@ def _task_id(value: strawberry.ID, field: str = "id") -> uuid.UUID:
             f"{field}: {value!r} is not a task id; task ids are UUIDs returned by submitTask",
             field=field,
         ) from None
+
+
+async def _change_task(
+    info: Info, id: strawberry.ID, operation: Callable[..., Awaitable[TaskRow]]
+) -> Task:
+    """Run a task operation (cancel, retry) for the caller and answer the task."""
+    services = info.context.services
+    row = await operation(
+        engine=services.engine,
+        redis=services.redis,
+        pool=services.redis,
+        task_id=_task_id(id),
+        owner=info.context.owner,
+    )
+    return Task.from_row(row)
 
 
 def _domain_filter(f: TaskFilter) -> ops.TaskFilter:
@@ -199,30 +215,14 @@ class Mutation:
         description="Cancel a QUEUED task (it never runs) or a RUNNING one (it is interrupted)."
     )
     async def cancel_task(self, info: Info, id: strawberry.ID) -> Task:
-        services = info.context.services
-        row = await ops.cancel(
-            engine=services.engine,
-            redis=services.redis,
-            pool=services.redis,
-            task_id=_task_id(id),
-            owner=info.context.owner,
-        )
-        return Task.from_row(row)
+        return await _change_task(info, id, ops.cancel)
 
     @strawberry.mutation(
         description="Run a FAILED or CANCELLED task again as a new attempt; its events keep "
         "the whole history."
     )
     async def retry_task(self, info: Info, id: strawberry.ID) -> Task:
-        services = info.context.services
-        row = await ops.retry(
-            engine=services.engine,
-            redis=services.redis,
-            pool=services.redis,
-            task_id=_task_id(id),
-            owner=info.context.owner,
-        )
-        return Task.from_row(row)
+        return await _change_task(info, id, ops.retry)
 
     @strawberry.mutation(
         description="Attach a file to a QUEUED or RUNNING task (at most TASK_MAX_ARTIFACT_MB)."
