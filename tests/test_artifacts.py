@@ -170,7 +170,8 @@ def test_signatures_expire_and_cannot_be_changed() -> None:
     assert signer.valid(artifact_id, future, good)
     assert not signer.valid(artifact_id, future + 1, good)  # expiry changed
     assert not signer.valid(uuid.uuid4(), future, good)  # another artifact
-    assert not signer.valid(artifact_id, future, good[:-1] + "0")
+    changed = good[:-1] + ("1" if good[-1] == "0" else "0")  # always a different signature
+    assert not signer.valid(artifact_id, future, changed)
     assert not signer.valid(artifact_id, future, good, "upload")  # another purpose
     past = int(time.time()) - 1
     assert not signer.valid(artifact_id, past, signer.signature(artifact_id, past))
