@@ -16,18 +16,27 @@ from typing import Any
 
 import sqlalchemy as sa
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http import GraphQLHTTPResponse
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
+from strawberry.types import ExecutionResult
+from strawberry.types.unset import UNSET, UnsetType
 
 from api import sse
+from api.auth import HOW_TO, Authenticator, AuthMiddleware, bearer, key_in, unauthenticated
 from api.context import Context, Services
+from api.errors import classify
 from api.graphiql import STATIC_DIR, STATIC_PATH, offline_graphiql_html
+from api.limits import BodyLimitMiddleware
 from api.schema import schema
+from api.types import Limits
 from taskrunner import queue
 from taskrunner.artifacts import (
     ArtifactTooLarge,
@@ -40,6 +49,7 @@ from taskrunner.artifacts import (
 from taskrunner.config import Settings, get_settings
 from taskrunner.db import create_engine
 from taskrunner.hub import EventHub
+from taskrunner.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +64,35 @@ class GraphQLApp(GraphQL[Context, None]):
         self, request: Request | WebSocket, response: Response | WebSocket
     ) -> Context:
         services: Services = request.app.state.services
-        return Context(services=services, base_url=str(request.base_url).rstrip("/"))
+        return Context(
+            services=services,
+            principal=request.scope.get("state", {}).get("principal"),
+            base_url=str(request.base_url).rstrip("/"),
+            response=response if isinstance(response, Response) else None,
+            websocket=request if isinstance(request, WebSocket) else None,
+        )
+
+    async def process_result(
+        self, request: Request, result: ExecutionResult
+    ) -> GraphQLHTTPResponse:
+        """Every error an HTTP client sees is classified, also those raised where the
+        ErrorCodes extension does not reach (another extension's hook)."""
+        if result.errors:
+            result.errors = [classify(e) for e in result.errors]
+        return await super().process_result(request, result)
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        """The key in connection_init (or the upgrade request's header): checked before any
+        subscription starts; without a valid one the socket closes with 4403."""
+        authenticator = context.services.authenticator
+        secret = key_in(context.connection_params)
+        if secret is not None or context.principal is None:
+            context.principal = await authenticator.principal(secret)
+        if context.principal is None:
+            raise ConnectionRejectionError({"code": "UNAUTHENTICATED", "message": HOW_TO})
+        if context.websocket is not None:
+            authenticator.track(context.principal, context.websocket)
+        return UNSET  # type: ignore[no-any-return]
 
 
 @contextlib.asynccontextmanager
@@ -64,6 +102,8 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     redis = await queue.connect(settings.require_redis_url(), settings.queue_name)
     hub = EventHub(redis)
     await hub.start()
+    authenticator = Authenticator(engine, settings)
+    await authenticator.start()
     app.state.services = Services(
         settings=settings,
         engine=engine,
@@ -71,10 +111,13 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         hub=hub,
         store=make_store(settings),
         signer=Signer(_signing_key(settings)),
+        authenticator=authenticator,
+        rate_limiter=RateLimiter(redis, settings.tasks_per_minute),
     )
     try:
         yield
     finally:
+        await authenticator.stop()
         await hub.stop()
         await app.state.services.store.aclose()
         await redis.aclose()
@@ -114,6 +157,15 @@ async def artifact_download(request: Request) -> Response:
     artifact = await get_artifact(services.engine, artifact_id)
     if artifact is None or not isinstance(services.store, LocalStore):
         return PlainTextResponse("no such artifact", 404)
+    # The signed link is the credential (a browser follows it without headers); a request
+    # that does name a key must be of the artifact's owner, or an admin.
+    secret = bearer(request.headers.get("authorization"))
+    if secret is not None:
+        caller = await services.authenticator.principal(secret)
+        if caller is None:
+            return unauthenticated(f"the API key is unknown or revoked: {HOW_TO}")
+        if caller.scope is not None and caller.scope != artifact.owner:
+            return PlainTextResponse("no such artifact", 404)
     return FileResponse(
         services.store.path(artifact.key),
         media_type=artifact.content_type,
@@ -141,6 +193,12 @@ async def artifact_upload(request: Request) -> Response:
     return JSONResponse({"size": stored.size, "sha256": stored.sha256})
 
 
+async def limits(request: Request) -> Response:
+    """Seed 002's `GET /limits`: the effective limits (the `limits` query, as JSON)."""
+    services: Services = request.app.state.services
+    return JSONResponse(Limits.of(services.settings).as_json())
+
+
 async def healthz(request: Request) -> Response:
     """The process is up."""
     return JSONResponse({"status": "ok"})
@@ -166,6 +224,7 @@ async def readyz(request: Request) -> Response:
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or get_settings()
     graphql = GraphQLApp(
         schema,
         graphql_ide="graphiql",
@@ -182,10 +241,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Mount(STATIC_PATH, app=StaticFiles(directory=STATIC_DIR), name="graphiql-static"),
             Route("/artifacts/uploads/{upload_id}", artifact_upload, methods=["PUT"]),
             Route("/artifacts/{artifact_id}", artifact_download),
+            Route("/limits", limits),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
         ],
         lifespan=_lifespan,
+        middleware=[
+            Middleware(BodyLimitMiddleware, limit=settings.max_request_bytes),
+            Middleware(AuthMiddleware),
+        ],
     )
-    app.state.settings = settings or get_settings()
+    app.state.settings = settings
     return app
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """What uvicorn needs beyond the app: websocket messages are capped like bodies."""
+    return {"ws_max_size": settings.max_request_bytes, "lifespan": "on"}

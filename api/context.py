@@ -8,12 +8,17 @@ from dataclasses import dataclass
 
 from arq import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.responses import Response
+from starlette.websockets import WebSocket
 from strawberry.types import Info as StrawberryInfo
 
+from api.auth import HOW_TO, Authenticator
 from taskrunner.artifacts import ArtifactStore, Signer
 from taskrunner.config import Settings
-from taskrunner.errors import LimitExceeded
+from taskrunner.errors import LimitExceeded, Unauthenticated
 from taskrunner.hub import EventHub
+from taskrunner.keys import Principal
+from taskrunner.ratelimit import RateLimiter
 
 
 @dataclass
@@ -26,6 +31,8 @@ class Services:
     hub: EventHub
     store: ArtifactStore
     signer: Signer
+    authenticator: Authenticator
+    rate_limiter: RateLimiter
 
 
 @dataclass
@@ -33,9 +40,28 @@ class Context:
     """One per HTTP request, or per websocket connection (shared by its subscriptions)."""
 
     services: Services
-    owner: str = ""  # the caller; one shared owner until API keys exist
+    principal: Principal | None = None  # None: a websocket before its connection_init
     base_url: str = ""  # e.g. "http://127.0.0.1:8000", for links the api serves
+    response: Response | None = None  # HTTP only: for status and headers (Retry-After)
+    websocket: WebSocket | None = None
+    connection_params: dict[str, object] | None = None  # websocket connection_init payload
     open_subscriptions: int = 0
+
+    @property
+    def caller(self) -> Principal:
+        if self.principal is None:
+            raise Unauthenticated(f"no API key: {HOW_TO}")
+        return self.principal
+
+    @property
+    def owner(self) -> str:
+        """The owner of what the caller creates."""
+        return self.caller.owner
+
+    @property
+    def scope(self) -> str | None:
+        """The owner whose tasks the caller may see; None (admin): every owner."""
+        return self.caller.scope
 
     @contextlib.contextmanager
     def subscription_slot(self) -> Iterator[None]:

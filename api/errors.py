@@ -30,6 +30,15 @@ TASK_SPEC_HINT = (
 )
 
 
+LIMIT_HINTS = {  # what graphql-core and strawberry's limiters say -> how to stay under
+    "exceeds maximum operation depth": " (MAX_QUERY_DEPTH): ask for less nesting, or split "
+    "the query",
+    "aliases found": " (MAX_QUERY_ALIASES): use fewer aliases, or send several requests",
+    "tokens. Parsing aborted": " (MAX_QUERY_TOKENS): send a shorter document; pass data "
+    "in variables, not literals",
+}
+
+
 def classify(error: GraphQLError) -> GraphQLError:
     """The error as clients should see it."""
     original = error.original_error
@@ -38,14 +47,17 @@ def classify(error: GraphQLError) -> GraphQLError:
     if original is None:
         if (error.extensions or {}).get("code"):
             return error
-        hint = f" {TASK_SPEC_HINT}" if "'TaskSpecInput'" in error.message else ""
+        code, hint = "BAD_INPUT", f" {TASK_SPEC_HINT}" if "'TaskSpecInput'" in error.message else ""
+        for marker, limit_hint in LIMIT_HINTS.items():
+            if marker in error.message:
+                code, hint = "LIMIT_EXCEEDED", limit_hint
         return GraphQLError(  # a copy: validation errors are cached and shared
             error.message + hint,
             nodes=error.nodes,
             source=error.source,
             positions=error.positions,
             path=error.path,
-            extensions={**(error.extensions or {}), "code": "BAD_INPUT"},
+            extensions={**(error.extensions or {}), "code": code},
         )
     if isinstance(original, GraphQLError) and original.original_error is None:
         return classify(original)
@@ -62,6 +74,14 @@ def classify(error: GraphQLError) -> GraphQLError:
 
 
 class ErrorCodes(SchemaExtension):
+    def on_parse(self) -> Iterator[None]:
+        # ParserCache parses inside this hook: a syntax error (or MAX_QUERY_TOKENS) leaves
+        # it as an exception, whose result is built after on_operation has finished.
+        try:
+            yield
+        except GraphQLError as error:
+            raise classify(error) from None
+
     def on_operation(self) -> Iterator[None]:
         yield
         result = self.execution_context.result

@@ -6,13 +6,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import orjson
 import strawberry
 from pydantic import ValidationError
 from strawberry.experimental.pydantic import input as pydantic_input
 
 from api.types import TaskOptionsInput
 from taskrunner.config import Settings
-from taskrunner.errors import BadInput
+from taskrunner.errors import BadInput, LimitExceeded
 from taskrunner.queue import PRIORITY_MAX, PRIORITY_MIN
 from taskrunner.tasks import Submission
 from workers.catalog import TaskType, catalog
@@ -87,6 +88,13 @@ def _submission(
     name, value = chosen[0]
     task_type = catalog()[name]
     raw = strawberry.asdict(value)
+    size = len(orjson.dumps(raw, default=str))
+    if size > settings.max_task_input_bytes:
+        raise LimitExceeded(
+            f"{path}.{name}: the input is {size} bytes as JSON, over MAX_TASK_INPUT_BYTES "
+            f"({settings.max_task_input_bytes}); pass large data as an artifact or a URL",
+            field=f"{path}.{name}",
+        )
     try:
         model = task_type.input_model.model_validate(
             raw,
@@ -109,8 +117,22 @@ def _submission(
         scheduled_for=_run_at(opts),
         delay_seconds=_delay(opts),
         idempotency_key=_idempotency_key(opts),
-        labels=tuple(dict.fromkeys(opts.labels or ())),
+        labels=_labels(opts),
     )
+
+
+MAX_LABELS = 20
+MAX_LABEL_LENGTH = 200
+
+
+def _labels(opts: TaskOptionsInput) -> tuple[str, ...]:
+    labels = tuple(dict.fromkeys(opts.labels or ()))
+    if len(labels) > MAX_LABELS or any(not 1 <= len(x) <= MAX_LABEL_LENGTH for x in labels):
+        raise BadInput(
+            f"labels: give at most {MAX_LABELS} labels of 1 to {MAX_LABEL_LENGTH} characters",
+            field="labels",
+        )
+    return labels
 
 
 def _ranged(name: str, value: int | None, default: int, low: int, high: int) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -16,10 +17,12 @@ from strawberry.scalars import JSON
 from api.context import Info
 from api.errors import ErrorCodes
 from api.inputs import TaskSpecInput, TaskSubmissionInput, to_submission
+from api.limits import QueryLimits
 from api.types import (
     Artifact,
     ArtifactAdded,
     ArtifactUpload,
+    Limits,
     LogAppended,
     PageInfo,
     Processed,
@@ -38,13 +41,15 @@ from api.types import (
 from taskrunner import heartbeats, streams
 from taskrunner import tasks as ops
 from taskrunner.artifacts import add_artifact, begin_upload, complete_upload, find_upload
-from taskrunner.errors import BadInput, LimitExceeded, NotFound
+from taskrunner.errors import BadInput, LimitExceeded, NotFound, RateLimited
 from taskrunner.events import decode_cursor
 from taskrunner.models import Task as TaskRow
 from taskrunner.states import TaskStatus
 from workers.catalog import catalog
 
 MAX_PAGE = 100
+
+log = logging.getLogger(__name__)
 
 
 def _task_id(value: strawberry.ID, field: str = "id") -> uuid.UUID:
@@ -67,9 +72,28 @@ async def _change_task(
         redis=services.redis,
         pool=services.redis,
         task_id=_task_id(id),
-        owner=info.context.owner,
+        owner=info.context.scope,
     )
     return Task.from_row(row)
+
+
+async def _take_rate(info: Info, tasks: int) -> None:
+    """Count submissions against TASKS_PER_MINUTE; over it, RATE_LIMITED (HTTP: 429 with
+    Retry-After)."""
+    context = info.context
+    try:
+        await context.services.rate_limiter.take(str(context.caller.key_id or "-"), tasks)
+    except RateLimited as exc:
+        log.info(
+            "rate_limited key=%s tasks=%d retry_after=%ds",
+            context.caller.name,
+            tasks,
+            exc.retry_after,
+        )
+        if context.response is not None:
+            context.response.status_code = 429
+            context.response.headers["Retry-After"] = str(exc.retry_after)
+        raise
 
 
 def _domain_filter(f: TaskFilter) -> ops.TaskFilter:
@@ -91,7 +115,7 @@ class Query:
         except ValueError:
             return None
         row = await ops.get(
-            engine=info.context.services.engine, task_id=task_id, owner=info.context.owner
+            engine=info.context.services.engine, task_id=task_id, owner=info.context.scope
         )
         return Task.from_row(row) if row else None
 
@@ -108,7 +132,7 @@ class Query:
         f = filter or TaskFilter()
         page = await ops.list_tasks(
             engine=info.context.services.engine,
-            owner=info.context.owner,
+            owner=info.context.scope,
             filter=_domain_filter(f),
             first=first,
             after=after,
@@ -142,7 +166,7 @@ class Query:
             raise BadInput('scope, key: give both, e.g. scope: "search", key: "<hash>"')
         full = f"{scope}:{key}"
         done_at, latest = await ops.processed(
-            engine=info.context.services.engine, owner=info.context.owner, key=full
+            engine=info.context.services.engine, owner=info.context.scope, key=full
         )
         return Processed(
             key=full,
@@ -150,6 +174,10 @@ class Query:
             processed_at=done_at,
             latest_task=Task.from_row(latest) if latest else None,
         )
+
+    @strawberry.field(description="The limits this service enforces.")
+    def limits(self, info: Info) -> Limits:
+        return Limits.of(info.context.settings)
 
     @strawberry.field(description="Live workers (from their heartbeats), oldest first.")
     async def workers(self, info: Info) -> list[Worker]:
@@ -175,6 +203,7 @@ class Mutation:
     ) -> Task:
         services = info.context.services
         submission = to_submission(task, options, services.settings)
+        await _take_rate(info, 1)
         (row,) = await ops.submit(
             engine=services.engine,
             redis=services.redis,
@@ -201,6 +230,7 @@ class Mutation:
             to_submission(item.task, item.options, services.settings, prefix=f"tasks[{i}].")
             for i, item in enumerate(tasks)
         ]
+        await _take_rate(info, len(submissions))
         rows = await ops.submit(
             engine=services.engine,
             redis=services.redis,
@@ -253,7 +283,7 @@ class Mutation:
                 f"({services.settings.task_max_artifact_mb:g} MB)",
                 field="dataBase64",
             )
-        await ops.require(engine=services.engine, task_id=tid, owner=info.context.owner)
+        await ops.require(engine=services.engine, task_id=tid, owner=info.context.scope)
         row = await add_artifact(
             engine=services.engine,
             redis=services.redis,
@@ -281,7 +311,7 @@ class Mutation:
         tid = _task_id(task_id, "taskId")
         if not 1 <= len(name) <= 200:
             raise BadInput("name: give 1 to 200 characters", field="name")
-        await ops.require(engine=services.engine, task_id=tid, owner=info.context.owner)
+        await ops.require(engine=services.engine, task_id=tid, owner=info.context.scope)
         ttl = services.settings.artifact_url_ttl_seconds
         upload = await begin_upload(
             services.redis, task_id=tid, name=name, content_type=content_type, ttl_seconds=ttl
@@ -304,7 +334,7 @@ class Mutation:
     ) -> Artifact:
         services = info.context.services
         tid = _task_id(task_id, "taskId")
-        await ops.require(engine=services.engine, task_id=tid, owner=info.context.owner)
+        await ops.require(engine=services.engine, task_id=tid, owner=info.context.scope)
         upload = await find_upload(services.redis, _task_id(upload_id, "uploadId"))
         if upload is None or upload.task_id != tid:
             raise NotFound(
@@ -338,7 +368,7 @@ class Subscription:
     ) -> AsyncGenerator[TaskEvent, None]:
         services = info.context.services
         task_id = _task_id(id)
-        await ops.require(engine=services.engine, task_id=task_id, owner=info.context.owner)
+        await ops.require(engine=services.engine, task_id=task_id, owner=info.context.scope)
         after_id = decode_cursor(after) if after else None
         with info.context.subscription_slot():
             async for event in streams.task_events(
@@ -371,7 +401,7 @@ class Subscription:
             async for event in streams.owner_events(
                 engine=services.engine,
                 hub=services.hub,
-                owner=info.context.owner,
+                owner=info.context.scope,
                 after_id=after_id,
                 filter=_domain_filter(f),
                 quiet_seconds=services.settings.stream_quiet_seconds,
@@ -393,6 +423,7 @@ schema = TaskrunnerSchema(
     # the api's CPU per request otherwise (profiled with py-spy).
     extensions=[
         ErrorCodes,
+        QueryLimits,
         lambda: ParserCache(maxsize=512),  # factories share one module-level cache
         lambda: ValidationCache(maxsize=512),
     ],

@@ -76,7 +76,7 @@ async def stream(request: Request) -> Response:
     result = await schema.subscribe(
         query,
         variable_values=variables,
-        context_value=Context(services=services),
+        context_value=Context(services=services, principal=request.state.principal),
         operation_name=params.get("operationName"),
     )
     if not isinstance(result, AsyncIterator):  # refused before it started

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
 import strawberry
 from strawberry.scalars import JSON
+from strawberry.utils.str_converters import to_camel_case
 
 from api.context import Info
 from taskrunner import tasks
 from taskrunner.artifacts import list_artifacts
+from taskrunner.config import Settings
 from taskrunner.errors import BadInput
 from taskrunner.events import Event, EventKind, decode_cursor, encode_cursor
 from taskrunner.models import Artifact as ArtifactRow
@@ -320,3 +323,62 @@ class TaskOptionsInput:
     labels: list[str] | None = strawberry.field(
         default=None, description="Free-form labels to filter by."
     )
+
+
+def _csv(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+@strawberry.type(description="The limits this service enforces (its configuration).")
+class Limits:
+    task_max_runtime_seconds: int = strawberry.field(description="Longest run of any task.")
+    task_default_timeout_seconds: int = strawberry.field(
+        description="Timeout of a task submitted without timeoutSeconds."
+    )
+    task_max_memory_mb: int = strawberry.field(
+        description="Memory one task may add to its worker; past it the task FAILS."
+    )
+    task_max_artifact_mb: float = strawberry.field(description="Largest artifact (MB).")
+    tasks_per_minute: int = strawberry.field(
+        description="Tasks one API key may submit per minute (0: no limit)."
+    )
+    max_batch_size: int = strawberry.field(description="Most tasks in one submitTasks.")
+    max_task_input_bytes: int = strawberry.field(description="Largest input of one task, as JSON.")
+    max_request_bytes: int = strawberry.field(
+        description="Largest request body or websocket message."
+    )
+    max_query_depth: int = strawberry.field(description="Deepest nesting of a query.")
+    max_query_aliases: int = strawberry.field(description="Most aliases in one operation.")
+    max_query_tokens: int = strawberry.field(description="Most tokens in one document.")
+    max_subscriptions_per_connection: int = strawberry.field(
+        description="Subscriptions one websocket may hold open."
+    )
+    fetch_domain_allowlist: list[str] = strawberry.field(
+        description="Host patterns webScrape may fetch."
+    )
+    search_source_allowlist: list[str] = strawberry.field(description="Sources search may query.")
+    search_max_results: int = strawberry.field(description="Most results of one search.")
+
+    @classmethod
+    def of(cls, settings: Settings) -> Limits:
+        return cls(
+            task_max_runtime_seconds=settings.task_max_runtime_seconds,
+            task_default_timeout_seconds=settings.task_default_timeout_seconds,
+            task_max_memory_mb=settings.task_max_memory_mb,
+            task_max_artifact_mb=settings.task_max_artifact_mb,
+            tasks_per_minute=settings.tasks_per_minute,
+            max_batch_size=settings.max_batch_size,
+            max_task_input_bytes=settings.max_task_input_bytes,
+            max_request_bytes=settings.max_request_bytes,
+            max_query_depth=settings.max_query_depth,
+            max_query_aliases=settings.max_query_aliases,
+            max_query_tokens=settings.max_query_tokens,
+            max_subscriptions_per_connection=settings.max_subscriptions_per_connection,
+            fetch_domain_allowlist=_csv(settings.fetch_domain_allowlist),
+            search_source_allowlist=_csv(settings.search_source_allowlist),
+            search_max_results=settings.search_max_results,
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        """The same fields, camelCase, for `GET /limits`."""
+        return {to_camel_case(k): v for k, v in dataclasses.asdict(self).items()}

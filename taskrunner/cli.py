@@ -1,8 +1,10 @@
-"""`taskrunner`: dev (the whole stack on one machine), api, worker, migrate, export-schema."""
+"""`taskrunner`: dev (the whole stack on one machine), api, worker, migrate, keys,
+export-schema."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import socket
@@ -17,11 +19,14 @@ from taskrunner.config import Settings, load_settings
 from taskrunner.errors import ConfigError
 from taskrunner.logs import configure_logging
 
+DEV_DATABASE_FILE = "dev-database-url"
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schema.graphql"
 
 
 def cmd_api(settings: Settings) -> int:
     import uvicorn
+
+    from api.app import uvicorn_options
 
     uvicorn.run(
         "api.app:create_app",
@@ -29,9 +34,88 @@ def cmd_api(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
-        lifespan="on",
+        **uvicorn_options(settings),
     )
     return 0
+
+
+def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
+    """keys create NAME [--owner O] [--admin] | keys list | keys revoke NAME"""
+    from taskrunner import keys
+    from taskrunner.db import create_engine
+    from taskrunner.errors import TaskrunnerError
+
+    database_url = settings.database_url or _running_dev_database(settings.data_dir)
+
+    async def run() -> int:
+        engine = create_engine(database_url, pool_size=1)
+        try:
+            if args.keys_command == "create":
+                row, secret = await keys.create(
+                    engine, name=args.name, owner=args.owner, admin=args.admin
+                )
+                role = "admin key" if row.admin else f"key of owner {row.owner!r}"
+                print(f"created {role} {row.name!r}; it is shown only this once:", file=sys.stderr)
+                print(secret)
+            elif args.keys_command == "revoke":
+                row = await keys.revoke(engine, args.name)
+                print(f"revoked {row.name!r} (at {row.revoked_at:%Y-%m-%d %H:%M:%S %Z})")
+            else:
+                print(
+                    f"{'NAME':<24} {'OWNER':<24} {'ROLE':<6} {'PREFIX':<12} {'CREATED':<20} REVOKED"
+                )
+                for row in await keys.list_keys(engine):
+                    revoked = f"{row.revoked_at:%Y-%m-%d %H:%M:%S}" if row.revoked_at else "-"
+                    print(
+                        f"{row.name:<24} {row.owner:<24} {'admin' if row.admin else 'user':<6} "
+                        f"{row.prefix + '…':<12} {row.created_at:%Y-%m-%d %H:%M:%S}  {revoked}"
+                    )
+            return 0
+        except TaskrunnerError as exc:
+            print(f"taskrunner keys: {exc.message}", file=sys.stderr)
+            return 1
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def _running_dev_database(data: Path) -> str:
+    """The database of a `taskrunner dev` running on DATA_DIR (it leaves its URL there)."""
+    path = data / DEV_DATABASE_FILE
+    if not path.exists():
+        raise ConfigError(
+            "DATABASE_URL is not set and no `make dev` is running here: set DATABASE_URL, "
+            "or start `make dev` first"
+        )
+    return path.read_text().strip()
+
+
+def dev_key(database_url: str, data: Path) -> str:
+    """The development key: made on the first `taskrunner dev` and kept (0600) in DATA_DIR,
+    since only its hash is in the database."""
+    from taskrunner import keys
+    from taskrunner.db import create_engine
+
+    path = data / "dev-api-key"
+    if path.exists():
+        return path.read_text().strip()
+
+    async def create() -> str:
+        engine = create_engine(database_url, pool_size=1)
+        try:
+            existing = {k.name for k in await keys.list_keys(engine)}
+            name = next(n for i in range(1000) if (n := f"dev{i or ''}") not in existing)
+            _, secret = await keys.create(engine, name=name, owner="dev")
+            return secret
+        finally:
+            await engine.dispose()
+
+    secret = asyncio.run(create())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secret + "\n")
+    return secret
 
 
 def cmd_worker(settings: Settings) -> int:
@@ -139,6 +223,7 @@ def cmd_dev(settings: Settings) -> int:
         database_url = postgres.start() if postgres else settings.require_database_url()
         redis_url = redis.start() if redis else settings.require_redis_url()
         migrate(database_url)
+        (data / DEV_DATABASE_FILE).write_text(database_url + "\n")
         env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url}
         if settings.artifact_signing_key is None:
             env["ARTIFACT_SIGNING_KEY"] = load_or_create_key(data / "signing.key").hex()
@@ -146,6 +231,12 @@ def cmd_dev(settings: Settings) -> int:
             children.append(subprocess.Popen([sys.executable, "-m", "taskrunner", role], env=env))
         _wait_ready(f"http://127.0.0.1:{settings.port}/readyz", children, timeout=60)
         print(f"GraphiQL: http://127.0.0.1:{settings.port}/graphql", flush=True)
+        if settings.auth_disabled:
+            print("API key: none needed (AUTH_DISABLED=true)", flush=True)
+        else:
+            key = dev_key(database_url, data)
+            print(f"API key: {key}", flush=True)
+            print(f'  (GraphiQL: Headers tab, {{"Authorization": "Bearer {key}"}})', flush=True)
         print(f"PostgreSQL: {database_url}\nRedis: {redis_url}\nCtrl-C stops.", flush=True)
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
@@ -157,6 +248,7 @@ def cmd_dev(settings: Settings) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _stop_children(children)
+        (data / DEV_DATABASE_FILE).unlink(missing_ok=True)
         if redis:
             redis.stop()
         if postgres:
@@ -172,6 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply database migrations (alembic upgrade head)")
     export = sub.add_parser("export-schema", help="write schema.graphql from the code")
     export.add_argument("-o", "--output", help="file to write, '-' for stdout")
+    keys_parser = sub.add_parser("keys", help="API keys: create, list, revoke")
+    keys_sub = keys_parser.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="make a key and print it (shown only once)")
+    create.add_argument("name", help="the key's name (unique), e.g. ci or alice-laptop")
+    create.add_argument("--owner", help="whose tasks it acts on (default: NAME)")
+    create.add_argument("--admin", action="store_true", help="sees every owner's tasks")
+    keys_sub.add_parser("list", help="every key: name, owner, role, prefix, dates")
+    revoke = keys_sub.add_parser("revoke", help="refuse a key from now on")
+    revoke.add_argument("name")
     return parser
 
 
@@ -187,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level)
     commands = {"dev": cmd_dev, "api": cmd_api, "worker": cmd_worker, "migrate": cmd_migrate}
     try:
+        if args.command == "keys":
+            return cmd_keys(settings, args)
         return commands[args.command](settings)
     except ConfigError as exc:
         print(f"taskrunner: {exc}", file=sys.stderr)

@@ -72,6 +72,49 @@ class Settings(BaseSettings):
     max_subscriptions_per_connection: int = Field(
         default=100, gt=0, description="Subscriptions one websocket connection may hold open."
     )
+    auth_disabled: bool = Field(
+        default=False,
+        description="Serve without API keys: every caller is one anonymous owner. For local "
+        "experiments only; logged as a warning at start.",
+    )
+    auth_recheck_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often each api process looks for revoked keys (refusing them and "
+        "closing their websockets).",
+    )
+    tasks_per_minute: int = Field(
+        default=600,
+        ge=0,
+        description="Tasks one API key may submit per minute, across all api replicas (a "
+        "batch counts each task); 0: no limit.",
+    )
+    task_max_memory_mb: int = Field(
+        default=1024,
+        gt=0,
+        description="Memory one task may add to its worker process while it runs; past it the "
+        "task ends FAILED with LIMIT_EXCEEDED.",
+    )
+    memory_check_interval_seconds: float = Field(
+        default=0.5, gt=0, description="How often a worker samples its memory for the budget."
+    )
+    max_task_input_bytes: int = Field(
+        default=65536, gt=0, description="Largest input of one task, as JSON (bytes)."
+    )
+    max_request_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        gt=0,
+        description="Largest GraphQL request body or websocket message (bytes).",
+    )
+    max_query_depth: int = Field(
+        default=10, gt=0, description="Deepest field nesting a GraphQL operation may have."
+    )
+    max_query_aliases: int = Field(
+        default=30, gt=0, description="Most aliases in one GraphQL operation."
+    )
+    max_query_tokens: int = Field(
+        default=10000, gt=0, description="Most tokens in one GraphQL document."
+    )
     minio_endpoint: str | None = Field(
         default=None,
         description="host:port of MinIO or another S3 service for artifacts. Unset: files "

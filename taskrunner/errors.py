@@ -18,9 +18,9 @@ class TaskrunnerError(Exception):
         self.field = field
 
     @property
-    def extensions(self) -> dict[str, str]:
+    def extensions(self) -> dict[str, object]:
         """graphql-core copies this onto the GraphQL error clients see."""
-        ext = {"code": self.code}
+        ext: dict[str, object] = {"code": self.code}
         if self.field:
             ext["field"] = self.field
         return ext
@@ -40,3 +40,21 @@ class Conflict(TaskrunnerError):
 
 class LimitExceeded(TaskrunnerError):
     code = "LIMIT_EXCEEDED"
+
+
+class Unauthenticated(TaskrunnerError):
+    code = "UNAUTHENTICATED"
+
+
+class RateLimited(TaskrunnerError):
+    """Over TASKS_PER_MINUTE; `retry_after` says how many seconds to wait."""
+
+    code = "RATE_LIMITED"
+
+    def __init__(self, message: str, *, retry_after: int, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.retry_after = retry_after
+
+    @property
+    def extensions(self) -> dict[str, object]:
+        return {**super().extensions, "retryAfterSeconds": self.retry_after}

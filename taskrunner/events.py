@@ -85,11 +85,15 @@ def owner_channel(owner: str) -> str:
     return f"taskrunner:owner:{owner}"
 
 
+ALL_CHANNEL = "taskrunner:events"
+"""Every event, for admins' tasksUpdates."""
+
 CANCEL_CHANNEL = "taskrunner:cancel"
 
 
 async def publish(redis: Redis, events: Iterable[Event]) -> None:
-    """Publish committed events on their task and owner channels, in one round trip.
+    """Publish committed events on their task, owner and all-events channels, in one round
+    trip.
 
     Best effort: the events are committed already, and streams re-read PostgreSQL when
     Redis stays quiet, so a failed publish delays them instead of failing the caller."""
@@ -102,6 +106,7 @@ async def publish(redis: Redis, events: Iterable[Event]) -> None:
                 payload = event.to_json()
                 pipe.publish(task_channel(event.task_id), payload)
                 pipe.publish(owner_channel(event.owner), payload)
+                pipe.publish(ALL_CHANNEL, payload)
             await pipe.execute()
     except RedisError as exc:
         log.warning("could not publish %d events (%s); streams will re-read them", len(events), exc)

@@ -140,3 +140,25 @@ class Artifact(SQLModel, table=True):
 artifact_table: sa.Table = Artifact.__table__  # type: ignore[attr-defined]
 task_table: sa.Table = Task.__table__  # type: ignore[attr-defined]
 event_table: sa.Table = TaskEvent.__table__  # type: ignore[attr-defined]
+
+
+class ApiKey(SQLModel, table=True):
+    """A caller's credential: only the SHA-256 of the key is kept, never the key."""
+
+    __tablename__ = "api_key"
+
+    id: uuid.UUID = Field(primary_key=True)
+    name: str = Field(sa_column=sa.Column(sa.String(100), nullable=False, unique=True))
+    owner: str = Field(sa_column=sa.Column(sa.String(100), nullable=False))
+    admin: bool = Field(default=False, sa_column_kwargs={"server_default": "false"})
+    prefix: str  # the key's first characters, to recognise it in `keys list`
+    hash: str = Field(sa_column=sa.Column(sa.String(64), nullable=False, unique=True))
+    created_at: datetime = Field(
+        sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False, server_default=NOW)
+    )
+    revoked_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(sa.DateTime(timezone=True), index=True)
+    )
+
+
+api_key_table: sa.Table = ApiKey.__table__  # type: ignore[attr-defined]

@@ -21,7 +21,14 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner.errors import BadInput, LimitExceeded
-from taskrunner.events import Event, EventKind, encode_cursor, owner_channel, task_channel
+from taskrunner.events import (
+    ALL_CHANNEL,
+    Event,
+    EventKind,
+    encode_cursor,
+    owner_channel,
+    task_channel,
+)
 from taskrunner.hub import EventHub, FellBehind, Listener
 from taskrunner.models import event_table, task_table
 from taskrunner.states import TERMINAL, TaskStatus
@@ -159,7 +166,7 @@ async def start_position(engine: AsyncEngine, after_id: int | None) -> Position:
 
 
 async def _read_owner_page(
-    engine: AsyncEngine, owner: str, position: Position
+    engine: AsyncEngine, owner: str | None, position: Position
 ) -> list[tuple[Event, dict[str, Any]]]:
     """The owner's next events after `position`, from finished transactions only."""
     e, t = event_table.c, task_table.c
@@ -167,7 +174,7 @@ async def _read_owner_page(
         sa.select(event_table, t.type.label("task_type"), t.labels, t.created_at)
         .join(task_table, t.id == e.task_id)
         .where(
-            e.owner == owner,
+            sa.true() if owner is None else e.owner == owner,
             sa.tuple_(e.xid, e.id) > sa.tuple_(position[0], position[1]),
             e.xid < sa.text("pg_snapshot_xmin(pg_current_snapshot())::text::bigint"),
         )
@@ -189,16 +196,18 @@ async def owner_events(
     *,
     engine: AsyncEngine,
     hub: EventHub,
-    owner: str,
+    owner: str | None,
     after_id: int | None,
     filter: TaskFilter,
     quiet_seconds: float,
 ) -> AsyncIterator[Event]:
     """Every event of the owner's tasks that passes `filter`, after `after_id`, in (xid, id)
-    order, each once; it never ends by itself. Pub/sub messages only wake it up: it always
-    reads PostgreSQL, so its order holds across processes and reconnects."""
+    order, each once (every owner's when `owner` is None); it never ends by itself.
+    Pub/sub messages only wake it up: it always reads PostgreSQL, so its order holds across
+    processes and reconnects."""
     last_cursor = encode_cursor(after_id) if after_id is not None else None
-    async with hub.listen(owner_channel(owner)) as listener:
+    channel = ALL_CHANNEL if owner is None else owner_channel(owner)
+    async with hub.listen(channel) as listener:
         position = await start_position(engine, after_id)
         pending: set[Position] = set()  # hinted events not streamed yet (held back)
         retry = HELD_BACK_RETRY_SECONDS

@@ -155,23 +155,20 @@ def _row(s: Submission, owner: str, now: datetime) -> dict[str, Any]:
     }
 
 
-async def get(*, engine: AsyncEngine, task_id: uuid.UUID, owner: str) -> Task | None:
+def visible_to(owner: str | None) -> sa.ColumnElement[bool]:
+    """The tasks a caller may see: its owner's, or every task for an admin (None)."""
+    return sa.true() if owner is None else task_table.c.owner == owner
+
+
+async def get(*, engine: AsyncEngine, task_id: uuid.UUID, owner: str | None) -> Task | None:
+    """The task, if it exists and `owner` may see it (another owner's task: None)."""
+    query = sa.select(task_table).where(task_table.c.id == task_id, visible_to(owner))
     async with engine.connect() as conn:
-        row = (
-            (
-                await conn.execute(
-                    sa.select(task_table).where(
-                        task_table.c.id == task_id, task_table.c.owner == owner
-                    )
-                )
-            )
-            .mappings()
-            .first()
-        )
+        row = (await conn.execute(query)).mappings().first()
     return _task(row) if row else None
 
 
-async def require(*, engine: AsyncEngine, task_id: uuid.UUID, owner: str) -> Task:
+async def require(*, engine: AsyncEngine, task_id: uuid.UUID, owner: str | None) -> Task:
     task = await get(engine=engine, task_id=task_id, owner=owner)
     if task is None:
         raise NotFound(f"no task with id {task_id}; check the id returned by submitTask")
@@ -196,11 +193,11 @@ def decode_page_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 async def list_tasks(
-    *, engine: AsyncEngine, owner: str, filter: TaskFilter, first: int, after: str | None
+    *, engine: AsyncEngine, owner: str | None, filter: TaskFilter, first: int, after: str | None
 ) -> TaskPage:
     """Newest first, keyset-paged on (created_at, id): pages stay stable as tasks arrive."""
     t = task_table.c
-    query = sa.select(task_table).where(t.owner == owner)
+    query = sa.select(task_table).where(visible_to(owner))
     if filter.status:
         query = query.where(t.status.in_([s.value for s in filter.status]))
     if filter.type:
@@ -238,7 +235,7 @@ async def list_events(
 
 
 async def cancel(
-    *, engine: AsyncEngine, redis: Redis, pool: ArqRedis, task_id: uuid.UUID, owner: str
+    *, engine: AsyncEngine, redis: Redis, pool: ArqRedis, task_id: uuid.UUID, owner: str | None
 ) -> Task:
     """QUEUED: CANCELLED at once, and it never runs. RUNNING: flag it and tell the workers;
     the one running it cancels the coroutine, which ends CANCELLED. Finished: CONFLICT."""
@@ -264,7 +261,7 @@ async def cancel(
 
 
 async def retry(
-    *, engine: AsyncEngine, redis: Redis, pool: ArqRedis, task_id: uuid.UUID, owner: str
+    *, engine: AsyncEngine, redis: Redis, pool: ArqRedis, task_id: uuid.UUID, owner: str | None
 ) -> Task:
     """Run a FAILED or CANCELLED task again, as a new attempt (its history stays)."""
     task = await require(engine=engine, task_id=task_id, owner=owner)
@@ -312,12 +309,12 @@ async def queue_position(*, engine: AsyncEngine, priority: int, created_at: date
 
 
 async def processed(
-    *, engine: AsyncEngine, owner: str, key: str
+    *, engine: AsyncEngine, owner: str | None, key: str
 ) -> tuple[datetime | None, Task | None]:
     """Seed 002's helpers: when a task carrying `key` (as its idempotency key or one of its
     labels) last SUCCEEDED, and the latest task carrying it."""
     t = task_table.c
-    carries = sa.and_(t.owner == owner, sa.or_(t.idempotency_key == key, t.labels.contains([key])))
+    carries = sa.and_(visible_to(owner), sa.or_(t.idempotency_key == key, t.labels.contains([key])))
     async with engine.connect() as conn:
         done_at = await conn.scalar(
             sa.select(sa.func.max(t.finished_at)).where(

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from arq.worker import Worker
@@ -24,7 +27,8 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 
-from api.app import create_app
+from api.app import create_app, uvicorn_options
+from taskrunner import keys
 from taskrunner.config import Settings, load_settings
 from taskrunner.db import create_engine, migrate
 from taskrunner.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
@@ -93,6 +97,8 @@ FAST: dict[str, Any] = {
     "scheduler_interval_seconds": 0.1,
     "reconcile_interval_seconds": 0.5,
     "worker_shutdown_grace_seconds": 2,
+    "auth_recheck_seconds": 0.2,
+    "tasks_per_minute": 0,  # tests that want the limit set it
 }
 
 
@@ -126,7 +132,7 @@ async def run_api(settings: Settings, app: Starlette | None = None) -> AsyncIter
         host="127.0.0.1",
         port=port,
         log_level="warning",
-        lifespan="on",
+        **uvicorn_options(settings),
     )
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
@@ -161,10 +167,37 @@ async def run_worker(settings: Settings, **overrides: Any) -> AsyncIterator[Work
             await running
 
 
+async def make_key(
+    settings: Settings, owner: str = "tester", *, name: str | None = None, admin: bool = False
+) -> str:
+    """A new API key of `owner` in the test's database."""
+    engine = create_engine(settings.require_database_url(), pool_size=1)
+    name = name or f"{owner}-{next(_numbers)}"
+    try:
+        _, secret = await keys.create(engine, name=name, owner=owner, admin=admin)
+    finally:
+        await engine.dispose()
+    return secret
+
+
 @dataclass
 class Stack:
     url: str
     settings: Settings
+    key: str | None = None  # sent as `Authorization: Bearer <key>` (HTTP and connection_init)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"} if self.key else {}
+
+    @classmethod
+    async def keyed(cls, url: str, settings: Settings, owner: str = "tester") -> Stack:
+        """A stack at `url` called with a new key of `owner`."""
+        return cls(url, settings, await make_key(settings, owner))
+
+    def as_key(self, key: str | None) -> Stack:
+        """The same stack, called with another key (None: none)."""
+        return dataclasses.replace(self, key=key)
 
     @property
     def graphql_url(self) -> str:
@@ -176,7 +209,7 @@ class Stack:
 
     async def execute(self, query: str, **variables: Any) -> dict[str, Any]:
         """One GraphQL operation over HTTP with the gql client."""
-        transport = HTTPXAsyncTransport(url=self.graphql_url, timeout=30)
+        transport = HTTPXAsyncTransport(url=self.graphql_url, timeout=30, headers=self.headers)
         async with Client(transport=transport) as session:
             result: dict[str, Any] = await session.execute(
                 GraphQLRequest(query, variable_values=variables or None)
@@ -185,7 +218,9 @@ class Stack:
 
     def ws_client(self) -> Client:
         transport = WebsocketsTransport(
-            url=self.ws_url, subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL]
+            url=self.ws_url,
+            subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL],
+            init_payload=dict(self.headers),
         )
         return Client(transport=transport)
 
@@ -214,14 +249,14 @@ class Stack:
 async def api(settings: Settings) -> AsyncIterator[Stack]:
     """The api alone (no worker): tasks stay QUEUED."""
     async with run_api(settings) as url:
-        yield Stack(url, settings)
+        yield await Stack.keyed(url, settings)
 
 
 @pytest.fixture
 async def stack(settings: Settings) -> AsyncIterator[Stack]:
     """The api and one worker."""
     async with run_api(settings) as url, run_worker(settings):
-        yield Stack(url, settings)
+        yield await Stack.keyed(url, settings)
 
 
 def repo_root() -> Path:
@@ -237,3 +272,38 @@ async def eventually(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"not true within {within}s: {check.__doc__ or check}")
         await asyncio.sleep(step)
+
+
+@contextlib.asynccontextmanager
+async def api_process(settings: Settings, **env: str) -> AsyncIterator[str]:
+    """`taskrunner api` in its own process on a free port; yields its base URL once ready."""
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "taskrunner",
+        "api",
+        cwd=repo_root(),
+        env=process_env(settings, PORT=str(port), **env),
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=url) as client, asyncio.timeout(30):
+            while True:
+                if proc.returncode is not None:
+                    raise AssertionError(f"the api exited with {proc.returncode} at start")
+                try:
+                    if (await client.get("/readyz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+        yield url
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()

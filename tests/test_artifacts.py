@@ -208,7 +208,7 @@ async def test_a_report_artifact_is_listed_announced_and_downloadable(stack: Sta
 async def test_an_expired_link_is_refused(settings: Settings) -> None:
     short = settings.model_copy(update={"artifact_url_ttl_seconds": 2})
     async with run_api(short) as url, run_worker(short):
-        stack = Stack(url, short)
+        stack = await Stack.keyed(url, short)
         task_id = await submit(stack, {"report": {"rows": 10}})
         await finish(stack, task_id)
         (artifact,) = (await stack.execute(ARTIFACTS, id=task_id))["task"]["artifacts"]
@@ -242,7 +242,7 @@ async def test_an_artifact_over_the_limit_fails_the_task_and_leaves_no_object(
 ) -> None:
     small = settings.model_copy(update={"task_max_artifact_mb": 0.01})
     async with run_api(small) as url, run_worker(small):
-        stack = Stack(url, small)
+        stack = await Stack.keyed(url, small)
         task_id = await submit(stack, {"report": {"rows": 5000}})
         events = await finish(stack, task_id)
         task = (await stack.execute(ARTIFACTS, id=task_id))["task"]
@@ -260,7 +260,7 @@ async def test_with_s3_the_artifact_link_is_a_presigned_url(
 ) -> None:
     on_s3 = s3_settings(settings, s3_endpoint)
     async with run_api(on_s3) as url, run_worker(on_s3):
-        stack = Stack(url, on_s3)
+        stack = await Stack.keyed(url, on_s3)
         task_id = await submit(stack, {"report": {"rows": 2000}})
         assert (await finish(stack, task_id))[-1]["status"] == "SUCCEEDED"
         (artifact,) = (await stack.execute(ARTIFACTS, id=task_id))["task"]["artifacts"]
@@ -289,7 +289,7 @@ async def test_a_50_mb_artifact_streams_in_bounded_memory(settings: Settings) ->
     worker = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "taskrunner", "worker", cwd=repo_root(), env=env
     )
-    stack = Stack(f"http://127.0.0.1:{port}", settings)
+    stack = await Stack.keyed(f"http://127.0.0.1:{port}", settings)
     peaks = {"api": 0.0, "worker": 0.0}
 
     async def sample() -> None:
@@ -407,7 +407,7 @@ async def test_expired_artifacts_are_deleted_with_their_bytes(
 async def test_attaching_over_the_limit_is_limit_exceeded(settings: Settings) -> None:
     small = settings.model_copy(update={"task_max_artifact_mb": 0.001})
     async with run_api(small) as url:
-        stack = Stack(url, small)
+        stack = await Stack.keyed(url, small)
         task_id = await submit(stack, {"echo": {"message": "x"}})
         data = base64.b64encode(b"x" * 2000).decode()
         with pytest.raises(TransportQueryError) as err:
@@ -435,7 +435,7 @@ async def test_a_large_upload_goes_to_a_put_url_then_is_completed(
     chosen = s3_settings(settings, s3_endpoint) if kind == "s3" else settings
     payload = b"".join(bytes([i % 251]) * 65536 for i in range(80))  # 5 MB
     async with run_api(chosen) as url:
-        stack = Stack(url, chosen)
+        stack = await Stack.keyed(url, chosen)
         task_id = await submit(stack, {"echo": {"message": "x"}})
         upload = (await stack.execute(UPLOAD, id=task_id))["createArtifactUpload"]
         assert upload["method"] == "PUT"
@@ -460,7 +460,7 @@ async def test_a_local_upload_over_the_limit_is_refused_and_a_download_link_cann
 ) -> None:
     small = settings.model_copy(update={"task_max_artifact_mb": 0.01})
     async with run_api(small) as url:
-        stack = Stack(url, small)
+        stack = await Stack.keyed(url, small)
         task_id = await submit(stack, {"echo": {"message": "x"}})
         upload = (await stack.execute(UPLOAD, id=task_id))["createArtifactUpload"]
         async with httpx.AsyncClient() as client:

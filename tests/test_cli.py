@@ -18,7 +18,8 @@ from tests.conftest import Stack, repo_root
 from tests.test_walking_skeleton import WATCH
 
 
-async def _start_dev(data_dir: Path, port: int) -> tuple[asyncio.subprocess.Process, str]:
+async def _start_dev(data_dir: Path, port: int) -> tuple[asyncio.subprocess.Process, str, str]:
+    """Start `taskrunner dev`; its GraphiQL URL and the development API key it prints."""
     env = {
         **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")},
         "DATA_DIR": str(data_dir),
@@ -41,7 +42,10 @@ async def _start_dev(data_dir: Path, port: int) -> tuple[asyncio.subprocess.Proc
             line = (await proc.stdout.readline()).decode()
             assert line, "taskrunner dev exited before printing the GraphiQL line"
             if line.startswith("GraphiQL: "):
-                return proc, line.removeprefix("GraphiQL: ").strip()
+                url = line.removeprefix("GraphiQL: ").strip()
+                key_line = (await proc.stdout.readline()).decode()
+                assert key_line.startswith("API key: "), key_line
+                return proc, url, key_line.removeprefix("API key: ").strip()
 
 
 async def _ctrl_c(proc: asyncio.subprocess.Process) -> int:
@@ -62,13 +66,13 @@ def _alive(pid_file: Path) -> bool:
 
 async def test_dev_serves_graphiql_stops_on_ctrl_c_and_keeps_tasks(tmp_path: Path) -> None:
     port = free_port()
-    proc, url = await _start_dev(tmp_path / "data", port)
+    proc, url, key = await _start_dev(tmp_path / "data", port)
     try:
         assert url == f"http://127.0.0.1:{port}/graphql"
         async with httpx.AsyncClient() as client:
             page = await client.get(url, headers={"Accept": "text/html"})
         assert page.status_code == 200 and "graphiql" in page.text.lower()
-        stack = Stack(url.removesuffix("/graphql"), settings=None)  # type: ignore[arg-type]
+        stack = Stack(url.removesuffix("/graphql"), settings=None, key=key)  # type: ignore[arg-type]
         task_id = (
             await stack.execute('mutation { submitTask(task: {echo: {message: "kept"}}) { id } }')
         )["submitTask"]["id"]
@@ -78,7 +82,8 @@ async def test_dev_serves_graphiql_stops_on_ctrl_c_and_keeps_tasks(tmp_path: Pat
     assert not _alive(tmp_path / "data" / "postgres" / "postmaster.pid")
     assert not _alive(tmp_path / "data" / "redis" / "redis.pid")
 
-    proc, url = await _start_dev(tmp_path / "data", port)
+    proc, url, again = await _start_dev(tmp_path / "data", port)
+    assert again == key  # the same development key on every start
     try:
         listed = await stack.execute("{ tasks { edges { node { id type status } } } }")
     finally:

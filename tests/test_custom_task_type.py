@@ -49,7 +49,7 @@ async def test_the_readme_example_is_registered_everywhere_and_runs(
         )
         for role in ("api", "worker")
     ]
-    stack = Stack(f"http://127.0.0.1:{port}", settings)
+    stack = await Stack.keyed(f"http://127.0.0.1:{port}", settings)
     try:
         async with httpx.AsyncClient() as client:
 

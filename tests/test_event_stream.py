@@ -108,8 +108,8 @@ async def test_a_subscriber_on_one_api_process_sees_a_task_submitted_on_another(
     )
     try:
         async with run_api(settings) as url, run_worker(settings):
-            here = Stack(url, settings)
-            there = Stack(f"http://127.0.0.1:{port}", settings)
+            here = await Stack.keyed(url, settings)
+            there = await Stack.keyed(f"http://127.0.0.1:{port}", settings)
             async with httpx.AsyncClient() as client, asyncio.timeout(30):
                 while True:
                     try:
@@ -130,7 +130,12 @@ async def test_a_subscriber_on_one_api_process_sees_a_task_submitted_on_another(
 
 
 async def _subscribe_many(
-    url: str, task_id: str, connections: int, per_connection: int, ready: asyncio.Event
+    url: str,
+    key: str | None,
+    task_id: str,
+    connections: int,
+    per_connection: int,
+    ready: asyncio.Event,
 ) -> list[list[str]]:
     """`connections` websockets each carrying `per_connection` subscriptions; returns
     each subscription's cursors."""
@@ -141,6 +146,7 @@ async def _subscribe_many(
         transport = WebsocketsTransport(
             url=url.replace("http", "ws") + "/graphql",
             subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL],
+            init_payload={"Authorization": f"Bearer {key}"},
         )
         async with Client(transport=transport) as session:
 
@@ -170,7 +176,7 @@ async def test_200_concurrent_subscribers_each_get_all_100_events_in_order(
 ) -> None:
     task_id = await submit(api, {"chatter": {"progressSteps": 0, "logLines": 96}})
     ready = asyncio.Event()
-    watchers = asyncio.create_task(_subscribe_many(api.url, task_id, 20, 10, ready))
+    watchers = asyncio.create_task(_subscribe_many(api.url, api.key, task_id, 20, 10, ready))
     await asyncio.wait_for(ready.wait(), 30)  # all 200 have the QUEUED event
     async with run_worker(api.settings):
         results = await asyncio.wait_for(watchers, 60)
@@ -194,13 +200,14 @@ async def test_disconnected_subscribers_release_their_redis_channels_within_2s(
 ) -> None:
     app = create_app(settings)
     async with run_api(settings, app) as url:
-        stack = Stack(url, settings)
+        stack = await Stack.keyed(url, settings)
         hub: EventHub = app.state.services.hub
         before = await _channels(settings.require_redis_url())
         ids = [await submit(stack, {"sleep": {"seconds": 30}}) for _ in range(5)]
         ready = asyncio.Event()
         watchers = [
-            asyncio.create_task(_subscribe_many(url, task_id, 4, 5, ready)) for task_id in ids
+            asyncio.create_task(_subscribe_many(url, stack.key, task_id, 4, 5, ready))
+            for task_id in ids
         ]
 
         async def all_open() -> bool:
@@ -257,7 +264,9 @@ async def test_a_subscriber_that_falls_behind_gets_limit_exceeded_and_resumes_wi
 
 async def test_the_older_graphql_ws_protocol_works_too(stack: Stack) -> None:
     task_id = await submit(stack, {"echo": {"message": "legacy"}})
-    transport = WebsocketsTransport(url=stack.ws_url)  # gql's default: "graphql-ws"
+    transport = WebsocketsTransport(  # gql's default protocol: "graphql-ws"
+        url=stack.ws_url, init_payload=stack.headers
+    )
     async with Client(transport=transport) as session:
         statuses = []
         agen = session.subscribe(GraphQLRequest(WATCH, variable_values={"id": task_id}))
@@ -272,7 +281,7 @@ async def test_the_older_graphql_ws_protocol_works_too(stack: Stack) -> None:
 async def test_a_connection_may_hold_only_so_many_subscriptions(settings: Settings) -> None:
     limited = settings.model_copy(update={"max_subscriptions_per_connection": 2})
     async with run_api(limited) as url:
-        stack = Stack(url, limited)
+        stack = await Stack.keyed(url, limited)
         ids = [await submit(stack, {"sleep": {"seconds": 30}}) for _ in range(3)]
         async with stack.ws_client() as session:
             agens = [
@@ -299,7 +308,9 @@ async def _sse(
     params = {"query": query, "variables": json.dumps(variables)}
     async with (
         httpx.AsyncClient(base_url=stack.url, timeout=20) as client,
-        client.stream("GET", "/graphql/stream", params=params, headers=headers or {}) as response,
+        client.stream(
+            "GET", "/graphql/stream", params=params, headers={**stack.headers, **(headers or {})}
+        ) as response,
     ):
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -334,7 +345,7 @@ async def test_subscriptions_over_server_sent_events_resume_with_last_event_id(
 
 
 async def test_server_sent_events_refuse_bad_requests_clearly(api: Stack) -> None:
-    async with httpx.AsyncClient(base_url=api.url) as client:
+    async with httpx.AsyncClient(base_url=api.url, headers=api.headers) as client:
         bad_json = await client.get("/graphql/stream", params={"query": "x", "variables": "{"})
         assert bad_json.status_code == 400
         assert bad_json.json()["errors"][0]["message"].startswith("variables:")

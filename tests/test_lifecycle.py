@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner.config import Settings
 from taskrunner.embedded import free_port
-from tests.conftest import Stack, process_env, repo_root, run_api, run_worker
+from tests.conftest import Stack, make_key, process_env, repo_root, run_api, run_worker
 from tests.test_walking_skeleton import WATCH
 
 SUBMIT = """
@@ -118,7 +118,7 @@ async def test_a_cancellation_never_consumes_a_retry(stack: Stack) -> None:
 async def test_ready_tasks_start_in_priority_order(settings: Settings) -> None:
     priorities = [0, 5, -3, 10, 5, 0, 1, -3, 10, 2]
     async with run_api(settings) as url:
-        stack = Stack(url, settings)
+        stack = await Stack.keyed(url, settings)
         ids = [await submit(stack, {"echo": {"message": str(p)}}, priority=p) for p in priorities]
         positions = [(await task_of(stack, i))["queuePosition"] for i in ids]
         async with run_worker(settings, max_jobs=1):
@@ -280,6 +280,7 @@ async def test_api_killed_between_commit_and_enqueue_the_task_still_runs(
             with pytest.raises(httpx.TransportError):
                 await client.post(
                     "/graphql",
+                    headers={"Authorization": f"Bearer {await make_key(settings)}"},
                     json={"query": 'mutation { submitTask(task: {echo: {message: "x"}}) { id } }'},
                 )
         assert await asyncio.wait_for(api.wait(), 10) == 70

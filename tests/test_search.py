@@ -144,7 +144,7 @@ def _configured(settings: Settings, brave: FakeBrave, **extra: Any) -> Settings:
 async def searching(settings: Settings, brave: FakeBrave) -> AsyncIterator[Stack]:
     configured = _configured(settings, brave)
     async with run_api(configured) as url, run_worker(configured):
-        yield Stack(url, configured)
+        yield await Stack.keyed(url, configured)
 
 
 async def run_search(stack: Stack, **spec: Any) -> dict[str, Any]:
@@ -198,7 +198,7 @@ async def test_max_results_and_search_max_results_cap_the_results(
 ) -> None:
     capped = _configured(settings, brave, search_max_results=2)
     async with run_api(capped) as url, run_worker(capped):
-        stack = Stack(url, capped)
+        stack = await Stack.keyed(url, capped)
         final = await run_search(stack, query="python", sources=["web"], maxResults=50)
         assert final["status"] == "SUCCEEDED", final
         assert [r["url"] for r in final["result"]["results"]] == [

@@ -63,7 +63,7 @@ async def site(settings: Settings) -> AsyncIterator[str]:
 async def scraping(settings: Settings) -> AsyncIterator[Stack]:
     allowed = settings.model_copy(update={"fetch_domain_allowlist": "127.0.0.1"})
     async with run_api(allowed) as url, run_worker(allowed):
-        yield Stack(url, allowed)
+        yield await Stack.keyed(url, allowed)
 
 
 async def scrape(stack: Stack, url: str, **extra: object) -> dict[str, object]:
