@@ -179,9 +179,16 @@ class Query:
     def limits(self, info: Info) -> Limits:
         return Limits.of(info.context.settings)
 
-    @strawberry.field(description="Live workers (from their heartbeats), oldest first.")
+    @strawberry.field(
+        description="Live workers (from their heartbeats), oldest first; each lists the "
+        "running tasks you may see."
+    )
     async def workers(self, info: Info) -> list[Worker]:
         found = await heartbeats.live_workers(info.context.services.redis)
+        running = {t for w in found for t in w.running}
+        visible = await ops.visible_ids(
+            engine=info.context.services.engine, ids=running, owner=info.context.scope
+        )
         return [
             Worker(
                 id=w.id,
@@ -189,7 +196,7 @@ class Query:
                 pid=w.pid,
                 started_at=w.started_at,
                 last_heartbeat_at=w.last_heartbeat_at,
-                running_task_ids=[strawberry.ID(str(t)) for t in w.running],
+                running_task_ids=[strawberry.ID(str(t)) for t in w.running if t in visible],
             )
             for w in sorted(found, key=lambda w: w.started_at)
         ]

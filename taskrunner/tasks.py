@@ -168,6 +168,18 @@ async def get(*, engine: AsyncEngine, task_id: uuid.UUID, owner: str | None) -> 
     return _task(row) if row else None
 
 
+async def visible_ids(
+    *, engine: AsyncEngine, ids: set[uuid.UUID], owner: str | None
+) -> set[uuid.UUID]:
+    """Those of `ids` that `owner` may see."""
+    if owner is None or not ids:
+        return set(ids)
+    t = task_table.c
+    async with engine.connect() as conn:
+        found = await conn.scalars(sa.select(t.id).where(t.id.in_(list(ids)), t.owner == owner))
+        return set(found)
+
+
 async def require(*, engine: AsyncEngine, task_id: uuid.UUID, owner: str | None) -> Task:
     task = await get(engine=engine, task_id=task_id, owner=owner)
     if task is None:

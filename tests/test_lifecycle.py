@@ -170,6 +170,9 @@ async def test_workers_query_and_worker_id_show_who_runs_what(stack: Stack) -> N
         await stack.execute("{ workers { id host pid startedAt lastHeartbeatAt runningTaskIds } }")
     )["workers"]
     assert len(workers) == 1 and workers[0]["runningTaskIds"] == [task_id]
+    stranger = stack.as_key(await make_key(stack.settings, "stranger"))
+    (seen,) = (await stranger.execute("{ workers { id runningTaskIds } }"))["workers"]
+    assert seen == {"id": workers[0]["id"], "runningTaskIds": []}  # not another owner's
     task = await task_of(stack, task_id)
     assert task["workerId"] == workers[0]["id"]
     await stack.execute("mutation($id: ID!) { cancelTask(id: $id) { id } }", id=task_id)
