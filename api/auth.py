@@ -5,7 +5,8 @@ in the `connection_init` payload, or the upgrade request's header).
   work when an HTTP request to /graphql or /graphql/stream has no valid key (the GraphiQL
   page itself loads without one: paste the key into its Headers tab).
 - `Authenticator` resolves keys (cached per process) and, every AUTH_RECHECK_SECONDS, looks
-  for revoked keys: it forgets them and closes their open websockets (code 4403).
+  for revoked keys: it forgets them, closes their open websockets (code 4403) and ends
+  their Server-Sent Events streams.
 """
 
 from __future__ import annotations
@@ -70,7 +71,9 @@ class Authenticator:
         self.disabled = settings.auth_disabled
         self.recheck_seconds = settings.auth_recheck_seconds
         self._cache: dict[str, tuple[Principal, float]] = {}
-        self._sockets: dict[uuid.UUID, weakref.WeakSet[WebSocket]] = defaultdict(weakref.WeakSet)
+        self._open: dict[uuid.UUID, weakref.WeakSet[WebSocket | asyncio.Event]] = defaultdict(
+            weakref.WeakSet
+        )
         self._seen_revoked: set[uuid.UUID] = set()
         self._since: datetime | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -110,11 +113,11 @@ class Authenticator:
             self._cache[digest] = (found, now + CACHE_SECONDS)
         return found
 
-    def track(self, principal: Principal, websocket: WebSocket) -> None:
-        """Close `websocket` when the principal's key is revoked (held weakly: a closed
-        connection just drops out)."""
+    def track(self, principal: Principal, connection: WebSocket | asyncio.Event) -> None:
+        """When the principal's key is revoked, close this websocket, or set this event (a
+        Server-Sent Events stream waits on it). Held weakly: a closed one just drops out."""
         if principal.key_id is not None:
-            self._sockets[principal.key_id].add(websocket)
+            self._open[principal.key_id].add(connection)
 
     async def _watch(self) -> None:
         while True:
@@ -134,10 +137,12 @@ class Authenticator:
                 continue
             self._seen_revoked.add(key_id)
             self._cache = {d: p for d, p in self._cache.items() if p[0].key_id != key_id}
-            for websocket in list(self._sockets.pop(key_id, ())):
-                if websocket.application_state is WebSocketState.CONNECTED:
+            for connection in list(self._open.pop(key_id, ())):
+                if isinstance(connection, asyncio.Event):
+                    connection.set()
+                elif connection.application_state is WebSocketState.CONNECTED:
                     with contextlib.suppress(Exception):
-                        await websocket.close(REVOKED_CLOSE_CODE, "API key revoked")
+                        await connection.close(REVOKED_CLOSE_CODE, "API key revoked")
 
 
 def unauthenticated(message: str) -> JSONResponse:

@@ -11,8 +11,10 @@ page that subscribes with `after: $after` resumes without a gap and without extr
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from graphql import GraphQLError
@@ -25,6 +27,7 @@ from api.errors import classify
 from api.schema import schema
 
 PING_SECONDS = 15
+T = TypeVar("T")
 
 
 def _error(message: str, status: int = 400) -> JSONResponse:
@@ -61,6 +64,30 @@ def _formatted(errors: list[GraphQLError] | None) -> list[dict[str, Any]]:
     return [dict(classify(e).formatted) for e in errors or ()]
 
 
+REVOKED = {"errors": [{"message": "API key revoked", "extensions": {"code": "UNAUTHENTICATED"}}]}
+
+
+async def _until(source: AsyncIterator[T], stop: asyncio.Event) -> AsyncIterator[T | None]:
+    """`source`'s items until it ends, or None once when `stop` is set."""
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        while True:
+            item = asyncio.ensure_future(anext(source))
+            await asyncio.wait({item, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not item.done():
+                item.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await item
+                yield None
+                return
+            try:
+                yield item.result()
+            except StopAsyncIteration:
+                return
+    finally:
+        stopped.cancel()
+
+
 async def stream(request: Request) -> Response:
     params = await _params(request)
     if isinstance(params, JSONResponse):
@@ -73,18 +100,24 @@ async def stream(request: Request) -> Response:
     if last_event_id and "after" not in variables:
         variables["after"] = last_event_id
     services: Services = request.app.state.services
+    principal = request.state.principal
     result = await schema.subscribe(
         query,
         variable_values=variables,
-        context_value=Context(services=services, principal=request.state.principal),
+        context_value=Context(services=services, principal=principal),
         operation_name=params.get("operationName"),
     )
     if not isinstance(result, AsyncIterator):  # refused before it started
         return JSONResponse({"errors": _formatted(result.errors)}, status_code=400)
+    revoked = asyncio.Event()
+    services.authenticator.track(principal, revoked)
 
     async def events() -> AsyncIterator[dict[str, Any]]:
         try:
-            async for item in result:
+            async for item in _until(result, revoked):
+                if item is None:  # the key was revoked
+                    yield {"event": "next", "data": orjson.dumps(REVOKED).decode()}
+                    break
                 payload: dict[str, Any] = {"data": item.data}
                 if item.errors:
                     payload["errors"] = _formatted(item.errors)

@@ -135,6 +135,7 @@ async def test_a_revoked_key_is_refused_and_its_open_subscriptions_closed_within
     assert (await api.execute("{ limits { maxBatchSize } }"))["limits"]
     other = api.as_key(await make_key(api.settings, "other"))
     watching = asyncio.create_task(api.subscribe(ALL, within=30))
+    streaming = asyncio.create_task(_sse_lines(api, ALL))
     unaffected = asyncio.create_task(other.subscribe(ALL, limit=1, within=30))
     await asyncio.sleep(0.5)
     revoke = await asyncio.create_subprocess_exec(
@@ -155,6 +156,10 @@ async def test_a_revoked_key_is_refused_and_its_open_subscriptions_closed_within
         await asyncio.wait_for(watching, 5)
     assert _close_code(closed.value) == 4403
     assert asyncio.get_running_loop().time() - started < 5
+    # a Server-Sent Events stream ends too, saying why
+    lines = await asyncio.wait_for(streaming, 5)
+    assert lines[-2:] == ["event: complete", "data: "]
+    assert any('"code":"UNAUTHENTICATED"' in line for line in lines)
     async with httpx.AsyncClient(base_url=api.url) as client:
         response = await client.post("/graphql", json={"query": LIST}, headers=api.headers)
     assert response.status_code == 401
@@ -166,6 +171,20 @@ async def test_a_revoked_key_is_refused_and_its_open_subscriptions_closed_within
     task_id = await submit(other, {"echo": {"message": "still here"}})
     (event,) = await unaffected
     assert event["tasksUpdates"]["taskId"] == task_id
+
+
+async def _sse_lines(stack: Stack, query: str) -> list[str]:
+    """The lines of a Server-Sent Events subscription, until the server ends it."""
+    lines: list[str] = []
+    async with (
+        httpx.AsyncClient(base_url=stack.url, timeout=30, headers=stack.headers) as client,
+        client.stream("GET", "/graphql/stream", params={"query": query}) as response,
+    ):
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if line.strip() and not line.startswith(":"):
+                lines.append(line.strip() if line.strip() != "data:" else "data: ")
+    return lines
 
 
 def _close_code(error: BaseException) -> int | None:
