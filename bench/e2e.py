@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 import uuid
@@ -138,7 +139,11 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=20, help="concurrent submitters")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for all")
     parser.add_argument("--poll", type=float, default=0.1, help="seconds between status polls")
-    parser.add_argument("--api-key", help="sent as `Authorization: Bearer KEY`")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("TASKRUNNER_API_KEY"),
+        help="sent as `Authorization: Bearer KEY` (default: $TASKRUNNER_API_KEY)",
+    )
     args = parser.parse_args()
     if args.count < 1 or args.concurrency < 1:
         parser.error("--count and --concurrency must be at least 1")

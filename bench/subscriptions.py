@@ -124,7 +124,9 @@ class Run:
         )
 
 
-async def follow(url: str, subs: list[Subscriber], run: Run, compression: bool) -> None:
+async def follow(
+    url: str, subs: list[Subscriber], run: Run, compression: bool, api_key: str | None = None
+) -> None:
     """One websocket carrying `subs`: subscribe them all and record what arrives until done."""
     by_key = {sub.key: sub for sub in subs}
     open_subs = len(subs)
@@ -135,7 +137,10 @@ async def follow(url: str, subs: list[Subscriber], run: Run, compression: bool) 
         max_size=None,
         open_timeout=30,
     ) as ws:
-        await ws.send(orjson.dumps({"type": "connection_init"}).decode())
+        init: dict[str, Any] = {"type": "connection_init"}
+        if api_key:
+            init["payload"] = {"Authorization": f"Bearer {api_key}"}
+        await ws.send(orjson.dumps(init).decode())
         ack = orjson.loads(await ws.recv())
         if ack.get("type") != "connection_ack":
             raise GraphQLError(f"expected connection_ack, got {ack}")
@@ -167,9 +172,11 @@ async def follow(url: str, subs: list[Subscriber], run: Run, compression: bool) 
     raise GraphQLError(f"connection closed with {open_subs} subscriptions still open")
 
 
-async def follow_logged(url: str, subs: list[Subscriber], run: Run, compression: bool) -> None:
+async def follow_logged(
+    url: str, subs: list[Subscriber], run: Run, compression: bool, api_key: str | None
+) -> None:
     try:
-        await follow(url, subs, run, compression)
+        await follow(url, subs, run, compression, api_key)
     except (OSError, WebSocketException, GraphQLError, orjson.JSONDecodeError) as exc:
         run.connection_errors.append(repr(exc))
         for sub in subs:
@@ -266,7 +273,9 @@ async def measure(
     peak = [0.0]
     sampler = asyncio.create_task(sample_rss(args.api_pid, peak)) if args.api_pid else None
     followers = [
-        asyncio.create_task(follow_logged(ws_url(args.url), chunk, run, not args.no_compression))
+        asyncio.create_task(
+            follow_logged(ws_url(args.url), chunk, run, not args.no_compression, args.api_key)
+        )
         for chunk in chunks
     ]
     everything = asyncio.gather(*followers)
@@ -326,9 +335,10 @@ async def measure(
 
 async def run_all(args: argparse.Namespace) -> int:
     results: dict[str, dict[str, Any]] = {}
-    async with httpx.AsyncClient(
-        headers={"Content-Type": "application/json"}, timeout=30.0
-    ) as client:
+    headers = {"Content-Type": "application/json"}
+    if args.api_key:
+        headers["Authorization"] = f"Bearer {args.api_key}"
+    async with httpx.AsyncClient(headers=headers, timeout=30.0) as client:
         for count in args.subscribers:
             results[str(count)] = await measure(client, args, count)
     largest = str(max(args.subscribers))
@@ -364,6 +374,11 @@ def main() -> int:
     )
     parser.add_argument("--no-compression", action="store_true", help="no permessage-deflate")
     parser.add_argument("--api-pid", type=int, help="api process to read VmRSS of")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("TASKRUNNER_API_KEY"),
+        help="sent as `Authorization: Bearer KEY` (default: $TASKRUNNER_API_KEY)",
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per run")
     args = parser.parse_args()
     try:
