@@ -1,5 +1,5 @@
 """What a worker does besides running tasks: follow cancellations, beat its heartbeat,
-enqueue tasks that became due, and (one worker at a time) reconcile.
+enqueue tasks that became due, watch its memory, and (one worker at a time) reconcile.
 
 Each loop survives errors (logged, retried next round): a Redis or PostgreSQL hiccup must
 not take the worker down, and a later round repairs what an earlier one missed.
@@ -121,6 +121,10 @@ async def beat(ctx: WorkerContext) -> None:
     )
 
 
+async def check_memory(ctx: WorkerContext) -> None:
+    await ctx["memory"].check()
+
+
 async def enqueue_due(ctx: WorkerContext) -> None:
     await reconciler.enqueue_due(ctx["engine"], ctx["redis"])
 
@@ -187,6 +191,7 @@ def start(ctx: WorkerContext) -> list[asyncio.Task[None]]:
     loops = [
         (s.heartbeat_interval_seconds, beat, "heartbeat"),
         (s.scheduler_interval_seconds, enqueue_due, "scheduler"),
+        (s.memory_check_interval_seconds, check_memory, "memory"),
         (s.reconcile_interval_seconds, reconcile, "reconciler"),
         (RETENTION_EVERY_SECONDS, expire_artifacts, "retention"),
     ]

@@ -32,8 +32,8 @@ PROGRESS_INTERVAL_SECONDS = 0.1
 MAX_LOG_LINES = 10_000
 MAX_LINE_CHARS = 10_000
 # Loggers of the machinery itself: never captured as a task's lines.
-INTERNAL_LOGGERS = ("taskrunner", "workers.runner", "workers.background", "arq", "sqlalchemy",
-                    "asyncpg", "redis")  # fmt: skip
+INTERNAL_LOGGERS = ("taskrunner", "workers.runner", "workers.background", "workers.memory",
+                    "arq", "sqlalchemy", "asyncpg", "redis")  # fmt: skip
 
 CURRENT: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
     "taskrunner_task", default=None

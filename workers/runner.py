@@ -1,4 +1,5 @@
-"""Runs one task attempt: QUEUED -> RUNNING -> a final state, with timeout and cancellation.
+"""Runs one task attempt: QUEUED -> RUNNING -> a final state, with timeout, cancellation and
+the memory budget (workers.memory).
 
 This is the one catch-all of the worker: whatever the task body raises is recorded on the
 task (FAILED with its type and message) instead of escaping into arq.
@@ -29,6 +30,7 @@ from taskrunner.retries import backoff, retries_left
 from taskrunner.states import TaskStatus
 from workers.catalog import TaskType
 from workers.context import TaskContext, run_with_context
+from workers.memory import LIMIT_EXCEEDED, MemoryWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ class WorkerContext(TypedDict):
     cancel_requests: dict[tuple[uuid.UUID, int], float]  # (task, attempt) asked early -> when
     store: ArtifactStore
     orphan_suspects: dict[uuid.UUID, float]  # the reconciler's: task -> first seen orphaned
+    memory: MemoryWatchdog  # TASK_MAX_MEMORY_MB
 
 
 def _status(to: TaskStatus, **data: Any) -> dict[str, Any]:
@@ -79,8 +82,14 @@ async def execute(ctx: WorkerContext, task_type: TaskType, task_id: str) -> str:
     if not start.accepted:  # cancelled, already run, or a duplicate delivery
         return f"skipped: task is {start.found.value if start.found else 'gone'}"
     attempt = await _load(engine, tid)
-    final = await _run_body(ctx, task_type, tid, attempt)
-    if final.to is TaskStatus.FAILED and retries_left(attempt.max_retries, attempt.number):
+    try:
+        final = await _run_body(ctx, task_type, tid, attempt)
+    finally:
+        killed = ctx["memory"].finished(tid)
+    if killed is not None:  # however the body ended, it was over the budget: never retried
+        await _log(ctx, tid, attempt.number, "error", f"task_killed: {killed}")
+        final = _failed(tid, LIMIT_EXCEEDED, killed)
+    elif final.to is TaskStatus.FAILED and retries_left(attempt.max_retries, attempt.number):
         final = await _retry_later(ctx, task_type, tid, attempt, final)
     await _store_log(ctx, tid, attempt.number)
     await journal.apply_one(engine, redis, replace(final, expect_attempt=attempt.number))
@@ -160,10 +169,13 @@ async def _run_body(
     tctx = TaskContext(
         task_id, attempt.number, settings, ctx["engine"], ctx["redis"], store=ctx["store"]
     )
+    memory = ctx["memory"]
     body = asyncio.create_task(
-        run_with_context(tctx, lambda: task_type.run(tctx, data)), name=f"task:{task_id}"
+        run_with_context(tctx, lambda: memory.metered(task_id, task_type.run(tctx, data))),
+        name=f"task:{task_id}",
     )
     ctx["running"][task_id] = Running(attempt.number, body)
+    memory.started(task_id)
     asked = ctx["cancel_requests"].pop((task_id, attempt.number), None) is not None
     if asked or attempt.cancel_requested:
         body.cancel()  # asked while this attempt was starting

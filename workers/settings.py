@@ -22,6 +22,7 @@ from taskrunner.logs import configure_logging
 from workers import background
 from workers.catalog import TaskType, catalog
 from workers.context import install_log_capture
+from workers.memory import MemoryWatchdog
 from workers.runner import WorkerContext, execute
 
 # arq's own job timeout is only a backstop behind each task's timeout.
@@ -45,8 +46,10 @@ async def _startup(settings: Settings, ctx: dict[str, Any]) -> None:
     ctx["running"] = {}
     ctx["cancel_requests"] = {}
     ctx["orphan_suspects"] = {}
-    ctx["background"] = background.start(cast(WorkerContext, ctx))
     install_log_capture()
+    # The baseline of TASK_MAX_MEMORY_MB: the worker's memory once it is set up.
+    ctx["memory"] = MemoryWatchdog(ctx["running"], settings.task_max_memory_mb)
+    ctx["background"] = background.start(cast(WorkerContext, ctx))
 
 
 async def _shutdown(ctx: dict[str, Any]) -> None:

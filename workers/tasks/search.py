@@ -8,6 +8,8 @@ Error codes: SearchNotConfigured, SearchProviderError.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import httpx
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
@@ -23,6 +25,8 @@ from taskrunner.search import (
 from workers.context import TaskContext
 
 NAME = "search"
+MAX_SOURCES = 10  # room for repeats and spellings; duplicates are dropped
+MAX_SOURCE_CHARS = 32
 
 
 def allowed_sources(settings: Settings) -> list[str]:
@@ -33,9 +37,10 @@ def allowed_sources(settings: Settings) -> list[str]:
 
 class Input(BaseModel):
     query: str = Field(min_length=1, max_length=500, description="What to search for.")
-    sources: list[str] = Field(
+    sources: list[Annotated[str, Field(max_length=MAX_SOURCE_CHARS)]] = Field(
         default_factory=lambda: ["web"],
         min_length=1,
+        max_length=MAX_SOURCES,
         description="Where to search: web, news or videos (those in SEARCH_SOURCE_ALLOWLIST).",
     )
     recency_days: int | None = Field(

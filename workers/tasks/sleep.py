@@ -13,10 +13,15 @@ from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from workers.context import TaskContext
 
 NAME = "sleep"
+# A static ceiling, published in the JSON Schema; TASK_MAX_RUNTIME_SECONDS (checked at
+# validation, usually lower) is the one that applies.
+MAX_SECONDS = 86_400
 
 
 class Input(BaseModel):
-    seconds: float = Field(ge=0, description="How long to sleep, 0 to TASK_MAX_RUNTIME_SECONDS.")
+    seconds: float = Field(
+        ge=0, le=MAX_SECONDS, description="How long to sleep, 0 to TASK_MAX_RUNTIME_SECONDS."
+    )
 
     @field_validator("seconds")
     @classmethod

@@ -1,0 +1,1 @@
+"""Task types for tests only (TASKRUNNER_TASK_MODULES=tests.memtasks)."""
