@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Iterator
@@ -39,6 +40,9 @@ LIMIT_HINTS = {  # what graphql-core and strawberry's limiters say -> how to sta
 }
 
 
+INCIDENT_ATTRIBUTE = "_taskrunner_incident"
+
+
 def classify(error: GraphQLError) -> GraphQLError:
     """The error as clients should see it."""
     original = error.original_error
@@ -61,8 +65,12 @@ def classify(error: GraphQLError) -> GraphQLError:
         )
     if isinstance(original, GraphQLError) and original.original_error is None:
         return classify(original)
-    incident = uuid.uuid4().hex[:12]
-    log.error("unexpected error %s at %s", incident, error.path, exc_info=original)
+    incident = getattr(original, INCIDENT_ATTRIBUTE, None)
+    if incident is None:  # logged once, however many layers classify the same error
+        incident = uuid.uuid4().hex[:12]
+        with contextlib.suppress(AttributeError):  # a few built-in exceptions have no dict
+            setattr(original, INCIDENT_ATTRIBUTE, incident)
+        log.error("unexpected error %s at %s", incident, error.path, exc_info=original)
     return GraphQLError(
         f"internal error (incident {incident}); it was logged, please report it",
         nodes=error.nodes,

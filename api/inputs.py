@@ -6,12 +6,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import orjson
 import strawberry
 from pydantic import ValidationError
 from strawberry.experimental.pydantic import input as pydantic_input
 
 from api.types import TaskOptionsInput
+from taskrunner import jsonx
 from taskrunner.config import Settings
 from taskrunner.errors import BadInput, LimitExceeded
 from taskrunner.queue import PRIORITY_MAX, PRIORITY_MIN
@@ -88,7 +88,7 @@ def _submission(
     name, value = chosen[0]
     task_type = catalog()[name]
     raw = strawberry.asdict(value)
-    size = len(orjson.dumps(raw, default=str))
+    size = len(jsonx.dumps(raw))
     if size > settings.max_task_input_bytes:
         raise LimitExceeded(
             f"{path}.{name}: the input is {size} bytes as JSON, over MAX_TASK_INPUT_BYTES "

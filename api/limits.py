@@ -9,13 +9,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from functools import lru_cache
 
-from graphql import ASTValidationRule
+from graphql import ASTValidationRule, GraphQLError, StringValueNode
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter, SchemaExtension
 
 from taskrunner.config import Settings
+from taskrunner.errors import BadInput
 
 LIMITED_PATHS = ("/graphql", "/graphql/stream")
 
@@ -26,11 +27,43 @@ def _rules(max_depth: int, max_aliases: int) -> tuple[type[ASTValidationRule], .
     return (
         *QueryDepthLimiter(max_depth=max_depth).validation_rules,
         *MaxAliasesLimiter(max_alias_count=max_aliases).validation_rules,
+        NoNulStrings,
     )
 
 
+def _nul_in(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_nul_in(k) or _nul_in(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_nul_in(v) for v in value)
+    return False
+
+
+class NoNulStrings(ASTValidationRule):
+    """PostgreSQL cannot store U+0000 in text or JSONB: refuse it in any string literal."""
+
+    def enter_string_value(self, node: StringValueNode, *_args: object) -> None:
+        if "\x00" in node.value:
+            self.report_error(GraphQLError(NUL_MESSAGE, node))
+
+
+NUL_MESSAGE = (
+    "a string contains the character U+0000 (NUL), which cannot be stored; remove it "
+    "(binary data goes in artifacts, base64-encoded)"
+)
+
+
 class QueryLimits(SchemaExtension):
-    """MAX_QUERY_DEPTH, MAX_QUERY_ALIASES and MAX_QUERY_TOKENS of the serving app."""
+    """MAX_QUERY_DEPTH, MAX_QUERY_ALIASES and MAX_QUERY_TOKENS of the serving app, and no
+    NUL characters in strings (literals here, variables in `on_execute`)."""
+
+    def on_execute(self) -> Iterator[None]:
+        for name, value in (self.execution_context.variables or {}).items():
+            if _nul_in(value):
+                raise BadInput(f"${name}: {NUL_MESSAGE}", field=name)
+        yield
 
     def on_operation(self) -> Iterator[None]:
         settings: Settings | None = getattr(self.execution_context.context, "settings", None)

@@ -96,13 +96,23 @@ async def _take_rate(info: Info, tasks: int) -> None:
         raise
 
 
+def _aware(name: str, value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise BadInput(
+            f"filter.{name}: {value.isoformat()} has no time zone; give one, e.g. "
+            f"{value.isoformat()}Z",
+            field=f"filter.{name}",
+        )
+    return value
+
+
 def _domain_filter(f: TaskFilter) -> ops.TaskFilter:
     return ops.TaskFilter(
         status=tuple(TaskStatus(s) for s in f.status or ()),
         type=tuple(f.type or ()),
         label=f.label,
-        created_after=f.created_after,
-        created_before=f.created_before,
+        created_after=_aware("createdAfter", f.created_after),
+        created_before=_aware("createdBefore", f.created_before),
     )
 
 

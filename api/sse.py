@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeVar
 
 import orjson
@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from api.context import Context, Services
 from api.errors import classify
 from api.schema import schema
+from taskrunner import jsonx
 
 PING_SECONDS = 15
 T = TypeVar("T")
@@ -67,25 +68,29 @@ def _formatted(errors: list[GraphQLError] | None) -> list[dict[str, Any]]:
 REVOKED = {"errors": [{"message": "API key revoked", "extensions": {"code": "UNAUTHENTICATED"}}]}
 
 
-async def _until(source: AsyncIterator[T], stop: asyncio.Event) -> AsyncIterator[T | None]:
+async def _until(source: AsyncIterator[T], stop: asyncio.Event) -> AsyncGenerator[T | None, None]:
     """`source`'s items until it ends, or None once when `stop` is set."""
     stopped = asyncio.ensure_future(stop.wait())
+    item: asyncio.Future[T] | None = None
     try:
         while True:
             item = asyncio.ensure_future(anext(source))
             await asyncio.wait({item, stopped}, return_when=asyncio.FIRST_COMPLETED)
             if not item.done():
-                item.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await item
                 yield None
                 return
             try:
-                yield item.result()
+                value = item.result()
             except StopAsyncIteration:
                 return
+            item = None
+            yield value
     finally:
         stopped.cancel()
+        if item is not None and not item.done():  # revoked, or the client went away
+            item.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await item
 
 
 async def stream(request: Request) -> Response:
@@ -114,17 +119,20 @@ async def stream(request: Request) -> Response:
 
     async def events() -> AsyncIterator[dict[str, Any]]:
         try:
-            async for item in _until(result, revoked):
-                if item is None:  # the key was revoked
-                    yield {"event": "next", "data": orjson.dumps(REVOKED).decode()}
-                    break
-                payload: dict[str, Any] = {"data": item.data}
-                if item.errors:
-                    payload["errors"] = _formatted(item.errors)
-                event = {"event": "next", "data": orjson.dumps(payload).decode()}
-                if cursor := _cursor(item.data):
-                    event["id"] = cursor
-                yield event
+            # aclosing: leaving the loop closes `_until` (and its pending read) at once,
+            # before the subscription itself is closed below
+            async with contextlib.aclosing(_until(result, revoked)) as items:
+                async for item in items:
+                    if item is None:  # the key was revoked
+                        yield {"event": "next", "data": jsonx.dumps(REVOKED).decode()}
+                        break
+                    payload: dict[str, Any] = {"data": item.data}
+                    if item.errors:
+                        payload["errors"] = _formatted(item.errors)
+                    event = {"event": "next", "data": jsonx.dumps(payload).decode()}
+                    if cursor := _cursor(item.data):
+                        event["id"] = cursor
+                    yield event
             yield {"event": "complete", "data": ""}
         finally:
             await result.aclose()

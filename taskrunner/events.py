@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from taskrunner import jsonx
 from taskrunner.errors import BadInput
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class Event(BaseModel):
         return encode_cursor(self.id)
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self.model_dump(mode="json"))
+        return jsonx.dumps(self.model_dump(mode="json"))
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Event:

@@ -138,19 +138,8 @@ async def test_a_revoked_key_is_refused_and_its_open_subscriptions_closed_within
     streaming = asyncio.create_task(_sse_lines(api, ALL))
     unaffected = asyncio.create_task(other.subscribe(ALL, limit=1, within=30))
     await asyncio.sleep(0.5)
-    revoke = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "taskrunner",
-        "keys",
-        "revoke",
-        await _name_of(api),
-        cwd=repo_root(),
-        env=process_env(api.settings),
-        stdout=asyncio.subprocess.PIPE,
-    )
-    out, _ = await revoke.communicate()
-    assert revoke.returncode == 0 and out.decode().startswith("revoked ")
+    code, out, _ = await keys_cli(process_env(api.settings), "revoke", await _name_of(api))
+    assert code == 0 and out.startswith("revoked ")
     started = asyncio.get_running_loop().time()
     with pytest.raises(TransportError) as closed:
         await asyncio.wait_for(watching, 5)
@@ -197,71 +186,54 @@ def _close_code(error: BaseException) -> int | None:
     return None
 
 
-async def _name_of(stack: Stack) -> str:
-    """The name of the stack's key, from `keys list` (its prefix is shown)."""
+async def keys_cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    """`taskrunner keys ARGS` in its own process: exit code, stdout, stderr."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "taskrunner",
         "keys",
-        "list",
+        *args,
         cwd=repo_root(),
-        env=process_env(stack.settings),
+        env=env,
         stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
-    out, _ = await proc.communicate()
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def _name_of(stack: Stack) -> str:
+    """The name of the stack's key, from `keys list` (its prefix is shown)."""
+    _, out, _ = await keys_cli(process_env(stack.settings), "list")
     assert stack.key is not None
-    (line,) = [x for x in out.decode().splitlines() if stack.key[:10] in x]
+    (line,) = [x for x in out.splitlines() if stack.key[:10] in x]
     return line.split()[0]
 
 
 async def test_keys_cli_creates_lists_and_revokes(settings: Settings) -> None:
-    async def run(*args: str) -> tuple[int, str, str]:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "taskrunner",
-            "keys",
-            *args,
-            cwd=repo_root(),
-            env=process_env(settings),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await proc.communicate()
-        assert proc.returncode is not None
-        return proc.returncode, out.decode(), err.decode()
-
-    code, out, err = await run("create", "ci", "--owner", "team-a", "--admin")
+    env = process_env(settings)
+    code, out, err = await keys_cli(env, "create", "ci", "--owner", "team-a", "--admin")
     assert code == 0 and "admin key 'ci'" in err and "shown only this once" in err
     secret = out.strip()
     assert secret.startswith("trk_") and len(secret) >= 40
-    code, _, err = await run("create", "ci")
+    code, _, err = await keys_cli(env, "create", "ci")
     assert code == 1 and "a key named 'ci' exists" in err
-    code, _, err = await run("create", "bad name!")
+    code, _, err = await keys_cli(env, "create", "bad name!")
     assert code == 1 and "name: 'bad name!' is not a valid name" in err
-    code, out, _ = await run("list")
+    code, out, _ = await keys_cli(env, "list")
     (row,) = [x for x in out.splitlines() if x.startswith("ci ")]
     assert row.split()[:4] == ["ci", "team-a", "admin", secret[:10] + "…"]
     assert secret not in out  # only its prefix is ever shown again
-    assert (await run("revoke", "ci"))[0] == 0
-    code, out, _ = await run("list")
+    assert (await keys_cli(env, "revoke", "ci"))[0] == 0
+    code, out, _ = await keys_cli(env, "list")
     assert next(x for x in out.splitlines() if x.startswith("ci ")).split()[-1] != "-"
-    code, _, err = await run("revoke", "nobody")
+    code, _, err = await keys_cli(env, "revoke", "nobody")
     assert code == 1 and "no key named 'nobody'" in err
-    env_without_db = {k: v for k, v in process_env(settings).items() if k != "DATABASE_URL"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "taskrunner",
-        "keys",
-        "list",
-        cwd=repo_root(),
-        env=env_without_db,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err_bytes = await proc.communicate()
-    assert proc.returncode == 2 and "DATABASE_URL is not set" in err_bytes.decode()
+    without_db = {k: v for k, v in env.items() if k != "DATABASE_URL"}
+    code, _, err = await keys_cli(without_db, "list")
+    assert code == 2 and "DATABASE_URL is not set" in err
 
 
 async def test_without_auth_everyone_is_one_owner_and_a_warning_is_logged(

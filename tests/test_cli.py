@@ -15,6 +15,7 @@ import httpx
 
 from taskrunner.embedded import free_port
 from tests.conftest import Stack, repo_root
+from tests.test_auth import keys_cli
 from tests.test_walking_skeleton import WATCH
 
 
@@ -76,6 +77,10 @@ async def test_dev_serves_graphiql_stops_on_ctrl_c_and_keeps_tasks(tmp_path: Pat
         task_id = (
             await stack.execute('mutation { submitTask(task: {echo: {message: "kept"}}) { id } }')
         )["submitTask"]["id"]
+        # `taskrunner keys` finds the running dev stack's database by itself
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+        code, out, _ = await keys_cli({**env, "DATA_DIR": str(tmp_path / "data")}, "list")
+        assert code == 0 and out.splitlines()[1].split()[:3] == ["dev", "dev", "user"]
     finally:
         code = await _ctrl_c(proc)
     assert code == 0
