@@ -2,10 +2,13 @@
 
 A moving window (the `limits` library's Redis strategy, one Lua script per check): at most
 TASKS_PER_MINUTE tasks in any 60 seconds, a batch counting each of its tasks, all or none.
+With Redis unreachable it lets submissions through (they are kept in PostgreSQL and
+enqueued once Redis is back) rather than refusing work it cannot count.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
@@ -13,8 +16,11 @@ from limits import RateLimitItemPerMinute
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from taskrunner.errors import LimitExceeded, RateLimited
+
+log = logging.getLogger(__name__)
 
 
 class RateLimiter:
@@ -39,7 +45,11 @@ class RateLimiter:
                 "send at most that many per minute",
                 field="tasks",
             )
-        if await self._limiter.hit(self._item, "submit", who, cost=tasks):
+        try:
+            if await self._limiter.hit(self._item, "submit", who, cost=tasks):
+                return
+        except RedisError as exc:  # fail open: the submission itself lives in PostgreSQL
+            log.warning("rate limiter unavailable (%s): letting %d tasks through", exc, tasks)
             return
         reset_at, _ = await self._limiter.get_window_stats(self._item, "submit", who)
         wait = max(1, math.ceil(reset_at - time.time()))

@@ -12,9 +12,13 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from gql.transport.exceptions import TransportError, TransportQueryError
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner.config import Settings
+from taskrunner.embedded import free_port
+from taskrunner.errors import LimitExceeded, RateLimited
+from taskrunner.ratelimit import RateLimiter
 from tests.conftest import Stack, api_process, make_key, run_api
 from tests.test_auth import _close_code
 
@@ -231,3 +235,23 @@ async def test_subscriptions_per_connection_are_capped(settings: Settings) -> No
                 await agen.aclose()
     assert err.value.errors
     assert err.value.errors[0]["extensions"]["code"] == "LIMIT_EXCEEDED"
+
+
+async def test_the_limiter_counts_in_redis_and_lets_work_through_when_redis_is_away(
+    redis_url: str,
+) -> None:
+    live = Redis.from_url(redis_url)
+    gone = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+    try:
+        limiter = RateLimiter(live, 3)
+        await limiter.take("k", 2)
+        await limiter.take("k", 1)
+        with pytest.raises(RateLimited) as err:
+            await limiter.take("k", 1)
+        assert 1 <= err.value.retry_after <= 60
+        with pytest.raises(LimitExceeded):
+            await limiter.take("other", 4)  # more than a minute's worth in one request
+        await RateLimiter(gone, 3).take("k", 3)  # no Redis: counted nowhere, not refused
+    finally:
+        await live.aclose()
+        await gone.aclose()
