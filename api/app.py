@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from functools import cached_property
 from typing import Any
 
-import sqlalchemy as sa
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -35,9 +35,10 @@ from api.context import Context, Services
 from api.errors import classify
 from api.graphiql import STATIC_DIR, STATIC_PATH, offline_graphiql_html
 from api.limits import BodyLimitMiddleware
+from api.observability import RequestIdMiddleware, healthz, metrics_endpoint, readyz
 from api.schema import schema
 from api.types import Limits
-from taskrunner import queue
+from taskrunner import queue, tracing
 from taskrunner.artifacts import (
     ArtifactTooLarge,
     LocalStore,
@@ -99,6 +100,7 @@ class GraphQLApp(GraphQL[Context, None]):
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     engine = create_engine(settings.require_database_url())
+    tracing.instrument_engine(engine)
     redis = await queue.connect(settings.require_redis_url(), settings.queue_name)
     hub = EventHub(redis)
     await hub.start()
@@ -199,32 +201,9 @@ async def limits(request: Request) -> Response:
     return JSONResponse(Limits.of(services.settings).as_json())
 
 
-async def healthz(request: Request) -> Response:
-    """The process is up."""
-    return JSONResponse({"status": "ok"})
-
-
-async def readyz(request: Request) -> Response:
-    """PostgreSQL and Redis answer."""
-    services: Services = request.app.state.services
-    checks: dict[str, Any] = {}
-    try:
-        async with services.engine.connect() as conn:
-            await conn.execute(sa.text("SELECT 1"))
-        checks["postgres"] = "ok"
-    except Exception as exc:
-        checks["postgres"] = f"error: {exc}"
-    try:
-        await services.redis.ping()
-        checks["redis"] = "ok"
-    except Exception as exc:
-        checks["redis"] = f"error: {exc}"
-    ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
-
-
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or get_settings()
+    tracing.setup("taskrunner-api", settings)
     graphql = GraphQLApp(
         schema,
         graphql_ide="graphiql",
@@ -244,9 +223,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/limits", limits),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/metrics", metrics_endpoint),
         ],
         lifespan=_lifespan,
         middleware=[
+            *([Middleware(OpenTelemetryMiddleware)] if tracing.enabled() else []),
+            Middleware(RequestIdMiddleware),
             Middleware(BodyLimitMiddleware, limit=settings.max_request_bytes),
             Middleware(AuthMiddleware),
         ],

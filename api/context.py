@@ -13,6 +13,7 @@ from starlette.websockets import WebSocket
 from strawberry.types import Info as StrawberryInfo
 
 from api.auth import HOW_TO, Authenticator
+from taskrunner import metrics
 from taskrunner.artifacts import ArtifactStore, Signer
 from taskrunner.config import Settings
 from taskrunner.errors import LimitExceeded, Unauthenticated
@@ -73,10 +74,12 @@ class Context:
                 "(MAX_SUBSCRIPTIONS_PER_CONNECTION); complete one, or open another connection"
             )
         self.open_subscriptions += 1
+        metrics.SUBSCRIPTIONS.inc()
         try:
             yield
         finally:
             self.open_subscriptions -= 1
+            metrics.SUBSCRIPTIONS.dec()
 
     @property
     def settings(self) -> Settings:

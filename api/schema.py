@@ -18,6 +18,7 @@ from api.context import Info
 from api.errors import ErrorCodes
 from api.inputs import TaskSpecInput, TaskSubmissionInput, to_submission
 from api.limits import QueryLimits
+from api.observability import GraphQLMetrics
 from api.types import (
     Artifact,
     ArtifactAdded,
@@ -43,6 +44,7 @@ from taskrunner import tasks as ops
 from taskrunner.artifacts import add_artifact, begin_upload, complete_upload, find_upload
 from taskrunner.errors import BadInput, LimitExceeded, NotFound, RateLimited
 from taskrunner.events import decode_cursor
+from taskrunner.logs import event
 from taskrunner.models import Task as TaskRow
 from taskrunner.states import TaskStatus
 from workers.catalog import catalog
@@ -84,11 +86,12 @@ async def _take_rate(info: Info, tasks: int) -> None:
     try:
         await context.services.rate_limiter.take(str(context.caller.key_id or "-"), tasks)
     except RateLimited as exc:
-        log.info(
-            "rate_limited key=%s tasks=%d retry_after=%ds",
-            context.caller.name,
-            tasks,
-            exc.retry_after,
+        event(
+            "rate_limited",
+            logging.WARNING,
+            key=context.caller.name,
+            tasks=tasks,
+            retry_after_seconds=exc.retry_after,
         )
         if context.response is not None:
             context.response.status_code = 429
@@ -440,6 +443,7 @@ schema = TaskrunnerSchema(
     # the api's CPU per request otherwise (profiled with py-spy).
     extensions=[
         ErrorCodes,
+        GraphQLMetrics,
         QueryLimits,
         lambda: ParserCache(maxsize=512),  # factories share one module-level cache
         lambda: ValidationCache(maxsize=512),

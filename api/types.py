@@ -141,6 +141,44 @@ def event_type(event: Event) -> TaskEvent:
     return LogAppended(**common, level=data["level"], line=data["line"])
 
 
+@strawberry.type(description="One attempt of a task, as its worker measured it.")
+class AttemptMetrics:
+    attempt: int
+    worker_id: str = strawberry.field(description="The worker that ran it.")
+    status: TaskStatus = strawberry.field(
+        description="How the attempt ended (QUEUED: it failed and a retry follows)."
+    )
+    queue_wait_seconds: float = strawberry.field(
+        description="From when it was due (submitted, runAt, or retried) to its start."
+    )
+    run_seconds: float = strawberry.field(description="From its start to its end.")
+    peak_memory_mb: float | None = strawberry.field(
+        description="The worker process's highest RSS seen while it ran (MB)."
+    )
+    finished_at: datetime
+
+    @classmethod
+    def from_event(cls, status: str, at: datetime, figures: dict[str, Any]) -> AttemptMetrics:
+        return cls(
+            attempt=int(figures["attempt"]),
+            worker_id=str(figures["worker_id"]),
+            status=TaskStatus(status),
+            queue_wait_seconds=float(figures["queue_wait_seconds"]),
+            run_seconds=float(figures["run_seconds"]),
+            peak_memory_mb=figures.get("peak_memory_mb"),
+            finished_at=at,
+        )
+
+
+@strawberry.type(description="Seed 000's per-task execution metrics.")
+class TaskMetrics:
+    queue_wait_seconds: float | None = strawberry.field(
+        description="The first attempt's wait in the queue (null before it starts)."
+    )
+    run_seconds: float | None = strawberry.field(description="Run time of all attempts.")
+    attempts: list[AttemptMetrics] = strawberry.field(description="Finished attempts, in order.")
+
+
 @strawberry.type(description="A submitted task and its current state.")
 class Task:
     id: strawberry.ID
@@ -193,6 +231,20 @@ class Task:
         rows = await list_artifacts(info.context.services.engine, uuid.UUID(str(self.id)))
         logs = [r for r in rows if r.is_log]
         return await Artifact.from_row(logs[-1]).url(info) if logs else None
+
+    @strawberry.field(
+        description="How its attempts went: queue wait, run time, worker, peak memory."
+    )
+    async def metrics(self, info: Info) -> TaskMetrics:
+        rows = await tasks.attempt_metrics(
+            engine=info.context.services.engine, task_id=uuid.UUID(str(self.id))
+        )
+        attempts = [AttemptMetrics.from_event(status, at, figures) for status, at, figures in rows]
+        return TaskMetrics(
+            queue_wait_seconds=attempts[0].queue_wait_seconds if attempts else None,
+            run_seconds=round(sum(a.run_seconds for a in attempts), 4) if attempts else None,
+            attempts=attempts,
+        )
 
     @strawberry.field(description="The task's events in order, after the cursor `after`.")
     async def events(

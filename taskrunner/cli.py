@@ -34,6 +34,7 @@ def cmd_api(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # ours (taskrunner.logs): one format for every process
         **uvicorn_options(settings),
     )
     return 0
@@ -225,6 +226,7 @@ def cmd_dev(settings: Settings) -> int:
         migrate(database_url)
         (data / DEV_DATABASE_FILE).write_text(database_url + "\n")
         env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url}
+        env.setdefault("LOG_FORMAT", "console")  # people read these; set json to pipe them
         if settings.artifact_signing_key is None:
             env["ARTIFACT_SIGNING_KEY"] = load_or_create_key(data / "signing.key").hex()
         for role in ("api", "worker"):
@@ -285,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"taskrunner: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    console = args.command in ("dev", "keys") and "LOG_FORMAT" not in os.environ
+    configure_logging(settings.log_level, "console" if console else settings.log_format)
     commands = {"dev": cmd_dev, "api": cmd_api, "worker": cmd_worker, "migrate": cmd_migrate}
     try:
         if args.command == "keys":

@@ -172,6 +172,22 @@ class Settings(BaseSettings):
     )
     queue_name: str = Field(default="taskrunner:queue", description="arq queue (a Redis key).")
     log_level: str = Field(default="INFO", description="Log level of every process.")
+    log_format: str = Field(
+        default="json",
+        description="`json` (one JSON object a line, for log pipelines) or `console` (text for "
+        "people; `taskrunner dev` uses it).",
+    )
+    worker_metrics_port: int = Field(
+        default=9100,
+        ge=0,
+        le=65535,
+        description="Port of each worker's Prometheus /metrics (bound on HOST); 0: none.",
+    )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP endpoint for OpenTelemetry traces (e.g. http://jaeger:4318). "
+        "Unset: no trace is exported.",
+    )
     test_crash_after_commit: bool = Field(
         default=False,
         description="For fault tests only: the api process exits right after committing a "
@@ -191,6 +207,13 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis:// (e.g. redis://127.0.0.1:6379/0)")
         return value
+
+    @field_validator("log_format")
+    @classmethod
+    def _format(cls, value: str) -> str:
+        if value.lower() not in {"json", "console"}:
+            raise ValueError("must be json or console")
+        return value.lower()
 
     @field_validator("log_level")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
 
 from alembic import command
@@ -43,6 +44,16 @@ def alembic_config(database_url: str) -> Config:
 def migrate(database_url: str, revision: str = "head") -> None:
     """Apply migrations up to `revision` (blocking; call from a thread inside an event loop)."""
     command.upgrade(alembic_config(database_url), revision)
+
+
+@functools.lru_cache(maxsize=1)
+def head_revision() -> str | None:
+    """The newest migration in MIGRATIONS_DIR."""
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return ScriptDirectory.from_config(config).get_current_head()
 
 
 async def migrate_async(database_url: str, revision: str = "head") -> None:

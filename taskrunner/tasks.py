@@ -19,9 +19,10 @@ from redis.exceptions import RedisError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from taskrunner import journal, queue
+from taskrunner import journal, metrics, queue, tracing
 from taskrunner.errors import BadInput, Conflict, NotFound
 from taskrunner.events import CANCEL_CHANNEL, Event, EventKind, publish
+from taskrunner.logs import event
 from taskrunner.models import NOW, Task, event_table, task_table
 from taskrunner.states import TERMINAL, TaskStatus
 
@@ -85,6 +86,10 @@ async def submit(
         os._exit(70)  # fault injection: see Settings.test_crash_after_commit
     await publish(redis, events)
     created = {e.task_id for e in events}
+    for task in tasks:
+        if task.id in created:
+            metrics.TASKS_SUBMITTED.labels(task.type).inc()
+            event("task_submitted", task_id=str(task.id), task_type=task.type, owner=owner)
     jobs = [queue.Job(t.type, t.id, t.priority) for t in tasks if t.id in created and not t.due_at]
     try:
         await queue.enqueue(pool, jobs)
@@ -152,6 +157,7 @@ def _row(s: Submission, owner: str, now: datetime) -> dict[str, Any]:
         "scheduled_for": start,
         "due_at": start if start is not None and start > now else None,  # wait in PostgreSQL
         "event_seq": 1,
+        "trace_parent": tracing.traceparent(),
     }
 
 
@@ -244,6 +250,25 @@ async def list_events(
     async with engine.connect() as conn:
         rows = (await conn.execute(query)).mappings().all()
     return [Event.from_row(r) for r in rows]
+
+
+async def attempt_metrics(
+    *, engine: AsyncEngine, task_id: uuid.UUID
+) -> list[tuple[str, datetime, dict[str, Any]]]:
+    """(status, at, figures) of each finished attempt: the status events a worker wrote
+    with its measurements, in order."""
+    e = event_table.c
+    query = (
+        sa.select(e.data["status"].astext, e.at, e.data["metrics"])
+        .where(
+            e.task_id == task_id,
+            e.kind == EventKind.STATUS.value,
+            e.data.has_key("metrics"),
+        )
+        .order_by(e.seq)
+    )
+    async with engine.connect() as conn:
+        return [(str(r[0]), r[1], dict(r[2])) for r in await conn.execute(query)]
 
 
 async def cancel(

@@ -99,6 +99,7 @@ FAST: dict[str, Any] = {
     "worker_shutdown_grace_seconds": 2,
     "auth_recheck_seconds": 0.2,
     "tasks_per_minute": 0,  # tests that want the limit set it
+    "worker_metrics_port": 0,  # many workers share a host; tests that scrape set a port
 }
 
 

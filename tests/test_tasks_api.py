@@ -230,7 +230,7 @@ async def test_health_and_readiness(api: Stack) -> None:
         assert (await client.get("/healthz")).json() == {"status": "ok"}
         ready = await client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"ready": True, "postgres": "ok", "redis": "ok"}
+    assert ready.json() == {"ready": True, "postgres": "ok", "migrations": "ok", "redis": "ok"}
 
 
 PROCESSED = """

@@ -25,6 +25,7 @@ from taskrunner import journal
 from taskrunner.artifacts import ArtifactData, ArtifactStore, ArtifactTooLarge, add_artifact
 from taskrunner.config import Settings
 from taskrunner.events import EventKind
+from taskrunner.logs import event
 from taskrunner.models import Artifact
 
 LOG_LEVELS = frozenset({"debug", "info", "warning", "error"})
@@ -102,6 +103,7 @@ class TaskContext:
                 expect_attempt=self.attempt,
             )
         except ArtifactTooLarge as exc:
+            event("artifact_rejected", logging.WARNING, artifact=name, reason=exc.message)
             await self.log(f"artifact_rejected: {name}: {exc.message}", "error")
             raise
 

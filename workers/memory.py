@@ -109,9 +109,10 @@ def release_memory() -> None:
 
 @types.coroutine
 def _metered(
-    coro: Coroutine[Any, Any, T], add: Callable[[int], None], rss: Callable[[], int]
+    coro: Coroutine[Any, Any, T], add: Callable[[int, int], None], rss: Callable[[], int]
 ) -> Generator[Any, Any, T]:
-    """Await `coro`, passing to `add` the RSS change across each of its steps."""
+    """Await `coro`, passing to `add` the RSS change across each of its steps, and the RSS
+    after it."""
     value: Any = None
     error: BaseException | None = None
     while True:
@@ -128,12 +129,15 @@ def _metered(
                 finally:
                     del thrown
         except StopIteration as stop:
-            add(rss() - before)
+            after = rss()
+            add(after - before, after)
             return stop.value  # type: ignore[no-any-return]
         except BaseException:
-            add(rss() - before)
+            after = rss()
+            add(after - before, after)
             raise
-        add(rss() - before)
+        after = rss()
+        add(after - before, after)
         value = None
         try:
             value = yield signal
@@ -167,19 +171,22 @@ class MemoryWatchdog:
         self._release = release
         self.baseline = rss()
         self._grown: dict[uuid.UUID, int] = {}  # running task -> RSS added in its steps
+        self._peak: dict[uuid.UUID, int] = {}  # running task -> highest RSS seen meanwhile
         self._kills: dict[uuid.UUID, str] = {}  # killed, not yet finished -> why
         self._victim: Kill | None = None  # the last kill, until memory is reclaimed after it
 
     def started(self, task_id: uuid.UUID) -> None:
         """A task's body starts now."""
         self._grown[task_id] = 0
+        self._peak[task_id] = self._rss()
 
     def metered(self, task_id: uuid.UUID, coro: Coroutine[Any, Any, T]) -> Awaitable[T]:
         """`coro` (the task's body), counting the memory it adds as the task's."""
 
-        def add(delta: int) -> None:
+        def add(delta: int, rss: int) -> None:
             if task_id in self._grown:
                 self._grown[task_id] += delta
+                self._peak[task_id] = max(self._peak[task_id], rss)
 
         return _metered(coro, add, self._rss)
 
@@ -187,9 +194,15 @@ class MemoryWatchdog:
         """Bytes of RSS the task's own steps added so far."""
         return self._grown.get(task_id, 0)
 
+    def peak_mb(self, task_id: uuid.UUID) -> float | None:
+        """The worker's highest RSS (MB) seen while the task ran (its steps, and each check)."""
+        peak = self._peak.get(task_id)
+        return None if peak is None else round(peak / MB, 1)
+
     def finished(self, task_id: uuid.UUID) -> str | None:
         """A task's attempt is over: why it was killed for memory, if it was."""
         self._grown.pop(task_id, None)
+        self._peak.pop(task_id, None)
         return self._kills.pop(task_id, None)
 
     async def check(self) -> uuid.UUID | None:
@@ -199,7 +212,10 @@ class MemoryWatchdog:
                 return None
             self._reclaim(f"after killing task {self._victim.task_id}")
             self._victim = None
-        over = self._rss() - self.baseline
+        now = self._rss()
+        for task_id in self._peak:
+            self._peak[task_id] = max(self._peak[task_id], now)
+        over = now - self.baseline
         if over <= self.budget_mb * MB:
             return None
         blamed = self._blame()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import traceback
 import uuid
 from dataclasses import dataclass, replace
@@ -21,11 +22,12 @@ from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import journal
+from taskrunner import journal, metrics, tracing
 from taskrunner.artifacts import ArtifactStore, store_task_log
 from taskrunner.config import Settings
 from taskrunner.events import EventKind
-from taskrunner.models import NOW, task_table
+from taskrunner.logs import bind, event, unbind
+from taskrunner.models import NOW, event_table, task_table
 from taskrunner.retries import backoff, retries_left
 from taskrunner.states import TaskStatus
 from workers.catalog import TaskType
@@ -82,18 +84,82 @@ async def execute(ctx: WorkerContext, task_type: TaskType, task_id: str) -> str:
     if not start.accepted:  # cancelled, already run, or a duplicate delivery
         return f"skipped: task is {start.found.value if start.found else 'gone'}"
     attempt = await _load(engine, tid)
-    try:
-        final = await _run_body(ctx, task_type, tid, attempt)
-    finally:
-        killed = ctx["memory"].finished(tid)
-    if killed is not None:  # however the body ended, it was over the budget: never retried
-        await _log(ctx, tid, attempt.number, "error", f"task_killed: {killed}")
-        final = _failed(tid, LIMIT_EXCEEDED, killed)
-    elif final.to is TaskStatus.FAILED and retries_left(attempt.max_retries, attempt.number):
-        final = await _retry_later(ctx, task_type, tid, attempt, final)
-    await _store_log(ctx, tid, attempt.number)
-    await journal.apply_one(engine, redis, replace(final, expect_attempt=attempt.number))
+    with tracing.task_span(attempt.trace_parent, task_type.name, task_id, attempt.number):
+        final = await _attempt(ctx, task_type, tid, attempt)
     return str(final.to.value if final.to else "")
+
+
+async def _attempt(
+    ctx: WorkerContext, task_type: TaskType, tid: uuid.UUID, attempt: Attempt
+) -> journal.Change:
+    """Run the body, decide the outcome (retry, memory kill), record it with its metrics."""
+    memory = ctx["memory"]
+    bind(task_id=str(tid), task_type=task_type.name, attempt=attempt.number)
+    metrics.TASKS_RUNNING.inc()
+    metrics.TASK_QUEUE_WAIT.labels(task_type.name).observe(attempt.queue_wait_seconds)
+    event("task_started", queue_wait_seconds=round(attempt.queue_wait_seconds, 4))
+    began = time.monotonic()
+    try:
+        try:
+            final = await _run_body(ctx, task_type, tid, attempt)
+        finally:
+            run_seconds = time.monotonic() - began
+            peak = memory.peak_mb(tid)
+            killed = memory.finished(tid)
+            metrics.TASKS_RUNNING.dec()
+        if killed is not None:  # however the body ended, it was over the budget: no retry
+            await _log(ctx, tid, attempt.number, "error", f"task_killed: {killed}")
+            final = _failed(tid, LIMIT_EXCEEDED, killed)
+        elif final.to is TaskStatus.FAILED and retries_left(attempt.max_retries, attempt.number):
+            final = await _retry_later(ctx, task_type, tid, attempt, final)
+        final = _with_metrics(final, ctx, attempt, run_seconds, peak)
+        _report(task_type.name, final, run_seconds, killed)
+        await _store_log(ctx, tid, attempt.number)
+        await journal.apply_one(
+            ctx["engine"], ctx["redis"], replace(final, expect_attempt=attempt.number)
+        )
+        return final
+    finally:
+        unbind("task_id", "task_type", "attempt")
+
+
+def _with_metrics(
+    final: journal.Change,
+    ctx: WorkerContext,
+    attempt: Attempt,
+    run_seconds: float,
+    peak_mb: float | None,
+) -> journal.Change:
+    """The attempt's figures ride on its final status event (Task.metrics reads them)."""
+    figures = {
+        "attempt": attempt.number,
+        "worker_id": ctx["worker_id"],
+        "queue_wait_seconds": round(attempt.queue_wait_seconds, 4),
+        "run_seconds": round(run_seconds, 4),
+        "peak_memory_mb": peak_mb,
+    }
+    return replace(final, data={**final.data, "metrics": figures})
+
+
+def _report(task_type: str, final: journal.Change, run_seconds: float, killed: str | None) -> None:
+    """Prometheus and the named log events for an attempt's end."""
+    status = final.to.value if final.to else "?"
+    metrics.TASK_DURATION.labels(task_type).observe(run_seconds)
+    metrics.TASKS_COMPLETED.labels(task_type, status).inc()
+    fields: dict[str, Any] = {"status": status, "run_seconds": round(run_seconds, 4)}
+    error = final.data.get("error")
+    if error:
+        fields["error_code"] = error["code"]
+    if killed is not None:
+        event("task_killed", logging.ERROR, reason=killed, **fields)
+    elif error and error["code"] == "TIMEOUT":
+        event("task_killed", logging.ERROR, reason=error["message"], **fields)
+    name = {
+        TaskStatus.SUCCEEDED: "task_succeeded",
+        TaskStatus.CANCELLED: "task_cancelled",
+        TaskStatus.QUEUED: "task_failed",  # failed, retried later
+    }.get(final.to or TaskStatus.FAILED, "task_failed")
+    event(name, logging.INFO if name != "task_failed" else logging.WARNING, **fields)
 
 
 async def _retry_later(
@@ -137,17 +203,42 @@ class Attempt:
     number: int  # 1 for the first attempt
     max_retries: int
     cancel_requested: bool
+    trace_parent: str | None
+    queue_wait_seconds: float
 
 
 async def _load(engine: AsyncEngine, task_id: uuid.UUID) -> Attempt:
-    t = task_table.c
+    t, e = task_table.c, event_table.c
+    # The task waited since it last became QUEUED (or its runAt, if later).
+    queued_at = (
+        sa.select(sa.func.max(e.at))
+        .where(
+            e.task_id == task_id,
+            e.kind == EventKind.STATUS.value,
+            e.data["status"].astext == TaskStatus.QUEUED.value,
+        )
+        .scalar_subquery()
+    )
+    ready_at = sa.func.greatest(queued_at, t.scheduled_for)
     query = sa.select(
-        t.input, t.timeout_seconds, t.attempts, t.max_retries, t.cancel_requested
+        t.input,
+        t.timeout_seconds,
+        t.attempts,
+        t.max_retries,
+        t.cancel_requested,
+        t.trace_parent,
+        sa.func.extract("epoch", t.started_at - ready_at).label("queue_wait"),
     ).where(t.id == task_id)
     async with engine.connect() as conn:
         row = (await conn.execute(query)).one()
     return Attempt(
-        row.input, row.timeout_seconds, row.attempts, row.max_retries, row.cancel_requested
+        row.input,
+        row.timeout_seconds,
+        row.attempts,
+        row.max_retries,
+        row.cancel_requested,
+        row.trace_parent,
+        max(0.0, float(row.queue_wait or 0)),
     )
 
 

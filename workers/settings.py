@@ -14,7 +14,7 @@ from typing import Any, cast
 
 from arq.worker import Function, func
 
-from taskrunner import heartbeats, queue
+from taskrunner import heartbeats, metrics, queue, tracing
 from taskrunner.artifacts import make_store
 from taskrunner.config import Settings, get_settings
 from taskrunner.db import create_engine
@@ -39,7 +39,9 @@ def _job(task_type: TaskType) -> Function:
 
 async def _startup(settings: Settings, ctx: dict[str, Any]) -> None:
     ctx["settings"] = settings
+    tracing.setup("taskrunner-worker", settings)
     ctx["engine"] = create_engine(settings.require_database_url())
+    tracing.instrument_engine(ctx["engine"])
     ctx["store"] = make_store(settings)
     ctx["worker_id"] = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     ctx["started_at"] = datetime.now(UTC)
@@ -50,6 +52,7 @@ async def _startup(settings: Settings, ctx: dict[str, Any]) -> None:
     # The baseline of TASK_MAX_MEMORY_MB: the worker's memory once it is set up.
     ctx["memory"] = MemoryWatchdog(ctx["running"], settings.task_max_memory_mb)
     ctx["background"] = background.start(cast(WorkerContext, ctx))
+    ctx["metrics_port"] = metrics.serve_worker_metrics(settings.host, settings.worker_metrics_port)
 
 
 async def _shutdown(ctx: dict[str, Any]) -> None:
@@ -90,6 +93,6 @@ def worker_options(settings: Settings) -> dict[str, Any]:
 def __getattr__(name: str) -> Any:
     if name == "WorkerSettings":
         settings = get_settings()
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format)
         return type("WorkerSettings", (), worker_options(settings))
     raise AttributeError(name)

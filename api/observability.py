@@ -1,0 +1,101 @@
+"""What operators look at: request ids in logs, Prometheus metrics, health and readiness."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import sqlalchemy as sa
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from strawberry.extensions import SchemaExtension
+from strawberry.types.graphql import OperationType
+
+from taskrunner import metrics
+from taskrunner.db import head_revision
+from taskrunner.logs import bound
+
+REQUEST_ID = "x-request-id"
+
+
+class RequestIdMiddleware:
+    """Every HTTP request and websocket gets an id (the client's `X-Request-ID`, or a new
+    one): bound into every log line it causes, and echoed in the response header."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(REQUEST_ID.encode(), b"").decode("latin-1")
+        request_id = given[:64] if given else uuid.uuid4().hex[:16]
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).append(REQUEST_ID, request_id)
+            await send(message)
+
+        with bound(request_id=request_id):
+            await self.app(scope, receive, send_with_id)
+
+
+class GraphQLMetrics(SchemaExtension):
+    """taskrunner_graphql_request_duration_seconds{operation} for queries and mutations."""
+
+    def on_operation(self) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        context = self.execution_context
+        try:
+            if context.operation_type is OperationType.SUBSCRIPTION:
+                return  # lasts as long as the client listens: not a latency
+        except RuntimeError:  # the document did not parse
+            pass
+        metrics.GRAPHQL_DURATION.labels(metrics.operation_label(context.operation_name)).observe(
+            time.perf_counter() - started
+        )
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus text format; the queue depth is read from Redis at each scrape."""
+    services: Any = request.app.state.services
+    try:
+        metrics.QUEUE_DEPTH.set(await services.redis.zcard(services.settings.queue_name))
+    except Exception:
+        metrics.QUEUE_DEPTH.set(float("nan"))
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def healthz(request: Request) -> Response:
+    """The process is up."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """PostgreSQL answers with its migrations at head, and Redis answers."""
+    services: Any = request.app.state.services
+    checks: dict[str, Any] = {}
+    try:
+        async with services.engine.connect() as conn:
+            current = await conn.scalar(sa.text("SELECT version_num FROM alembic_version"))
+        head = head_revision()
+        checks["postgres"] = "ok"
+        checks["migrations"] = (
+            "ok" if current == head else f"at {current}, head is {head}: run taskrunner migrate"
+        )
+    except Exception as exc:
+        checks["postgres"] = f"error: {exc}"
+    try:
+        await services.redis.ping()
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"error: {exc}"
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)

@@ -1,0 +1,98 @@
+"""OpenTelemetry: one trace from the GraphQL request through the enqueue to the worker's
+run, with the database and HTTP calls of both as child spans.
+
+- `setup(service, settings)` installs an SDK tracer provider exporting OTLP/HTTP to
+  OTEL_EXPORTER_OTLP_ENDPOINT; without it nothing is exported, and unless some other code
+  installed an SDK provider (a test's in-memory exporter), nothing is instrumented either.
+- The api's request span is the parent of everything the request does; `traceparent()`
+  captures it (W3C trace context) when a task is submitted, and the task row keeps it, so
+  the worker's `task_span` continues the same trace, whichever worker runs it and however
+  often it is re-enqueued.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from taskrunner.config import Settings
+
+log = logging.getLogger(__name__)
+TRACER = trace.get_tracer("taskrunner")
+_instrumented: set[str] = set()
+
+
+def setup(service: str, settings: Settings) -> None:
+    """Export to OTEL_EXPORTER_OTLP_ENDPOINT when it is set (once per process)."""
+    endpoint = settings.otel_exporter_otlp_endpoint
+    if endpoint and not enabled():
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        name = os.environ.get("OTEL_SERVICE_NAME") or service
+        provider = TracerProvider(resource=Resource.create({"service.name": name}))
+        exporter = OTLPSpanExporter(endpoint=f"{endpoint.rstrip('/')}/v1/traces")
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+        log.info("tracing: exporting spans of %s to %s", name, endpoint)
+    if enabled() and "httpx" not in _instrumented:
+        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+        HTTPXClientInstrumentor().instrument()
+        _instrumented.add("httpx")
+
+
+def enabled() -> bool:
+    """Whether spans go anywhere (an SDK provider is installed)."""
+    return isinstance(trace.get_tracer_provider(), TracerProvider)
+
+
+def instrument_engine(engine: AsyncEngine) -> None:
+    """Database calls on `engine` become spans (when tracing is enabled). Each engine gets
+    its own EngineTracer: SQLAlchemyInstrumentor instruments one engine per process, and
+    its declared range stops below SQLAlchemy 2.1, whose engine events are the same."""
+    if not enabled():
+        return
+    from opentelemetry import metrics
+    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+
+    usage = metrics.get_meter("taskrunner").create_up_down_counter(
+        "db.client.connections.usage", unit="connections", description="Connections in use."
+    )
+    EngineTracer(TRACER, engine.sync_engine, usage, False)  # type: ignore[no-untyped-call]
+
+
+def traceparent() -> str | None:
+    """The current span as a W3C `traceparent`, to carry with a task; None outside a trace."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        return None
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent")
+
+
+@contextlib.contextmanager
+def task_span(
+    parent: str | None, task_type: str, task_id: str, attempt: int
+) -> Iterator[trace.Span]:
+    """The worker's span for one attempt, a child of the submitting request's span."""
+    context: Any = propagate.extract({"traceparent": parent}) if parent else None
+    with TRACER.start_as_current_span(
+        f"task {task_type}",
+        context=context,
+        kind=trace.SpanKind.CONSUMER,
+        attributes={
+            "taskrunner.task_id": task_id,
+            "taskrunner.task_type": task_type,
+            "taskrunner.attempt": attempt,
+        },
+    ) as span:
+        yield span

@@ -1,0 +1,230 @@
+"""Operations: Prometheus metrics of a real api and worker, one trace across both, JSON
+logs with one schema, readiness that follows Redis, and Task.metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from taskrunner.config import Settings
+from taskrunner.embedded import EmbeddedRedis, free_port
+from tests.conftest import (
+    Stack,
+    api_process,
+    eventually,
+    make_key,
+    process_env,
+    repo_root,
+    run_api,
+)
+from tests.test_lifecycle import submit
+from tests.test_walking_skeleton import WATCH
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """{(sample name, sorted labels): value} of a Prometheus text page."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+@contextlib.asynccontextmanager
+async def worker_process(
+    settings: Settings, log_file: Path, **env: str
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    with log_file.open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "taskrunner",
+            "worker",
+            cwd=repo_root(),
+            env=process_env(settings, **env),
+            stderr=log,
+        )
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            await asyncio.wait_for(proc.wait(), 20)
+
+
+async def _until_finished(stack: Stack, task_id: str) -> None:
+    await stack.subscribe(WATCH, id=task_id, within=20)
+
+
+async def test_metrics_of_a_real_api_and_worker_count_what_happened(
+    settings: Settings, tmp_path: Path
+) -> None:
+    port = free_port()
+    async with (
+        api_process(settings, LOG_LEVEL="INFO") as url,
+        worker_process(settings, tmp_path / "worker.log", WORKER_METRICS_PORT=str(port)),
+    ):
+        stack = await Stack.keyed(url, settings)
+        ids = [await submit(stack, {"echo": {"message": str(i)}}) for i in range(3)]
+        ids.append(await submit(stack, {"fail": {"failTimes": 5}}))
+        for task_id in ids:
+            await _until_finished(stack, task_id)
+        async with httpx.AsyncClient(timeout=10) as client:
+            api = _samples((await client.get(f"{url}/metrics")).text)
+            worker_page = await client.get(f"http://127.0.0.1:{port}/metrics")
+        worker = _samples(worker_page.text)
+    assert api[("taskrunner_tasks_submitted_total", (("task_type", "echo"),))] == 3
+    assert api[("taskrunner_tasks_submitted_total", (("task_type", "fail"),))] == 1
+    assert api[("taskrunner_queue_depth", ())] == 0
+    assert api[("taskrunner_active_subscriptions", ())] == 0  # all completed
+    anonymous = (("operation", "anonymous"),)
+    assert api[("taskrunner_graphql_request_duration_seconds_count", anonymous)] >= 4
+    done = ("taskrunner_tasks_completed_total", (("status", "SUCCEEDED"), ("task_type", "echo")))
+    assert worker[done] == 3
+    failed = ("taskrunner_tasks_completed_total", (("status", "FAILED"), ("task_type", "fail")))
+    assert worker[failed] == 1
+    echo = (("task_type", "echo"),)
+    assert worker[("taskrunner_task_duration_seconds_count", echo)] == 3
+    assert worker[("taskrunner_task_queue_wait_seconds_count", echo)] == 3
+    assert worker[("taskrunner_task_duration_seconds_bucket", (("le", "+Inf"), *echo))] == 3
+    assert worker[("taskrunner_tasks_running", ())] == 0
+
+
+async def test_one_trace_spans_the_request_the_worker_and_their_calls(settings: Settings) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.trace_probe",
+        cwd=repo_root(),
+        env=process_env(settings),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0
+    spans = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+    (task,) = [s for s in spans if s["name"] == "task webScrape"]
+    assert task["kind"] == "CONSUMER" and task["attributes"]["taskrunner.attempt"] == "1"
+    by_id = {s["span_id"]: s for s in spans}
+    request = by_id[task["parent"]]  # the worker's run is a child of the submitting request
+    assert request["kind"] == "SERVER" and request["name"] == "POST /graphql"
+    assert request["trace_id"] == task["trace_id"]
+
+    def children(span: dict[str, Any]) -> list[dict[str, Any]]:
+        return [s for s in spans if s["parent"] == span["span_id"]]
+
+    # the request's and the run's database calls, and the page the run fetched over HTTP
+    assert {"INSERT", "SELECT"} <= {s["name"].split()[0] for s in children(request)}
+    assert all(s["attributes"].get("db.system") == "postgresql" for s in children(request)
+               if s["name"].startswith(("INSERT", "SELECT")))  # fmt: skip
+    run_calls = children(task)
+    assert {"UPDATE", "INSERT"} <= {s["name"].split()[0] for s in run_calls}
+    (fetch,) = [s for s in run_calls if s["kind"] == "CLIENT" and s["name"] == "GET"]
+    served = [s for s in spans if s["parent"] == fetch["span_id"] and s["kind"] == "SERVER"]
+    assert [s["name"] for s in served] == ["GET /healthz"]  # traced on the other side too
+    assert {s["trace_id"] for s in [request, task, fetch, *run_calls, *served]} == {
+        task["trace_id"]
+    }
+
+
+async def test_logs_are_json_lines_with_one_schema(settings: Settings, tmp_path: Path) -> None:
+    worker_log = tmp_path / "worker.log"
+    api_log = tmp_path / "api.log"
+    with api_log.open("wb") as api_err:
+        port = free_port()
+        api = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "taskrunner",
+            "api",
+            cwd=repo_root(),
+            env=process_env(settings, PORT=str(port), LOG_LEVEL="INFO", LOG_FORMAT="json"),
+            stderr=api_err,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            async with httpx.AsyncClient(base_url=url) as client, asyncio.timeout(30):
+                while True:
+                    with contextlib.suppress(httpx.TransportError):
+                        if (await client.get("/readyz")).status_code == 200:
+                            break
+                    await asyncio.sleep(0.1)
+            async with worker_process(settings, worker_log, LOG_LEVEL="INFO", LOG_FORMAT="json"):
+                stack = Stack(url, settings, await make_key(settings))
+                task_id = await submit(stack, {"echo": {"message": "logged"}})
+                await _until_finished(stack, task_id)
+                failing = await submit(stack, {"fail": {"failTimes": 5}})
+                await _until_finished(stack, failing)
+        finally:
+            api.terminate()
+            await api.wait()
+    api_lines = [json.loads(x) for x in api_log.read_text().splitlines() if x.startswith("{")]
+    worker_lines = [json.loads(x) for x in worker_log.read_text().splitlines() if x.startswith("{")]
+    for line in api_lines + worker_lines:
+        assert {"timestamp", "level", "event", "logger"} <= line.keys(), line
+    (submitted,) = [
+        x for x in api_lines if x["event"] == "task_submitted" and x["task_id"] == task_id
+    ]
+    assert submitted["task_type"] == "echo" and submitted["level"] == "info"
+    assert len(submitted["request_id"]) >= 8
+    mine = [x for x in worker_lines if x.get("task_id") == task_id]
+    assert [x["event"] for x in mine if x["event"].startswith("task_")] == [
+        "task_started",
+        "task_succeeded",
+    ]
+    assert all(x["task_type"] == "echo" and x["attempt"] == 1 for x in mine)
+    (failed,) = [
+        x for x in worker_lines if x.get("task_id") == failing and x["event"] == "task_failed"
+    ]
+    assert failed["level"] == "warning" and failed["error_code"] == "TaskFailedOnPurpose"
+
+
+async def test_readyz_follows_redis_down_and_back(settings: Settings, tmp_path: Path) -> None:
+    redis = EmbeddedRedis(tmp_path / "redis")
+    own = settings.model_copy(update={"redis_url": redis.start()})
+    try:
+        async with run_api(own) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+            assert (await client.get("/readyz")).status_code == 200
+            redis.stop()
+            down = await client.get("/readyz")
+            assert down.status_code == 503
+            assert down.json()["redis"].startswith("error") and down.json()["postgres"] == "ok"
+            assert (await client.get("/healthz")).status_code == 200  # alive all the same
+            redis.start()
+
+            async def ready() -> bool:
+                """the api is ready again"""
+                return (await client.get("/readyz")).status_code == 200
+
+            await eventually(ready, within=10, step=0.1)
+    finally:
+        redis.stop()
+
+
+async def test_task_metrics_show_each_attempt(stack: Stack) -> None:
+    query = """query($id: ID!) { task(id: $id) { metrics { queueWaitSeconds runSeconds
+      attempts { attempt workerId status queueWaitSeconds runSeconds peakMemoryMb finishedAt }
+    } } }"""
+    task_id = await submit(stack, {"sleep": {"seconds": 0.3}})
+    await _until_finished(stack, task_id)
+    metrics = (await stack.execute(query, id=task_id))["task"]["metrics"]
+    (attempt,) = metrics["attempts"]
+    assert attempt["attempt"] == 1 and attempt["status"] == "SUCCEEDED"
+    assert 0.3 <= attempt["runSeconds"] < 5 and metrics["runSeconds"] == attempt["runSeconds"]
+    assert 0 <= attempt["queueWaitSeconds"] < 5
+    assert metrics["queueWaitSeconds"] == attempt["queueWaitSeconds"]
+    assert attempt["peakMemoryMb"] > 10  # a Python process holds more than that
+    assert ":" in attempt["workerId"]
+    retried = await submit(stack, {"fail": {"failTimes": 1}}, maxRetries=1)
+    await _until_finished(stack, retried)
+    attempts = (await stack.execute(query, id=retried))["task"]["metrics"]["attempts"]
+    assert [(a["attempt"], a["status"]) for a in attempts] == [(1, "QUEUED"), (2, "SUCCEEDED")]
+    fresh = await submit(stack, {"sleep": {"seconds": 30}}, delaySeconds=60)
+    waiting = (await stack.execute(query, id=fresh))["task"]["metrics"]
+    assert waiting == {"queueWaitSeconds": None, "runSeconds": None, "attempts": []}

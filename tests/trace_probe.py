@@ -1,0 +1,66 @@
+"""Run by tests/test_observability.py in its own process (OpenTelemetry's tracer provider
+can be set once per process): an in-memory span exporter, a real api (uvicorn) and a real
+arq worker in this process, one webScrape task submitted over HTTP that fetches the api's
+own /healthz. Prints every finished span as a JSON line: name, kind, trace and span ids,
+parent span id."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import httpx
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+EXPORTER = InMemorySpanExporter()
+PROVIDER = TracerProvider()
+PROVIDER.add_span_processor(SimpleSpanProcessor(EXPORTER))
+trace.set_tracer_provider(PROVIDER)
+
+from taskrunner.config import load_settings  # noqa: E402  (after the provider is set)
+from tests.conftest import FAST, make_key, run_api, run_worker  # noqa: E402
+
+SUBMIT = "mutation($url: String!) { submitTask(task: {webScrape: {url: $url}}) { id } }"
+STATUS = "query($id: ID!) { task(id: $id) { status } }"
+
+
+async def main() -> None:
+    settings = load_settings(fetch_domain_allowlist="127.0.0.1", **FAST)
+    key = await make_key(settings)
+    headers = {"Authorization": f"Bearer {key}"}
+    async with (
+        run_api(settings) as url,
+        run_worker(settings),
+        httpx.AsyncClient(base_url=url, headers=headers, timeout=10) as client,
+    ):
+        variables = {"url": f"{url}/healthz"}
+        response = await client.post("/graphql", json={"query": SUBMIT, "variables": variables})
+        task_id = response.json()["data"]["submitTask"]["id"]
+        async with asyncio.timeout(20):
+            while True:
+                response = await client.post(
+                    "/graphql", json={"query": STATUS, "variables": {"id": task_id}}
+                )
+                if response.json()["data"]["task"]["status"] in ("SUCCEEDED", "FAILED"):
+                    break
+                await asyncio.sleep(0.05)
+    for span in EXPORTER.get_finished_spans():
+        context = span.get_span_context()
+        assert context is not None
+        line = {
+            "name": span.name,
+            "kind": span.kind.name,
+            "trace_id": format(context.trace_id, "032x"),
+            "span_id": format(context.span_id, "016x"),
+            "parent": format(span.parent.span_id, "016x") if span.parent else None,
+            "attributes": {k: str(v) for k, v in (span.attributes or {}).items()},
+        }
+        sys.stdout.write(json.dumps(line) + "\n")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
