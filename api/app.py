@@ -12,6 +12,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
@@ -55,6 +56,13 @@ from taskrunner.ratelimit import RateLimiter
 log = logging.getLogger(__name__)
 
 
+def _http_base(base_url: str) -> str:
+    """Links the api serves are http(s), also when made for a websocket (ws, wss)."""
+    if base_url.startswith("ws"):
+        base_url = "http" + base_url.removeprefix("ws")
+    return base_url.rstrip("/")
+
+
 class GraphQLApp(GraphQL[Context, None]):
     @cached_property
     def graphql_ide_html(self) -> str:
@@ -68,7 +76,7 @@ class GraphQLApp(GraphQL[Context, None]):
         return Context(
             services=services,
             principal=request.scope.get("state", {}).get("principal"),
-            base_url=str(request.base_url).rstrip("/"),
+            base_url=_http_base(str(request.base_url)),
             response=response if isinstance(response, Response) else None,
             websocket=request if isinstance(request, WebSocket) else None,
         )
@@ -201,6 +209,18 @@ async def limits(request: Request) -> Response:
     return JSONResponse(Limits.of(services.settings).as_json())
 
 
+DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "frontend-examples" / "dashboard" / "dist"
+
+
+def _dashboard() -> list[Mount]:
+    """The example dashboard at /dashboard/, once built (`make dashboard`)."""
+    if not (DASHBOARD_DIR / "index.html").is_file():
+        return []
+    return [
+        Mount("/dashboard", app=StaticFiles(directory=DASHBOARD_DIR, html=True), name="dashboard")
+    ]
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or get_settings()
     tracing.setup("taskrunner-api", settings)
@@ -218,6 +238,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
             Mount(STATIC_PATH, app=StaticFiles(directory=STATIC_DIR), name="graphiql-static"),
+            *_dashboard(),
             Route("/artifacts/uploads/{upload_id}", artifact_upload, methods=["PUT"]),
             Route("/artifacts/{artifact_id}", artifact_download),
             Route("/limits", limits),

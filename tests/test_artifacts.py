@@ -496,3 +496,16 @@ async def test_a_task_whose_worker_died_keeps_its_log(api: Stack, engine: AsyncE
     async with httpx.AsyncClient() as client:
         log = (await client.get(task["logsUrl"])).text
     assert "INFO line 1 of 1000" in log
+
+
+async def test_artifact_links_in_a_subscription_are_http_links(stack: Stack) -> None:
+    task_id = await submit(stack, {"report": {"rows": 5}})
+    events = await stack.subscribe(
+        "subscription($id: ID!) { taskUpdates(id: $id) { "
+        "... on ArtifactAdded { artifact { name url } } } }",
+        id=task_id,
+    )
+    (added,) = [e["taskUpdates"]["artifact"] for e in events if e["taskUpdates"]]
+    assert added["url"].startswith(f"{stack.url}/artifacts/")  # not ws://
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(added["url"])).text.startswith("n,square,sqrt\n")
