@@ -1,0 +1,118 @@
+"""What the client reads, as pydantic models.
+
+The models are the selection: `operations.py` asks for exactly the fields declared here
+(camelCase aliases of the snake_case attributes) and checks every one against
+schema.graphql, its type and its nullability included, before any request is sent.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, JsonValue, Tag
+from pydantic.alias_generators import to_camel
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+
+class TaskStatus(StrEnum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def finished(self) -> bool:
+        return self in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+
+
+class TaskError(Model):
+    code: str
+    message: str
+
+
+class Artifact(Model):
+    id: str
+    name: str
+    content_type: str
+    size: int
+    url: str
+
+
+class Task(Model):
+    id: str
+    type: str
+    status: TaskStatus
+    attempts: int
+    labels: list[str]
+    created_at: datetime
+    progress: float | None = None
+    result: JsonValue = None
+    error: TaskError | None = None
+
+
+class TaskEventBase(Model):
+    """The fields of the `TaskEvent` interface, which every event has."""
+
+    cursor: str  # pass as `after` to resume after this event
+    task_id: str
+    at: datetime
+
+
+class StatusChanged(TaskEventBase):
+    typename: Literal["StatusChanged"] = Field(alias="__typename")
+    status: TaskStatus
+    error: TaskError | None = None
+    result: JsonValue = None
+
+
+class ProgressReported(TaskEventBase):
+    typename: Literal["ProgressReported"] = Field(alias="__typename")
+    progress: float
+    message: str | None = None
+
+
+class LogAppended(TaskEventBase):
+    typename: Literal["LogAppended"] = Field(alias="__typename")
+    level: str
+    line: str
+
+
+class ArtifactAdded(TaskEventBase):
+    typename: Literal["ArtifactAdded"] = Field(alias="__typename")
+    artifact: Artifact
+
+
+class OtherEvent(TaskEventBase):
+    """An event of a kind this client does not know yet (the server added one)."""
+
+    typename: str = Field(alias="__typename")
+
+
+EVENT_MODELS: tuple[type[TaskEventBase], ...] = (
+    StatusChanged,
+    ProgressReported,
+    LogAppended,
+    ArtifactAdded,
+)
+_KNOWN = {model.__name__ for model in EVENT_MODELS}
+
+
+def _event_kind(value: Any) -> str:
+    typename = value.get("__typename") if isinstance(value, dict) else value.typename
+    return typename if typename in _KNOWN else "other"
+
+
+TaskEvent = Annotated[
+    Annotated[StatusChanged, Tag("StatusChanged")]
+    | Annotated[ProgressReported, Tag("ProgressReported")]
+    | Annotated[LogAppended, Tag("LogAppended")]
+    | Annotated[ArtifactAdded, Tag("ArtifactAdded")]
+    | Annotated[OtherEvent, Tag("other")],
+    Discriminator(_event_kind),
+]
