@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint typecheck pytest schema install clean
+.PHONY: dev test lint typecheck pytest schema install clean dashboard chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,9 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy --strict frontend-examples/python-client/follow.py
 
-pytest: $(STAMP)
+pytest: $(STAMP) dashboard chromium
 	$(BIN)/pytest
 
 test: lint typecheck pytest
@@ -32,5 +33,39 @@ test: lint typecheck pytest
 schema: $(STAMP)
 	$(BIN)/taskrunner export-schema
 
+# The dashboard example: `npm ci` when its lock changes, `npm run build` (GraphQL codegen
+# from schema.graphql, tsc, vite) when a source or the schema changes.
+DASHBOARD := frontend-examples/dashboard
+DASHBOARD_DEPS := $(DASHBOARD)/node_modules/.package-lock.json
+DASHBOARD_SOURCES := schema.graphql \
+	$(addprefix $(DASHBOARD)/,index.html codegen.ts tsconfig.json vite.config.ts) \
+	$(shell find $(DASHBOARD)/src -path '*/src/gql' -prune -o -type f -print 2>/dev/null)
+
+$(DASHBOARD_DEPS): $(DASHBOARD)/package.json $(DASHBOARD)/package-lock.json
+	cd $(DASHBOARD) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(DASHBOARD)/dist/index.html: $(DASHBOARD_DEPS) $(DASHBOARD_SOURCES)
+	cd $(DASHBOARD) && npm run --silent build
+	touch $@
+
+dashboard: $(DASHBOARD)/dist/index.html
+
+# Debian's chromium, which tests/test_dashboard.py drives headless with playwright (no
+# browser download). Installed only when missing.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+$(CHROMIUM):
+	@if command -v apt-get >/dev/null; then \
+		$(APT_INSTALL) || { $(SUDO) apt-get update -qq && $(APT_INSTALL); }; \
+	else \
+		echo "no apt-get here: install chromium yourself, or the browser tests skip"; \
+	fi
+
+chromium: $(CHROMIUM)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .coverage
+	rm -rf $(DASHBOARD)/node_modules $(DASHBOARD)/dist $(DASHBOARD)/src/gql
