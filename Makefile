@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint typecheck pytest schema install clean dashboard chromium
+.PHONY: dev test lint typecheck pytest schema install clean dashboard chromium bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ test: lint typecheck pytest
 
 schema: $(STAMP)
 	$(BIN)/taskrunner export-schema
+
+# The benchmark suite (bench/run.py): its own embedded stack, one JSON document on stdout,
+# also written under bench/results/. Scale with ARGS, e.g. make bench ARGS="-n 10000".
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(ARGS)
 
 # The dashboard example: `npm ci` when its lock changes, `npm run build` (GraphQL codegen
 # from schema.graphql, tsc, vite) when a source or the schema changes.

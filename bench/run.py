@@ -1,0 +1,239 @@
+"""`make bench`: the benchmark suite in one invocation, so that ratios hold on a noisy box.
+
+Starts its own embedded PostgreSQL and Redis (in a temporary directory), migrates, runs
+one `taskrunner api` and one `taskrunner worker` (TASKS_PER_MINUTE=0), makes an API key,
+then runs each scenario script against that stack and prints ONE JSON document (also
+written to bench/results/<UTC time>.json):
+
+- e2e            bench/e2e.py: N echo tasks through GraphQL (submitTask, C clients)
+- baseline-arq   bench/baseline_arq.py: the same N no-op jobs through bare arq, same Redis
+- baseline-celery bench/baseline_celery.py: Celery with Redis broker and results (when the
+                 `bench` extra is installed; skipped with a reason otherwise)
+- subscriptions  bench/subscriptions.py: commit -> subscriber latency at 1/100/1000
+- list           bench/list.py: tasks(first: 50) with filters over 1,000,000 rows (its own
+                 database on the same server)
+
+Options: --only e2e,list   -n 2000   --rows 1000000   --subscribers 1,100,1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+RESULTS = BENCH / "results"
+sys.path.insert(0, str(ROOT))
+
+from taskrunner import keys  # noqa: E402
+from taskrunner.db import create_engine, migrate  # noqa: E402
+from taskrunner.embedded import EmbeddedPostgres, EmbeddedRedis, free_port  # noqa: E402
+
+SCENARIOS = ("e2e", "baseline-arq", "baseline-celery", "subscriptions", "list")
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
+            if response.status == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready within {timeout}s")
+
+
+@contextlib.contextmanager
+def stack(workdir: Path) -> Iterator[dict[str, Any]]:
+    """Embedded PostgreSQL and Redis, migrated, one api and one worker."""
+    postgres = EmbeddedPostgres(workdir / "postgres")
+    redis = EmbeddedRedis(workdir / "redis")
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        database_url = postgres.start()
+        redis_url = redis.start()
+        migrate(database_url)
+        port = free_port()
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "PORT": str(port),
+            "TASKS_PER_MINUTE": "0",
+            "WORKER_METRICS_PORT": "0",
+            "LOG_LEVEL": "WARNING",
+            "DATA_DIR": str(workdir / "data"),
+            "ARTIFACT_SIGNING_KEY": "bench",
+        }
+        api = subprocess.Popen([sys.executable, "-m", "taskrunner", "api"], env=env, cwd=ROOT)
+        procs.append(api)
+        worker = subprocess.Popen([sys.executable, "-m", "taskrunner", "worker"], env=env, cwd=ROOT)
+        procs.append(worker)
+        wait_http(f"http://127.0.0.1:{port}/readyz", api)
+        key = asyncio.run(_key(database_url))
+        yield {
+            "url": f"http://127.0.0.1:{port}/graphql",
+            "key": key,
+            "api_pid": api.pid,
+            "worker_pid": worker.pid,
+            "database_url": database_url,
+            "redis_url": redis_url,
+            "postgres": postgres,
+        }
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        redis.stop()
+        postgres.stop()
+
+
+async def _key(database_url: str) -> str:
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        _, secret = await keys.create(engine, name="bench", owner="bench")
+        return secret
+    finally:
+        await engine.dispose()
+
+
+def run_script(name: str, args: list[str], timeout: float) -> dict[str, Any]:
+    """One scenario script; its JSON, or why there is none."""
+    command = [sys.executable, str(BENCH / name), *args]
+    log(" ".join(command[1:]))
+    started = time.monotonic()
+    try:
+        done = subprocess.run(
+            command, cwd=BENCH, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f}s"}
+    sys.stderr.write(done.stderr[-4000:])
+    lines = [line for line in done.stdout.splitlines() if line.strip().startswith("{")]
+    if not lines:
+        return {"error": f"exit {done.returncode}, no JSON", "stderr": done.stderr[-1000:]}
+    result: dict[str, Any] = json.loads(lines[-1])
+    result["exit_code"] = done.returncode
+    result["wall_seconds"] = round(time.monotonic() - started, 1)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
+    parser.add_argument("-n", "--count", type=int, default=2000, help="tasks per throughput run")
+    parser.add_argument("--concurrency", type=int, default=50, help="e2e submitting clients")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows for the list scenario")
+    parser.add_argument("--subscribers", default="1,100,1000")
+    args = parser.parse_args()
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(chosen) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"--only: unknown scenarios {sorted(unknown)}; choose from {SCENARIOS}")
+    report: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "scenarios": {},
+    }
+    n = str(args.count)
+    with tempfile.TemporaryDirectory(prefix="taskrunner-bench-") as tmp, stack(Path(tmp)) as s:
+        auth = ["--url", s["url"], "--api-key", s["key"]]
+        plan: dict[str, tuple[str, list[str], float]] = {
+            "e2e": ("e2e.py", [*auth, "-n", n, "--concurrency", str(args.concurrency)], 600),
+            "baseline-arq": ("baseline_arq.py", ["--redis-url", s["redis_url"], "-n", n], 600),
+            "baseline-celery": (
+                "baseline_celery.py",
+                ["--redis-url", s["redis_url"], "-n", n],
+                600,
+            ),
+            "subscriptions": (
+                "subscriptions.py",
+                [*auth, "--api-pid", str(s["api_pid"]), "--subscribers", args.subscribers],
+                900,
+            ),
+        }
+        for name in chosen:
+            if name == "list":
+                continue
+            script, script_args, timeout = plan[name]
+            if not (BENCH / script).exists():
+                report["scenarios"][name] = {"skipped": f"bench/{script} is not there yet"}
+            elif name == "baseline-celery" and importlib.util.find_spec("celery") is None:
+                report["scenarios"][name] = {
+                    "skipped": "celery is not installed: pip install -e '.[bench]'"
+                }
+            else:
+                report["scenarios"][name] = run_script(script, script_args, timeout)
+        if "list" in chosen:
+            s["postgres"].create_database("bench_list")
+            list_url = s["postgres"].url("bench_list")
+            migrate(list_url)
+            report["scenarios"]["list"] = (
+                run_script(
+                    "list.py",
+                    [
+                        "--database-url",
+                        list_url,
+                        "--redis-url",
+                        s["redis_url"],
+                        "--rows",
+                        str(args.rows),
+                    ],
+                    1800,
+                )
+                if (BENCH / "list.py").exists()
+                else {"skipped": "bench/list.py is not there yet"}
+            )
+    report["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{report['started_at'].replace(':', '')}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report))
+    log(f"written to {out.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
