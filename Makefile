@@ -35,7 +35,11 @@ schema: $(STAMP)
 
 # The benchmark suite (bench/run.py): its own embedded stack, one JSON document on stdout,
 # also written under bench/results/. Scale with ARGS, e.g. make bench ARGS="-n 10000".
-bench: $(STAMP)
+$(VENV)/.bench-installed: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench: $(VENV)/.bench-installed
 	$(BIN)/python bench/run.py $(ARGS)
 
 # The dashboard example: `npm ci` when its lock changes, `npm run build` (GraphQL codegen
