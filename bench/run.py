@@ -149,10 +149,15 @@ def run_script(name: str, args: list[str], timeout: float) -> dict[str, Any]:
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f}s"}
     sys.stderr.write(done.stderr[-4000:])
-    lines = [line for line in done.stdout.splitlines() if line.strip().startswith("{")]
-    if not lines:
-        return {"error": f"exit {done.returncode}, no JSON", "stderr": done.stderr[-1000:]}
-    result: dict[str, Any] = json.loads(lines[-1])
+    result: dict[str, Any]
+    try:
+        result = json.loads(done.stdout)  # one document, on one line or indented
+    except json.JSONDecodeError:
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        try:
+            result = json.loads(lines[-1])
+        except (IndexError, json.JSONDecodeError):
+            return {"error": f"exit {done.returncode}, no JSON", "stderr": done.stderr[-1000:]}
     result["exit_code"] = done.returncode
     result["wall_seconds"] = round(time.monotonic() - started, 1)
     return result
