@@ -77,6 +77,7 @@ class Authenticator:
         self._seen_revoked: set[uuid.UUID] = set()
         self._since: datetime | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         if self.disabled:
@@ -90,10 +91,16 @@ class Authenticator:
         self._watcher = asyncio.create_task(self._watch(), name="revoked-keys")
 
     async def stop(self) -> None:
+        """Let the watcher finish its round (a query cancelled midway can strand its
+        connection outside the pool), then end it."""
+        self._stopping.set()
         if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+            try:
+                await asyncio.wait_for(asyncio.shield(self._watcher), 5)
+            except TimeoutError:
+                self._watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._watcher
 
     async def principal(self, secret: str | None) -> Principal | None:
         """Who holds `secret`; None for a missing, unknown or revoked key."""
@@ -121,7 +128,9 @@ class Authenticator:
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(self.recheck_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.recheck_seconds)
+                return
             try:
                 await self.check_revoked()
             except Exception:  # PostgreSQL away: try again next round
