@@ -120,11 +120,12 @@ def dev_key(database_url: str, data: Path) -> str:
 
 
 def cmd_worker(settings: Settings) -> int:
-    from arq.worker import run_worker
+    import uvloop
 
-    from workers.settings import worker_options
+    from workers.settings import TaskWorker, worker_options
 
-    run_worker(worker_options(settings))
+    asyncio.set_event_loop(uvloop.new_event_loop())  # arq's Worker takes the current loop
+    TaskWorker(**worker_options(settings)).run()
     return 0
 
 

@@ -14,6 +14,7 @@ Order rules enforced here (DESIGN.md, "Truth, queue and events"):
 from __future__ import annotations
 
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -23,6 +24,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from taskrunner.events import Event, EventKind, publish
+from taskrunner.groupcommit import GroupCommit
 from taskrunner.models import CURRENT_XID, event_table, task_table
 from taskrunner.states import TaskStatus, accepts_artifacts, accepts_events, can_move
 
@@ -48,6 +50,9 @@ class Change:
     # that was declared lost must not write over the attempt that replaced it.
     expect_attempt: int | None = None
     expect_worker: str | None = None
+    # Also return the task's row as it was found under the lock (Outcome.row): a worker
+    # starting an attempt needs it, and reading it here saves a query.
+    want_row: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ class Outcome:
     change: Change
     found: TaskStatus | None  # the status under lock; None: no such task
     event: Event | None  # None: rejected
+    row: Mapping[str, Any] | None = None  # with Change.want_row: the task as found
 
     @property
     def accepted(self) -> bool:
@@ -68,6 +74,7 @@ class _Row:
     owner: str
     attempts: int
     worker_id: str | None
+    found: Mapping[str, Any]
     values: dict[str, Any] = field(default_factory=dict)
     changed: bool = False
 
@@ -84,13 +91,22 @@ async def run_transaction(engine: AsyncEngine, fn: Callable[[AsyncConnection], A
         return await fn(conn)
 
 
-async def lock_tasks(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, _Row]:
+ROW_COLUMNS = (
+    "input, timeout_seconds, max_retries, cancel_requested, trace_parent, created_at, "
+    "scheduled_for, clock_timestamp() AS locked_at"
+)
+
+
+async def lock_tasks(
+    conn: AsyncConnection, ids: Sequence[uuid.UUID], *, full: bool = False
+) -> dict[uuid.UUID, _Row]:
     """Lock the tasks' rows in id order; refuse (XidInversion) if one was written by a
-    transaction newer than this one."""
+    transaction newer than this one. `full` also reads ROW_COLUMNS."""
+    extra = f", {ROW_COLUMNS}" if full else ""
     result = await conn.execute(
         sa.text(
             "SELECT id, status, event_seq, last_xid, owner, attempts, worker_id, "
-            "pg_current_xact_id()::text::bigint AS xid "
+            f"pg_current_xact_id()::text::bigint AS xid{extra} "
             "FROM task WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"
         ),
         {"ids": sorted(set(ids))},
@@ -105,6 +121,7 @@ async def lock_tasks(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> dict[uu
             row["owner"],
             row["attempts"],
             row["worker_id"],
+            dict(row) if full else {},
         )
     return rows
 
@@ -120,14 +137,16 @@ async def insert_events(conn: AsyncConnection, rows: list[dict[str, Any]]) -> li
 
 async def record(conn: AsyncConnection, changes: Sequence[Change]) -> list[Outcome]:
     """Apply `changes` in order inside the caller's transaction; rejected ones write nothing."""
-    rows = await lock_tasks(conn, [c.task_id for c in changes])
-    decided: list[tuple[Change, TaskStatus | None, int | None]] = []
+    rows = await lock_tasks(
+        conn, [c.task_id for c in changes], full=any(c.want_row for c in changes)
+    )
+    decided: list[tuple[Change, _Row | None, TaskStatus | None, int | None]] = []
     pending: list[dict[str, Any]] = []
     for change in changes:
         row = rows.get(change.task_id)
         found = row.status if row else None
         if row is None or not _allowed(row, change):
-            decided.append((change, found, None))
+            decided.append((change, row, found, None))
             continue
         row.seq += 1
         row.changed = True
@@ -144,7 +163,7 @@ async def record(conn: AsyncConnection, changes: Sequence[Change]) -> list[Outco
                 "data": dict(change.data),
             }
         )
-        decided.append((change, found, len(pending) - 1))
+        decided.append((change, row, found, len(pending) - 1))
 
     for task_id, row in rows.items():
         if row.changed:
@@ -155,8 +174,13 @@ async def record(conn: AsyncConnection, changes: Sequence[Change]) -> list[Outco
             )
     events = await insert_events(conn, pending)
     return [
-        Outcome(change, found, None if index is None else events[index])
-        for change, found, index in decided
+        Outcome(
+            change,
+            found,
+            None if index is None else events[index],
+            row.found if row is not None and change.want_row else None,
+        )
+        for change, row, found, index in decided
     ]
 
 
@@ -172,15 +196,51 @@ def _allowed(row: _Row, change: Change) -> bool:
     return can_move(row.status, change.to, retry_request=change.retry_request)
 
 
-async def apply(engine: AsyncEngine, redis: Redis, changes: Sequence[Change]) -> list[Outcome]:
-    """Record `changes` in one transaction, then publish the accepted events."""
+MAX_GROUP_CHANGES = 500  # changes one group-commit transaction takes at most
+
+_groups: weakref.WeakKeyDictionary[
+    AsyncEngine, dict[int, GroupCommit[Sequence[Change], list[Outcome]]]
+] = weakref.WeakKeyDictionary()
+
+
+def _group(engine: AsyncEngine, redis: Redis) -> GroupCommit[Sequence[Change], list[Outcome]]:
+    """The process's group commit for this engine and Redis client."""
+    by_redis = _groups.setdefault(engine, {})
+    group = by_redis.get(id(redis))
+    if group is None:
+
+        async def flush(units: list[Sequence[Change]]) -> list[list[Outcome]]:
+            return await _apply_now(engine, redis, units)
+
+        group = by_redis[id(redis)] = GroupCommit(flush, max_items=MAX_GROUP_CHANGES)
+    return group
+
+
+async def _apply_now(
+    engine: AsyncEngine, redis: Redis, units: list[Sequence[Change]]
+) -> list[list[Outcome]]:
+    """Record every unit's changes in one transaction, publish the accepted events, and
+    split the outcomes back per unit."""
+    changes = [change for unit in units for change in unit]
 
     async def work(conn: AsyncConnection) -> list[Outcome]:
         return await record(conn, changes)
 
     outcomes = await run_transaction(engine, work)
     await publish(redis, [o.event for o in outcomes if o.event is not None])
-    return outcomes
+    split, start = [], 0
+    for unit in units:
+        split.append(outcomes[start : start + len(unit)])
+        start += len(unit)
+    return split
+
+
+async def apply(engine: AsyncEngine, redis: Redis, changes: Sequence[Change]) -> list[Outcome]:
+    """Record `changes` in one transaction (shared with concurrent callers: group commit),
+    then publish the accepted events. Returns once they are committed and published."""
+    if not changes:
+        return []
+    return await _group(engine, redis).submit(changes)
 
 
 async def apply_one(engine: AsyncEngine, redis: Redis, change: Change) -> Outcome:

@@ -49,9 +49,14 @@ async def connect(redis_url: str, queue_name: str) -> ArqRedis:
     return pool
 
 
+def wake_channel(queue_name: str) -> str:
+    """Where enqueues announce themselves, so waiting workers poll at once."""
+    return f"taskrunner:wake:{queue_name}"
+
+
 async def enqueue(pool: ArqRedis, jobs: Sequence[Job]) -> None:
-    """Enqueue jobs in one pipeline. The job id is the task id and both writes are NX, so
-    enqueueing a job that waits or runs already changes nothing."""
+    """Enqueue jobs in one pipeline and wake the workers up. The job id is the task id and
+    both writes are NX, so enqueueing a job that waits or runs already changes nothing."""
     if not jobs:
         return
     now = int(time.time() * 1000)
@@ -61,6 +66,7 @@ async def enqueue(pool: ArqRedis, jobs: Sequence[Job]) -> None:
             payload = serialize_job(job.task_type, (job_id,), {}, None, now)
             pipe.set(job_key_prefix + job_id, payload, px=JOB_EXPIRES_MS, nx=True)
             pipe.zadd(pool.default_queue_name, {job_id: score(job.priority, now)}, nx=True)
+        pipe.publish(wake_channel(pool.default_queue_name), b"")
         await pipe.execute()
 
 

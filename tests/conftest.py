@@ -32,7 +32,7 @@ from taskrunner import keys
 from taskrunner.config import Settings, load_settings
 from taskrunner.db import create_engine, migrate
 from taskrunner.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
-from workers.settings import worker_options
+from workers.settings import TaskWorker, worker_options
 
 TEMPLATE = "taskrunner_template"
 _numbers = itertools.count(1)
@@ -151,7 +151,7 @@ async def run_api(settings: Settings, app: Starlette | None = None) -> AsyncIter
 @contextlib.asynccontextmanager
 async def run_worker(settings: Settings, **overrides: Any) -> AsyncIterator[Worker]:
     """A real arq worker with our settings, in this event loop."""
-    worker = Worker(**{**worker_options(settings), "handle_signals": False, **overrides})
+    worker = TaskWorker(**{**worker_options(settings), "handle_signals": False, **overrides})
     running = asyncio.create_task(worker.async_run())
     try:
         yield worker

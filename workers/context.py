@@ -107,6 +107,11 @@ class TaskContext:
             await self.log(f"artifact_rejected: {name}: {exc.message}", "error")
             raise
 
+    @property
+    def lines(self) -> int:
+        """Log lines recorded (or dropped) in this attempt so far."""
+        return self._lines + self._dropped
+
     def add_line(self, line: str, level: str) -> None:
         """Queue a log line without waiting (what the logging handler uses)."""
         if self._lines >= MAX_LOG_LINES:

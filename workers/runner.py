@@ -12,6 +12,7 @@ import logging
 import time
 import traceback
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypedDict
@@ -56,6 +57,7 @@ class WorkerContext(TypedDict):
     store: ArtifactStore
     orphan_suspects: dict[uuid.UUID, float]  # the reconciler's: task -> first seen orphaned
     memory: MemoryWatchdog  # TASK_MAX_MEMORY_MB
+    logged: set[uuid.UUID]  # tasks running here whose attempt wrote log lines
 
 
 def _status(to: TaskStatus, **data: Any) -> dict[str, Any]:
@@ -79,11 +81,14 @@ async def execute(ctx: WorkerContext, task_type: TaskType, task_id: str) -> str:
                 "attempts": task_table.c.attempts + 1,
                 "worker_id": ctx["worker_id"],
             },
+            want_row=True,
         ),
     )
-    if not start.accepted:  # cancelled, already run, or a duplicate delivery
+    if not start.accepted or start.row is None:  # cancelled, already run, or a duplicate
         return f"skipped: task is {start.found.value if start.found else 'gone'}"
-    attempt = await _load(engine, tid)
+    attempt = _first_attempt(start.row) if start.row["attempts"] == 0 else None
+    if attempt is None:
+        attempt = await _load(engine, tid)  # a later attempt: it waited since its re-queue
     with tracing.task_span(attempt.trace_parent, task_type.name, task_id, attempt.number):
         final = await _attempt(ctx, task_type, tid, attempt)
     return str(final.to.value if final.to else "")
@@ -114,12 +119,15 @@ async def _attempt(
             final = await _retry_later(ctx, task_type, tid, attempt, final)
         final = _with_metrics(final, ctx, attempt, run_seconds, peak)
         _report(task_type.name, final, run_seconds, killed)
-        await _store_log(ctx, tid, attempt.number)
+        # task.log holds every attempt's lines: a first attempt that logged none has none
+        if attempt.number > 1 or tid in ctx["logged"]:
+            await _store_log(ctx, tid, attempt.number)
         await journal.apply_one(
             ctx["engine"], ctx["redis"], replace(final, expect_attempt=attempt.number)
         )
         return final
     finally:
+        ctx["logged"].discard(tid)
         unbind("task_id", "task_type", "attempt")
 
 
@@ -207,6 +215,21 @@ class Attempt:
     queue_wait_seconds: float
 
 
+def _first_attempt(row: Mapping[str, Any]) -> Attempt:
+    """The first attempt of a task, from its row as the start transition locked it: it has
+    waited since it was created (or its runAt, if later)."""
+    ready_at = max(row["created_at"], row["scheduled_for"] or row["created_at"])
+    return Attempt(
+        row["input"],
+        row["timeout_seconds"],
+        1,
+        row["max_retries"],
+        row["cancel_requested"],
+        row["trace_parent"],
+        max(0.0, (row["locked_at"] - ready_at).total_seconds()),
+    )
+
+
 async def _load(engine: AsyncEngine, task_id: uuid.UUID) -> Attempt:
     t, e = task_table.c, event_table.c
     # The task waited since it last became QUEUED (or its runAt, if later).
@@ -278,6 +301,8 @@ async def _run_body(
             finally:
                 ctx["running"].pop(task_id, None)
                 await tctx.close()  # its last progress and lines come before the outcome
+                if tctx.lines:
+                    ctx["logged"].add(task_id)
     except TimeoutError:
         if not timer.expired():  # raised by the task itself
             await _log(ctx, task_id, attempt.number, "error", traceback.format_exc())
@@ -343,6 +368,7 @@ def _failed(task_id: uuid.UUID, code: str, message: str) -> journal.Change:
 
 
 async def _log(ctx: WorkerContext, task_id: uuid.UUID, attempt: int, level: str, line: str) -> None:
+    ctx["logged"].add(task_id)
     change = journal.Change(
         task_id, EventKind.LOG, {"level": level, "line": line}, expect_attempt=attempt
     )

@@ -1,18 +1,25 @@
 """arq worker configuration. `arq workers.settings.WorkerSettings` and `taskrunner worker`
-both use it; the class is built from the environment on first access, not at import."""
+both use it; the class is built from the environment on first access, not at import.
+
+`taskrunner worker` runs `TaskWorker`, an arq Worker that is woken up when a task is
+enqueued (a message on `queue.wake_channel`), so it starts tasks within a millisecond or
+two yet polls an idle queue only every WORKER_POLL_DELAY_SECONDS. The arq CLI runs arq's
+own Worker, which polls every WORKER_POLL_DELAY_SECONDS: lower it there for a lower start
+latency, at some idle CPU."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import socket
 import uuid
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from arq.worker import Function, func
+from arq.worker import Function, Worker, func
 
 from taskrunner import heartbeats, metrics, queue, tracing
 from taskrunner.artifacts import make_store
@@ -27,6 +34,7 @@ from workers.runner import WorkerContext, execute
 
 # arq's own job timeout is only a backstop behind each task's timeout.
 ARQ_TIMEOUT_MARGIN_SECONDS = 30
+log = logging.getLogger(__name__)
 
 
 def _job(task_type: TaskType) -> Function:
@@ -48,6 +56,7 @@ async def _startup(settings: Settings, ctx: dict[str, Any]) -> None:
     ctx["running"] = {}
     ctx["cancel_requests"] = {}
     ctx["orphan_suspects"] = {}
+    ctx["logged"] = set()
     install_log_capture()
     # The baseline of TASK_MAX_MEMORY_MB: the worker's memory once it is set up.
     ctx["memory"] = MemoryWatchdog(ctx["running"], settings.task_max_memory_mb)
@@ -69,6 +78,58 @@ async def _shutdown(ctx: dict[str, Any]) -> None:
     engine = ctx.get("engine")
     if engine is not None:
         await engine.dispose()
+
+
+class TaskWorker(Worker):
+    """arq's Worker, woken up by enqueues instead of polling fast.
+
+    After each poll of the queue it waits for whichever comes first: a wake-up message
+    (something was enqueued), a job ending while every slot was taken (the queue may hold
+    more), or `poll_delay` (jobs enqueued by other means, a lost message)."""
+
+    def __init__(self, **options: Any) -> None:
+        self.idle_poll_seconds = float(options.pop("poll_delay"))
+        super().__init__(**options, poll_delay=0)
+        self._wake = asyncio.Event()
+        self._listener: asyncio.Task[None] | None = None
+
+    async def _poll_iteration(self) -> None:
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen(), name="worker-wake-listener")
+        self._wake.clear()
+        await super()._poll_iteration()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self.idle_poll_seconds)
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        full = self.job_counter >= self.max_jobs
+        super()._release_sem_dec_counter_on_complete()
+        if full:
+            self._wake.set()
+
+    async def _listen(self) -> None:
+        """Set the wake-up event on every message of the queue's wake channel; reconnect
+        after errors (polling covers the gap)."""
+        while True:
+            try:
+                async with self.pool.pubsub() as pubsub:
+                    await pubsub.subscribe(queue.wake_channel(self.queue_name))
+                    async for message in pubsub.listen():
+                        if message["type"] == "message":
+                            self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("wake-up listener lost Redis (%s); polling meanwhile", exc)
+                await asyncio.sleep(self.idle_poll_seconds)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        await super().close()
 
 
 def worker_options(settings: Settings) -> dict[str, Any]:
