@@ -7,6 +7,7 @@ import base64
 import logging
 import os
 import uuid
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -22,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from taskrunner import journal, metrics, queue, tracing
 from taskrunner.errors import BadInput, Conflict, NotFound
 from taskrunner.events import CANCEL_CHANNEL, Event, EventKind, publish
+from taskrunner.groupcommit import GroupCommit
 from taskrunner.logs import event
 from taskrunner.models import NOW, Task, event_table, task_table
 from taskrunner.states import TERMINAL, TaskStatus
@@ -66,6 +68,14 @@ def _task(row: Any) -> Task:
     return Task(**dict(row))
 
 
+MAX_GROUP_SUBMISSIONS = 500  # submissions one group-commit transaction takes at most
+
+Unit = tuple[str, Sequence[Submission], bool]  # owner, its submissions, crash_after_commit
+_groups: weakref.WeakKeyDictionary[
+    AsyncEngine, dict[tuple[int, int], GroupCommit[Unit, list[Task]]]
+] = weakref.WeakKeyDictionary()
+
+
 async def submit(
     *,
     engine: AsyncEngine,
@@ -76,35 +86,54 @@ async def submit(
     crash_after_commit: bool = False,
 ) -> list[Task]:
     """Insert the tasks and their QUEUED events in one transaction, publish, then enqueue.
-    A submission whose idempotency key the owner already used returns the first task."""
+    A submission whose idempotency key the owner already used returns the first task.
+    Concurrent submissions of this process share the transaction (group commit)."""
+    by_clients = _groups.setdefault(engine, {})
+    group = by_clients.get((id(redis), id(pool)))
+    if group is None:
 
-    async def work(conn: AsyncConnection) -> tuple[list[Task], list[Event]]:
-        return await _insert(conn, owner, submissions)
+        async def flush(units: list[Unit]) -> list[list[Task]]:
+            return await _submit_now(engine, redis, pool, units)
 
-    tasks, events = await journal.run_transaction(engine, work)
-    if crash_after_commit:
+        group = by_clients[(id(redis), id(pool))] = GroupCommit(flush, MAX_GROUP_SUBMISSIONS)
+    return await group.submit((owner, submissions, crash_after_commit))
+
+
+async def _submit_now(
+    engine: AsyncEngine, redis: Redis, pool: ArqRedis, units: list[Unit]
+) -> list[list[Task]]:
+    async def work(conn: AsyncConnection) -> tuple[list[list[Task]], list[Event]]:
+        return await _insert(conn, [(owner, subs) for owner, subs, _ in units])
+
+    per_unit, events = await journal.run_transaction(engine, work)
+    if any(crash for _, _, crash in units):
         os._exit(70)  # fault injection: see Settings.test_crash_after_commit
     await publish(redis, events)
     created = {e.task_id for e in events}
-    for task in tasks:
-        if task.id in created:
-            metrics.TASKS_SUBMITTED.labels(task.type).inc()
-            event("task_submitted", task_id=str(task.id), task_type=task.type, owner=owner)
-    jobs = [queue.Job(t.type, t.id, t.priority) for t in tasks if t.id in created and not t.due_at]
+    jobs = []
+    for (owner, _, _), tasks in zip(units, per_unit, strict=True):
+        for task in tasks:
+            if task.id in created:
+                metrics.TASKS_SUBMITTED.labels(task.type).inc()
+                event("task_submitted", task_id=str(task.id), task_type=task.type, owner=owner)
+                if not task.due_at:
+                    jobs.append(queue.Job(task.type, task.id, task.priority))
     try:
         await queue.enqueue(pool, jobs)
     except RedisError as exc:  # committed: the reconciler enqueues it, never lose it here
         log.warning("could not enqueue %d tasks (%s); the reconciler will", len(jobs), exc)
-    return tasks
+    return per_unit
 
 
 async def _insert(
-    conn: AsyncConnection, owner: str, submissions: Sequence[Submission]
-) -> tuple[list[Task], list[Event]]:
+    conn: AsyncConnection, units: Sequence[tuple[str, Sequence[Submission]]]
+) -> tuple[list[list[Task]], list[Event]]:
+    """Insert every unit's tasks (one statement) and their QUEUED events (another); each
+    unit's tasks in order, an already used idempotency key giving the owner's first task."""
     # One clock for the whole batch: PostgreSQL's. createdAt + delaySeconds is then exactly
     # the earliest start, whatever the api's clock says.
     now = cast(datetime, await conn.scalar(sa.select(sa.func.clock_timestamp())))
-    rows = [_row(s, owner, now) for s in submissions]
+    rows = [[_row(s, owner, now) for s in subs] for owner, subs in units]
     stmt = (
         pg_insert(task_table)
         .on_conflict_do_nothing(
@@ -113,30 +142,33 @@ async def _insert(
         )
         .returning(*task_table.c, sort_by_parameter_order=True)
     )
-    inserted = {r["id"]: _task(r) for r in (await conn.execute(stmt, rows)).mappings()}
+    flat = [row for unit in rows for row in unit]
+    inserted = {r["id"]: _task(r) for r in (await conn.execute(stmt, flat)).mappings()}
     events = await journal.insert_events(
         conn,
         [
             {
                 "task_id": t.id,
                 "seq": 1,
-                "owner": owner,
+                "owner": t.owner,
                 "kind": EventKind.STATUS.value,
                 "data": {"status": TaskStatus.QUEUED.value},
             }
             for t in inserted.values()
         ],
     )
-    keys = [r["idempotency_key"] for r in rows if r["id"] not in inserted]
-    existing: dict[str | None, Task] = {}
+    keys = {(r["owner"], r["idempotency_key"]) for r in flat if r["id"] not in inserted}
+    existing: dict[tuple[str, str | None], Task] = {}
     if keys:
+        t = task_table.c
         found = await conn.execute(
-            sa.select(task_table).where(
-                task_table.c.owner == owner, task_table.c.idempotency_key.in_(keys)
-            )
+            sa.select(task_table).where(sa.tuple_(t.owner, t.idempotency_key).in_(list(keys)))
         )
-        existing = {r["idempotency_key"]: _task(r) for r in found.mappings()}
-    tasks = [inserted.get(r["id"]) or existing[cast(str, r["idempotency_key"])] for r in rows]
+        existing = {(r["owner"], r["idempotency_key"]): _task(r) for r in found.mappings()}
+    tasks = [
+        [inserted.get(r["id"]) or existing[(r["owner"], r["idempotency_key"])] for r in unit]
+        for unit in rows
+    ]
     return tasks, events
 
 
