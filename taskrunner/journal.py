@@ -32,6 +32,10 @@ T = TypeVar("T")
 MAX_TRANSACTION_RUNS = 8
 
 
+NEXT_ATTEMPT: Any = object()
+"""A value for `attempts` in Change.values: the locked row's attempts + 1."""
+
+
 class XidInversion(Exception):
     """This transaction's id is older than the last writer of a task it changes."""
 
@@ -153,7 +157,14 @@ async def record(conn: AsyncConnection, changes: Sequence[Change]) -> list[Outco
         if change.to is not None:
             row.status = change.to
             row.values["status"] = change.to.value
-        row.values.update(change.values)
+        for name, value in change.values.items():
+            if value is NEXT_ATTEMPT:
+                value = row.attempts + 1
+            if name == "attempts" and isinstance(value, int):
+                row.attempts = value
+            elif name == "worker_id" and not isinstance(value, sa.ClauseElement):
+                row.worker_id = value
+            row.values[name] = value
         pending.append(
             {
                 "task_id": change.task_id,
@@ -165,13 +176,7 @@ async def record(conn: AsyncConnection, changes: Sequence[Change]) -> list[Outco
         )
         decided.append((change, row, found, len(pending) - 1))
 
-    for task_id, row in rows.items():
-        if row.changed:
-            await conn.execute(
-                sa.update(task_table)
-                .where(task_table.c.id == task_id)
-                .values(event_seq=row.seq, last_xid=CURRENT_XID, **row.values)
-            )
+    await _update_rows(conn, rows)
     events = await insert_events(conn, pending)
     return [
         Outcome(
@@ -182,6 +187,45 @@ async def record(conn: AsyncConnection, changes: Sequence[Change]) -> list[Outco
         )
         for change, row, found, index in decided
     ]
+
+
+async def _update_rows(conn: AsyncConnection, rows: Mapping[uuid.UUID, _Row]) -> None:
+    """Write the changed rows: one executemany (one round trip) per shape of update.
+
+    Rows whose updates set the same columns, with the same SQL expressions (NOW is one
+    shared object), share a statement; plain values travel as parameters."""
+    shapes: dict[tuple[Any, ...], list[tuple[uuid.UUID, _Row]]] = {}
+    for task_id, row in rows.items():
+        if row.changed:
+            shape = tuple(
+                sorted(
+                    (name, id(value) if isinstance(value, sa.ClauseElement) else None)
+                    for name, value in row.values.items()
+                )
+            )
+            shapes.setdefault(shape, []).append((task_id, row))
+    for shape, members in shapes.items():
+        first = members[0][1].values
+        assigned: dict[str, Any] = {"event_seq": sa.bindparam("p_event_seq")}
+        for name, expression in shape:
+            if expression is None:
+                assigned[name] = sa.bindparam(f"p_{name}", type_=task_table.c[name].type)
+            else:
+                assigned[name] = first[name]
+        stmt = (
+            sa.update(task_table)
+            .where(task_table.c.id == sa.bindparam("p_id"))
+            .values(last_xid=CURRENT_XID, **assigned)
+        )
+        params = [
+            {
+                "p_id": task_id,
+                "p_event_seq": row.seq,
+                **{f"p_{n}": row.values[n] for n, expression in shape if expression is None},
+            }
+            for task_id, row in members
+        ]
+        await conn.execute(stmt, params)
 
 
 def _allowed(row: _Row, change: Change) -> bool:

@@ -103,7 +103,7 @@ async def _submit_now(
     engine: AsyncEngine, redis: Redis, pool: ArqRedis, units: list[Unit]
 ) -> list[list[Task]]:
     async def work(conn: AsyncConnection) -> tuple[list[list[Task]], list[Event]]:
-        return await _insert(conn, [(owner, subs) for owner, subs, _ in units])
+        return await _insert_units(conn, [(owner, subs) for owner, subs, _ in units])
 
     per_unit, events = await journal.run_transaction(engine, work)
     if any(crash for _, _, crash in units):
@@ -126,6 +126,14 @@ async def _submit_now(
 
 
 async def _insert(
+    conn: AsyncConnection, owner: str, submissions: Sequence[Submission]
+) -> tuple[list[Task], list[Event]]:
+    """One owner's submissions, inside the caller's transaction."""
+    (tasks,), events = await _insert_units(conn, [(owner, submissions)])
+    return tasks, events
+
+
+async def _insert_units(
     conn: AsyncConnection, units: Sequence[tuple[str, Sequence[Submission]]]
 ) -> tuple[list[list[Task]], list[Event]]:
     """Insert every unit's tasks (one statement) and their QUEUED events (another); each

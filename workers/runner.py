@@ -78,7 +78,7 @@ async def execute(ctx: WorkerContext, task_type: TaskType, task_id: str) -> str:
             to=TaskStatus.RUNNING,
             values={
                 "started_at": NOW,
-                "attempts": task_table.c.attempts + 1,
+                "attempts": journal.NEXT_ATTEMPT,
                 "worker_id": ctx["worker_id"],
             },
             want_row=True,
