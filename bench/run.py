@@ -5,7 +5,13 @@ one `taskrunner api` and one `taskrunner worker` (TASKS_PER_MINUTE=0), makes an 
 then runs each scenario script against that stack and prints ONE JSON document (also
 written to bench/results/<UTC time>.json):
 
-- e2e            bench/e2e.py: N echo tasks through GraphQL (submitTask, C clients)
+- e2e-batch      bench/e2e.py --mode batch: N echo tasks through GraphQL, submitTasks of 100,
+                 4 batches in flight
+- e2e-concurrent bench/e2e.py --mode concurrent: N echo tasks, one submitTask per call from
+                 C concurrent clients
+- e2e-rate-100   bench/e2e.py --mode rate: open-loop submitTask calls at 100/s,
+- e2e-rate-200   200/s and 500/s for --rate-seconds each (500/s: at most 10 s, see
+- e2e-rate-500   RATE_500_MAX_SECONDS; the scenario's "note" says when it was shortened)
 - baseline-arq   bench/baseline_arq.py: the same N no-op jobs through bare arq, same Redis
 - baseline-celery bench/baseline_celery.py: Celery with Redis broker and results (when the
                  `bench` extra is installed; skipped with a reason otherwise)
@@ -13,7 +19,12 @@ written to bench/results/<UTC time>.json):
 - list           bench/list.py: tasks(first: 50) with filters over 1,000,000 rows (its own
                  database on the same server)
 
-Options: --only e2e,list   -n 2000   --rows 1000000   --subscribers 1,100,1000
+`--only e2e` selects all the e2e-* scenarios. The report's "ratios" compare e2e completion
+throughput (completion_rate, tasks/s) with the baselines' drain throughput (tasks_per_s),
+for the pairs whose figures are both there.
+
+Options: --only e2e,list   -n 5000   --concurrency 50   --rate-seconds 30   --rows 1000000
+         --subscribers 1,100,1000
 """
 
 from __future__ import annotations
@@ -43,7 +54,20 @@ from taskrunner import keys  # noqa: E402
 from taskrunner.db import create_engine, migrate  # noqa: E402
 from taskrunner.embedded import EmbeddedPostgres, EmbeddedRedis, free_port  # noqa: E402
 
-SCENARIOS = ("e2e", "baseline-arq", "baseline-celery", "subscriptions", "list")
+E2E_RATES = (100, 200, 500)
+E2E = ("e2e-batch", "e2e-concurrent", *(f"e2e-rate-{rate}" for rate in E2E_RATES))
+SCENARIOS = (*E2E, "baseline-arq", "baseline-celery", "subscriptions", "list")
+ALIASES = {"e2e": E2E}
+# 500/s is far beyond what one api process takes on a small box: every extra second of it
+# adds minutes of backlog to drain, so that run is capped (and says so in its "note").
+RATE_500_MAX_SECONDS = 10.0
+# (e2e scenario, its figure, baseline, its figure): the pairs in the report's "ratios"
+RATIOS = (
+    ("e2e-batch", "completion_rate", "baseline-arq", "tasks_per_s"),
+    ("e2e-batch", "completion_rate", "baseline-celery", "tasks_per_s"),
+    ("e2e-concurrent", "completion_rate", "baseline-arq", "tasks_per_s"),
+    ("e2e-concurrent", "completion_rate", "baseline-celery", "tasks_per_s"),
+)
 
 
 def log(message: str) -> None:
@@ -163,20 +187,74 @@ def run_script(name: str, args: list[str], timeout: float) -> dict[str, Any]:
     return result
 
 
+def ratios(scenarios: dict[str, Any]) -> dict[str, Any]:
+    """e2e throughput over baseline throughput, for the pairs with both figures."""
+    out: dict[str, Any] = {}
+    for e2e, e2e_key, base, base_key in RATIOS:
+        mine = scenarios.get(e2e, {}).get(e2e_key)
+        theirs = scenarios.get(base, {}).get(base_key)
+        if isinstance(mine, int | float) and isinstance(theirs, int | float) and theirs > 0:
+            out[f"{e2e}/{base}"] = {
+                "ratio": round(mine / theirs, 3),
+                f"e2e_{e2e_key}_per_s": mine,
+                f"baseline_{base_key}": theirs,
+            }
+    return out
+
+
+def e2e_plan(
+    args: argparse.Namespace, auth: list[str]
+) -> dict[str, tuple[str, list[str], float, str | None]]:
+    """The e2e scenarios: script, arguments, timeout, note for the report."""
+    n = ["-n", str(args.count)]
+    plan: dict[str, tuple[str, list[str], float, str | None]] = {
+        "e2e-batch": ("e2e.py", [*auth, "--mode", "batch", *n, "--batch", "100"], 600, None),
+        "e2e-concurrent": (
+            "e2e.py",
+            [*auth, "--mode", "concurrent", *n, "--concurrency", str(args.concurrency)],
+            600,
+            None,
+        ),
+    }
+    for rate in E2E_RATES:
+        seconds, note = args.rate_seconds, None
+        if rate == 500 and seconds > RATE_500_MAX_SECONDS:
+            seconds = RATE_500_MAX_SECONDS
+            note = (
+                f"ran for {seconds:g} s instead of --rate-seconds {args.rate_seconds:g}: "
+                "500/s is beyond what the api sustains here, and every second more of it "
+                "only adds backlog to drain"
+            )
+        script_args = [*auth, "--mode", "rate", "--rate", str(rate), "--duration", str(seconds)]
+        plan[f"e2e-rate-{rate}"] = ("e2e.py", script_args, seconds + 900, note)
+    return plan
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
-    parser.add_argument("-n", "--count", type=int, default=2000, help="tasks per throughput run")
-    parser.add_argument("--concurrency", type=int, default=50, help="e2e submitting clients")
+    parser.add_argument("-n", "--count", type=int, default=5000, help="tasks per throughput run")
+    parser.add_argument(
+        "--concurrency", type=int, default=50, help="e2e-concurrent submitting clients"
+    )
+    parser.add_argument(
+        "--rate-seconds", type=float, default=30.0, help="duration of each e2e-rate-* run"
+    )
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows for the list scenario")
     parser.add_argument("--subscribers", default="1,100,1000")
     args = parser.parse_args()
-    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = set(chosen) - set(SCENARIOS)
+    asked = {s.strip() for s in args.only.split(",") if s.strip()}
+    unknown = asked - set(SCENARIOS) - set(ALIASES)
     if unknown:
-        parser.error(f"--only: unknown scenarios {sorted(unknown)}; choose from {SCENARIOS}")
+        parser.error(
+            f"--only: unknown scenarios {sorted(unknown)}; choose from {(*ALIASES, *SCENARIOS)}"
+        )
+    if args.count < 1 or args.concurrency < 1 or args.rate_seconds <= 0:
+        parser.error("-n and --concurrency must be at least 1, --rate-seconds positive")
+    expanded = asked | {name for alias in asked & set(ALIASES) for name in ALIASES[alias]}
+    chosen = [name for name in SCENARIOS if name in expanded]
     report: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
@@ -185,24 +263,31 @@ def main() -> int:
     n = str(args.count)
     with tempfile.TemporaryDirectory(prefix="taskrunner-bench-") as tmp, stack(Path(tmp)) as s:
         auth = ["--url", s["url"], "--api-key", s["key"]]
-        plan: dict[str, tuple[str, list[str], float]] = {
-            "e2e": ("e2e.py", [*auth, "-n", n, "--concurrency", str(args.concurrency)], 600),
-            "baseline-arq": ("baseline_arq.py", ["--redis-url", s["redis_url"], "-n", n], 600),
+        plan: dict[str, tuple[str, list[str], float, str | None]] = {
+            **e2e_plan(args, auth),
+            "baseline-arq": (
+                "baseline_arq.py",
+                ["--redis-url", s["redis_url"], "-n", n],
+                600,
+                None,
+            ),
             "baseline-celery": (
                 "baseline_celery.py",
                 ["--redis-url", s["redis_url"], "-n", n],
                 600,
+                None,
             ),
             "subscriptions": (
                 "subscriptions.py",
                 [*auth, "--api-pid", str(s["api_pid"]), "--subscribers", args.subscribers],
                 900,
+                None,
             ),
         }
         for name in chosen:
             if name == "list":
                 continue
-            script, script_args, timeout = plan[name]
+            script, script_args, timeout, note = plan[name]
             if not (BENCH / script).exists():
                 report["scenarios"][name] = {"skipped": f"bench/{script} is not there yet"}
             elif name == "baseline-celery" and importlib.util.find_spec("celery") is None:
@@ -211,6 +296,8 @@ def main() -> int:
                 }
             else:
                 report["scenarios"][name] = run_script(script, script_args, timeout)
+            if note:
+                report["scenarios"][name]["note"] = note
         if "list" in chosen:
             s["postgres"].create_database("bench_list")
             list_url = s["postgres"].url("bench_list")
@@ -231,6 +318,7 @@ def main() -> int:
                 if (BENCH / "list.py").exists()
                 else {"skipped": "bench/list.py is not there yet"}
             )
+    report["ratios"] = ratios(report["scenarios"])
     report["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{report['started_at'].replace(':', '')}.json"
