@@ -4,9 +4,13 @@ One transaction per state change caps PostgreSQL at a few hundred commits per se
 small machine, and most of a short transaction's cost is its round trips (BEGIN, lock,
 write, COMMIT), not its rows. Here a writer hands its unit of work to a `GroupCommit`; the
 first one starts a flusher that takes everything queued so far (up to `max_items`) and runs
-it through one call of `flush`, while later writers queue up for the next round. Nothing
-waits on a timer: an idle process commits at once, a busy one commits in groups as large
-as the load makes them.
+it through one call of `flush`, while later writers queue up for the next round. Up to
+`flushers` groups are in flight at once (one waits for its COMMIT while the next is being
+written). Nothing waits on a timer: an idle process commits at once, a busy one commits
+in groups as large as the load makes them.
+
+Groups may commit in any order, as separate transactions would: the journal's row locks,
+per-task `seq` and xid checks keep each task's history in order.
 
 A group shares its fate: if `flush` raises for a group of several units, each unit is run
 again alone, so one bad unit fails only its own writer.
@@ -29,11 +33,17 @@ class GroupCommit(Generic[I, R]):
     """Runs `flush(units) -> results` (one result per unit, same order) for groups of units
     submitted concurrently."""
 
-    def __init__(self, flush: Callable[[list[I]], Awaitable[list[R]]], max_items: int) -> None:
+    def __init__(
+        self,
+        flush: Callable[[list[I]], Awaitable[list[R]]],
+        max_items: int,
+        flushers: int = 2,
+    ) -> None:
         self._flush = flush
         self._max_items = max_items
+        self._max_flushers = flushers
         self._waiting: list[tuple[I, asyncio.Future[R]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._flushers: set[asyncio.Task[None]] = set()
         self.groups = 0  # flushes run (for tests and benchmarks)
         self.largest = 0  # most units in one flush
 
@@ -41,8 +51,10 @@ class GroupCommit(Generic[I, R]):
         """Run `unit` in the next group; its result, or the exception its run raised."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((unit, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._run(), name="group-commit")
+        if len(self._flushers) < self._max_flushers:
+            flusher = asyncio.create_task(self._run(), name="group-commit")
+            self._flushers.add(flusher)
+            flusher.add_done_callback(self._flushers.discard)
         return await future
 
     async def _run(self) -> None:
