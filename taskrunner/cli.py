@@ -125,7 +125,9 @@ def cmd_worker(settings: Settings) -> int:
     from workers.settings import TaskWorker, worker_options
 
     asyncio.set_event_loop(uvloop.new_event_loop())  # arq's Worker takes the current loop
-    TaskWorker(**worker_options(settings)).run()
+    TaskWorker(
+        **worker_options(settings), idle_poll_seconds=settings.worker_idle_poll_seconds
+    ).run()
     return 0
 
 

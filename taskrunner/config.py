@@ -41,7 +41,16 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=100, gt=0, description="Most tasks in one `submitTasks`.")
     worker_concurrency: int = Field(default=50, gt=0, description="Tasks one worker runs at once.")
     worker_poll_delay_seconds: float = Field(
-        default=0.05, gt=0, description="How often an idle worker polls the queue."
+        default=0.05,
+        gt=0,
+        description="How often a worker started with the arq CLI polls the queue (its start "
+        "latency; lower costs idle CPU).",
+    )
+    worker_idle_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often a `taskrunner worker` polls a queue that nothing was enqueued "
+        "on (enqueues wake it up at once).",
     )
     stream_quiet_seconds: float = Field(
         default=3.0,

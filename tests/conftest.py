@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from arq.worker import Worker
 from gql import Client, GraphQLRequest
 from gql.transport.httpx import HTTPXAsyncTransport
 from gql.transport.websockets import WebsocketsTransport
@@ -149,9 +148,10 @@ async def run_api(settings: Settings, app: Starlette | None = None) -> AsyncIter
 
 
 @contextlib.asynccontextmanager
-async def run_worker(settings: Settings, **overrides: Any) -> AsyncIterator[Worker]:
+async def run_worker(settings: Settings, **overrides: Any) -> AsyncIterator[TaskWorker]:
     """A real arq worker with our settings, in this event loop."""
-    worker = TaskWorker(**{**worker_options(settings), "handle_signals": False, **overrides})
+    options = {**worker_options(settings), "handle_signals": False, **overrides}
+    worker = TaskWorker(**options, idle_poll_seconds=settings.worker_idle_poll_seconds)
     running = asyncio.create_task(worker.async_run())
     try:
         yield worker

@@ -140,3 +140,59 @@ async def test_a_write_for_a_replaced_attempt_is_refused(engine: AsyncEngine, re
         expect_worker="w-new",
     )
     assert (await journal.apply_one(engine, redis, current)).accepted
+
+
+async def test_concurrent_writers_share_transactions_and_keep_every_rule(
+    engine: AsyncEngine, redis: Redis
+) -> None:
+    """Group commit: 60 writers at once take fewer transactions than writers, each gets its
+    own outcome, and every task's events are still 1, 2, 3 ... in transaction order."""
+    tasks = [await _new_task(engine) for _ in range(20)]
+    for task_id in tasks:
+        await journal.apply_one(engine, redis, _to(task_id, TaskStatus.RUNNING))
+    xids_before = await _xid(engine)
+
+    async def writer(task_id: uuid.UUID, n: int) -> journal.Outcome:
+        return await journal.apply_one(engine, redis, _log(task_id, n))
+
+    outcomes = await asyncio.gather(
+        *(writer(task_id, n) for n in range(3) for task_id in tasks),
+        *(journal.apply_one(engine, redis, _to(uuid.uuid4(), TaskStatus.RUNNING)),),
+    )
+    transactions = await _xid(engine) - xids_before
+    assert all(o.accepted for o in outcomes[:-1]) and not outcomes[-1].accepted
+    assert outcomes[-1].found is None  # an unknown task in the group is refused alone
+    assert transactions < 60, transactions
+    for task_id in tasks:
+        seqs = await _seqs(engine, task_id)
+        assert [s for s, _, _ in seqs] == [1, 2, 3, 4, 5]
+        assert sorted(seqs, key=lambda r: (r[1], r[2])) == seqs
+    lines = {(o.change.task_id, o.event.data["line"]) for o in outcomes[:-1] if o.event}
+    assert len(lines) == 60  # each writer got its own event back
+
+
+async def test_a_failing_writer_fails_alone(engine: AsyncEngine, redis: Redis) -> None:
+    """A unit PostgreSQL refuses (here: a progress value it cannot store) fails its own
+    writer only; the writers grouped with it commit."""
+    good, bad = await _new_task(engine), await _new_task(engine)
+    await journal.apply_one(engine, redis, _to(good, TaskStatus.RUNNING))
+    await journal.apply_one(engine, redis, _to(bad, TaskStatus.RUNNING))
+    broken = journal.Change(bad, EventKind.PROGRESS, {"progress": 0.5}, values={"progress": "x"})
+    results = await asyncio.gather(
+        *(journal.apply_one(engine, redis, _log(good, n)) for n in range(5)),
+        journal.apply_one(engine, redis, broken),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, journal.Outcome) and r.accepted for r in results[:5]), results
+    assert isinstance(results[5], Exception)
+    assert [s for s, _, _ in await _seqs(engine, good)] == [1, 2, 3, 4, 5, 6, 7]
+    assert [s for s, _, _ in await _seqs(engine, bad)] == [1, 2]
+
+
+async def _xid(engine: AsyncEngine) -> int:
+    """The next transaction id PostgreSQL will hand out (counts write transactions)."""
+    async with engine.connect() as conn:
+        value = await conn.scalar(
+            sa.text("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+        )
+    return int(value or 0)

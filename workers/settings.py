@@ -3,7 +3,7 @@ both use it; the class is built from the environment on first access, not at imp
 
 `taskrunner worker` runs `TaskWorker`, an arq Worker that is woken up when a task is
 enqueued (a message on `queue.wake_channel`), so it starts tasks within a millisecond or
-two yet polls an idle queue only every WORKER_POLL_DELAY_SECONDS. The arq CLI runs arq's
+two yet polls an idle queue only every WORKER_IDLE_POLL_SECONDS. The arq CLI runs arq's
 own Worker, which polls every WORKER_POLL_DELAY_SECONDS: lower it there for a lower start
 latency, at some idle CPU."""
 
@@ -112,9 +112,9 @@ class TaskWorker(Worker):
     arq starts the jobs it polled one at a time, four Redis round trips each; here one Lua
     script claims every job there is a free slot for, with the same checks, atomically."""
 
-    def __init__(self, **options: Any) -> None:
-        self.idle_poll_seconds = float(options.pop("poll_delay"))
-        super().__init__(**options, poll_delay=0)
+    def __init__(self, *, idle_poll_seconds: float, **options: Any) -> None:
+        self.idle_poll_seconds = idle_poll_seconds
+        super().__init__(**{**options, "poll_delay": 0})
         self._wake = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
         self._claim: AsyncScript | None = None

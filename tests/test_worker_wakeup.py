@@ -1,0 +1,109 @@
+"""`taskrunner worker` (TaskWorker): woken up by enqueues, claims jobs in batches, and
+costs next to nothing while idle."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from taskrunner.config import Settings
+from tests.conftest import Stack, run_worker
+from tests.test_lifecycle import start_worker_process, status_counts, wait_for
+from workers.settings import TaskWorker
+
+BATCH = "mutation($t: [TaskSubmissionInput!]!) { submitTasks(tasks: $t) { id } }"
+
+
+async def test_an_enqueue_wakes_an_idle_worker_at_once(api: Stack, engine: AsyncEngine) -> None:
+    """With a 30 s idle poll, only the wake-up can start a task quickly: each of five tasks
+    submitted one by one to an idle worker starts within 0.5 s of its creation."""
+    settings = api.settings.model_copy(update={"worker_idle_poll_seconds": 30.0})
+    async with run_worker(settings) as worker:
+        await asyncio.sleep(0.5)  # the worker has polled once and now waits
+        assert worker.idle_poll_seconds == 30.0
+        for n in range(5):
+            await api.execute(BATCH, t=[{"task": {"echo": {"message": str(n)}}}])
+            await wait_for(engine, "SELECT count(*) FROM task WHERE status = 'SUCCEEDED'", n + 1)
+            await asyncio.sleep(0.3)  # idle again before the next one
+    async with engine.connect() as conn:
+        waits = (
+            await conn.scalars(
+                sa.text("SELECT extract(epoch FROM started_at - created_at) FROM task")
+            )
+        ).all()
+    assert len(waits) == 5 and max(float(w) for w in waits) < 0.5, waits
+
+
+async def test_a_batch_is_claimed_up_to_the_free_slots_and_each_task_runs_once(
+    api: Stack, engine: AsyncEngine
+) -> None:
+    """200 tasks, two workers of 30 slots each claiming in batches: every task succeeds
+    exactly once and neither worker ever runs more than its slots."""
+    batch = [{"task": {"sleep": {"seconds": 0.05}}} for _ in range(100)]
+    await api.execute(BATCH, t=batch)
+    await api.execute(BATCH, t=batch)
+    peaks = [0, 0]
+
+    async def watch(worker: TaskWorker, index: int) -> None:
+        while True:
+            peaks[index] = max(peaks[index], worker.job_counter)
+            await asyncio.sleep(0.005)
+
+    async with (
+        run_worker(api.settings, max_jobs=30) as one,
+        run_worker(api.settings, max_jobs=30) as two,
+    ):
+        watchers = [asyncio.create_task(watch(w, i)) for i, w in enumerate((one, two))]
+        try:
+            await wait_for(
+                engine, "SELECT count(*) FROM task WHERE status = 'SUCCEEDED'", 200, within=60
+            )
+        finally:
+            for watcher in watchers:
+                watcher.cancel()
+    assert await status_counts(engine) == {"SUCCEEDED": 200}
+    async with engine.connect() as conn:
+        starts = await conn.scalar(
+            sa.text("SELECT count(*) FROM task_event WHERE data->>'status' = 'RUNNING'")
+        )
+    assert starts == 200  # no task started twice
+    assert 0 < peaks[0] <= 30 and 0 < peaks[1] <= 30, peaks
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+async def test_an_idle_worker_uses_under_two_percent_of_a_core(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    """`taskrunner worker` with the default idle poll, its heartbeat, cancel watcher and
+    reconciler running: over 6 s with nothing to do it uses < 2% of one core."""
+    proc = await start_worker_process(
+        settings,
+        WORKER_IDLE_POLL_SECONDS="1.0",
+        HEARTBEAT_INTERVAL_SECONDS="2.0",
+        RECONCILE_INTERVAL_SECONDS="5.0",
+        SCHEDULER_INTERVAL_SECONDS="1.0",
+        STREAM_QUIET_SECONDS="3.0",
+    )
+    try:
+        await wait_for(engine, "SELECT 1", 1)
+        await asyncio.sleep(4)  # started up (imports, connections) and settled
+        assert proc.returncode is None
+        cpu, wall = _cpu_seconds(proc.pid), time.monotonic()
+        await asyncio.sleep(6)
+        share = (_cpu_seconds(proc.pid) - cpu) / (time.monotonic() - wall)
+    finally:
+        proc.terminate()
+        await proc.wait()
+    print(f"\nidle worker: {share:.2%} of a core")  # noqa: T201
+    assert share < 0.02, f"{share:.2%}"
