@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from taskrunner import jsonx
@@ -92,6 +93,15 @@ ALL_CHANNEL = "taskrunner:events"
 CANCEL_CHANNEL = "taskrunner:cancel"
 
 
+def add_publishes(pipe: Pipeline, events: Iterable[Event]) -> None:
+    """Queue the PUBLISH commands of committed events on a pipeline."""
+    for event in events:
+        payload = event.to_json()
+        pipe.publish(task_channel(event.task_id), payload)
+        pipe.publish(owner_channel(event.owner), payload)
+        pipe.publish(ALL_CHANNEL, payload)
+
+
 async def publish(redis: Redis, events: Iterable[Event]) -> None:
     """Publish committed events on their task, owner and all-events channels, in one round
     trip.
@@ -103,11 +113,7 @@ async def publish(redis: Redis, events: Iterable[Event]) -> None:
         return
     try:
         async with redis.pipeline(transaction=False) as pipe:
-            for event in events:
-                payload = event.to_json()
-                pipe.publish(task_channel(event.task_id), payload)
-                pipe.publish(owner_channel(event.owner), payload)
-                pipe.publish(ALL_CHANNEL, payload)
+            add_publishes(pipe, events)
             await pipe.execute()
     except RedisError as exc:
         log.warning("could not publish %d events (%s); streams will re-read them", len(events), exc)

@@ -18,6 +18,7 @@ from arq import ArqRedis, create_pool
 from arq.connections import RedisSettings
 from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.jobs import serialize_job
+from redis.asyncio.client import Pipeline
 
 PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
 PRIORITY_STEP_MS = 10**11  # ~3 years: one priority level outranks any wait in the queue
@@ -59,15 +60,22 @@ async def enqueue(pool: ArqRedis, jobs: Sequence[Job]) -> None:
     both writes are NX, so enqueueing a job that waits or runs already changes nothing."""
     if not jobs:
         return
-    now = int(time.time() * 1000)
     async with pool.pipeline(transaction=False) as pipe:
-        for job in jobs:
-            job_id = str(job.task_id)
-            payload = serialize_job(job.task_type, (job_id,), {}, None, now)
-            pipe.set(job_key_prefix + job_id, payload, px=JOB_EXPIRES_MS, nx=True)
-            pipe.zadd(pool.default_queue_name, {job_id: score(job.priority, now)}, nx=True)
-        pipe.publish(wake_channel(pool.default_queue_name), b"")
+        add_enqueues(pipe, pool.default_queue_name, jobs)
         await pipe.execute()
+
+
+def add_enqueues(pipe: Pipeline, queue_name: str, jobs: Sequence[Job]) -> None:
+    """Queue the commands of `enqueue` on a pipeline."""
+    if not jobs:
+        return
+    now = int(time.time() * 1000)
+    for job in jobs:
+        job_id = str(job.task_id)
+        payload = serialize_job(job.task_type, (job_id,), {}, None, now)
+        pipe.set(job_key_prefix + job_id, payload, px=JOB_EXPIRES_MS, nx=True)
+        pipe.zadd(queue_name, {job_id: score(job.priority, now)}, nx=True)
+    pipe.publish(wake_channel(queue_name), b"")
 
 
 async def redeliver(pool: ArqRedis, jobs: Sequence[Job]) -> None:

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from taskrunner import journal, metrics, queue, tracing
 from taskrunner.errors import BadInput, Conflict, NotFound
-from taskrunner.events import CANCEL_CHANNEL, Event, EventKind, publish
+from taskrunner.events import CANCEL_CHANNEL, Event, EventKind, add_publishes
 from taskrunner.groupcommit import GroupCommit
 from taskrunner.logs import event
 from taskrunner.models import NOW, Task, event_table, task_table
@@ -108,7 +108,6 @@ async def _submit_now(
     per_unit, events = await journal.run_transaction(engine, work)
     if any(crash for _, _, crash in units):
         os._exit(70)  # fault injection: see Settings.test_crash_after_commit
-    await publish(redis, events)
     created = {e.task_id for e in events}
     jobs = []
     for (owner, _, _), tasks in zip(units, per_unit, strict=True):
@@ -118,8 +117,11 @@ async def _submit_now(
                 event("task_submitted", task_id=str(task.id), task_type=task.type, owner=owner)
                 if not task.due_at:
                     jobs.append(queue.Job(task.type, task.id, task.priority))
-    try:
-        await queue.enqueue(pool, jobs)
+    try:  # publish and enqueue in one round trip
+        async with pool.pipeline(transaction=False) as pipe:
+            add_publishes(pipe, events)
+            queue.add_enqueues(pipe, pool.default_queue_name, jobs)
+            await pipe.execute()
     except RedisError as exc:  # committed: the reconciler enqueues it, never lose it here
         log.warning("could not enqueue %d tasks (%s); the reconciler will", len(jobs), exc)
     return per_unit
@@ -138,9 +140,13 @@ async def _insert_units(
 ) -> tuple[list[list[Task]], list[Event]]:
     """Insert every unit's tasks (one statement) and their QUEUED events (another); each
     unit's tasks in order, an already used idempotency key giving the owner's first task."""
-    # One clock for the whole batch: PostgreSQL's. createdAt + delaySeconds is then exactly
-    # the earliest start, whatever the api's clock says.
-    now = cast(datetime, await conn.scalar(sa.select(sa.func.clock_timestamp())))
+    # A task that waits (delaySeconds, runAt) needs PostgreSQL's clock before the insert:
+    # the whole group then shares it, and createdAt + delaySeconds is exactly the earliest
+    # start. Without one, createdAt is the column's default (clock_timestamp()), and the
+    # round trip is saved.
+    now: datetime | None = None
+    if any(s.delay_seconds or s.scheduled_for for _, subs in units for s in subs):
+        now = cast(datetime, await conn.scalar(sa.select(sa.func.clock_timestamp())))
     rows = [[_row(s, owner, now) for s in subs] for owner, subs in units]
     stmt = (
         pg_insert(task_table)
@@ -180,9 +186,8 @@ async def _insert_units(
     return tasks, events
 
 
-def _row(s: Submission, owner: str, now: datetime) -> dict[str, Any]:
-    start = now + timedelta(seconds=s.delay_seconds) if s.delay_seconds else s.scheduled_for
-    return {
+def _row(s: Submission, owner: str, now: datetime | None) -> dict[str, Any]:
+    row: dict[str, Any] = {
         "id": uuid.uuid4(),
         "owner": owner,
         "type": s.type,
@@ -193,12 +198,15 @@ def _row(s: Submission, owner: str, now: datetime) -> dict[str, Any]:
         "timeout_seconds": s.timeout_seconds,
         "idempotency_key": s.idempotency_key,
         "labels": list(s.labels),
-        "created_at": now,
-        "scheduled_for": start,
-        "due_at": start if start is not None and start > now else None,  # wait in PostgreSQL
         "event_seq": 1,
         "trace_parent": tracing.traceparent(),
     }
+    if now is not None:  # every row of a statement has the same keys
+        start = now + timedelta(seconds=s.delay_seconds) if s.delay_seconds else s.scheduled_for
+        row["created_at"] = now
+        row["scheduled_for"] = start
+        row["due_at"] = start if start is not None and start > now else None  # wait in PG
+    return row
 
 
 def visible_to(owner: str | None) -> sa.ColumnElement[bool]:
