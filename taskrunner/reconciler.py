@@ -45,12 +45,20 @@ async def enqueue_due(engine: AsyncEngine, pool: ArqRedis, limit: int = BATCH) -
     return len(rows)
 
 
-async def requeue_lost(engine: AsyncEngine, pool: ArqRedis, limit: int = BATCH) -> int:
-    """Enqueue ready QUEUED tasks that Redis does not hold; returns how many."""
+async def requeue_lost(
+    engine: AsyncEngine, pool: ArqRedis, limit: int = BATCH, *, grace_seconds: float = 0.0
+) -> int:
+    """Enqueue ready QUEUED tasks that Redis does not hold; returns how many. Tasks created
+    in the last `grace_seconds` are left alone: their api is about to enqueue them (between
+    its commit and its enqueue they are in neither place, and that is no loss)."""
     t = task_table.c
     query = (
         sa.select(t.id, t.type, t.priority)
-        .where(t.status == TaskStatus.QUEUED.value, t.due_at.is_(None))
+        .where(
+            t.status == TaskStatus.QUEUED.value,
+            t.due_at.is_(None),
+            t.created_at < sa.func.clock_timestamp() - timedelta(seconds=grace_seconds),
+        )
         .order_by(t.priority.desc(), t.created_at)
         .limit(limit)
     )

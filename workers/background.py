@@ -137,7 +137,9 @@ async def reconcile(ctx: WorkerContext) -> None:
     lock_ms = int(settings.reconcile_interval_seconds * 1000 * 0.9)
     if not await ctx["redis"].set(RECONCILE_LOCK, ctx["worker_id"], px=lock_ms, nx=True):
         return
-    lost = await reconciler.requeue_lost(ctx["engine"], ctx["redis"])
+    lost = await reconciler.requeue_lost(
+        ctx["engine"], ctx["redis"], grace_seconds=settings.reconcile_interval_seconds
+    )
     live = {w.id: set(w.running) for w in await heartbeats.live_workers(ctx["redis"])}
     live[ctx["worker_id"]] = {tid for tid, r in ctx["running"].items() if not r.body.done()}
     grace = settings.heartbeat_interval_seconds * heartbeats.MISSED_BEATS
