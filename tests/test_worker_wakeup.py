@@ -107,3 +107,20 @@ async def test_an_idle_worker_uses_under_two_percent_of_a_core(
         await proc.wait()
     print(f"\nidle worker: {share:.2%} of a core")  # noqa: T201
     assert share < 0.02, f"{share:.2%}"
+
+
+async def test_a_backlog_drains_without_waiting_for_the_idle_poll(
+    api: Stack, engine: AsyncEngine
+) -> None:
+    """300 tasks queued for 10 slots with a 30 s idle poll: each ending job makes the worker
+    take the next ones, so the backlog drains in seconds, never waiting for the poll."""
+    batch = [{"task": {"sleep": {"seconds": 0.01}}} for _ in range(100)]
+    for _ in range(3):
+        await api.execute(BATCH, t=batch)
+    settings = api.settings.model_copy(update={"worker_idle_poll_seconds": 30.0})
+    began = time.monotonic()
+    async with run_worker(settings, max_jobs=10):
+        await wait_for(
+            engine, "SELECT count(*) FROM task WHERE status = 'SUCCEEDED'", 300, within=25
+        )
+    print(f"\n300 tasks through 10 slots: {time.monotonic() - began:.1f}s")  # noqa: T201

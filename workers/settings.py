@@ -118,6 +118,7 @@ class TaskWorker(Worker):
         self._wake = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
         self._claim: AsyncScript | None = None
+        self._backlog = False  # the last poll had more jobs than free slots
 
     async def _poll_iteration(self) -> None:
         if self._listener is None:
@@ -130,6 +131,7 @@ class TaskWorker(Worker):
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         free = self.max_jobs - self.job_counter
         if free <= 0 or not job_ids:
+            self._backlog = free <= 0 and bool(job_ids)
             return
         if self._claim is None:
             self._claim = self.pool.register_script(CLAIM_JOBS)  # sent by its SHA1 after
@@ -138,6 +140,7 @@ class TaskWorker(Worker):
             keys=[self.queue_name, *(in_progress_key_prefix + job_id for job_id in ids)],
             args=[timestamp_ms(), int(self.in_progress_timeout_s * 1000), free, *ids],
         )
+        self._backlog = len(claimed) // 2 >= free
         for job_id, score in zip(claimed[::2], claimed[1::2], strict=True):
             await self.sem.acquire()  # never waits: there is a free slot for each
             self.job_counter += 1
@@ -146,9 +149,8 @@ class TaskWorker(Worker):
             self.tasks[job_id.decode()] = task
 
     def _release_sem_dec_counter_on_complete(self) -> None:
-        full = self.job_counter >= self.max_jobs
         super()._release_sem_dec_counter_on_complete()
-        if full:
+        if self._backlog:
             self._wake.set()
 
     async def _listen(self) -> None:
