@@ -55,9 +55,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import httpx
 import orjson
-from common import GraphQLError, gql, log, percentile
+from common import Client, GraphQLError, log, percentile
 
 SUBMIT = """mutation($m: String!, $l: String!) {
   submitTask(task: {echo: {message: $m}}, options: {labels: [$l]}) { id } }"""
@@ -101,9 +100,7 @@ def progress(done: int, total: int) -> None:
         log(f"submitted {done}/{total}")
 
 
-async def submit_concurrent(
-    client: httpx.AsyncClient, args: argparse.Namespace, label: str
-) -> Submitted:
+async def submit_concurrent(client: Client, args: argparse.Namespace, label: str) -> Submitted:
     indices = iter(range(args.count))
     out = Submitted(requested=args.count, first_sent=time.time())
 
@@ -111,7 +108,7 @@ async def submit_concurrent(
         for i in indices:  # shared iterator: each index is taken by exactly one submitter
             sent = time.time()
             try:
-                data = await gql(client, args.url, SUBMIT, m=f"bench {i}", l=label)
+                data = await client.gql(SUBMIT, m=f"bench {i}", l=label)
             except GraphQLError as exc:
                 out.errors.append(str(exc))
                 continue
@@ -123,9 +120,7 @@ async def submit_concurrent(
     return out
 
 
-async def submit_batches(
-    client: httpx.AsyncClient, args: argparse.Namespace, label: str
-) -> Submitted:
+async def submit_batches(client: Client, args: argparse.Namespace, label: str) -> Submitted:
     starts = iter(range(0, args.count, args.batch))
     out = Submitted(requested=args.count, first_sent=time.time())
     step = max(1, args.count // 10)
@@ -138,7 +133,7 @@ async def submit_batches(
             ]
             sent = time.time()
             try:
-                data = await gql(client, args.url, SUBMIT_BATCH, t=tasks)
+                data = await client.gql(SUBMIT_BATCH, t=tasks)
             except GraphQLError as exc:
                 out.errors.append(str(exc))
                 continue
@@ -154,7 +149,7 @@ async def submit_batches(
     return out
 
 
-async def submit_rate(client: httpx.AsyncClient, args: argparse.Namespace, label: str) -> Submitted:
+async def submit_rate(client: Client, args: argparse.Namespace, label: str) -> Submitted:
     total = max(1, round(args.rate * args.duration))
     slots = asyncio.Semaphore(args.max_in_flight)
     running: set[asyncio.Task[None]] = set()
@@ -175,7 +170,7 @@ async def submit_rate(client: httpx.AsyncClient, args: argparse.Namespace, label
             out.max_in_flight = max(out.max_in_flight, in_flight)
             out.lags_ms.append(max(0.0, lag) * 1000)
             try:
-                data = await gql(client, args.url, SUBMIT, m=f"bench {i}", l=label)
+                data = await client.gql(SUBMIT, m=f"bench {i}", l=label)
             except GraphQLError as exc:
                 out.errors.append(str(exc))
                 return
@@ -200,11 +195,11 @@ async def submit_rate(client: httpx.AsyncClient, args: argparse.Namespace, label
 
 
 async def wait_finished(
-    client: httpx.AsyncClient, args: argparse.Namespace, label: str, deadline: float
+    client: Client, args: argparse.Namespace, label: str, deadline: float
 ) -> bool:
     last_log = 0.0
     while True:
-        page = (await gql(client, args.url, UNFINISHED, l=label))["tasks"]
+        page = (await client.gql(UNFINISHED, l=label))["tasks"]
         if not page["edges"]:
             return True
         now = time.monotonic()
@@ -217,11 +212,11 @@ async def wait_finished(
         await asyncio.sleep(args.poll)
 
 
-async def read_back(client: httpx.AsyncClient, url: str, label: str) -> list[dict[str, Any]]:
+async def read_back(client: Client, url: str, label: str) -> list[dict[str, Any]]:
     nodes: list[dict[str, Any]] = []
     after: str | None = None
     while True:
-        page = (await gql(client, url, READ_BACK, l=label, after=after))["tasks"]
+        page = (await client.gql(READ_BACK, l=label, after=after))["tasks"]
         nodes.extend(edge["node"] for edge in page["edges"])
         if not page["pageInfo"]["hasNextPage"]:
             return nodes
@@ -332,17 +327,8 @@ def report(
 
 async def run(args: argparse.Namespace) -> int:
     label = f"bench-{uuid.uuid4().hex[:12]}"
-    headers = {"Content-Type": "application/json"}
-    if args.api_key:
-        headers["Authorization"] = f"Bearer {args.api_key}"
     pool = (args.max_in_flight if args.mode == "rate" else args.concurrency) + 2
-    # Idle connections are dropped after 2 s, well before uvicorn's 5 s keep-alive timeout:
-    # with equal timeouts a request can go out on a connection the server is just closing
-    # (ReadError). Loaded, a pool keeps a few connections idle that long.
-    limits = httpx.Limits(
-        max_connections=pool, max_keepalive_connections=pool, keepalive_expiry=2.0
-    )
-    async with httpx.AsyncClient(headers=headers, limits=limits, timeout=30.0) as client:
+    async with Client(args.url, args.api_key, connections=pool) as client:
         if args.mode == "rate":
             log(
                 f"offering {args.rate}/s echo tasks for {args.duration}s to {args.url}"
