@@ -135,7 +135,11 @@ class TaskWorker(Worker):
             return
         if self._claim is None:
             self._claim = self.pool.register_script(CLAIM_JOBS)  # sent by its SHA1 after
-        ids = [job_id.decode() for job_id in job_ids]
+        # jobs polled again while they run here (they leave the queue when they end)
+        ids = [i for job_id in job_ids if (i := job_id.decode()) not in self.tasks]
+        if not ids:
+            self._backlog = False
+            return
         claimed = await self._claim(
             keys=[self.queue_name, *(in_progress_key_prefix + job_id for job_id in ids)],
             args=[timestamp_ms(), int(self.in_progress_timeout_s * 1000), free, *ids],
