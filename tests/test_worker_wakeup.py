@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from arq.constants import in_progress_key_prefix
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner.config import Settings
@@ -124,3 +126,28 @@ async def test_a_backlog_drains_without_waiting_for_the_idle_poll(
             engine, "SELECT count(*) FROM task WHERE status = 'SUCCEEDED'", 300, within=25
         )
     print(f"\n300 tasks through 10 slots: {time.monotonic() - began:.1f}s")  # noqa: T201
+
+
+async def test_a_poll_reads_past_jobs_other_workers_run(api: Stack, engine: AsyncEngine) -> None:
+    """The oldest 250 of 300 queued jobs look taken by other workers (their in-progress keys
+    are set, as a running worker's would be); this worker still finds and runs the other
+    50 at once (a single read of the queue's head would see only taken jobs)."""
+    batch = [{"task": {"echo": {"message": str(n)}}} for n in range(100)]
+    for _ in range(3):
+        await api.execute(BATCH, t=batch)
+    redis = Redis.from_url(api.settings.require_redis_url())
+    try:
+        head = await redis.zrange(api.settings.queue_name, 0, 249)
+        async with redis.pipeline(transaction=False) as pipe:
+            for job_id in head:
+                pipe.set(in_progress_key_prefix + job_id.decode(), b"1", px=60_000)
+            await pipe.execute()
+    finally:
+        await redis.aclose()
+    settings = api.settings.model_copy(update={"worker_idle_poll_seconds": 30.0})
+    async with run_worker(settings, max_jobs=10):
+        await wait_for(
+            engine, "SELECT count(*) FROM task WHERE status = 'SUCCEEDED'", 50, within=10
+        )
+        await asyncio.sleep(0.5)
+    assert await status_counts(engine) == {"SUCCEEDED": 50, "QUEUED": 250}

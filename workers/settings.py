@@ -83,20 +83,27 @@ async def _shutdown(ctx: dict[str, Any]) -> None:
         await engine.dispose()
 
 
-# Claims up to ARGV[3] of the given jobs at once: each still in the queue (KEYS[1]), due,
-# and not in progress anywhere gets its in-progress key (KEYS[i]) set, as arq's own
-# WATCH/MULTI does one job at a time. Returns id, score, id, score ...
+# One poll: read the due jobs of the queue (KEYS[1]) in score order, 100 at a time and at
+# most ARGV[4], and claim up to ARGV[3] that no worker runs yet by setting their in-progress
+# key (ARGV[5] .. id, for ARGV[2] ms), as arq's WATCH/MULTI does one job at a time. Jobs
+# other workers run stay in the queue until they end, so reading on past them matters.
+# Returns id, score, id, score ... of the claimed jobs. (The in-progress keys are built
+# here, not passed as KEYS: fine on one Redis, which is what arq supports.)
 CLAIM_JOBS = """
-local claimed, limit = {}, tonumber(ARGV[3])
-for i = 2, #KEYS do
-  if #claimed >= 2 * limit then break end
-  local id = ARGV[i + 2]
-  local score = redis.call('ZSCORE', KEYS[1], id)
-  if score and tonumber(score) <= tonumber(ARGV[1])
-     and redis.call('SET', KEYS[i], '1', 'PX', ARGV[2], 'NX') then
-    claimed[#claimed + 1] = id
-    claimed[#claimed + 1] = score
+local claimed, limit, most = {}, tonumber(ARGV[3]), tonumber(ARGV[4])
+local offset = 0
+while #claimed < 2 * limit and offset < most do
+  local ready = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES',
+                           'LIMIT', offset, 100)
+  for i = 1, #ready, 2 do
+    if #claimed >= 2 * limit then break end
+    if redis.call('SET', ARGV[5] .. ready[i], '1', 'PX', ARGV[2], 'NX') then
+      claimed[#claimed + 1] = ready[i]
+      claimed[#claimed + 1] = ready[i + 1]
+    end
   end
+  if #ready < 200 then break end
+  offset = offset + 100
 end
 return claimed
 """
@@ -106,11 +113,14 @@ class TaskWorker(Worker):
     """arq's Worker, woken up by enqueues instead of polling fast, claiming jobs in batches.
 
     After each poll of the queue it waits for whichever comes first: a wake-up message
-    (something was enqueued), a job ending while every slot was taken (the queue may hold
-    more), or `poll_delay` (jobs enqueued by other means, a lost message).
+    (something was enqueued), a job ending while the last poll left jobs waiting (it took
+    as many as it had slots for), or `idle_poll_seconds` (jobs enqueued by other means, a
+    lost message).
 
-    arq starts the jobs it polled one at a time, four Redis round trips each; here one Lua
-    script claims every job there is a free slot for, with the same checks, atomically."""
+    arq polls the queue, then starts the jobs it read one at a time, four Redis round trips
+    each; here one Lua script reads and claims every job there is a free slot for, with
+    the same checks, atomically. (No burst mode and no arq-style abort: tasks are
+    cancelled through the task's own cancel channel.)"""
 
     def __init__(self, *, idle_poll_seconds: float, **options: Any) -> None:
         self.idle_poll_seconds = idle_poll_seconds
@@ -118,31 +128,34 @@ class TaskWorker(Worker):
         self._wake = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
         self._claim: AsyncScript | None = None
-        self._backlog = False  # the last poll had more jobs than free slots
+        self._backlog = False  # the last poll claimed as many jobs as it had slots for
 
     async def _poll_iteration(self) -> None:
         if self._listener is None:
             self._listener = asyncio.create_task(self._listen(), name="worker-wake-listener")
         self._wake.clear()
-        await super()._poll_iteration()
+        if self.allow_pick_jobs and self.job_counter < self.max_jobs:
+            await self._claim_jobs(self.max_jobs - self.job_counter)
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+                task.result()  # as arq: errors of run_job itself surface here
+        await self.heart_beat()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), self.idle_poll_seconds)
 
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
-        free = self.max_jobs - self.job_counter
-        if free <= 0 or not job_ids:
-            self._backlog = free <= 0 and bool(job_ids)
-            return
+    async def _claim_jobs(self, free: int) -> None:
         if self._claim is None:
             self._claim = self.pool.register_script(CLAIM_JOBS)  # sent by its SHA1 after
-        # jobs polled again while they run here (they leave the queue when they end)
-        ids = [i for job_id in job_ids if (i := job_id.decode()) not in self.tasks]
-        if not ids:
-            self._backlog = False
-            return
         claimed = await self._claim(
-            keys=[self.queue_name, *(in_progress_key_prefix + job_id for job_id in ids)],
-            args=[timestamp_ms(), int(self.in_progress_timeout_s * 1000), free, *ids],
+            keys=[self.queue_name],
+            args=[
+                timestamp_ms(),
+                int(self.in_progress_timeout_s * 1000),
+                free,
+                self.queue_read_limit,
+                in_progress_key_prefix,
+            ],
         )
         self._backlog = len(claimed) // 2 >= free
         for job_id, score in zip(claimed[::2], claimed[1::2], strict=True):
@@ -192,7 +205,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "on_shutdown": _shutdown,
         "max_jobs": settings.worker_concurrency,
         "poll_delay": settings.worker_poll_delay_seconds,
-        "queue_read_limit": max(100, settings.worker_concurrency * 4),
+        "queue_read_limit": max(1000, settings.worker_concurrency * 20),
         "job_timeout": settings.task_max_runtime_seconds + ARQ_TIMEOUT_MARGIN_SECONDS,
         "job_completion_wait": settings.worker_shutdown_grace_seconds,
         "keep_result": 0,
