@@ -40,7 +40,7 @@ from typing import Any
 import httpx
 import orjson
 import sqlalchemy as sa
-from common import GraphQLError, gql, log, percentile
+from common import Client, GraphQLError, log, percentile
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner import keys
@@ -298,16 +298,14 @@ async def api_process(database_url: str, redis_url: str, data_dir: Path) -> Asyn
                 await proc.wait()
 
 
-async def time_case(
-    client: httpx.AsyncClient, url: str, case: Case, args: argparse.Namespace
-) -> dict[str, Any]:
+async def time_case(client: Client, case: Case, args: argparse.Namespace) -> dict[str, Any]:
     after: str | None = None
     depth = 0
     times: list[float] = []
     rows = 0
     for i in range(args.warmup + args.requests):
         start = time.perf_counter()
-        data = await gql(client, url, LIST, first=args.first, after=after, filter=case.gql_filter)
+        data = await client.gql(LIST, first=args.first, after=after, filter=case.gql_filter)
         elapsed = (time.perf_counter() - start) * 1000
         page = data["tasks"]
         if i >= args.warmup:
@@ -344,13 +342,14 @@ async def run(args: argparse.Namespace, database_url: str, redis_url: str) -> di
         await engine.dispose()
     latency: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-list-api-") as data_dir:
-        async with api_process(database_url, redis_url, Path(data_dir)) as url:
-            headers = {"Content-Type": "application/json", "Authorization": f"Bearer {secret}"}
-            async with httpx.AsyncClient(headers=headers, timeout=60.0) as client:
-                for case in all_cases:
-                    log(f"timing {case.name}: {args.warmup} warm-up + {args.requests} requests")
-                    latency[case.name] = await time_case(client, url, case, args)
-                    log(f"  {latency[case.name]}")
+        async with (
+            api_process(database_url, redis_url, Path(data_dir)) as url,
+            Client(url, secret, connections=1) as client,
+        ):
+            for case in all_cases:
+                log(f"timing {case.name}: {args.warmup} warm-up + {args.requests} requests")
+                latency[case.name] = await time_case(client, case, args)
+                log(f"  {latency[case.name]}")
     return {
         "table": {**filled, **facts},
         "first": args.first,
