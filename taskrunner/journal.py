@@ -240,7 +240,7 @@ def _allowed(row: _Row, change: Change) -> bool:
     return can_move(row.status, change.to, retry_request=change.retry_request)
 
 
-MAX_GROUP_CHANGES = 500  # changes one group-commit transaction takes at most
+MAX_GROUP_WRITERS = 200  # apply() calls one group-commit transaction takes at most
 
 _groups: weakref.WeakKeyDictionary[
     AsyncEngine, dict[int, GroupCommit[Sequence[Change], list[Outcome]]]
@@ -256,7 +256,7 @@ def _group(engine: AsyncEngine, redis: Redis) -> GroupCommit[Sequence[Change], l
         async def flush(units: list[Sequence[Change]]) -> list[list[Outcome]]:
             return await _apply_now(engine, redis, units)
 
-        group = by_redis[id(redis)] = GroupCommit(flush, max_items=MAX_GROUP_CHANGES)
+        group = by_redis[id(redis)] = GroupCommit(flush, max_items=MAX_GROUP_WRITERS)
     return group
 
 

@@ -68,7 +68,7 @@ def _task(row: Any) -> Task:
     return Task(**dict(row))
 
 
-MAX_GROUP_SUBMISSIONS = 500  # submissions one group-commit transaction takes at most
+MAX_GROUP_REQUESTS = 100  # submit() calls (up to MAX_BATCH_SIZE tasks each) in one transaction
 
 Unit = tuple[str, Sequence[Submission], bool]  # owner, its submissions, crash_after_commit
 _groups: weakref.WeakKeyDictionary[
@@ -95,7 +95,7 @@ async def submit(
         async def flush(units: list[Unit]) -> list[list[Task]]:
             return await _submit_now(engine, redis, pool, units)
 
-        group = by_clients[(id(redis), id(pool))] = GroupCommit(flush, MAX_GROUP_SUBMISSIONS)
+        group = by_clients[(id(redis), id(pool))] = GroupCommit(flush, MAX_GROUP_REQUESTS)
     return await group.submit((owner, submissions, crash_after_commit))
 
 
