@@ -242,21 +242,24 @@ def _allowed(row: _Row, change: Change) -> bool:
 
 MAX_GROUP_WRITERS = 200  # apply() calls one group-commit transaction takes at most
 
-_groups: weakref.WeakKeyDictionary[
-    AsyncEngine, dict[int, GroupCommit[Sequence[Change], list[Outcome]]]
-] = weakref.WeakKeyDictionary()
+# Live groups by (engine, Redis client). A group lives while writers use it (they and its
+# flushers hold it), so an idle one is dropped with nothing pending, and a finished test's
+# engine is never kept alive from here.
+_groups: weakref.WeakValueDictionary[
+    tuple[int, int], GroupCommit[Sequence[Change], list[Outcome]]
+] = weakref.WeakValueDictionary()
 
 
 def _group(engine: AsyncEngine, redis: Redis) -> GroupCommit[Sequence[Change], list[Outcome]]:
-    """The process's group commit for this engine and Redis client."""
-    by_redis = _groups.setdefault(engine, {})
-    group = by_redis.get(id(redis))
+    """The group commit writers to this engine and Redis client share now."""
+    group = _groups.get((id(engine), id(redis)))
     if group is None:
 
         async def flush(units: list[Sequence[Change]]) -> list[list[Outcome]]:
             return await _apply_now(engine, redis, units)
 
-        group = by_redis[id(redis)] = GroupCommit(flush, max_items=MAX_GROUP_WRITERS)
+        group = GroupCommit(flush, max_items=MAX_GROUP_WRITERS)
+        _groups[(id(engine), id(redis))] = group
     return group
 
 

@@ -71,9 +71,10 @@ def _task(row: Any) -> Task:
 MAX_GROUP_REQUESTS = 100  # submit() calls (up to MAX_BATCH_SIZE tasks each) in one transaction
 
 Unit = tuple[str, Sequence[Submission], bool]  # owner, its submissions, crash_after_commit
-_groups: weakref.WeakKeyDictionary[
-    AsyncEngine, dict[tuple[int, int], GroupCommit[Unit, list[Task]]]
-] = weakref.WeakKeyDictionary()
+# Live groups by (engine, Redis, arq pool), as in journal._groups: held by their users only.
+_groups: weakref.WeakValueDictionary[tuple[int, int, int], GroupCommit[Unit, list[Task]]] = (
+    weakref.WeakValueDictionary()
+)
 
 
 async def submit(
@@ -88,14 +89,14 @@ async def submit(
     """Insert the tasks and their QUEUED events in one transaction, publish, then enqueue.
     A submission whose idempotency key the owner already used returns the first task.
     Concurrent submissions of this process share the transaction (group commit)."""
-    by_clients = _groups.setdefault(engine, {})
-    group = by_clients.get((id(redis), id(pool)))
+    key = (id(engine), id(redis), id(pool))
+    group = _groups.get(key)
     if group is None:
 
         async def flush(units: list[Unit]) -> list[list[Task]]:
             return await _submit_now(engine, redis, pool, units)
 
-        group = by_clients[(id(redis), id(pool))] = GroupCommit(flush, MAX_GROUP_REQUESTS)
+        group = _groups[key] = GroupCommit(flush, MAX_GROUP_REQUESTS)
     return await group.submit((owner, submissions, crash_after_commit))
 
 
