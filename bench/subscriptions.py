@@ -9,21 +9,29 @@ For each subscriber count (`--subscribers 1,100,1000`) one `chatter` task is sub
 `delaySeconds` (`--delay`, default 2) so it is still QUEUED while every subscriber subscribes to
 it with `taskUpdates` over websockets (graphql-transport-ws, `--per-connection` subscriptions,
 default 50, multiplexed on each connection). The task then writes `--events` log lines, one
-every `--interval` seconds. For every event after the QUEUED backlog event, each subscriber's
-latency is its receipt time (`time.time()` as the message is read) minus the event's `at` (the
-database clock when the event row was inserted); client and server must share one clock, so
-run it on the API's machine.
+every `--interval` seconds: by default 100 lines at 10 per second (`--interval 0.1`), so 1,000
+subscribers take 10,000 deliveries per second. The first scenario wrote 100 per second
+(`--interval 0.01`: 100,000 deliveries per second at 1,000 subscribers, more than one api
+process and this client can take on a small machine); run it that way to compare. For every
+event after the QUEUED backlog event, each subscriber's latency is its receipt time
+(`time.time()` as the message is read) minus the event's `at` (the database clock when the
+event row was inserted); client and server must share one clock, so run it on the API's
+machine. The client runs on uvloop when it is installed, as the api does.
 
-Prints exactly one JSON line on stdout (progress goes to stderr). Per subscriber count:
+Prints exactly one JSON line on stdout (progress goes to stderr): the `scenario` (events,
+rate, subscriptions per connection, compression, client loop) and, per subscriber count:
 `events` (the task's events per subscriber, from `task.events`), `samples` (latencies taken),
-`p50_ms`/`p99_ms`/`max_ms`, `missing` (expected events not received, summed over
-subscribers), `duplicates` (events received again), `out_of_order` (cursors not strictly
-increasing), `late` (subscribers whose first event was not the QUEUED one received before the
-task started), `errors` (failed subscriptions or connections), `timed_out`, `subscribe_ms`
-(submission to every subscriber holding its QUEUED event), `client_cpu_pct` (this process'
-CPU while events streamed; near 100 means the client, not the server, was the bottleneck) and
-`api_rss_mb` (peak RSS of `--api-pid` during that run). The top-level `api_rss_mb` is the peak
-during the largest run (null without `--api-pid`). Exit codes: 0 ok, 1 GraphQL/HTTP error,
+`p50_ms`/`p99_ms`/`max_ms`, `first_p50_ms`/`first_p99_ms` (per event, the latency of the first
+subscriber to get it: commit -> publish -> api; the rest of `p99_ms` is the fan-out), `missing`
+(expected events not received, summed over subscribers), `duplicates` (events received
+again), `out_of_order` (cursors not strictly increasing), `late` (subscribers whose first
+event was not the QUEUED one received before the task started), `errors` (failed
+subscriptions or connections), `timed_out`, `subscribe_ms` (submission to every subscriber
+holding its QUEUED event), `client_cpu_pct` (this process' CPU while events streamed; near 100
+means the client, not the server, was the bottleneck), `api_cpu_pct` and
+`api_us_per_delivery` (the api's CPU while events streamed, per delivery) and `api_rss_mb`
+(peak RSS of `--api-pid` during that run). The top-level `api_rss_mb` is the peak during the
+largest run (null without `--api-pid`). Exit codes: 0 ok, 1 GraphQL/HTTP error,
 2 some run timed out, lost, repeated or reordered events, or subscribed late (the JSON line is
 still printed).
 """
@@ -37,6 +45,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -218,6 +227,7 @@ def analyse(run: Run, expected: list[dict[str, Any]]) -> dict[str, Any]:
     started_ts = datetime.fromisoformat(started).timestamp() if started else math.inf
     parsed: dict[str, float] = {}
     latencies: list[float] = []
+    fastest: dict[str, float] = {}  # cursor -> the lowest latency any subscriber had for it
     missing = duplicates = out_of_order = late = errors = 0
     for sub in run.subscribers:
         errors += sub.error is not None
@@ -239,15 +249,21 @@ def analyse(run: Run, expected: list[dict[str, Any]]) -> dict[str, Any]:
             at_ts = parsed.get(at)
             if at_ts is None:
                 at_ts = parsed[at] = datetime.fromisoformat(at).timestamp()
-            latencies.append((received - at_ts) * 1000)
+            latency = (received - at_ts) * 1000
+            latencies.append(latency)
+            if latency < fastest.get(cursor, math.inf):
+                fastest[cursor] = latency
         missing += len(expected_cursors - seen)
     latencies.sort()
+    firsts = sorted(fastest.values())
     return {
         "events": len(expected),
         "samples": len(latencies),
         "p50_ms": percentile(latencies, 50, 2),
         "p99_ms": percentile(latencies, 99, 2),
         "max_ms": round(latencies[-1], 2) if latencies else None,
+        "first_p50_ms": percentile(firsts, 50, 2),
+        "first_p99_ms": percentile(firsts, 99, 2),
         "missing": missing,
         "duplicates": duplicates,
         "out_of_order": out_of_order,
@@ -305,7 +321,7 @@ async def measure(
             await everything
         if sampler:
             sampler.cancel()
-    client_cpu_pct = api_cpu_pct = None
+    client_cpu_pct = api_cpu_pct = api_cpu_s = None
     if run.live_since:
         client_cpu, since, api_cpu = run.live_since
         wall = time.perf_counter() - since
@@ -313,7 +329,8 @@ async def measure(
         if wall > 0:
             client_cpu_pct = round(100 * (time.process_time() - client_cpu) / wall, 1)
             if api_cpu is not None and api_now is not None:
-                api_cpu_pct = round(100 * (api_now - api_cpu) / wall, 1)
+                api_cpu_s = api_now - api_cpu
+                api_cpu_pct = round(100 * api_cpu_s / wall, 1)
     for error in run.connection_errors[:5]:
         log(f"connection error: {error}")
     for sub in subscribers:
@@ -322,11 +339,15 @@ async def measure(
             break
     expected = await task_events(client, args.url, task_id)
     result = analyse(run, expected)
+    deliveries = result["samples"]
     result.update(
         timed_out=timed_out,
         subscribe_ms=subscribe_ms,
         client_cpu_pct=client_cpu_pct,
         api_cpu_pct=api_cpu_pct,
+        api_us_per_delivery=round(api_cpu_s * 1e6 / deliveries, 1)
+        if api_cpu_s is not None and deliveries
+        else None,
         api_rss_mb=round(peak[0], 1) if sampler else None,
     )
     log(f"{count}: {orjson.dumps(result).decode()}")
@@ -342,9 +363,21 @@ async def run_all(args: argparse.Namespace) -> int:
         for count in args.subscribers:
             results[str(count)] = await measure(client, args, count)
     largest = str(max(args.subscribers))
+    scenario = {
+        "events": args.events,
+        "interval_s": args.interval,
+        "events_per_s": round(1 / args.interval, 1) if args.interval > 0 else None,
+        "per_connection": args.per_connection,
+        "compression": not args.no_compression,
+        "client_loop": "uvloop" if client_loop() else "asyncio",
+    }
     print(
         orjson.dumps(
-            {"subscribers": results, "api_rss_mb": results[largest]["api_rss_mb"]}
+            {
+                "scenario": scenario,
+                "subscribers": results,
+                "api_rss_mb": results[largest]["api_rss_mb"],
+            }
         ).decode()
     )
     bad = any(
@@ -352,6 +385,16 @@ async def run_all(args: argparse.Namespace) -> int:
         for r in results.values()
     )
     return 2 if bad else 0
+
+
+def client_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (as under the api): the client reads every message of every
+    subscriber, so the cheaper it is per message, the more the figures are the server's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def main() -> int:
@@ -365,7 +408,12 @@ def main() -> int:
         help="comma-separated subscriber counts, one run each",
     )
     parser.add_argument("--events", type=int, default=100, help="log lines the task writes")
-    parser.add_argument("--interval", type=float, default=0.01, help="seconds between log lines")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=0.1,
+        help="seconds between log lines (0.1: 10 events/s; the first scenario used 0.01)",
+    )
     parser.add_argument(
         "--delay", type=int, default=2, help="seconds the task waits before it starts"
     )
@@ -390,7 +438,8 @@ def main() -> int:
     if args.events < 0 or args.delay < 1 or args.per_connection < 1:
         parser.error("--events must be >= 0, --delay and --per-connection >= 1")
     try:
-        return asyncio.run(run_all(args))
+        with asyncio.Runner(loop_factory=client_loop()) as runner:
+            return runner.run(run_all(args))
     except GraphQLError as exc:
         log(f"bench: {exc}")
         return 1

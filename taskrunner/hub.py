@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 BUFFER_EVENTS = 1000  # live events buffered per subscriber
 STALL_SECONDS = 5.0  # a subscriber that took nothing for this long while its buffer filled
 # up has stopped reading
+TIMER_SLACK = 0.005  # a timer that fires this early counts as on time
+SHARED_EVENTS = 1024  # recent events handed to several consumers, remembered for `shared`
 
 
 class FellBehind(Exception):
@@ -41,7 +43,12 @@ class Listener:
     dropped and the consumer re-reads PostgreSQL. When it overflows because the consumer
     stopped reading, the consumer is told (FellBehind), so it can resume from its cursor:
     memory stays bounded and nothing is silently lost. After Redis dropped the
-    connection the consumer is asked to re-read as well."""
+    connection the consumer is asked to re-read as well.
+
+    One event is handed to every listener of its channel, so this is the hot path of a
+    fan-out (1,000 subscribers of one task: 1,000 hand-overs per event). A waiting consumer
+    sleeps on one future that `offer` resolves; its quiet-period timeout is one timer that
+    is re-armed only when it fires (once per quiet period, not once per event)."""
 
     queue: asyncio.Queue[Event] = field(
         default_factory=lambda: asyncio.Queue(maxsize=BUFFER_EVENTS)
@@ -51,16 +58,30 @@ class Listener:
     resync: bool = False
     overflowed: bool = False
     last_take: float = field(default_factory=time.monotonic)
+    _waiter: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
+    _deadline: float = field(default=0.0, init=False, repr=False)  # loop time
+    _timer: asyncio.TimerHandle | None = field(default=None, init=False, repr=False)
 
     def offer(self, event: Event) -> None:
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
-            if time.monotonic() - self.last_take > self.stall_seconds:
+            waiting = self._waiter is not None  # a burst came in before it could take any
+            if not waiting and time.monotonic() - self.last_take > self.stall_seconds:
                 self.overflowed = True
             else:
                 self._clear()
                 self.resync = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def request_resync(self) -> None:
+        """Make the consumer re-read PostgreSQL (now, if it is waiting)."""
+        self.resync = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _clear(self) -> None:
         while not self.queue.empty():
@@ -74,12 +95,49 @@ class Listener:
         if self.resync:
             self.resync = False
             return None
-        try:
-            return await asyncio.wait_for(self.queue.get(), wait_seconds)
-        except TimeoutError:
-            return None
-        finally:
-            self.last_take = time.monotonic()
+        queue = self.queue
+        if queue.empty():
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            self._arm(loop, loop.time() + wait_seconds)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                self.last_take = time.monotonic()
+            if self.overflowed:
+                raise FellBehind
+            if self.resync:
+                self.resync = False
+                return None
+            if queue.empty():
+                return None  # quiet for wait_seconds
+        return queue.get_nowait()
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        """Wake the waiter at `deadline`, keeping the armed timer when it fires no later."""
+        self._deadline = deadline
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                return  # it fires first and re-arms for the rest
+            timer.cancel()
+        self._timer = loop.call_at(deadline, self._on_timer, loop)
+
+    def _on_timer(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # nobody waits: the next wait arms a timer again
+        if loop.time() + TIMER_SLACK >= self._deadline:
+            waiter.set_result(None)
+        else:
+            self._timer = loop.call_at(self._deadline, self._on_timer, loop)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def drain(self) -> list[Event]:
         """Everything buffered now, without waiting."""
@@ -108,6 +166,7 @@ class EventHub:
         self._reader: asyncio.Task[None] | None = None
         self._listeners: dict[str, set[Listener]] = defaultdict(set)
         self._acks: dict[str, asyncio.Future[None]] = {}
+        self._shared: dict[int, Event] = {}  # id -> event, oldest first
         self.streams = 0  # open streams in this process (for tests and metrics)
         self._lock = asyncio.Lock()
         self._home = f"taskrunner:hub:{uuid.uuid4()}"
@@ -152,6 +211,7 @@ class EventHub:
             yield listener
         finally:
             self.streams -= 1
+            listener.close()
             async with self._lock:
                 await self._release(channel, listener)
 
@@ -176,7 +236,7 @@ class EventHub:
                 log.warning("event hub lost its Redis connection (%s); reconnecting", exc)
                 for listeners in self._listeners.values():
                     for listener in listeners:
-                        listener.resync = True
+                        listener.request_resync()
                 await asyncio.sleep(0.5)
 
     def _dispatch(self, message: dict[str, object]) -> None:
@@ -192,6 +252,25 @@ class EventHub:
         data = message["data"]
         if not isinstance(data, bytes | str):
             return
+        listeners = self._listeners.get(name)
+        if not listeners:
+            return
         event = Event.from_json(data)
-        for listener in self._listeners.get(name, ()):
+        if len(listeners) > 1:
+            self.share((event,))
+        for listener in listeners:
             listener.offer(event)
+
+    def share(self, events: Iterable[Event]) -> None:
+        """Note that each of `events` is one object handed to several consumers."""
+        shared = self._shared
+        for event in events:
+            shared[id(event)] = event
+        while len(shared) > SHARED_EVENTS:
+            del shared[next(iter(shared))]
+
+    def shared(self, event: Event) -> bool:
+        """Whether `event` is one object handed to several consumers (recently), so what a
+        consumer derives from it alone can be derived once and shared: a live event of a
+        channel with several listeners, or one of a backlog read once for several streams."""
+        return self._shared.get(id(event)) is event

@@ -13,9 +13,11 @@ not keep up gets `LIMIT_EXCEEDED` with the cursor to resume from, never silent l
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -52,6 +54,71 @@ def _fell_behind(listener: Listener, last_cursor: str | None) -> LimitExceeded:
     )
 
 
+T = TypeVar("T")
+
+
+class SharedReads(Generic[T]):
+    """Identical reads asked for at the same time are done once (1,000 subscribers of one
+    task subscribe together, and re-read together when it has been quiet).
+
+    A caller only joins a read that has not started yet, so its result is never older
+    than the call: a stream reads after it listens, and must see everything committed
+    before it did. While a read of a key runs, new callers wait for the next one, which
+    starts when it ends. Callers share the result: they must not change it."""
+
+    def __init__(self) -> None:
+        self._next: dict[Hashable, _Read[T]] = {}
+        self._running: set[Hashable] = set()
+
+    async def __call__(self, key: Hashable, read: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+        """`read()`'s result, and whether other callers got the same object."""
+        pending = self._next.get(key)
+        if pending is None:
+            pending = self._next[key] = _Read(read)
+            if key not in self._running:
+                self._start(key)
+        pending.callers += 1
+        result = await asyncio.shield(pending.future)  # a caller leaving cancels no other
+        return result, pending.callers > 1
+
+    def _start(self, key: Hashable) -> None:
+        pending = self._next.pop(key)
+        self._running.add(key)
+        task = asyncio.ensure_future(pending.read())
+
+        def done(task: asyncio.Future[T]) -> None:
+            self._running.discard(key)
+            if task.cancelled():  # the loop is shutting down: so is the next read
+                pending.future.cancel()
+                if (queued := self._next.pop(key, None)) is not None:
+                    queued.future.cancel()
+                return
+            if (error := task.exception()) is not None:
+                pending.future.set_exception(error)
+            else:
+                pending.future.set_result(task.result())
+            if key in self._next:
+                self._start(key)
+
+        task.add_done_callback(done)
+
+
+class _Read(Generic[T]):
+    __slots__ = ("callers", "future", "read")
+
+    def __init__(self, read: Callable[[], Awaitable[T]]) -> None:
+        self.read = read
+        self.callers = 0
+        self.future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self.future.add_done_callback(_retrieve)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Nobody may be left to await a failed read: its error is not worth a warning."""
+    if not future.cancelled():
+        future.exception()
+
+
 # --- one task ---------------------------------------------------------------------------
 
 
@@ -72,6 +139,9 @@ async def _read_backlog(
         events = [Event.from_row(r) for r in rows]
         state = (await conn.execute(sa.select(t.status, t.event_seq).where(t.id == task_id))).one()
     return events, TaskStatus(state.status), state.event_seq
+
+
+_backlogs: SharedReads[tuple[list[Event], TaskStatus, int]] = SharedReads()
 
 
 async def seq_of(engine: AsyncEngine, task_id: uuid.UUID, after_id: int | None) -> int:
@@ -98,32 +168,43 @@ async def task_events(
 ) -> AsyncIterator[Event]:
     """Every event of one task after `after_id`, in seq order, each once; ends after the
     terminal status event."""
-    last_cursor = encode_cursor(after_id) if after_id is not None else None
+    last_id = after_id  # of the last event sent (the cursor to resume from)
     async with hub.listen(task_channel(task_id)) as listener:
         last_seq = await seq_of(engine, task_id, after_id)
         try:
             while True:
-                backlog, status, newest = await _read_backlog(engine, task_id, last_seq)
+                (backlog, status, newest), shared = await _backlogs(
+                    (engine, task_id, last_seq),
+                    functools.partial(_read_backlog, engine, task_id, last_seq),
+                )
+                if shared:
+                    hub.share(backlog)
                 for event in backlog:
                     yield event
-                    last_seq, last_cursor = event.seq, event.cursor
+                    last_seq, last_id = event.seq, event.id
                     if is_terminal(event) and event.seq == newest:
                         return
                 if len(backlog) == PAGE:
                     continue  # more backlog to page through
                 if status in TERMINAL and last_seq >= newest:
                     return
+                # the hot path of a fan-out: once per live event and subscriber
                 while (live := await listener.next(quiet_seconds)) is not None:
-                    if live.seq <= last_seq:
+                    seq = live.seq
+                    if seq <= last_seq:
                         continue  # already sent
-                    if live.seq != last_seq + 1:
+                    if seq != last_seq + 1:
                         break  # a gap: re-read the table
                     yield live
-                    last_seq, last_cursor = live.seq, live.cursor
-                    if is_terminal(live):
+                    last_seq, last_id = seq, live.id
+                    if live.kind is EventKind.STATUS and live.data.get("status") in TERMINAL:
+                        # let every other stream of this event pass it on before this one
+                        # ends (its teardown would delay theirs: 1,000 streams end at once)
+                        await asyncio.sleep(0)
                         return
         except FellBehind:
-            raise _fell_behind(listener, last_cursor) from None
+            cursor = encode_cursor(last_id) if last_id is not None else None
+            raise _fell_behind(listener, cursor) from None
 
 
 # --- every task of an owner -------------------------------------------------------------
