@@ -43,7 +43,8 @@ class RequestIdMiddleware:
             await send(message)
 
         with bound(request_id=request_id):
-            await self.app(scope, receive, send_with_id)
+            # a websocket's messages carry no headers: its sends go straight through
+            await self.app(scope, receive, send_with_id if scope["type"] == "http" else send)
 
 
 class GraphQLMetrics(SchemaExtension):
