@@ -12,8 +12,11 @@ in groups as large as the load makes them.
 Groups may commit in any order, as separate transactions would: the journal's row locks,
 per-task `seq` and xid checks keep each task's history in order.
 
-A group shares its fate: if `flush` raises for a group of several units, each unit is run
-again alone, so one bad unit fails only its own writer.
+A refused group is retried unit by unit: when `flush` raises `Refused` (nothing was
+committed, e.g. PostgreSQL rejected one unit's row), each unit runs again alone, so one bad
+unit fails only its own writer. Any other exception (the commit itself failed, and may or
+may not have happened) goes to every writer of the group: running their units again could
+apply them twice.
 """
 
 from __future__ import annotations
@@ -27,6 +30,14 @@ I = TypeVar("I")  # noqa: E741 - one writer's unit of work
 R = TypeVar("R")  # its result
 
 log = logging.getLogger(__name__)
+
+
+class Refused(Exception):
+    """Raised by a flush when nothing was committed; `__cause__` is the reason."""
+
+
+def _reason(exc: BaseException) -> BaseException:
+    return exc.__cause__ if isinstance(exc, Refused) and exc.__cause__ is not None else exc
 
 
 class GroupCommit(Generic[I, R]):
@@ -43,7 +54,8 @@ class GroupCommit(Generic[I, R]):
         self._max_items = max_items
         self._max_flushers = flushers
         self._waiting: list[tuple[I, asyncio.Future[R]]] = []
-        self._flushers: set[asyncio.Task[None]] = set()
+        self._flushers: set[asyncio.Task[None]] = set()  # strong references to the tasks
+        self._running = 0  # flushers that will still look at `_waiting`
         self.groups = 0  # flushes run (for tests and benchmarks)
         self.largest = 0  # most units in one flush
 
@@ -51,45 +63,60 @@ class GroupCommit(Generic[I, R]):
         """Run `unit` in the next group; its result, or the exception its run raised."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((unit, future))
-        if len(self._flushers) < self._max_flushers:
+        if self._running < self._max_flushers:
+            self._running += 1
             flusher = asyncio.create_task(self._run(), name="group-commit")
             self._flushers.add(flusher)
             flusher.add_done_callback(self._flushers.discard)
         return await future
 
     async def _run(self) -> None:
-        while self._waiting:
-            group = self._waiting[: self._max_items]
-            del self._waiting[: self._max_items]
-            group = [(unit, future) for unit, future in group if not future.cancelled()]
-            if not group:
-                continue
-            self.groups += 1
-            self.largest = max(self.largest, len(group))
-            try:
-                results = await self._flush([unit for unit, _ in group])
-            except Exception as exc:
-                if len(group) == 1:
-                    _settle(group[0][1], exc)
-                    continue
-                log.debug("a group of %d failed (%r); running each alone", len(group), exc)
-                for unit, future in group:
-                    try:
-                        (result,) = await self._flush([unit])
-                    except Exception as alone:
-                        _settle(future, alone)
-                    else:
-                        _settle(future, result)
-                continue
-            except BaseException as exc:  # cancelled (shutdown): the writers must not hang
-                for _, future in group:
-                    _settle(future, exc)
-                for _, future in self._waiting:
-                    _settle(future, exc)
-                self._waiting.clear()
-                raise
-            for (_, future), result in zip(group, results, strict=True):
-                _settle(future, result)
+        group: list[tuple[I, asyncio.Future[R]]] = []
+        try:
+            while self._waiting:
+                group = [
+                    (unit, future)
+                    for unit, future in self._waiting[: self._max_items]
+                    if not future.cancelled()
+                ]
+                del self._waiting[: self._max_items]
+                if group:
+                    await self._flush_group(group)
+                group = []
+        except BaseException as exc:  # cancelled (shutdown): no writer may hang
+            for _, future in [*group, *self._waiting]:
+                _settle(future, exc)
+            self._waiting.clear()
+            raise
+        finally:
+            # in the same step as the loop found nothing waiting: a writer arriving next
+            # starts a flusher of its own
+            self._running -= 1
+
+    async def _flush_group(self, group: list[tuple[I, asyncio.Future[R]]]) -> None:
+        self.groups += 1
+        self.largest = max(self.largest, len(group))
+        try:
+            results = await self._flush([unit for unit, _ in group])
+        except Refused as exc:
+            if len(group) == 1:
+                _settle(group[0][1], _reason(exc))
+                return
+            log.debug("a group of %d was refused (%r); running each alone", len(group), exc)
+            for unit, future in group:
+                try:
+                    (result,) = await self._flush([unit])
+                except Exception as alone:
+                    _settle(future, _reason(alone))
+                else:
+                    _settle(future, result)
+            return
+        except Exception as exc:
+            for _, future in group:
+                _settle(future, exc)
+            return
+        for (_, future), result in zip(group, results, strict=True):
+            _settle(future, result)
 
 
 def _settle(future: asyncio.Future[R], outcome: R | BaseException) -> None:

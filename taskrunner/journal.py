@@ -13,6 +13,7 @@ Order rules enforced here (DESIGN.md, "Truth, queue and events"):
 
 from __future__ import annotations
 
+import logging
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -24,11 +25,12 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from taskrunner.events import Event, EventKind, publish
-from taskrunner.groupcommit import GroupCommit
+from taskrunner.groupcommit import GroupCommit, Refused
 from taskrunner.models import CURRENT_XID, event_table, task_table
 from taskrunner.states import TaskStatus, accepts_artifacts, accepts_events, can_move
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 MAX_TRANSACTION_RUNS = 8
 
 
@@ -145,6 +147,7 @@ async def record(conn: AsyncConnection, changes: Sequence[Change]) -> list[Outco
         conn, [c.task_id for c in changes], full=any(c.want_row for c in changes)
     )
     decided: list[tuple[Change, _Row | None, TaskStatus | None, int | None]] = []
+    snapshots: dict[int, dict[str, Any]] = {}
     pending: list[dict[str, Any]] = []
     for change in changes:
         row = rows.get(change.task_id)
@@ -152,6 +155,15 @@ async def record(conn: AsyncConnection, changes: Sequence[Change]) -> list[Outco
         if row is None or not _allowed(row, change):
             decided.append((change, row, found, None))
             continue
+        if change.want_row:  # the row as this change finds it, earlier changes included
+            snapshots[id(change)] = {
+                **row.found,
+                **_plain(row.values),
+                "status": row.status.value,
+                "event_seq": row.seq,
+                "attempts": row.attempts,
+                "worker_id": row.worker_id,
+            }
         row.seq += 1
         row.changed = True
         if change.to is not None:
@@ -183,10 +195,15 @@ async def record(conn: AsyncConnection, changes: Sequence[Change]) -> list[Outco
             change,
             found,
             None if index is None else events[index],
-            row.found if row is not None and change.want_row else None,
+            snapshots.get(id(change)),
         )
         for change, row, found, index in decided
     ]
+
+
+def _plain(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The values that are data, not SQL to evaluate (NOW, an increment ...)."""
+    return {k: v for k, v in values.items() if not isinstance(v, sa.ClauseElement)}
 
 
 async def _update_rows(conn: AsyncConnection, rows: Mapping[uuid.UUID, _Row]) -> None:
@@ -271,10 +288,18 @@ async def _apply_now(
     changes = [change for unit in units for change in unit]
 
     async def work(conn: AsyncConnection) -> list[Outcome]:
-        return await record(conn, changes)
+        try:
+            return await record(conn, changes)
+        except XidInversion:
+            raise
+        except Exception as exc:  # before COMMIT: nothing is written, units may run alone
+            raise Refused(str(exc)) from exc
 
     outcomes = await run_transaction(engine, work)
-    await publish(redis, [o.event for o in outcomes if o.event is not None])
+    try:  # committed: publishing must not fail the writers (streams re-read the table)
+        await publish(redis, [o.event for o in outcomes if o.event is not None])
+    except Exception:
+        log.exception("could not publish %d committed changes", len(changes))
     split, start = [], 0
     for unit in units:
         split.append(outcomes[start : start + len(unit)])

@@ -16,14 +16,13 @@ from typing import Any, cast
 import sqlalchemy as sa
 from arq import ArqRedis
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from taskrunner import journal, metrics, queue, tracing
 from taskrunner.errors import BadInput, Conflict, NotFound
 from taskrunner.events import CANCEL_CHANNEL, Event, EventKind, add_publishes
-from taskrunner.groupcommit import GroupCommit
+from taskrunner.groupcommit import GroupCommit, Refused
 from taskrunner.logs import event
 from taskrunner.models import NOW, Task, event_table, task_table
 from taskrunner.states import TERMINAL, TaskStatus
@@ -104,16 +103,22 @@ async def _submit_now(
     engine: AsyncEngine, redis: Redis, pool: ArqRedis, units: list[Unit]
 ) -> list[list[Task]]:
     async def work(conn: AsyncConnection) -> tuple[list[list[Task]], list[Event]]:
-        return await _insert_units(conn, [(owner, subs) for owner, subs, _ in units])
+        try:
+            return await _insert_units(conn, [(owner, subs) for owner, subs, _ in units])
+        except journal.XidInversion:
+            raise
+        except Exception as exc:  # before COMMIT: nothing is written, units may run alone
+            raise Refused(str(exc)) from exc
 
     per_unit, events = await journal.run_transaction(engine, work)
     if any(crash for _, _, crash in units):
         os._exit(70)  # fault injection: see Settings.test_crash_after_commit
-    created = {e.task_id for e in events}
+    created = {e.task_id for e in events}  # each new task once, whoever else reused its key
     jobs = []
     for (owner, _, _), tasks in zip(units, per_unit, strict=True):
         for task in tasks:
             if task.id in created:
+                created.discard(task.id)
                 metrics.TASKS_SUBMITTED.labels(task.type).inc()
                 event("task_submitted", task_id=str(task.id), task_type=task.type, owner=owner)
                 if not task.due_at:
@@ -123,7 +128,7 @@ async def _submit_now(
             add_publishes(pipe, events)
             queue.add_enqueues(pipe, pool.default_queue_name, jobs)
             await pipe.execute()
-    except RedisError as exc:  # committed: the reconciler enqueues it, never lose it here
+    except Exception as exc:  # committed: the reconciler enqueues it, never fail or lose it
         log.warning("could not enqueue %d tasks (%s); the reconciler will", len(jobs), exc)
     return per_unit
 

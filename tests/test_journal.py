@@ -196,3 +196,42 @@ async def _xid(engine: AsyncEngine) -> int:
             sa.text("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
         )
     return int(value or 0)
+
+
+async def test_a_row_returned_to_a_change_includes_the_earlier_changes_of_its_group(
+    engine: AsyncEngine, redis: Redis
+) -> None:
+    """A retry and the start of the new attempt in one transaction: the start sees the row
+    as the retry left it (not cancel_requested), not as it was locked."""
+    task_id = await _new_task(engine)
+    cancel = journal.Change(
+        task_id,
+        EventKind.STATUS,
+        {"status": "CANCELLED"},
+        to=TaskStatus.CANCELLED,
+        values={"cancel_requested": True},
+    )
+    await journal.apply_one(engine, redis, cancel)
+    retry = journal.Change(
+        task_id,
+        EventKind.STATUS,
+        {"status": "QUEUED"},
+        to=TaskStatus.QUEUED,
+        retry_request=True,
+        values={"cancel_requested": False},
+    )
+    start = journal.Change(
+        task_id,
+        EventKind.STATUS,
+        {"status": "RUNNING"},
+        to=TaskStatus.RUNNING,
+        values={"attempts": journal.NEXT_ATTEMPT},
+        want_row=True,
+    )
+    async with engine.begin() as conn:
+        outcomes = await journal.record(conn, [retry, start])
+    assert all(o.accepted for o in outcomes)
+    row = outcomes[1].row
+    assert row is not None
+    assert row["cancel_requested"] is False and row["status"] == "QUEUED"
+    assert row["attempts"] == 0 and row["event_seq"] == 3

@@ -86,7 +86,9 @@ async def execute(ctx: WorkerContext, task_type: TaskType, task_id: str) -> str:
     )
     if not start.accepted or start.row is None:  # cancelled, already run, or a duplicate
         return f"skipped: task is {start.found.value if start.found else 'gone'}"
-    attempt = _first_attempt(start.row) if start.row["attempts"] == 0 else None
+    # Only its creation event before this start: it waited since it was created (or its
+    # runAt). Otherwise (a retry, a cancelled task run again) the events say since when.
+    attempt = _first_attempt(start.row) if start.row["event_seq"] == 1 else None
     if attempt is None:
         attempt = await _load(engine, tid)  # a later attempt: it waited since its re-queue
     with tracing.task_span(attempt.trace_parent, task_type.name, task_id, attempt.number):
@@ -119,8 +121,9 @@ async def _attempt(
             final = await _retry_later(ctx, task_type, tid, attempt, final)
         final = _with_metrics(final, ctx, attempt, run_seconds, peak)
         _report(task_type.name, final, run_seconds, killed)
-        # task.log holds every attempt's lines: a first attempt that logged none has none
-        if attempt.number > 1 or tid in ctx["logged"]:
+        # task.log holds every attempt's lines: a first attempt that succeeded without
+        # logging has none (a cancel or a failure may have lines written by others)
+        if attempt.number > 1 or final.to is not TaskStatus.SUCCEEDED or tid in ctx["logged"]:
             await _store_log(ctx, tid, attempt.number)
         await journal.apply_one(
             ctx["engine"], ctx["redis"], replace(final, expect_attempt=attempt.number)
