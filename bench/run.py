@@ -104,8 +104,8 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> N
 
 
 @contextlib.contextmanager
-def stack(workdir: Path) -> Iterator[dict[str, Any]]:
-    """Embedded PostgreSQL and Redis, migrated, one api and one worker."""
+def stack(workdir: Path, workers: int = 1) -> Iterator[dict[str, Any]]:
+    """Embedded PostgreSQL and Redis, migrated, one api and `workers` workers."""
     postgres = EmbeddedPostgres(workdir / "postgres")
     redis = EmbeddedRedis(workdir / "redis")
     procs: list[subprocess.Popen[bytes]] = []
@@ -127,8 +127,12 @@ def stack(workdir: Path) -> Iterator[dict[str, Any]]:
         }
         api = subprocess.Popen([sys.executable, "-m", "taskrunner", "api"], env=env, cwd=ROOT)
         procs.append(api)
-        worker = subprocess.Popen([sys.executable, "-m", "taskrunner", "worker"], env=env, cwd=ROOT)
-        procs.append(worker)
+        worker_procs = [
+            subprocess.Popen([sys.executable, "-m", "taskrunner", "worker"], env=env, cwd=ROOT)
+            for _ in range(workers)
+        ]
+        procs.extend(worker_procs)
+        worker = worker_procs[0]
         wait_http(f"http://127.0.0.1:{port}/readyz", api)
         key = asyncio.run(_key(database_url))
         yield {
@@ -244,6 +248,9 @@ def main() -> int:
     )
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows for the list scenario")
     parser.add_argument("--subscribers", default="1,100,1000")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="`taskrunner worker` processes (default 1)"
+    )
     args = parser.parse_args()
     asked = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = asked - set(SCENARIOS) - set(ALIASES)
@@ -257,11 +264,15 @@ def main() -> int:
     chosen = [name for name in SCENARIOS if name in expanded]
     report: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "workers": args.workers,
         "machine": machine(),
         "scenarios": {},
     }
     n = str(args.count)
-    with tempfile.TemporaryDirectory(prefix="taskrunner-bench-") as tmp, stack(Path(tmp)) as s:
+    with (
+        tempfile.TemporaryDirectory(prefix="taskrunner-bench-") as tmp,
+        stack(Path(tmp), args.workers) as s,
+    ):
         auth = ["--url", s["url"], "--api-key", s["key"]]
         plan: dict[str, tuple[str, list[str], float, str | None]] = {
             **e2e_plan(args, auth),
