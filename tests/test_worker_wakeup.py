@@ -8,7 +8,6 @@ import os
 import time
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
@@ -83,7 +82,6 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
 async def test_an_idle_worker_uses_under_two_percent_of_a_core(
     settings: Settings, engine: AsyncEngine
 ) -> None:
