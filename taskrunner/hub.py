@@ -72,16 +72,27 @@ class Listener:
             else:
                 self._clear()
                 self.resync = True
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake()
 
     def request_resync(self) -> None:
         """Make the consumer re-read PostgreSQL (now, if it is waiting)."""
         self.resync = True
+        self._wake()
+
+    def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _reread_due(self) -> bool:
+        """Whether the consumer must re-read the table now (a resync, taken); FellBehind
+        if it stopped reading and its buffer overflowed."""
+        if self.overflowed:
+            raise FellBehind
+        if self.resync:
+            self.resync = False
+            return True
+        return False
 
     def _clear(self) -> None:
         while not self.queue.empty():
@@ -90,10 +101,7 @@ class Listener:
     async def next(self, wait_seconds: float) -> Event | None:
         """The next live event, or None when a re-read is due (quiet, or resync)."""
         self.last_take = time.monotonic()
-        if self.overflowed:
-            raise FellBehind
-        if self.resync:
-            self.resync = False
+        if self._reread_due():
             return None
         queue = self.queue
         if queue.empty():
@@ -105,10 +113,7 @@ class Listener:
             finally:
                 self._waiter = None
                 self.last_take = time.monotonic()
-            if self.overflowed:
-                raise FellBehind
-            if self.resync:
-                self.resync = False
+            if self._reread_due():
                 return None
             if queue.empty():
                 return None  # quiet for wait_seconds
