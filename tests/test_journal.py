@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -35,8 +36,9 @@ def _log(task_id: uuid.UUID, n: int) -> journal.Change:
     return journal.Change(task_id, EventKind.LOG, {"level": "info", "line": str(n)})
 
 
-def _to(task_id: uuid.UUID, status: TaskStatus) -> journal.Change:
-    return journal.Change(task_id, EventKind.STATUS, {"status": status.value}, to=status)
+def _to(task_id: uuid.UUID, status: TaskStatus, **options: Any) -> journal.Change:
+    """A status change; `options` are further fields of the Change (values, want_row ...)."""
+    return journal.Change(task_id, EventKind.STATUS, {"status": status.value}, to=status, **options)
 
 
 async def _seqs(engine: AsyncEngine, task_id: uuid.UUID) -> list[tuple[int, int, int]]:
@@ -111,13 +113,7 @@ async def test_older_transaction_behind_a_newer_writer_is_rerun_with_a_fresh_xid
 
 async def test_a_write_for_a_replaced_attempt_is_refused(engine: AsyncEngine, redis: Redis) -> None:
     task_id = await _new_task(engine)
-    start = journal.Change(
-        task_id,
-        EventKind.STATUS,
-        {"status": "RUNNING"},
-        to=TaskStatus.RUNNING,
-        values={"attempts": 2, "worker_id": "w-new"},
-    )
+    start = _to(task_id, TaskStatus.RUNNING, values={"attempts": 2, "worker_id": "w-new"})
     assert (await journal.apply_one(engine, redis, start)).accepted
     stale = journal.Change(
         task_id,
@@ -131,14 +127,7 @@ async def test_a_write_for_a_replaced_attempt_is_refused(engine: AsyncEngine, re
         task_id, EventKind.LOG, {"level": "info", "line": "x"}, expect_worker="w-old"
     )
     assert not (await journal.apply_one(engine, redis, wrong_worker)).accepted
-    current = journal.Change(
-        task_id,
-        EventKind.STATUS,
-        {"status": "SUCCEEDED"},
-        to=TaskStatus.SUCCEEDED,
-        expect_attempt=2,
-        expect_worker="w-new",
-    )
+    current = _to(task_id, TaskStatus.SUCCEEDED, expect_attempt=2, expect_worker="w-new")
     assert (await journal.apply_one(engine, redis, current)).accepted
 
 
@@ -204,29 +193,11 @@ async def test_a_row_returned_to_a_change_includes_the_earlier_changes_of_its_gr
     """A retry and the start of the new attempt in one transaction: the start sees the row
     as the retry left it (not cancel_requested), not as it was locked."""
     task_id = await _new_task(engine)
-    cancel = journal.Change(
-        task_id,
-        EventKind.STATUS,
-        {"status": "CANCELLED"},
-        to=TaskStatus.CANCELLED,
-        values={"cancel_requested": True},
-    )
+    cancel = _to(task_id, TaskStatus.CANCELLED, values={"cancel_requested": True})
     await journal.apply_one(engine, redis, cancel)
-    retry = journal.Change(
-        task_id,
-        EventKind.STATUS,
-        {"status": "QUEUED"},
-        to=TaskStatus.QUEUED,
-        retry_request=True,
-        values={"cancel_requested": False},
-    )
-    start = journal.Change(
-        task_id,
-        EventKind.STATUS,
-        {"status": "RUNNING"},
-        to=TaskStatus.RUNNING,
-        values={"attempts": journal.NEXT_ATTEMPT},
-        want_row=True,
+    retry = _to(task_id, TaskStatus.QUEUED, retry_request=True, values={"cancel_requested": False})
+    start = _to(
+        task_id, TaskStatus.RUNNING, values={"attempts": journal.NEXT_ATTEMPT}, want_row=True
     )
     async with engine.begin() as conn:
         outcomes = await journal.record(conn, [retry, start])
