@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Protocol
 
 import anyio
+import asyncpg
 import orjson
 import sqlalchemy as sa
 from miniopy_async.api import Minio
 from miniopy_async.error import S3Error
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner import journal
 from taskrunner.config import Settings
@@ -357,6 +358,13 @@ async def add_artifact(
     )
 
 
+INSERT_ARTIFACT = (
+    "INSERT INTO artifact (id, task_id, owner, name, content_type, size, sha256, key, is_log, "
+    f"created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+    f"RETURNING {', '.join(artifact_table.c.keys())}"
+)
+
+
 async def record_artifact(
     *,
     engine: AsyncEngine,
@@ -383,33 +391,25 @@ async def record_artifact(
     }
     change = journal.Change(task_id, EventKind.ARTIFACT, meta, expect_attempt=expect_attempt)
 
-    async def work(conn: AsyncConnection) -> tuple[Artifact | None, list[journal.Outcome]]:
+    async def work(conn: asyncpg.Connection) -> tuple[Artifact | None, list[journal.Outcome]]:
         outcomes = await journal.record(conn, [change])
         event = outcomes[0].event
         if event is None:
             return None, outcomes
-        row = (
-            (
-                await conn.execute(
-                    sa.insert(artifact_table)
-                    .values(
-                        id=artifact_id,
-                        task_id=task_id,
-                        owner=event.owner,
-                        name=name,
-                        content_type=content_type,
-                        size=stored.size,
-                        sha256=stored.sha256,
-                        key=key,
-                        is_log=is_log,
-                        created_at=event.at,
-                    )
-                    .returning(*artifact_table.c)
-                )
-            )
-            .mappings()
-            .one()
+        row = await conn.fetchrow(
+            INSERT_ARTIFACT,
+            artifact_id,
+            task_id,
+            event.owner,
+            name,
+            content_type,
+            stored.size,
+            stored.sha256,
+            key,
+            is_log,
+            event.at,
         )
+        assert row is not None  # RETURNING of a row inserted
         return Artifact(**dict(row)), outcomes
 
     try:

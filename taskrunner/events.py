@@ -14,6 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+import asyncpg
 import orjson
 from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
@@ -61,7 +62,7 @@ class Event(BaseModel):
         return cls.model_validate(orjson.loads(raw))
 
     @classmethod
-    def from_row(cls, row: Mapping[Any, Any]) -> Event:
+    def from_row(cls, row: Mapping[Any, Any] | asyncpg.Record) -> Event:
         return cls.model_validate(dict(row))
 
 

@@ -9,24 +9,30 @@ Order rules enforced here (DESIGN.md, "Truth, queue and events"):
 - a task's events must also be in transaction-id order, because `tasksUpdates` pages by
   (xid, id). A transaction whose xid is older than the task's last writer (it took its
   xid before queueing for the lock) is rolled back and run again with a fresh xid.
+
+The statements here are plain SQL run through asyncpg on a connection of the engine's
+pool (`transaction`): SQLAlchemy's per-statement work (compiling, cache keys, result
+proxies, its transaction bookkeeping) was two thirds of a state change's CPU.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import sqlalchemy as sa
+import asyncpg
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from taskrunner import jsonx, tracing
 from taskrunner.events import Event, EventKind, publish
 from taskrunner.groupcommit import GroupCommit, Refused
-from taskrunner.models import CURRENT_XID, event_table, task_table
 from taskrunner.states import TaskStatus, accepts_artifacts, accepts_events, can_move
 
 T = TypeVar("T")
@@ -36,6 +42,26 @@ MAX_TRANSACTION_RUNS = 8
 
 NEXT_ATTEMPT: Any = object()
 """A value for `attempts` in Change.values: the locked row's attempts + 1."""
+
+
+@dataclass(frozen=True)
+class Sql:
+    """A value for Change.values that PostgreSQL computes in the UPDATE: `text`, where `$`
+    stands for `param` (if any)."""
+
+    text: str
+    param: Any = None
+
+
+NOW = Sql("clock_timestamp()")
+
+
+def seconds_from_now(seconds: float) -> Sql:
+    return Sql("clock_timestamp() + make_interval(secs => $)", float(seconds))
+
+
+CURRENT_XID = "pg_current_xact_id()::text::bigint"
+JSONB_COLUMNS = frozenset({"input", "result"})  # of `task`; so is task_event.data
 
 
 class XidInversion(Exception):
@@ -85,15 +111,48 @@ class _Row:
     changed: bool = False
 
 
-async def run_transaction(engine: AsyncEngine, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+@contextlib.asynccontextmanager
+async def transaction(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction on one of the engine's pooled connections, used through asyncpg.
+
+    The connection carries SQLAlchemy's codecs: a JSONB parameter is passed as JSON text
+    (`json_text`), a JSONB column reads as Python values. A connection that broke or whose
+    statement was interrupted is invalidated rather than returned to the pool."""
+    async with engine.connect() as conn:
+        raw = (await conn.get_raw_connection()).driver_connection
+        assert raw is not None
+        traced = tracing.enabled()
+        try:
+            async with raw.transaction():
+                if traced:
+                    raw.add_query_logger(tracing.query_span)
+                try:
+                    yield raw
+                finally:
+                    if traced:
+                        raw.remove_query_logger(tracing.query_span)
+        except BaseException as exc:
+            if raw.is_closed() or isinstance(exc, asyncio.CancelledError | OSError):
+                await asyncio.shield(conn.invalidate())
+            raise
+
+
+def json_text(value: Any) -> str | None:
+    """A JSONB parameter as `transaction` connections take it (None: SQL NULL)."""
+    return None if value is None else jsonx.dumps(value).decode()
+
+
+async def run_transaction(
+    engine: AsyncEngine, fn: Callable[[asyncpg.Connection], Awaitable[T]]
+) -> T:
     """Run `fn` in a transaction, again (bounded) when it hit an xid inversion."""
     for _ in range(MAX_TRANSACTION_RUNS - 1):
         try:
-            async with engine.begin() as conn:
+            async with transaction(engine) as conn:
                 return await fn(conn)
         except XidInversion:
             continue
-    async with engine.begin() as conn:
+    async with transaction(engine) as conn:
         return await fn(conn)
 
 
@@ -101,24 +160,25 @@ ROW_COLUMNS = (
     "input, timeout_seconds, max_retries, cancel_requested, trace_parent, created_at, "
     "scheduled_for, clock_timestamp() AS locked_at"
 )
+LOCK = (
+    "SELECT id, status, event_seq, last_xid, owner, attempts, worker_id, "
+    f"{CURRENT_XID} AS xid{{extra}} FROM task WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE"
+)
+EVENT_COLUMNS = "id, task_id, seq, xid, owner, kind, at, data"
+INSERT_EVENT = (
+    "INSERT INTO task_event (task_id, seq, owner, kind, data) VALUES ($1, $2, $3, $4, $5) "
+    f"RETURNING {EVENT_COLUMNS}"
+)
 
 
 async def lock_tasks(
-    conn: AsyncConnection, ids: Sequence[uuid.UUID], *, full: bool = False
+    conn: asyncpg.Connection, ids: Sequence[uuid.UUID], *, full: bool = False
 ) -> dict[uuid.UUID, _Row]:
     """Lock the tasks' rows in id order; refuse (XidInversion) if one was written by a
     transaction newer than this one. `full` also reads ROW_COLUMNS."""
-    extra = f", {ROW_COLUMNS}" if full else ""
-    result = await conn.execute(
-        sa.text(
-            "SELECT id, status, event_seq, last_xid, owner, attempts, worker_id, "
-            f"pg_current_xact_id()::text::bigint AS xid{extra} "
-            "FROM task WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"
-        ),
-        {"ids": sorted(set(ids))},
-    )
+    query = LOCK.format(extra=f", {ROW_COLUMNS}" if full else "")
     rows: dict[uuid.UUID, _Row] = {}
-    for row in result.mappings():
+    for row in await conn.fetch(query, sorted(set(ids))):
         if row["last_xid"] > row["xid"]:
             raise XidInversion(str(row["id"]))
         rows[row["id"]] = _Row(
@@ -132,16 +192,16 @@ async def lock_tasks(
     return rows
 
 
-async def insert_events(conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[Event]:
-    """Insert event rows (task_id, seq, owner, kind, data); return them as Events, in order."""
+async def insert_events(conn: asyncpg.Connection, rows: list[dict[str, Any]]) -> list[Event]:
+    """Insert event rows (task_id, seq, owner, kind, data); return them as Events, in order
+    (one round trip: asyncpg pipelines the executions)."""
     if not rows:
         return []
-    stmt = sa.insert(event_table).returning(*event_table.c, sort_by_parameter_order=True)
-    result = await conn.execute(stmt, rows)
-    return [Event.from_row(r) for r in result.mappings()]
+    args = [(r["task_id"], r["seq"], r["owner"], r["kind"], json_text(r["data"])) for r in rows]
+    return [Event.from_row(r) for r in await conn.fetchmany(INSERT_EVENT, args)]
 
 
-async def record(conn: AsyncConnection, changes: Sequence[Change]) -> list[Outcome]:
+async def record(conn: asyncpg.Connection, changes: Sequence[Change]) -> list[Outcome]:
     """Apply `changes` in order inside the caller's transaction; rejected ones write nothing."""
     rows = await lock_tasks(
         conn, [c.task_id for c in changes], full=any(c.want_row for c in changes)
@@ -174,7 +234,7 @@ async def record(conn: AsyncConnection, changes: Sequence[Change]) -> list[Outco
                 value = row.attempts + 1
             if name == "attempts" and isinstance(value, int):
                 row.attempts = value
-            elif name == "worker_id" and not isinstance(value, sa.ClauseElement):
+            elif name == "worker_id" and not isinstance(value, Sql):
                 row.worker_id = value
             row.values[name] = value
         pending.append(
@@ -202,47 +262,51 @@ async def record(conn: AsyncConnection, changes: Sequence[Change]) -> list[Outco
 
 
 def _plain(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The values that are data, not SQL to evaluate (NOW, an increment ...)."""
-    return {k: v for k, v in values.items() if not isinstance(v, sa.ClauseElement)}
+    """The values that are data, not SQL to evaluate (NOW, a time from now ...)."""
+    return {k: v for k, v in values.items() if not isinstance(v, Sql)}
 
 
-async def _update_rows(conn: AsyncConnection, rows: Mapping[uuid.UUID, _Row]) -> None:
+async def _update_rows(conn: asyncpg.Connection, rows: Mapping[uuid.UUID, _Row]) -> None:
     """Write the changed rows: one executemany (one round trip) per shape of update.
 
-    Rows whose updates set the same columns, with the same SQL expressions (NOW is one
-    shared object), share a statement; plain values travel as parameters."""
-    shapes: dict[tuple[Any, ...], list[tuple[uuid.UUID, _Row]]] = {}
+    Rows whose updates set the same columns, with the same SQL for the computed ones
+    (`Sql` text), share a statement; values and `Sql` params travel as parameters."""
+    shapes: dict[tuple[tuple[str, str | None], ...], list[tuple[uuid.UUID, _Row]]] = {}
     for task_id, row in rows.items():
         if row.changed:
             shape = tuple(
                 sorted(
-                    (name, id(value) if isinstance(value, sa.ClauseElement) else None)
+                    (name, value.text if isinstance(value, Sql) else None)
                     for name, value in row.values.items()
                 )
             )
             shapes.setdefault(shape, []).append((task_id, row))
     for shape, members in shapes.items():
-        first = members[0][1].values
-        assigned: dict[str, Any] = {"event_seq": sa.bindparam("p_event_seq")}
-        for name, expression in shape:
-            if expression is None:
-                assigned[name] = sa.bindparam(f"p_{name}", type_=task_table.c[name].type)
+        assignments = ["event_seq = $2", f"last_xid = {CURRENT_XID}"]
+        takes: list[str] = []  # the columns whose value (or Sql param) is a parameter
+        for name, text in shape:
+            if text is None:
+                takes.append(name)
+                assignments.append(f"{name} = ${len(takes) + 2}")
+            elif "$" in text:
+                takes.append(name)
+                assignments.append(f"{name} = {text.replace('$', f'${len(takes) + 2}')}")
             else:
-                assigned[name] = first[name]
-        stmt = (
-            sa.update(task_table)
-            .where(task_table.c.id == sa.bindparam("p_id"))
-            .values(last_xid=CURRENT_XID, **assigned)
+                assignments.append(f"{name} = {text}")
+        query = f"UPDATE task SET {', '.join(assignments)} WHERE id = $1"
+        await conn.executemany(
+            query,
+            [
+                (task_id, row.seq, *(_param(n, row.values[n]) for n in takes))
+                for task_id, row in members
+            ],
         )
-        params = [
-            {
-                "p_id": task_id,
-                "p_event_seq": row.seq,
-                **{f"p_{n}": row.values[n] for n, expression in shape if expression is None},
-            }
-            for task_id, row in members
-        ]
-        await conn.execute(stmt, params)
+
+
+def _param(column: str, value: Any) -> Any:
+    if isinstance(value, Sql):
+        return value.param
+    return json_text(value) if column in JSONB_COLUMNS else value
 
 
 def _allowed(row: _Row, change: Change) -> bool:
@@ -287,7 +351,7 @@ async def _apply_now(
     split the outcomes back per unit."""
     changes = [change for unit in units for change in unit]
 
-    async def work(conn: AsyncConnection) -> list[Outcome]:
+    async def work(conn: asyncpg.Connection) -> list[Outcome]:
         try:
             return await record(conn, changes)
         except XidInversion:

@@ -23,7 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from taskrunner import journal, queue
 from taskrunner.artifacts import ArtifactStore, store_task_log
 from taskrunner.events import EventKind
-from taskrunner.models import NOW, task_table
+from taskrunner.journal import NOW
+from taskrunner.models import task_table
 from taskrunner.retries import retries_left
 from taskrunner.states import TaskStatus
 

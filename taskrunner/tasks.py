@@ -13,18 +13,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
+import asyncpg
 import sqlalchemy as sa
 from arq import ArqRedis
 from redis.asyncio import Redis
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner import journal, metrics, queue, tracing
 from taskrunner.errors import BadInput, Conflict, NotFound
 from taskrunner.events import CANCEL_CHANNEL, Event, EventKind, add_publishes
 from taskrunner.groupcommit import GroupCommit, Refused
+from taskrunner.journal import NOW
 from taskrunner.logs import event
-from taskrunner.models import NOW, Task, event_table, task_table
+from taskrunner.models import Task, event_table, task_table
 from taskrunner.states import TERMINAL, TaskStatus
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ async def submit(
 async def _submit_now(
     engine: AsyncEngine, redis: Redis, pool: ArqRedis, units: list[Unit]
 ) -> list[list[Task]]:
-    async def work(conn: AsyncConnection) -> tuple[list[list[Task]], list[Event]]:
+    async def work(conn: asyncpg.Connection) -> tuple[list[list[Task]], list[Event]]:
         try:
             return await _insert_units(conn, [(owner, subs) for owner, subs, _ in units])
         except journal.XidInversion:
@@ -134,36 +135,49 @@ async def _submit_now(
 
 
 async def _insert(
-    conn: AsyncConnection, owner: str, submissions: Sequence[Submission]
+    conn: asyncpg.Connection, owner: str, submissions: Sequence[Submission]
 ) -> tuple[list[Task], list[Event]]:
     """One owner's submissions, inside the caller's transaction."""
     (tasks,), events = await _insert_units(conn, [(owner, submissions)])
     return tasks, events
 
 
+TASK_COLUMNS = ", ".join(c.name for c in task_table.c)
+INSERTED = (
+    "id, owner, type, status, input, priority, max_retries, timeout_seconds, "
+    "idempotency_key, labels, trace_parent, scheduled_for, due_at"
+)
+# createdAt is the database clock: the group's (below) or clock_timestamp() at the row
+INSERT_TASK = (
+    f"INSERT INTO task ({INSERTED}, event_seq, created_at) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, "
+    "COALESCE($14, clock_timestamp())) "
+    "ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
+    f"RETURNING {TASK_COLUMNS}"
+)
+EXISTING = (
+    f"SELECT {', '.join(f't.{c.name}' for c in task_table.c)} FROM task t "
+    "JOIN unnest($1::text[], $2::text[]) AS k(owner, key) "
+    "ON t.owner = k.owner AND t.idempotency_key = k.key"
+)
+
+
 async def _insert_units(
-    conn: AsyncConnection, units: Sequence[tuple[str, Sequence[Submission]]]
+    conn: asyncpg.Connection, units: Sequence[tuple[str, Sequence[Submission]]]
 ) -> tuple[list[list[Task]], list[Event]]:
-    """Insert every unit's tasks (one statement) and their QUEUED events (another); each
-    unit's tasks in order, an already used idempotency key giving the owner's first task."""
+    """Insert every unit's tasks and their QUEUED events (one pipelined round trip each);
+    each unit's tasks in order, an already used idempotency key giving the owner's first
+    task."""
     # A task that waits (delaySeconds, runAt) needs PostgreSQL's clock before the insert:
     # the whole group then shares it, and createdAt + delaySeconds is exactly the earliest
-    # start. Without one, createdAt is the column's default (clock_timestamp()), and the
-    # round trip is saved.
+    # start. Without one, createdAt is clock_timestamp() at the insert, and the round trip
+    # is saved.
     now: datetime | None = None
     if any(s.delay_seconds or s.scheduled_for for _, subs in units for s in subs):
-        now = cast(datetime, await conn.scalar(sa.select(sa.func.clock_timestamp())))
+        now = cast(datetime, await conn.fetchval("SELECT clock_timestamp()"))
     rows = [[_row(s, owner, now) for s in subs] for owner, subs in units]
-    stmt = (
-        pg_insert(task_table)
-        .on_conflict_do_nothing(
-            index_elements=["owner", "idempotency_key"],
-            index_where=sa.text("idempotency_key IS NOT NULL"),
-        )
-        .returning(*task_table.c, sort_by_parameter_order=True)
-    )
     flat = [row for unit in rows for row in unit]
-    inserted = {r["id"]: _task(r) for r in (await conn.execute(stmt, flat)).mappings()}
+    inserted = {r["id"]: _task(r) for r in await conn.fetchmany(INSERT_TASK, flat)}
     events = await journal.insert_events(
         conn,
         [
@@ -177,42 +191,38 @@ async def _insert_units(
             for t in inserted.values()
         ],
     )
-    keys = {(r["owner"], r["idempotency_key"]) for r in flat if r["id"] not in inserted}
+    keys = {(r[1], r[8]) for r in flat if r[0] not in inserted}
     existing: dict[tuple[str, str | None], Task] = {}
     if keys:
-        t = task_table.c
-        found = await conn.execute(
-            sa.select(task_table).where(sa.tuple_(t.owner, t.idempotency_key).in_(list(keys)))
-        )
-        existing = {(r["owner"], r["idempotency_key"]): _task(r) for r in found.mappings()}
-    tasks = [
-        [inserted.get(r["id"]) or existing[(r["owner"], r["idempotency_key"])] for r in unit]
-        for unit in rows
-    ]
+        owners, names = zip(*keys, strict=True)
+        found = await conn.fetch(EXISTING, list(owners), list(names))
+        existing = {(r["owner"], r["idempotency_key"]): _task(r) for r in found}
+    tasks = [[inserted.get(r[0]) or existing[(r[1], r[8])] for r in unit] for unit in rows]
     return tasks, events
 
 
-def _row(s: Submission, owner: str, now: datetime | None) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "id": uuid.uuid4(),
-        "owner": owner,
-        "type": s.type,
-        "status": TaskStatus.QUEUED.value,
-        "input": s.input,
-        "priority": s.priority,
-        "max_retries": s.max_retries,
-        "timeout_seconds": s.timeout_seconds,
-        "idempotency_key": s.idempotency_key,
-        "labels": list(s.labels),
-        "event_seq": 1,
-        "trace_parent": tracing.traceparent(),
-    }
-    if now is not None:  # every row of a statement has the same keys
+def _row(s: Submission, owner: str, now: datetime | None) -> tuple[Any, ...]:
+    """INSERT_TASK's parameters for one submission."""
+    start, due = None, None
+    if now is not None:
         start = now + timedelta(seconds=s.delay_seconds) if s.delay_seconds else s.scheduled_for
-        row["created_at"] = now
-        row["scheduled_for"] = start
-        row["due_at"] = start if start is not None and start > now else None  # wait in PG
-    return row
+        due = start if start is not None and start > now else None  # waits in PostgreSQL
+    return (
+        uuid.uuid4(),
+        owner,
+        s.type,
+        TaskStatus.QUEUED.value,
+        journal.json_text(s.input),
+        s.priority,
+        s.max_retries,
+        s.timeout_seconds,
+        s.idempotency_key,
+        list(s.labels),
+        tracing.traceparent(),
+        start,
+        due,
+        now,
+    )
 
 
 def visible_to(owner: str | None) -> sa.ColumnElement[bool]:

@@ -15,9 +15,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
+from asyncpg.connection import LoggedQuery
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -68,6 +70,28 @@ def instrument_engine(engine: AsyncEngine) -> None:
         "db.client.connections.usage", unit="connections", description="Connections in use."
     )
     EngineTracer(TRACER, engine.sync_engine, usage, False)  # type: ignore[no-untyped-call]
+
+
+def query_span(query: LoggedQuery) -> None:
+    """An asyncpg query logger (`Connection.add_query_logger`): the query as a CLIENT span
+    of the current one, named and described as the SQLAlchemy instrumentation's. For the
+    statements the journal runs on asyncpg directly, past SQLAlchemy."""
+    end = time.time_ns()
+    statement = query.query
+    span = TRACER.start_span(
+        f"{statement.split(None, 1)[0].upper()} {query.conn_params.database}",
+        kind=trace.SpanKind.CLIENT,
+        start_time=end - int(query.elapsed * 1e9),
+        attributes={
+            "db.system": "postgresql",
+            "db.name": query.conn_params.database,
+            "db.statement": statement,
+        },
+    )
+    if query.exception is not None:
+        span.record_exception(query.exception)
+        span.set_status(trace.StatusCode.ERROR, str(query.exception))
+    span.end(end_time=end)
 
 
 def traceparent() -> str | None:

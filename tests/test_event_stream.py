@@ -233,7 +233,7 @@ async def test_a_subscriber_that_falls_behind_gets_limit_exceeded_and_resumes_wi
     hub = EventHub(redis, buffer_events=20, stall_seconds=0.1)
     await hub.start()
     try:
-        async with engine.begin() as conn:
+        async with journal.transaction(engine) as conn:
             (task,), _ = await _insert(conn, "", [Submission("echo", {"message": "x"}, 60)])
         await journal.apply(engine, redis, [
             journal.Change(task.id, EventKind.STATUS, {"status": "RUNNING"},

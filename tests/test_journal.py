@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from typing import Any
 
+import asyncpg
 import pytest
 import sqlalchemy as sa
 from redis.asyncio import Redis
@@ -27,7 +28,7 @@ async def redis(settings: Settings) -> Redis:
 
 
 async def _new_task(engine: AsyncEngine) -> uuid.UUID:
-    async with engine.begin() as conn:
+    async with journal.transaction(engine) as conn:
         tasks, _ = await _insert(conn, "", [Submission("echo", {"message": "x"}, 60)])
     return tasks[0].id
 
@@ -87,10 +88,10 @@ async def test_older_transaction_behind_a_newer_writer_is_rerun_with_a_fresh_xid
     t1_has_xid = asyncio.Event()
     t2_locked = asyncio.Event()
 
-    async def t1(conn: sa.ext.asyncio.AsyncConnection) -> list[journal.Outcome]:
+    async def t1(conn: asyncpg.Connection) -> list[journal.Outcome]:
         nonlocal runs
         runs += 1
-        await conn.execute(sa.text("SELECT pg_current_xact_id()"))
+        await conn.execute("SELECT pg_current_xact_id()")
         if runs == 1:
             t1_has_xid.set()
             await t2_locked.wait()
@@ -98,7 +99,7 @@ async def test_older_transaction_behind_a_newer_writer_is_rerun_with_a_fresh_xid
 
     async def t2() -> None:
         await t1_has_xid.wait()
-        async with engine.begin() as conn:
+        async with journal.transaction(engine) as conn:
             await journal.record(conn, [_log(task_id, 2)])
             t2_locked.set()
             await asyncio.sleep(0.2)  # T1 now queues for the row lock
@@ -199,7 +200,7 @@ async def test_a_row_returned_to_a_change_includes_the_earlier_changes_of_its_gr
     start = _to(
         task_id, TaskStatus.RUNNING, values={"attempts": journal.NEXT_ATTEMPT}, want_row=True
     )
-    async with engine.begin() as conn:
+    async with journal.transaction(engine) as conn:
         outcomes = await journal.record(conn, [retry, start])
     assert all(o.accepted for o in outcomes)
     row = outcomes[1].row

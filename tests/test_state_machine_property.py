@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import asyncpg
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -61,11 +62,11 @@ async def _history(engine: AsyncEngine, task_id: uuid.UUID) -> tuple[list[sa.Row
 async def test_any_mix_of_transitions_keeps_the_history_valid(
     engine: AsyncEngine, plan: list[list[tuple[TaskStatus | str, bool]]]
 ) -> None:
-    async with engine.begin() as conn:
+    async with journal.transaction(engine) as conn:
         (task,), _ = await _insert(conn, "", [Submission("echo", {"message": "p"}, 60)])
 
     async def attempt(target: TaskStatus | str, retry: bool) -> None:
-        async def work(conn: sa.ext.asyncio.AsyncConnection) -> list[journal.Outcome]:
+        async def work(conn: asyncpg.Connection) -> list[journal.Outcome]:
             return await journal.record(conn, [_change(task.id, target, retry)])
 
         await journal.run_transaction(engine, work)

@@ -36,7 +36,7 @@ async def hub(redis: Redis) -> AsyncIterator[EventHub]:
 
 
 async def _new_task(engine: AsyncEngine) -> uuid.UUID:
-    async with engine.begin() as conn:
+    async with journal.transaction(engine) as conn:
         tasks, _ = await _insert(conn, "", [Submission("echo", {"message": "x"}, 60)])
     return tasks[0].id
 
@@ -49,7 +49,7 @@ def _change(task_id: uuid.UUID, to: TaskStatus | None = None, line: str = "") ->
 
 async def _commit_without_publish(engine: AsyncEngine, change: journal.Change) -> Event:
     """What a process that dies between commit and publish leaves behind."""
-    async with engine.begin() as conn:
+    async with journal.transaction(engine) as conn:
         (outcome,) = await journal.record(conn, [change])
     assert outcome.event is not None
     return outcome.event

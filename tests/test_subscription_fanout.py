@@ -211,7 +211,7 @@ async def test_concurrent_streams_of_a_task_read_its_backlog_once_and_stay_exact
         return await original(self, key, counted)
 
     try:
-        async with engine.begin() as conn:
+        async with journal.transaction(engine) as conn:
             (task,), _ = await _insert(conn, "", [Submission("echo", {"message": "x"}, 60)])
         running = journal.Change(task.id, EventKind.STATUS, {"status": "RUNNING"},
                                  to=TaskStatus.RUNNING)  # fmt: skip

@@ -14,7 +14,7 @@ import traceback
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, TypedDict
 
 import sqlalchemy as sa
@@ -27,8 +27,9 @@ from taskrunner import journal, metrics, tracing
 from taskrunner.artifacts import ArtifactStore, store_task_log
 from taskrunner.config import Settings
 from taskrunner.events import EventKind
+from taskrunner.journal import NOW
 from taskrunner.logs import bind, event, unbind
-from taskrunner.models import NOW, event_table, task_table
+from taskrunner.models import event_table, task_table
 from taskrunner.retries import backoff, retries_left
 from taskrunner.states import TaskStatus
 from workers.catalog import TaskType
@@ -197,7 +198,7 @@ async def _retry_later(
         _status(TaskStatus.QUEUED, error=error),
         to=TaskStatus.QUEUED,
         values={
-            "due_at": sa.func.clock_timestamp() + timedelta(seconds=delay),
+            "due_at": journal.seconds_from_now(delay),
             "worker_id": None,
             "error_code": error["code"],
             "error_message": error["message"],
