@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 import weakref
@@ -28,11 +29,13 @@ from typing import Any, TypeVar
 
 import asyncpg
 from redis.asyncio import Redis
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner import jsonx, tracing
 from taskrunner.events import Event, EventKind, publish
 from taskrunner.groupcommit import GroupCommit, Refused
+from taskrunner.models import task_table
 from taskrunner.states import TaskStatus, accepts_artifacts, accepts_events, can_move
 
 T = TypeVar("T")
@@ -47,10 +50,11 @@ NEXT_ATTEMPT: Any = object()
 @dataclass(frozen=True)
 class Sql:
     """A value for Change.values that PostgreSQL computes in the UPDATE: `text`, where `$`
-    stands for `param` (if any)."""
+    stands for `param` (if any), of SQL type `param_type`."""
 
     text: str
     param: Any = None
+    param_type: str = "float8"
 
 
 NOW = Sql("clock_timestamp()")
@@ -112,29 +116,36 @@ class _Row:
 
 
 @contextlib.asynccontextmanager
-async def transaction(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
-    """A transaction on one of the engine's pooled connections, used through asyncpg.
+async def connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
+    """One of the engine's pooled connections, used through asyncpg (a statement run on
+    it outside `transaction` commits on its own).
 
     The connection carries SQLAlchemy's codecs: a JSONB parameter is passed as JSON text
-    (`json_text`), a JSONB column reads as Python values. A connection that broke or whose
-    statement was interrupted is invalidated rather than returned to the pool."""
+    (`json_text`), a JSONB column reads as Python values. Its statements are trace spans
+    while tracing is on. A connection that broke or whose statement was interrupted is
+    invalidated rather than returned to the pool."""
     async with engine.connect() as conn:
         raw = (await conn.get_raw_connection()).driver_connection
         assert raw is not None
         traced = tracing.enabled()
+        if traced:
+            raw.add_query_logger(tracing.query_span)
         try:
-            async with raw.transaction():
-                if traced:
-                    raw.add_query_logger(tracing.query_span)
-                try:
-                    yield raw
-                finally:
-                    if traced:
-                        raw.remove_query_logger(tracing.query_span)
+            yield raw
         except BaseException as exc:
             if raw.is_closed() or isinstance(exc, asyncio.CancelledError | OSError):
                 await asyncio.shield(conn.invalidate())
             raise
+        finally:
+            if traced:
+                raw.remove_query_logger(tracing.query_span)
+
+
+@contextlib.asynccontextmanager
+async def transaction(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction on a `connection`."""
+    async with connection(engine) as raw, raw.transaction():
+        yield raw
 
 
 def json_text(value: Any) -> str | None:
@@ -160,9 +171,10 @@ ROW_COLUMNS = (
     "input, timeout_seconds, max_retries, cancel_requested, trace_parent, created_at, "
     "scheduled_for, clock_timestamp() AS locked_at"
 )
+LOCKED_COLUMNS = "id, status, event_seq, last_xid, owner, attempts, worker_id"
 LOCK = (
-    "SELECT id, status, event_seq, last_xid, owner, attempts, worker_id, "
-    f"{CURRENT_XID} AS xid{{extra}} FROM task WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE"
+    f"SELECT {LOCKED_COLUMNS}, {CURRENT_XID} AS xid{{extra}} "
+    "FROM task WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE"
 )
 EVENT_COLUMNS = "id, task_id, seq, xid, owner, kind, at, data"
 INSERT_EVENT = (
@@ -321,6 +333,162 @@ def _allowed(row: _Row, change: Change) -> bool:
     return can_move(row.status, change.to, retry_request=change.retry_request)
 
 
+# One statement for a group of changes to distinct tasks whose updates have one shape
+# (the same columns, the same SQL for computed ones): the lock, the checks, the update and
+# the events in one round trip instead of five, atomic as a statement is. The decisions
+# `record` takes in Python are made in SQL with the same inputs: the statuses each change
+# may start from (from states.py), expect_attempt/expect_worker, and the xid check, which
+# writes nothing at all when it fails (the statement then runs again, as a transaction).
+# Several changes to one task, or mixed shapes, go through `record`.
+
+NEXT = "+1"  # NEXT_ATTEMPT in a shape
+Shape = tuple[tuple[str, str | None, str | None], ...]  # (column, Sql text | NEXT, its type)
+
+
+def _shape(change: Change) -> Shape:
+    return tuple(
+        sorted(
+            (name, NEXT, None)
+            if value is NEXT_ATTEMPT
+            else (name, value.text, value.param_type)
+            if isinstance(value, Sql)
+            else (name, None, None)
+            for name, value in change.values.items()
+        )
+    )
+
+
+@functools.cache
+def _allowed_from(to: TaskStatus | None, kind: EventKind, retry_request: bool) -> str:
+    """The statuses a change may find its task in, as `a,b,c`."""
+    if to is None:
+        accepts = accepts_artifacts if kind is EventKind.ARTIFACT else accepts_events
+        return ",".join(s.value for s in TaskStatus if accepts(s))
+    return ",".join(s.value for s in TaskStatus if can_move(s, to, retry_request=retry_request))
+
+
+@functools.cache
+def _column_type(column: str) -> str:
+    dialect: Any = postgresql.dialect
+    return str(task_table.c[column].type.compile(dialect=dialect()))
+
+
+@functools.cache
+def _statement(shape: Shape, full: bool) -> tuple[str, tuple[str, ...]]:
+    """The statement for changes of `shape`, and the columns whose values (or Sql params)
+    are its parameters after the first seven (one array each)."""
+    arrays = ["uuid", "text", "int", "text", "text", "jsonb", "text"]
+    names = ["id", "allowed", "expect_attempt", "expect_worker", "kind", "data", "to_status"]
+    sets = [
+        "event_seq = t.event_seq + 1",
+        f"last_xid = {CURRENT_XID}",
+        "status = coalesce(ok.to_status, t.status)",
+    ]
+    takes: list[str] = []
+    for column, text, param_type in shape:
+        if text == NEXT:
+            sets.append(f"{column} = t.{column} + 1")
+        elif text is None or "$" in text:
+            takes.append(column)
+            arrays.append(param_type or _column_type(column))
+            names.append(f"v_{column}")
+            sets.append(f"{column} = " + (text or "$").replace("$", f"ok.v_{column}"))
+        else:
+            sets.append(f"{column} = {text}")
+    unnest = ", ".join(f"${i}::{a}[]" for i, a in enumerate(arrays, start=1))
+    extra = "".join(f", t.{c.strip()}" for c in ROW_COLUMNS.split(",")) if full else ""
+    extra = extra.replace("t.clock_timestamp()", "clock_timestamp()")
+    locked = ", ".join(f"t.{c}" for c in LOCKED_COLUMNS.split(", "))
+    statement = f"""
+WITH c AS (SELECT * FROM unnest({unnest}) AS c({", ".join(names)})),
+locked AS (
+  SELECT {locked}, {CURRENT_XID} AS xid{extra}
+  FROM task t WHERE t.id = ANY($1::uuid[]) ORDER BY t.id FOR UPDATE
+),
+ok AS (
+  SELECT c.*, l.owner FROM locked l JOIN c ON c.id = l.id
+  WHERE l.status = ANY(string_to_array(c.allowed, ','))
+    AND (c.expect_attempt IS NULL OR l.attempts = c.expect_attempt)
+    AND (c.expect_worker IS NULL OR l.worker_id = c.expect_worker)
+    AND NOT EXISTS (SELECT FROM locked x WHERE x.last_xid > x.xid)
+),
+upd AS (
+  UPDATE task t SET {", ".join(sets)} FROM ok WHERE t.id = ok.id RETURNING t.id, t.event_seq
+),
+ev AS (
+  INSERT INTO task_event (task_id, seq, owner, kind, data)
+  SELECT upd.id, upd.event_seq, ok.owner, ok.kind, ok.data FROM upd JOIN ok ON ok.id = upd.id
+  RETURNING id, task_id, seq, xid, at, data
+)
+SELECT l.*, ev.id AS e_id, ev.seq AS e_seq, ev.xid AS e_xid, ev.at AS e_at, ev.data AS e_data
+FROM locked l LEFT JOIN ev ON ev.task_id = l.id"""
+    return statement, tuple(takes)
+
+
+def _one_shape(changes: Sequence[Change]) -> Shape | None:
+    """The shape of `changes` when one statement can record them (see above)."""
+    shape = _shape(changes[0])
+    ids = {change.task_id for change in changes}
+    if len(ids) < len(changes) or any(_shape(c) != shape for c in changes[1:]):
+        return None
+    return shape
+
+
+async def _record_in_one_statement(
+    engine: AsyncEngine, changes: Sequence[Change], shape: Shape
+) -> list[Outcome] | None:
+    """Record `changes` (of one `shape`, distinct tasks) in one statement; None when it kept
+    meeting xid inversions (the caller then runs a transaction, which retries longer)."""
+    full = any(c.want_row for c in changes)
+    statement, takes = _statement(shape, full)
+    try:
+        args: list[list[Any]] = [
+            [c.task_id for c in changes],
+            [_allowed_from(c.to, c.kind, c.retry_request) for c in changes],
+            [c.expect_attempt for c in changes],
+            [c.expect_worker for c in changes],
+            [c.kind.value for c in changes],
+            [json_text(dict(c.data)) for c in changes],
+            [c.to.value if c.to else None for c in changes],
+            *([_param(column, c.values[column]) for c in changes] for column in takes),
+        ]
+    except Exception as exc:  # a value that cannot be encoded
+        raise Refused(str(exc)) from exc
+    for _ in range(3):
+        try:
+            async with connection(engine) as conn:
+                rows = {r["id"]: r for r in await conn.fetch(statement, *args)}
+        except (asyncpg.PostgresError, ValueError) as exc:  # refused: nothing was written
+            raise Refused(str(exc)) from exc
+        if not any(r["last_xid"] > r["xid"] for r in rows.values()):
+            break
+    else:
+        return None
+    outcomes = []
+    for change in changes:
+        row = rows.get(change.task_id)
+        if row is None:
+            outcomes.append(Outcome(change, None, None))
+            continue
+        event = None
+        if row["e_id"] is not None:
+            event = Event(
+                id=row["e_id"],
+                task_id=change.task_id,
+                seq=row["e_seq"],
+                xid=row["e_xid"],
+                owner=row["owner"],
+                kind=change.kind,
+                at=row["e_at"],
+                data=row["e_data"],
+            )
+        snapshot = None
+        if change.want_row:
+            snapshot = {k: v for k, v in row.items() if not k.startswith("e_")}
+        outcomes.append(Outcome(change, TaskStatus(row["status"]), event, snapshot))
+    return outcomes
+
+
 MAX_GROUP_WRITERS = 200  # apply() calls one group-commit transaction takes at most
 
 # Live groups by (engine, Redis client). A group lives while writers use it (they and its
@@ -359,7 +527,12 @@ async def _apply_now(
         except Exception as exc:  # before COMMIT: nothing is written, units may run alone
             raise Refused(str(exc)) from exc
 
-    outcomes = await run_transaction(engine, work)
+    shape = _one_shape(changes)
+    outcomes = None
+    if shape is not None:
+        outcomes = await _record_in_one_statement(engine, changes, shape)
+    if outcomes is None:
+        outcomes = await run_transaction(engine, work)
     try:  # committed: publishing must not fail the writers (streams re-read the table)
         await publish(redis, [o.event for o in outcomes if o.event is not None])
     except Exception:

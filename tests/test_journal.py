@@ -207,3 +207,49 @@ async def test_a_row_returned_to_a_change_includes_the_earlier_changes_of_its_gr
     assert row is not None
     assert row["cancel_requested"] is False and row["status"] == "QUEUED"
     assert row["attempts"] == 0 and row["event_seq"] == 3
+
+
+def _start(task_id: uuid.UUID) -> journal.Change:
+    values = {"attempts": journal.NEXT_ATTEMPT, "started_at": journal.NOW, "worker_id": "w"}
+    return _to(task_id, TaskStatus.RUNNING, values=values, want_row=True)
+
+
+async def test_one_statement_writes_nothing_when_a_task_was_written_by_a_newer_transaction(
+    engine: AsyncEngine, redis: Redis
+) -> None:
+    """Changes to distinct tasks with one shape are recorded by one statement, which takes
+    the xid check for the whole group: a task whose last writer looks newer than any
+    transaction (poisoned here) stops every change of it; after three tries the group goes
+    to a transaction, which refuses as well."""
+    poisoned, other = await _new_task(engine), await _new_task(engine)
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.text("UPDATE task SET last_xid = 9223372036854775807 WHERE id = :t"),
+            {"t": poisoned},
+        )
+    changes = [_start(poisoned), _start(other)]
+    assert journal._one_shape(changes) is not None  # the one-statement path is taken
+    with pytest.raises(journal.XidInversion):
+        await journal.apply(engine, redis, changes)
+    assert [s for s, _, _ in await _seqs(engine, other)] == [1]
+    assert [s for s, _, _ in await _seqs(engine, poisoned)] == [1]
+
+
+async def test_both_ways_of_recording_return_the_same_row_to_a_start(
+    engine: AsyncEngine, redis: Redis
+) -> None:
+    a, b = await _new_task(engine), await _new_task(engine)
+    outcomes = await journal._record_in_one_statement(
+        engine, [_start(a)], journal._shape(_start(a))
+    )
+    assert outcomes is not None
+    async with journal.transaction(engine) as conn:
+        (in_transaction,) = await journal.record(conn, [_start(b)])
+    in_statement = outcomes[0].row
+    assert in_statement is not None and in_transaction.row is not None
+    assert in_statement.keys() == in_transaction.row.keys()
+    same = {
+        k for k in in_statement if k not in ("id", "xid", "last_xid", "created_at", "locked_at")
+    }
+    assert {k: in_statement[k] for k in same} == {k: in_transaction.row[k] for k in same}
+    assert in_statement["status"] == "QUEUED" and in_statement["attempts"] == 0
