@@ -103,15 +103,8 @@ async def submit(
 async def _submit_now(
     engine: AsyncEngine, redis: Redis, pool: ArqRedis, units: list[Unit]
 ) -> list[list[Task]]:
-    async def work(conn: asyncpg.Connection) -> tuple[list[list[Task]], list[Event]]:
-        try:
-            return await _insert_units(conn, [(owner, subs) for owner, subs, _ in units])
-        except journal.XidInversion:
-            raise
-        except Exception as exc:  # before COMMIT: nothing is written, units may run alone
-            raise Refused(str(exc)) from exc
-
-    per_unit, events = await journal.run_transaction(engine, work)
+    async with journal.connection(engine) as conn:
+        per_unit, events = await _insert_units(conn, [(owner, subs) for owner, subs, _ in units])
     if any(crash for _, _, crash in units):
         os._exit(70)  # fault injection: see Settings.test_crash_after_commit
     created = {e.task_id for e in events}  # each new task once, whoever else reused its key
@@ -142,21 +135,38 @@ async def _insert(
     return tasks, events
 
 
-TASK_COLUMNS = ", ".join(c.name for c in task_table.c)
-INSERTED = (
-    "id, owner, type, status, input, priority, max_retries, timeout_seconds, "
-    "idempotency_key, labels, trace_parent, scheduled_for, due_at"
+TASK_COLUMNS = tuple(c.name for c in task_table.c)
+# Tasks and their QUEUED events in one statement (one round trip, and a task's createdAt
+# is that close to its commit). createdAt is the database clock: the group's (below) or
+# clock_timestamp() at the row. Labels travel as JSON (arrays of arrays must be regular).
+INSERT_TASKS = f"""
+WITH s AS (
+  SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int[], $6::int[],
+                       $7::int[], $8::text[], $9::jsonb[], $10::text[], $11::timestamptz[],
+                       $12::timestamptz[])
+    AS s(id, owner, type, input, priority, max_retries, timeout_seconds, idempotency_key,
+         labels, trace_parent, scheduled_for, due_at)
+),
+t AS (
+  INSERT INTO task (id, owner, type, status, input, priority, max_retries, timeout_seconds,
+                    idempotency_key, labels, trace_parent, scheduled_for, due_at, event_seq,
+                    created_at)
+  SELECT id, owner, type, 'QUEUED', input, priority, max_retries, timeout_seconds,
+         idempotency_key, ARRAY(SELECT jsonb_array_elements_text(labels)), trace_parent,
+         scheduled_for, due_at, 1, coalesce($13::timestamptz, clock_timestamp())
+  FROM s
+  ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+  RETURNING *
+),
+e AS (
+  INSERT INTO task_event (task_id, seq, owner, kind, data)
+  SELECT id, 1, owner, '{EventKind.STATUS.value}', '{{"status": "QUEUED"}}'::jsonb FROM t
+  RETURNING id, task_id, xid, at, data
 )
-# createdAt is the database clock: the group's (below) or clock_timestamp() at the row
-INSERT_TASK = (
-    f"INSERT INTO task ({INSERTED}, event_seq, created_at) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, "
-    "COALESCE($14, clock_timestamp())) "
-    "ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
-    f"RETURNING {TASK_COLUMNS}"
-)
+SELECT t.*, e.id AS e_id, e.xid AS e_xid, e.at AS e_at, e.data AS e_data
+FROM t JOIN e ON e.task_id = t.id ORDER BY e.id"""
 EXISTING = (
-    f"SELECT {', '.join(f't.{c.name}' for c in task_table.c)} FROM task t "
+    f"SELECT {', '.join(f't.{c}' for c in TASK_COLUMNS)} FROM task t "
     "JOIN unnest($1::text[], $2::text[]) AS k(owner, key) "
     "ON t.owner = k.owner AND t.idempotency_key = k.key"
 )
@@ -165,44 +175,54 @@ EXISTING = (
 async def _insert_units(
     conn: asyncpg.Connection, units: Sequence[tuple[str, Sequence[Submission]]]
 ) -> tuple[list[list[Task]], list[Event]]:
-    """Insert every unit's tasks and their QUEUED events (one pipelined round trip each);
-    each unit's tasks in order, an already used idempotency key giving the owner's first
-    task."""
+    """Insert every unit's tasks with their QUEUED events (one statement); each unit's
+    tasks in order, an already used idempotency key giving the owner's first task.
+
+    Outside a transaction the insert commits on its own: an error raised from it is
+    `Refused` (nothing was written); an error after it is not."""
     # A task that waits (delaySeconds, runAt) needs PostgreSQL's clock before the insert:
     # the whole group then shares it, and createdAt + delaySeconds is exactly the earliest
-    # start. Without one, createdAt is clock_timestamp() at the insert, and the round trip
-    # is saved.
+    # start. Without one, the round trip is saved.
     now: datetime | None = None
     if any(s.delay_seconds or s.scheduled_for for _, subs in units for s in subs):
         now = cast(datetime, await conn.fetchval("SELECT clock_timestamp()"))
     rows = [[_row(s, owner, now) for s in subs] for owner, subs in units]
     flat = [row for unit in rows for row in unit]
-    inserted = {r["id"]: _task(r) for r in await conn.fetchmany(INSERT_TASK, flat)}
-    events = await journal.insert_events(
-        conn,
-        [
-            {
-                "task_id": t.id,
-                "seq": 1,
-                "owner": t.owner,
-                "kind": EventKind.STATUS.value,
-                "data": {"status": TaskStatus.QUEUED.value},
-            }
-            for t in inserted.values()
-        ],
-    )
-    keys = {(r[1], r[8]) for r in flat if r[0] not in inserted}
+    if not flat:
+        return [[] for _ in units], []
+    columns = [list(column) for column in zip(*flat, strict=True)]
+    try:
+        found = await conn.fetch(INSERT_TASKS, *columns, now)
+    except (asyncpg.PostgresError, ValueError) as exc:
+        raise Refused(str(exc)) from exc
+    inserted: dict[uuid.UUID, Task] = {}
+    events = []
+    for r in found:
+        inserted[r["id"]] = Task(**{c: r[c] for c in TASK_COLUMNS})
+        events.append(
+            Event(
+                id=r["e_id"],
+                task_id=r["id"],
+                seq=1,
+                xid=r["e_xid"],
+                owner=r["owner"],
+                kind=EventKind.STATUS,
+                at=r["e_at"],
+                data=r["e_data"],
+            )
+        )
+    keys = {(r[1], r[7]) for r in flat if r[0] not in inserted}
     existing: dict[tuple[str, str | None], Task] = {}
     if keys:
         owners, names = zip(*keys, strict=True)
-        found = await conn.fetch(EXISTING, list(owners), list(names))
-        existing = {(r["owner"], r["idempotency_key"]): _task(r) for r in found}
-    tasks = [[inserted.get(r[0]) or existing[(r[1], r[8])] for r in unit] for unit in rows]
+        earlier = await conn.fetch(EXISTING, list(owners), list(names))
+        existing = {(r["owner"], r["idempotency_key"]): _task(r) for r in earlier}
+    tasks = [[inserted.get(r[0]) or existing[(r[1], r[7])] for r in unit] for unit in rows]
     return tasks, events
 
 
 def _row(s: Submission, owner: str, now: datetime | None) -> tuple[Any, ...]:
-    """INSERT_TASK's parameters for one submission."""
+    """INSERT_TASKS's values for one submission (one element of each array)."""
     start, due = None, None
     if now is not None:
         start = now + timedelta(seconds=s.delay_seconds) if s.delay_seconds else s.scheduled_for
@@ -211,17 +231,15 @@ def _row(s: Submission, owner: str, now: datetime | None) -> tuple[Any, ...]:
         uuid.uuid4(),
         owner,
         s.type,
-        TaskStatus.QUEUED.value,
         journal.json_text(s.input),
         s.priority,
         s.max_retries,
         s.timeout_seconds,
         s.idempotency_key,
-        list(s.labels),
+        journal.json_text(list(s.labels)),
         tracing.traceparent(),
         start,
         due,
-        now,
     )
 
 

@@ -12,6 +12,8 @@ import sqlalchemy as sa
 from gql.transport.exceptions import TransportQueryError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from taskrunner import journal
+from taskrunner.tasks import Submission, _insert
 from tests.conftest import Stack
 from tests.test_walking_skeleton import WATCH
 
@@ -145,6 +147,31 @@ async def test_the_same_idempotency_key_returns_the_first_task_unchanged(
     assert await _count(engine, "task_event") == 1
     other = (await api.execute(IDEMPOTENT, key="k-2", m="x"))["submitTask"]
     assert other["id"] != tasks[0]["id"]
+
+
+async def test_one_insert_keeps_order_labels_and_first_tasks_of_keys(engine: AsyncEngine) -> None:
+    """A group's tasks go in as one statement: each back in its place, labels intact, a
+    key used twice in the group giving the first task, one QUEUED event per new task."""
+    submissions = [
+        Submission(
+            "echo",
+            {"message": str(i)},
+            60,
+            labels=("all", f"n{i}"),
+            idempotency_key="twice" if i in (1, 3) else None,
+        )
+        for i in range(5)
+    ]
+    async with journal.transaction(engine) as conn:
+        tasks, events = await _insert(conn, "o", submissions)
+    assert [t.input["message"] for t in tasks] == ["0", "1", "2", "1", "4"]
+    assert tasks[3] == tasks[1]
+    assert [t.labels for t in tasks] == [["all", f"n{i}"] for i in (0, 1, 2, 1, 4)]
+    assert [e.task_id for e in events] == [tasks[i].id for i in (0, 1, 2, 4)]
+    assert all(e.seq == 1 and e.data == {"status": "QUEUED"} for e in events)
+    created = [tasks[i].created_at for i in (0, 1, 2, 4)]
+    assert created == sorted(created)
+    assert await _count(engine, "task") == 4
 
 
 @pytest.mark.parametrize(
