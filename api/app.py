@@ -34,6 +34,7 @@ from api import sse
 from api.auth import HOW_TO, Authenticator, AuthMiddleware, bearer, key_in, unauthenticated
 from api.context import Context, Services
 from api.errors import classify
+from api.fanout import FanoutTransportWSHandler
 from api.graphiql import STATIC_DIR, STATIC_PATH, offline_graphiql_html
 from api.limits import BodyLimitMiddleware
 from api.observability import RequestIdMiddleware, healthz, metrics_endpoint, readyz
@@ -64,6 +65,9 @@ def _http_base(base_url: str) -> str:
 
 
 class GraphQLApp(GraphQL[Context, None]):
+    # graphql-transport-ws with live events written straight to the socket (api.fanout)
+    graphql_transport_ws_handler_class = FanoutTransportWSHandler
+
     @cached_property
     def graphql_ide_html(self) -> str:
         """GraphiQL with its scripts served from here, so it works without internet."""
@@ -265,10 +269,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
-    """What uvicorn needs beyond the app: websocket messages are capped like bodies."""
+    """What uvicorn needs beyond the app: websocket messages are capped like bodies, and
+    written once per loop turn per connection (api.ws_transport)."""
     # permessage-deflate costs ~15-25 us of api CPU per subscription message (and as much
     # again in the client) to shrink messages of ~150 bytes: off.
     return {
+        "ws": "api.ws_transport:CoalescingWebSocketsProtocol",
         "ws_max_size": settings.max_request_bytes,
         "lifespan": "on",
         "ws_per_message_deflate": False,

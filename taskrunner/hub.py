@@ -12,8 +12,8 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
@@ -50,10 +50,7 @@ class Listener:
     sleeps on one future that `offer` resolves; its quiet-period timeout is one timer that
     is re-armed only when it fires (once per quiet period, not once per event)."""
 
-    queue: asyncio.Queue[Event] = field(
-        default_factory=lambda: asyncio.Queue(maxsize=BUFFER_EVENTS)
-    )
-    buffer_events: int = BUFFER_EVENTS
+    buffer_events: int = BUFFER_EVENTS  # capacity of `queue`
     stall_seconds: float = STALL_SECONDS
     resync: bool = False
     overflowed: bool = False
@@ -61,18 +58,46 @@ class Listener:
     _waiter: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
     _deadline: float = field(default=0.0, init=False, repr=False)  # loop time
     _timer: asyncio.TimerHandle | None = field(default=None, init=False, repr=False)
+    # asyncio.get_running_loop() makes a getpid() system call on Python 3.11: once per
+    # listener, not once per event (py-spy: ~4% of the api's CPU per delivery)
+    _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False, repr=False)
+    # a plain deque, not an asyncio.Queue: one consumer, which waits on `_waiter`
+    queue: deque[Event] = field(default_factory=deque, init=False, repr=False)
+    # the consumer's way to take an event at once while it waits (see `offer`)
+    sink: Callable[[Event], bool] | None = field(default=None, init=False, repr=False)
+    _wait_seconds: float = field(default=0.0, init=False, repr=False)
 
     def offer(self, event: Event) -> None:
-        try:
-            self.queue.put_nowait(event)
-        except asyncio.QueueFull:
+        queue = self.queue
+        sink = self.sink
+        if sink is not None and not queue:
+            # The consumer waits with nothing buffered: its sink may take the event now,
+            # without waking it (True: taken, as if the consumer had taken it itself).
+            waiter = self._waiter
+            if waiter is not None and not waiter.done() and self._sink(sink, event):
+                self.last_take = time.monotonic()
+                self._deadline = self._loop.time() + self._wait_seconds  # type: ignore[union-attr]
+                return
+        if len(queue) < self.buffer_events:
+            queue.append(event)
+        else:
             waiting = self._waiter is not None  # a burst came in before it could take any
             if not waiting and time.monotonic() - self.last_take > self.stall_seconds:
                 self.overflowed = True
             else:
-                self._clear()
+                queue.clear()
                 self.resync = True
-        self._wake()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    @staticmethod
+    def _sink(sink: Callable[[Event], bool], event: Event) -> bool:
+        try:
+            return sink(event)
+        except Exception:  # a bug there must not stop the fan-out: the consumer takes it
+            log.exception("a stream's sink failed on event %s; its consumer takes it", event.id)
+            return False
 
     def request_resync(self) -> None:
         """Make the consumer re-read PostgreSQL (now, if it is waiting)."""
@@ -94,30 +119,29 @@ class Listener:
             return True
         return False
 
-    def _clear(self) -> None:
-        while not self.queue.empty():
-            self.queue.get_nowait()
-
     async def next(self, wait_seconds: float) -> Event | None:
         """The next live event, or None when a re-read is due (quiet, or resync)."""
         self.last_take = time.monotonic()
-        if self._reread_due():
+        if (self.overflowed or self.resync) and self._reread_due():
             return None
         queue = self.queue
-        if queue.empty():
-            loop = asyncio.get_running_loop()
+        if not queue:
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
             waiter = self._waiter = loop.create_future()
+            self._wait_seconds = wait_seconds
             self._arm(loop, loop.time() + wait_seconds)
             try:
                 await waiter
             finally:
                 self._waiter = None
                 self.last_take = time.monotonic()
-            if self._reread_due():
+            if (self.overflowed or self.resync) and self._reread_due():
                 return None
-            if queue.empty():
+            if not queue:
                 return None  # quiet for wait_seconds
-        return queue.get_nowait()
+        return queue.popleft()
 
     def _arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
         """Wake the waiter at `deadline`, keeping the armed timer when it fires no later."""
@@ -149,9 +173,8 @@ class Listener:
         self.last_take = time.monotonic()
         if self.overflowed:
             raise FellBehind
-        drained = []
-        while not self.queue.empty():
-            drained.append(self.queue.get_nowait())
+        drained = list(self.queue)
+        self.queue.clear()
         return drained
 
 
@@ -194,7 +217,6 @@ class EventHub:
         """Listen on `channel`; returns once Redis confirmed the subscription."""
         assert self._pubsub is not None, "EventHub.start() first"
         listener = Listener(
-            queue=asyncio.Queue(maxsize=self._buffer_events),
             buffer_events=self._buffer_events,
             stall_seconds=self._stall_seconds,
         )

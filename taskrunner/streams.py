@@ -158,6 +158,29 @@ async def seq_of(engine: AsyncEngine, task_id: uuid.UUID, after_id: int | None) 
     return int(value or 0)
 
 
+class _Sent:
+    """Where a task's stream is: the seq and id of the last event it passed on. Its `push`
+    is the stream's sink while it waits for a live event (see `task_events`)."""
+
+    __slots__ = ("deliver", "id", "seq")
+
+    def __init__(self, after_id: int | None, deliver: Callable[[Event], bool]) -> None:
+        self.seq, self.id, self.deliver = 0, after_id, deliver
+
+    def push(self, event: Event) -> bool:
+        seq = event.seq
+        if seq <= self.seq:
+            return True  # already sent: dropped, as the stream drops it
+        if seq != self.seq + 1 or is_terminal(event) or not self.deliver(event):
+            return False  # a gap, the end, or not deliverable now: the stream's own way
+        self.seq, self.id = seq, event.id
+        return True
+
+
+def _not_now(event: Event) -> bool:
+    return False
+
+
 async def task_events(
     *,
     engine: AsyncEngine,
@@ -165,45 +188,57 @@ async def task_events(
     task_id: uuid.UUID,
     after_id: int | None,
     quiet_seconds: float,
+    deliver: Callable[[Event], bool] | None = None,
 ) -> AsyncIterator[Event]:
     """Every event of one task after `after_id`, in seq order, each once; ends after the
-    terminal status event."""
-    last_id = after_id  # of the last event sent (the cursor to resume from)
+    terminal status event.
+
+    With `deliver`, a live event that comes next in order (and is not the terminal one)
+    while the stream waits is offered to it, from the hub's dispatch: when it answers
+    True it has passed the event on, which counts as yielded; when False the stream
+    yields it as usual. Either way each event is passed on once, in order."""
+    sent = _Sent(after_id, deliver or _not_now)  # the cursor to resume from: sent.id
     async with hub.listen(task_channel(task_id)) as listener:
-        last_seq = await seq_of(engine, task_id, after_id)
+        sent.seq = await seq_of(engine, task_id, after_id)
         try:
             while True:
                 (backlog, status, newest), shared = await _backlogs(
-                    (engine, task_id, last_seq),
-                    functools.partial(_read_backlog, engine, task_id, last_seq),
+                    (engine, task_id, sent.seq),
+                    functools.partial(_read_backlog, engine, task_id, sent.seq),
                 )
                 if shared:
                     hub.share(backlog)
                 for event in backlog:
                     yield event
-                    last_seq, last_id = event.seq, event.id
+                    sent.seq, sent.id = event.seq, event.id
                     if is_terminal(event) and event.seq == newest:
                         return
                 if len(backlog) == PAGE:
                     continue  # more backlog to page through
-                if status in TERMINAL and last_seq >= newest:
+                if status in TERMINAL and sent.seq >= newest:
                     return
-                # the hot path of a fan-out: once per live event and subscriber
-                while (live := await listener.next(quiet_seconds)) is not None:
-                    seq = live.seq
-                    if seq <= last_seq:
-                        continue  # already sent
-                    if seq != last_seq + 1:
-                        break  # a gap: re-read the table
-                    yield live
-                    last_seq, last_id = seq, live.id
-                    if live.kind is EventKind.STATUS and live.data.get("status") in TERMINAL:
-                        # let every other stream of this event pass it on before this one
-                        # ends (its teardown would delay theirs: 1,000 streams end at once)
-                        await asyncio.sleep(0)
-                        return
+                # the hot path of a fan-out: once per live event and subscriber (the sink
+                # takes events only while this waits in listener.next)
+                listener.sink = sent.push if deliver is not None else None
+                try:
+                    while (live := await listener.next(quiet_seconds)) is not None:
+                        seq = live.seq
+                        if seq <= sent.seq:
+                            continue  # already sent
+                        if seq != sent.seq + 1:
+                            break  # a gap: re-read the table
+                        yield live
+                        sent.seq, sent.id = seq, live.id
+                        if live.kind is EventKind.STATUS and live.data.get("status") in TERMINAL:
+                            # let every other stream of this event pass it on before this
+                            # one ends (its teardown would delay theirs: 1,000 streams end
+                            # at once)
+                            await asyncio.sleep(0)
+                            return
+                finally:
+                    listener.sink = None
         except FellBehind:
-            cursor = encode_cursor(last_id) if last_id is not None else None
+            cursor = encode_cursor(sent.id) if sent.id is not None else None
             raise _fell_behind(listener, cursor) from None
 
 

@@ -1,32 +1,45 @@
 """Fan-out of one task's events to many subscriptions: a live event is executed once per
 shape and shared (api.schema.SharedEventExecutor), never across callers, base URLs,
-documents or variables; identical backlog reads are done once (taskrunner.streams)."""
+documents or variables; identical backlog reads are done once (taskrunner.streams). Also
+with the direct delivery of shared results (api.fanout) and coalesced websocket writes
+(api.ws_transport)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
+import pytest
+import uvicorn
 from graphql import MiddlewareManager
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.routing import WebSocketRoute
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+)
 from websockets.asyncio.client import connect
 from websockets.typing import Subprotocol
 
+from api import fanout
 from api import schema as schema_module
+from api.app import create_app, uvicorn_options
 from api.context import Context
+from api.ws_transport import CoalescingWebSocketsProtocol
 from taskrunner import journal
 from taskrunner.config import Settings
+from taskrunner.embedded import free_port
 from taskrunner.events import Event, EventKind
 from taskrunner.hub import EventHub
 from taskrunner.keys import Principal
 from taskrunner.states import TaskStatus
 from taskrunner.streams import SharedReads, task_events
 from taskrunner.tasks import Submission, _insert
-from tests.conftest import Stack, make_key, run_api, run_worker
+from tests.conftest import Stack, make_key, run_worker
 from tests.test_lifecycle import submit
 
 FULL = """subscription($id: ID!, $withLine: Boolean!) {
@@ -69,6 +82,60 @@ async def _follow(url: str, key: str, subscriptions: Subscriptions) -> dict[str,
     raise AssertionError(f"the connection closed with {open_} still open")
 
 
+@contextlib.asynccontextmanager
+async def run_direct_api(settings: Settings, direct: bool = True) -> AsyncIterator[str]:
+    """`run_api` with the transport handler of api.fanout and uvicorn's websockets on
+    api.ws_transport (`direct`), or with strawberry's own handler (whatever `api.app`
+    configures)."""
+    app = create_app(settings)
+    handler = fanout.FanoutTransportWSHandler if direct else BaseGraphQLTransportWSHandler
+    for route in app.routes:
+        if isinstance(route, WebSocketRoute):
+            route.endpoint.graphql_transport_ws_handler_class = handler  # type: ignore[attr-defined]
+    port = free_port()
+    options: dict[str, Any] = uvicorn_options(settings)
+    if direct:
+        options["ws"] = CoalescingWebSocketsProtocol
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options)
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        if serving.done():
+            serving.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await serving
+
+
+@contextlib.contextmanager
+def counting_direct_sends() -> Any:
+    """The `next` messages sent past strawberry's per-result pipeline: ("task", payload)
+    from the subscription's task, ("hub", payload) from the hub's dispatch."""
+    sent: list[tuple[str, str]] = []
+    original, original_now = fanout.Delivery.send, fanout.Delivery.send_now
+
+    async def send(self: fanout.Delivery, payload: str) -> None:
+        sent.append(("task", payload))
+        await original(self, payload)
+
+    def send_now(self: fanout.Delivery, payload: str) -> bool:
+        done = original_now(self, payload)
+        if done:
+            sent.append(("hub", payload))
+        return done
+
+    fanout.Delivery.send = send  # type: ignore[method-assign]
+    fanout.Delivery.send_now = send_now  # type: ignore[method-assign]
+    try:
+        yield sent
+    finally:
+        fanout.Delivery.send = original  # type: ignore[method-assign]
+        fanout.Delivery.send_now = original_now  # type: ignore[method-assign]
+
+
 async def _rest(stream: AsyncIterator[Event]) -> list[Event]:
     return [event async for event in stream]
 
@@ -85,49 +152,61 @@ def _shared_results(task_id: str, typename: str, artifact: str = "") -> list[dic
     ]
 
 
+async def _fan_out(url: str, settings: Settings) -> tuple[Any, ...]:
+    """Subscriptions of three callers, two hosts, two documents and other variables to
+    three tasks; what each got and the cursors stored for each task."""
+    port = url.rsplit(":", 1)[1]
+    here, there = f"ws://127.0.0.1:{port}/graphql", f"ws://localhost:{port}/graphql"
+    owner_a = await Stack.keyed(url, settings, owner="fan-a")
+    other_a_key = await make_key(settings, "fan-a")
+    owner_b = await Stack.keyed(url, settings, owner="fan-b")
+    admin_key = await make_key(settings, "ops", admin=True)
+    later = {"delaySeconds": 2}  # every subscription is live before the task runs
+    chatter = {"chatter": {"progressSteps": 0, "logLines": 5}}
+    logs = await submit(owner_a, chatter, **later)
+    report = await submit(owner_a, {"report": {"rows": 3}}, **later)
+    theirs = await submit(owner_b, chatter, **later)
+    full = {"id": logs, "withLine": True}
+    runs = {
+        # two subscriptions alike on one connection, one on another connection
+        "a-here": _follow(
+            here,
+            owner_a.key or "",
+            {
+                "1": (FULL, full),
+                "2": (FULL, full),
+                "no-line": (FULL, {**full, "withLine": False}),
+                "small": (SMALL, {"id": logs}),
+                "report": (FULL, {"id": report, "withLine": True}),
+            },
+        ),
+        "a-again": _follow(here, owner_a.key or "", {"1": (FULL, full)}),
+        "a-other-key": _follow(here, other_a_key, {"1": (FULL, full)}),
+        "a-there": _follow(
+            there, owner_a.key or "", {"report": (FULL, {"id": report, "withLine": True})}
+        ),
+        "admin": _follow(here, admin_key, {"1": (FULL, full)}),
+        "b": _follow(here, owner_b.key or "", {"1": (FULL, {"id": theirs, "withLine": True})}),
+    }
+    results = await asyncio.wait_for(asyncio.gather(*runs.values()), 60)
+    got = dict(zip(runs, results, strict=True))
+    stored = {
+        task: [e["cursor"] for e in (await stack.execute(STORED, id=task))["task"]["events"]]
+        for task, stack in ((logs, owner_a), (report, owner_a), (theirs, owner_b))
+    }
+    return got, stored, logs, report, theirs
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["strawberry", "direct"])
 async def test_shared_results_never_cross_callers_base_urls_documents_or_variables(
-    settings: Settings,
+    settings: Settings, direct: bool
 ) -> None:
-    async with run_api(settings) as url, run_worker(settings):
-        port = url.rsplit(":", 1)[1]
-        here, there = f"ws://127.0.0.1:{port}/graphql", f"ws://localhost:{port}/graphql"
-        owner_a = await Stack.keyed(url, settings, owner="fan-a")
-        other_a_key = await make_key(settings, "fan-a")
-        owner_b = await Stack.keyed(url, settings, owner="fan-b")
-        admin_key = await make_key(settings, "ops", admin=True)
-        later = {"delaySeconds": 2}  # every subscription is live before the task runs
-        chatter = {"chatter": {"progressSteps": 0, "logLines": 5}}
-        logs = await submit(owner_a, chatter, **later)
-        report = await submit(owner_a, {"report": {"rows": 3}}, **later)
-        theirs = await submit(owner_b, chatter, **later)
-        full = {"id": logs, "withLine": True}
-        runs = {
-            # two subscriptions alike on one connection, one on another connection
-            "a-here": _follow(
-                here,
-                owner_a.key or "",
-                {
-                    "1": (FULL, full),
-                    "2": (FULL, full),
-                    "no-line": (FULL, {**full, "withLine": False}),
-                    "small": (SMALL, {"id": logs}),
-                    "report": (FULL, {"id": report, "withLine": True}),
-                },
-            ),
-            "a-again": _follow(here, owner_a.key or "", {"1": (FULL, full)}),
-            "a-other-key": _follow(here, other_a_key, {"1": (FULL, full)}),
-            "a-there": _follow(
-                there, owner_a.key or "", {"report": (FULL, {"id": report, "withLine": True})}
-            ),
-            "admin": _follow(here, admin_key, {"1": (FULL, full)}),
-            "b": _follow(here, owner_b.key or "", {"1": (FULL, {"id": theirs, "withLine": True})}),
-        }
-        results = await asyncio.wait_for(asyncio.gather(*runs.values()), 60)
-        got = dict(zip(runs, results, strict=True))
-        stored = {
-            task: [e["cursor"] for e in (await stack.execute(STORED, id=task))["task"]["events"]]
-            for task, stack in ((logs, owner_a), (report, owner_a), (theirs, owner_b))
-        }
+    with counting_direct_sends() as sent:
+        async with run_direct_api(settings, direct) as url, run_worker(settings):
+            got, stored, logs, report, theirs = await _fan_out(url, settings)
+    # with api.fanout, the live events' shared results went past strawberry's pipeline
+    # (the 7 subscriptions of `logs` on 5 live lines at least); without it, none did
+    assert len(sent) >= 7 * 5 if direct else not sent
 
     a = got["a-here"]
     assert [e["cursor"] for e in a["1"]] == stored[logs]
