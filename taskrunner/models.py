@@ -29,7 +29,15 @@ class TaskTable(SQLModel, table=True):
         sa.Index("ix_task_created", "created_at", "id"),
         sa.Index("ix_task_status_created", "status", "created_at"),
         sa.Index("ix_task_type_created", "type", "created_at"),
-        sa.Index("ix_task_owner_created", "owner", "created_at"),
+        # with id and labels: a label filter is checked in the index, without fetching
+        # each row it passes over (tasks.list_tasks reads the page's ids from it first)
+        sa.Index(
+            "ix_task_owner_created_labels",
+            "owner",
+            "created_at",
+            "id",
+            postgresql_include=["labels"],
+        ),
         # the scheduler's scan: tasks waiting in PostgreSQL until they are due
         sa.Index("ix_task_due", "due_at", postgresql_where=sa.text("due_at IS NOT NULL")),
         # queuePosition and the reconciler's look at ready tasks

@@ -311,7 +311,13 @@ async def list_tasks(
     if after:
         created, task_id = decode_page_cursor(after)
         query = query.where(sa.tuple_(t.created_at, t.id) < sa.tuple_(created, task_id))
-    query = query.order_by(t.created_at.desc(), t.id.desc()).limit(first + 1)
+    newest_first = (t.created_at.desc(), t.id.desc())
+    query = query.order_by(*newest_first).limit(first + 1)
+    if filter.label is not None:
+        # the page's ids first, from the index that holds labels (no row fetched for each
+        # one the walk passes over: a rare label passes over thousands), then their rows
+        ids = query.with_only_columns(t.id).scalar_subquery()
+        query = sa.select(task_table).where(t.id.in_(ids)).order_by(*newest_first)
     async with engine.connect() as conn:
         rows = (await conn.execute(query)).mappings().all()
     tasks = [_task(r) for r in rows[:first]]

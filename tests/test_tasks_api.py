@@ -13,7 +13,7 @@ from gql.transport.exceptions import TransportQueryError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner import journal
-from taskrunner.tasks import Submission, _insert
+from taskrunner.tasks import Submission, TaskFilter, _insert, list_tasks
 from tests.conftest import Stack
 from tests.test_walking_skeleton import WATCH
 
@@ -172,6 +172,33 @@ async def test_one_insert_keeps_order_labels_and_first_tasks_of_keys(engine: Asy
     created = [tasks[i].created_at for i in (0, 1, 2, 4)]
     assert created == sorted(created)
     assert await _count(engine, "task") == 4
+
+
+async def test_a_label_filter_pages_newest_first_through_every_match(
+    engine: AsyncEngine,
+) -> None:
+    """With a label, a page's ids come from the index first, then their rows: same order,
+    same pages, same hasNextPage as any other filter."""
+    submissions = [
+        Submission("echo", {"message": str(i)}, 60, labels=("page",) if i % 3 else ())
+        for i in range(12)
+    ]
+    async with journal.transaction(engine) as conn:
+        await _insert(conn, "o", submissions[:6])
+        await _insert(conn, "o", submissions[6:])
+        await _insert(conn, "someone-else", submissions)
+    labelled = TaskFilter(label="page")
+    seen, after, more = [], None, True
+    while more:
+        page = await list_tasks(engine=engine, owner="o", filter=labelled, first=3, after=after)
+        seen.extend(page.tasks)
+        more = page.has_next_page
+        after = page.cursor_of(page.tasks[-1]) if page.tasks else None
+        assert len(page.tasks) == 3 or not more
+    assert [t.input["message"] for t in seen] == [str(i) for i in reversed(range(12)) if i % 3]
+    assert all(t.owner == "o" and t.labels == ["page"] for t in seen)
+    newest = [(t.created_at, t.id) for t in seen]
+    assert newest == sorted(newest, reverse=True)
 
 
 @pytest.mark.parametrize(
