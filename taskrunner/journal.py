@@ -297,14 +297,9 @@ async def _update_rows(conn: asyncpg.Connection, rows: Mapping[uuid.UUID, _Row])
         assignments = ["event_seq = $2", f"last_xid = {CURRENT_XID}"]
         takes: list[str] = []  # the columns whose value (or Sql param) is a parameter
         for name, text in shape:
-            if text is None:
+            if _takes_parameter(text):
                 takes.append(name)
-                assignments.append(f"{name} = ${len(takes) + 2}")
-            elif "$" in text:
-                takes.append(name)
-                assignments.append(f"{name} = {text.replace('$', f'${len(takes) + 2}')}")
-            else:
-                assignments.append(f"{name} = {text}")
+            assignments.append(_assignment(name, text, f"${len(takes) + 2}"))
         query = f"UPDATE task SET {', '.join(assignments)} WHERE id = $1"
         await conn.executemany(
             query,
@@ -313,6 +308,17 @@ async def _update_rows(conn: asyncpg.Connection, rows: Mapping[uuid.UUID, _Row])
                 for task_id, row in members
             ],
         )
+
+
+def _takes_parameter(text: str | None) -> bool:
+    """Whether a column set to a plain value (None) or to `Sql` text needs a parameter."""
+    return text is None or "$" in text
+
+
+def _assignment(column: str, text: str | None, parameter: str) -> str:
+    """`column = ...` for a plain value (None) or `Sql` text, `parameter` standing for the
+    value or the Sql's param."""
+    return f"{column} = " + (text or "$").replace("$", parameter)
 
 
 def _param(column: str, value: Any) -> Any:
@@ -388,13 +394,12 @@ def _statement(shape: Shape, full: bool) -> tuple[str, tuple[str, ...]]:
     for column, text, param_type in shape:
         if text == NEXT:
             sets.append(f"{column} = t.{column} + 1")
-        elif text is None or "$" in text:
-            takes.append(column)
-            arrays.append(param_type or _column_type(column))
-            names.append(f"v_{column}")
-            sets.append(f"{column} = " + (text or "$").replace("$", f"ok.v_{column}"))
         else:
-            sets.append(f"{column} = {text}")
+            if _takes_parameter(text):
+                takes.append(column)
+                arrays.append(param_type or _column_type(column))
+                names.append(f"v_{column}")
+            sets.append(_assignment(column, text, f"ok.v_{column}"))
     unnest = ", ".join(f"${i}::{a}[]" for i, a in enumerate(arrays, start=1))
     extra = "".join(f", t.{c.strip()}" for c in ROW_COLUMNS.split(",")) if full else ""
     extra = extra.replace("t.clock_timestamp()", "clock_timestamp()")

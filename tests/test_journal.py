@@ -253,3 +253,34 @@ async def test_both_ways_of_recording_return_the_same_row_to_a_start(
     }
     assert {k: in_statement[k] for k in same} == {k: in_transaction.row[k] for k in same}
     assert in_statement["status"] == "QUEUED" and in_statement["attempts"] == 0
+
+
+async def test_a_computed_value_with_a_parameter_is_written_both_ways(
+    engine: AsyncEngine, redis: Redis
+) -> None:
+    """`Sql` with a parameter (a retry's due time) in one statement and in a transaction."""
+    a, b = await _new_task(engine), await _new_task(engine)
+    for task_id in (a, b):
+        assert (await journal.apply_one(engine, redis, _start(task_id))).accepted
+
+    def later(task_id: uuid.UUID) -> journal.Change:
+        values = {"due_at": journal.seconds_from_now(3600), "worker_id": None}
+        return _to(task_id, TaskStatus.QUEUED, values=values)
+
+    outcomes = await journal._record_in_one_statement(engine, [later(a)], journal._shape(later(a)))
+    assert outcomes is not None and outcomes[0].accepted
+    async with journal.transaction(engine) as conn:
+        (outcome,) = await journal.record(conn, [later(b)])
+    assert outcome.accepted
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            sa.text(
+                "SELECT extract(epoch FROM due_at - clock_timestamp()) AS wait, worker_id, "
+                "status FROM task WHERE id = ANY(:ids)"
+            ),
+            {"ids": [a, b]},
+        )
+        found = rows.all()
+    assert len(found) == 2
+    assert all(3590 < r.wait <= 3600 and r.worker_id is None for r in found), found
+    assert {r.status for r in found} == {"QUEUED"}
