@@ -14,7 +14,6 @@ from typing import Any
 
 import orjson
 import pytest
-import uvicorn
 from graphql import MiddlewareManager
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -27,19 +26,17 @@ from websockets.typing import Subprotocol
 
 from api import fanout
 from api import schema as schema_module
-from api.app import create_app, uvicorn_options
+from api.app import create_app
 from api.context import Context
-from api.ws_transport import CoalescingWebSocketsProtocol
 from taskrunner import journal
 from taskrunner.config import Settings
-from taskrunner.embedded import free_port
 from taskrunner.events import Event, EventKind
 from taskrunner.hub import EventHub
 from taskrunner.keys import Principal
 from taskrunner.states import TaskStatus
 from taskrunner.streams import SharedReads, task_events
 from taskrunner.tasks import Submission, _insert
-from tests.conftest import Stack, make_key, run_worker
+from tests.conftest import Stack, make_key, run_api, run_worker
 from tests.test_lifecycle import submit
 
 FULL = """subscription($id: ID!, $withLine: Boolean!) {
@@ -84,30 +81,16 @@ async def _follow(url: str, key: str, subscriptions: Subscriptions) -> dict[str,
 
 @contextlib.asynccontextmanager
 async def run_direct_api(settings: Settings, direct: bool = True) -> AsyncIterator[str]:
-    """`run_api` with the transport handler of api.fanout and uvicorn's websockets on
-    api.ws_transport (`direct`), or with strawberry's own handler (whatever `api.app`
-    configures)."""
+    """`run_api` as api.app configures it (api.fanout's transport handler: direct
+    delivery), or with strawberry's own handler instead (`direct=False`)."""
     app = create_app(settings)
-    handler = fanout.FanoutTransportWSHandler if direct else BaseGraphQLTransportWSHandler
-    for route in app.routes:
-        if isinstance(route, WebSocketRoute):
-            route.endpoint.graphql_transport_ws_handler_class = handler  # type: ignore[attr-defined]
-    port = free_port()
-    options: dict[str, Any] = uvicorn_options(settings)
-    if direct:
-        options["ws"] = CoalescingWebSocketsProtocol
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options)
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        if serving.done():
-            serving.result()
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await serving
+    if not direct:
+        for route in app.routes:
+            if isinstance(route, WebSocketRoute):
+                endpoint: Any = route.endpoint
+                endpoint.graphql_transport_ws_handler_class = BaseGraphQLTransportWSHandler
+    async with run_api(settings, app) as url:
+        yield url
 
 
 @contextlib.contextmanager
