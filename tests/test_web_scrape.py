@@ -3,8 +3,13 @@ leaves the machine: refusals are tested on the address check, or with 127.0.0.2)
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import ipaddress
+import re
+import zlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from starlette.applications import Starlette
@@ -15,6 +20,7 @@ from starlette.routing import Route
 from taskrunner.config import Settings
 from taskrunner.fetch import FetchRefused, check_url, is_public
 from tests.conftest import Stack, run_api, run_worker
+from tests.test_fetch_guard import InstallDns, counting_server, install_dns
 from tests.test_lifecycle import finish, submit
 
 PAGE = """<!doctype html><html><head><title> Fixture page </title></head><body>
@@ -42,6 +48,12 @@ def _site() -> Starlette:
         port = request.url.port
         return RedirectResponse(f"http://127.0.0.2:{port}/page", status_code=302)
 
+    async def encoded(request: Request) -> Response:
+        """A body as sent with `?as=<Content-Encoding>`: the page, or a bomb (below)."""
+        coding = request.query_params["as"]
+        body = _encoded(request.query_params.get("what", "page"), coding)
+        return Response(body, media_type="text/html", headers={"Content-Encoding": coding})
+
     return Starlette(
         routes=[
             Route("/page", page),
@@ -49,8 +61,35 @@ def _site() -> Starlette:
             Route("/loop", loop),
             Route("/to-page", to_page),
             Route("/out", out),
+            Route("/encoded", encoded),
         ]
     )
+
+
+BOMB_BYTES = 64 * 1024 * 1024  # what a bomb inflates to; maxBytes in these tests is 4 MB
+MAX_BYTES = 4_000_000
+
+
+def _compress(data: bytes, wbits: int, repeat: int = 1) -> bytes:
+    """`data` repeated `repeat` times, compressed (31: gzip, 15: zlib deflate, -15: raw)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    return b"".join(packer.compress(data) for _ in range(repeat)) + packer.flush()
+
+
+@functools.cache
+def _encoded(what: str, coding: str) -> bytes:
+    """The page or a bomb, encoded as `coding` says (each layer of a stacked coding)."""
+    layers = [c.strip() for c in coding.split(",") if c.strip() not in ("", "identity")]
+    if what == "bomb":  # 64 MiB of zeros under the innermost layer: about 1000:1 each
+        body = _compress(bytes(1024 * 1024), 31, BOMB_BYTES // (1024 * 1024))
+        layers = layers[:-1]
+    elif what == "raw":  # deflate without its zlib header, as some servers send it
+        return _compress(PAGE.encode(), -15)
+    else:
+        body = PAGE.encode()
+    for layer in reversed(layers):
+        body = _compress(body, 15 if layer.lower() == "deflate" else 31)
+    return body
 
 
 @pytest.fixture
@@ -59,11 +98,24 @@ async def site(settings: Settings) -> AsyncIterator[str]:
         yield url
 
 
-@pytest.fixture
-async def scraping(settings: Settings) -> AsyncIterator[Stack]:
-    allowed = settings.model_copy(update={"fetch_domain_allowlist": "127.0.0.1"})
+@contextlib.asynccontextmanager
+async def scraping_with(settings: Settings, allowlist: str) -> AsyncIterator[Stack]:
+    """The api and a worker (in this process) that fetch under `allowlist`."""
+    allowed = settings.model_copy(update={"fetch_domain_allowlist": allowlist})
     async with run_api(allowed) as url, run_worker(allowed):
         yield await Stack.keyed(url, allowed)
+
+
+@pytest.fixture
+def dns(monkeypatch: pytest.MonkeyPatch) -> InstallDns:
+    """`dns({name: [first answer, later answers]})`: a stub of the DNS lookup."""
+    return functools.partial(install_dns, monkeypatch)
+
+
+@pytest.fixture
+async def scraping(settings: Settings) -> AsyncIterator[Stack]:
+    async with scraping_with(settings, "127.0.0.1") as stack:
+        yield stack
 
 
 async def scrape(stack: Stack, url: str, **extra: object) -> dict[str, object]:
@@ -152,3 +204,129 @@ async def test_check_url_refuses_without_sending(url: str, allowlist: str, refus
             await check_url(url, allowlist)
     else:
         await check_url(url, allowlist)
+
+
+# --- DNS rebinding ------------------------------------------------------------------------
+
+
+async def test_a_name_rebound_after_the_check_is_fetched_from_the_checked_address(
+    settings: Settings, site: str, dns: InstallDns
+) -> None:
+    """The name answers the check with 127.0.0.1 (allowed by its exact IP) and any later
+    lookup with 127.0.0.2 (allowed by nothing; it stands for 169.254.169.254 or a local
+    service, as a TTL-0 rebinding name would). The task must fetch from 127.0.0.1 and no
+    connection may reach 127.0.0.2."""
+    port = int(site.rsplit(":", 1)[1])
+    stub = dns({"rebind.test": [["127.0.0.1"], ["127.0.0.2"]]})
+    async with (
+        counting_server("127.0.0.2", port) as rebound,
+        scraping_with(settings, "127.0.0.1,*.test") as stack,
+    ):
+        final = await scrape(stack, f"http://rebind.test:{port}/page")
+    assert rebound == [0], "a connection reached the address the name was rebound to"
+    assert stub.lookups["rebind.test"] == 1
+    assert final["status"] == "SUCCEEDED", final
+    assert final["result"]["title"] == "Fixture page"  # type: ignore[index]
+    assert final["result"]["finalUrl"] == f"http://rebind.test:{port}/page"  # type: ignore[index]
+
+
+async def test_a_wildcard_pattern_does_not_let_a_name_reach_loopback(
+    settings: Settings, site: str, dns: InstallDns
+) -> None:
+    port = int(site.rsplit(":", 1)[1])
+    dns({"inside.test": [["127.0.0.1"]]})
+    async with scraping_with(settings, "*.test") as stack:
+        final = await scrape(stack, f"http://inside.test:{port}/page")
+    assert final["status"] == "FAILED", final
+    error = final["error"]
+    assert isinstance(error, dict)
+    assert error["code"] == "FetchRefused"
+    assert "inside.test" in error["message"]
+    assert "127.0.0.1" not in error["message"]  # where the name points stays unsaid
+
+
+# --- content encodings and decompression bombs ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("coding", "what"),
+    [
+        ("gzip", "page"),
+        ("x-gzip", "page"),
+        ("GZIP", "page"),
+        ("deflate", "page"),
+        ("deflate", "raw"),
+        ("identity", "page"),
+        ("", "page"),
+    ],
+)
+async def test_encoded_pages_are_decoded(
+    scraping: Stack, site: str, coding: str, what: str
+) -> None:
+    final = await scrape(scraping, f"{site}/encoded?as={coding}&what={what}")
+    assert final["status"] == "SUCCEEDED", final
+    assert final["result"]["title"] == "Fixture page"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "coding",
+    [
+        "gzip, gzip",  # stacked
+        "deflate, gzip",
+        "gzip, identity, gzip",
+        "compress",  # unknown or not installed
+        "br",
+        "zstd",
+    ],
+)
+async def test_stacked_and_unknown_encodings_are_refused(
+    scraping: Stack, site: str, coding: str
+) -> None:
+    final = await scrape(scraping, f"{site}/encoded?as={coding}")
+    assert final["status"] == "FAILED", final
+    error = final["error"]
+    assert isinstance(error, dict)
+    assert error["code"] == "UnsupportedEncoding", error
+    assert "Content-Encoding" in error["message"]
+
+
+def _peak_rss_since_reset() -> int:
+    """This process's peak resident memory (VmHWM) since the last `_reset_peak_rss`."""
+    status = Path("/proc/self/status").read_text()
+    match = re.search(r"VmHWM:\s+(\d+) kB", status)
+    assert match, status
+    return int(match.group(1)) * 1024
+
+
+def _reset_peak_rss() -> int:
+    """Restart the peak at the current RSS (Linux: clear_refs 5); returns that RSS."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _peak_rss_since_reset()
+
+
+@pytest.mark.parametrize(
+    ("coding", "code"),
+    [
+        ("gzip", "ResponseTooLarge"),  # 64 KiB on the wire, 64 MiB inflated
+        ("gzip, gzip, gzip", "UnsupportedEncoding"),  # the triple bomb: refused unread
+    ],
+)
+async def test_a_decompression_bomb_fails_the_task_within_its_memory_cap(
+    scraping: Stack, site: str, coding: str, code: str
+) -> None:
+    """The worker runs in this process: its peak memory while the bomb is fetched must stay
+    under twice maxBytes above where it started, and it must run the next task."""
+    _encoded("bomb", coding)  # built before the measurement
+    # First-use costs paid here (the runner's traceback reads sources into linecache).
+    warm = await scrape(scraping, f"{site}/encoded?as=gzip")
+    assert warm["status"] == "SUCCEEDED", warm
+    warm = await scrape(scraping, f"{site}/encoded?as=gzip", maxBytes=100)
+    assert warm["error"]["code"] == "ResponseTooLarge", warm  # type: ignore[index]
+    start = _reset_peak_rss()
+    final = await scrape(scraping, f"{site}/encoded?as={coding}&what=bomb", maxBytes=MAX_BYTES)
+    growth = _peak_rss_since_reset() - start
+    assert growth < 2 * MAX_BYTES, f"the worker grew by {growth / 1e6:.1f} MB"
+    assert final["status"] == "FAILED", final
+    assert final["error"]["code"] == code, final  # type: ignore[index]
+    after = await scrape(scraping, f"{site}/page")
+    assert after["status"] == "SUCCEEDED", after

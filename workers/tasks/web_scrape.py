@@ -1,8 +1,12 @@
 """Fetch a web page and return its title, H1 headings and links.
 
 Only hosts allowed by FETCH_DOMAIN_ALLOWLIST are fetched; hosts that resolve to private,
-loopback or link-local addresses are refused unless allowlisted by name, after every
-redirect too. Error codes: FetchRefused, TooManyRedirects, ResponseTooLarge.
+loopback, link-local or metadata addresses are refused unless allowlisted as
+taskrunner.fetch describes, after every redirect too, and the connection goes to the very
+address that was checked. `maxBytes` caps the body as it is decoded, so a small compressed
+body cannot inflate past it in the worker's memory. Error codes: FetchRefused,
+TooManyRedirects, ResponseTooLarge, UnsupportedEncoding (a stacked or unknown
+Content-Encoding), DecodingError (a body that is not the gzip or deflate it claims).
 """
 
 from __future__ import annotations
