@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from taskrunner.db import head_revision
 from taskrunner.logs import bound
 
 REQUEST_ID = "x-request-id"
+log = logging.getLogger(__name__)
 
 
 class RequestIdMiddleware:
@@ -79,8 +81,14 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+# What /readyz says of a dependency that failed its check. Not the exception's text: that
+# names hosts, ports, databases, SQL and driver details to whoever can reach the probe.
+DOWN = "error (details in the api log)"
+
+
 async def readyz(request: Request) -> Response:
-    """PostgreSQL answers with its migrations at head, and Redis answers."""
+    """PostgreSQL answers with its migrations at head, and Redis answers. A failed check
+    is logged with its error; the answer only names which dependency it was."""
     services: Any = request.app.state.services
     checks: dict[str, Any] = {}
     try:
@@ -92,11 +100,13 @@ async def readyz(request: Request) -> Response:
             "ok" if current == head else f"at {current}, head is {head}: run taskrunner migrate"
         )
     except Exception as exc:
-        checks["postgres"] = f"error: {exc}"
+        log.warning("readyz: postgres is not ready: %s: %s", type(exc).__name__, exc)
+        checks["postgres"] = DOWN
     try:
         await services.redis.ping()
         checks["redis"] = "ok"
     except Exception as exc:
-        checks["redis"] = f"error: {exc}"
+        log.warning("readyz: redis is not ready: %s: %s", type(exc).__name__, exc)
+        checks["redis"] = DOWN
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)

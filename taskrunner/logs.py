@@ -31,6 +31,30 @@ def _not_arq_job_line(record: logging.LogRecord) -> bool:
     return not (record.levelno == logging.INFO and str(record.msg).startswith("%6.2fs"))
 
 
+class RedactAccessLog(logging.Filter):
+    """uvicorn's access log line (`client - "METHOD path?query HTTP/v" status`) with the
+    values of credential query parameters blanked (`tracing.redact_url`: an artifact link's
+    signature, the dashboard's ?key=). uvicorn passes the path as the third argument."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            from taskrunner.tracing import redact_url  # lazily: it loads the OpenTelemetry SDK
+
+            record.args = (*args[:2], redact_url(args[2]), *args[3:])
+        return True
+
+
+ACCESS_REDACTION = RedactAccessLog()
+
+
+def redact_access_log() -> None:
+    """Install the redaction on uvicorn's access logger (once; any handler, any level)."""
+    access = logging.getLogger("uvicorn.access")
+    if ACCESS_REDACTION not in access.filters:
+        access.addFilter(ACCESS_REDACTION)
+
+
 bind = structlog.contextvars.bind_contextvars
 unbind = structlog.contextvars.unbind_contextvars
 bound = structlog.contextvars.bound_contextvars
@@ -86,6 +110,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     )
     for name in QUIET:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    redact_access_log()
     arq_worker = logging.getLogger("arq.worker")
     if _not_arq_job_line not in arq_worker.filters:
         arq_worker.addFilter(_not_arq_job_line)

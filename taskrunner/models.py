@@ -132,7 +132,11 @@ class Artifact(SQLModel, table=True):
     """A file a task produced (or a client attached): metadata here, bytes in the store."""
 
     __tablename__ = "artifact"
-    __table_args__ = (sa.Index("ix_artifact_task_created", "task_id", "created_at"),)
+    __table_args__ = (
+        sa.Index("ix_artifact_task_created", "task_id", "created_at"),
+        # an owner's stored bytes (OWNER_MAX_ARTIFACT_MB), summed in the index alone
+        sa.Index("ix_artifact_owner", "owner", postgresql_include=["size"]),
+    )
 
     id: uuid.UUID = Field(primary_key=True)
     task_id: uuid.UUID = Field(
@@ -150,7 +154,34 @@ class Artifact(SQLModel, table=True):
     )
 
 
+class ArtifactUpload(SQLModel, table=True):
+    """An upload granted by createArtifactUpload and not completed yet. It holds a place
+    among its task's artifacts and reserves `max_bytes` of its owner's quota until it is
+    completed or expires; then the workers delete it with whatever bytes reached `key`."""
+
+    __tablename__ = "artifact_upload"
+    __table_args__ = (
+        sa.Index("ix_artifact_upload_expires", "expires_at"),
+        sa.Index("ix_artifact_upload_owner", "owner"),
+        sa.Index("ix_artifact_upload_task", "task_id"),
+    )
+
+    id: uuid.UUID = Field(primary_key=True)
+    # no foreign key: the grant (and the sweep that deletes its bytes) outlives its task
+    task_id: uuid.UUID
+    owner: str
+    name: str
+    content_type: str
+    key: str  # where the client's bytes go in the store
+    max_bytes: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    created_at: datetime = Field(
+        sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False, server_default=NOW)
+    )
+    expires_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+
+
 artifact_table: sa.Table = Artifact.__table__  # type: ignore[attr-defined]
+artifact_upload_table: sa.Table = ArtifactUpload.__table__  # type: ignore[attr-defined]
 task_table: sa.Table = TaskTable.__table__  # type: ignore[attr-defined]
 
 

@@ -8,6 +8,10 @@ run, with the database and HTTP calls of both as child spans.
   captures it (W3C trace context) when a task is submitted, and the task row keeps it, so
   the worker's `task_span` continues the same trace, whichever worker runs it and however
   often it is re-enqueued.
+- Secrets in URLs never reach a span: the api's server spans and httpx's client spans go
+  through `redact_span`, which blanks the values of sensitive query parameters (compared
+  without regard to case; OpenTelemetry's own list is case-sensitive and misses the
+  artifact links' `signature` and the dashboard's `key`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import contextlib
 import logging
 import os
 import time
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +29,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.util.http import PARAMS_TO_REDACT, remove_url_credentials
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner.config import Settings
@@ -48,8 +54,73 @@ def setup(service: str, settings: Settings) -> None:
     if enabled() and "httpx" not in _instrumented:
         from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-        HTTPXClientInstrumentor().instrument()
+        HTTPXClientInstrumentor().instrument(
+            request_hook=redact_span, async_request_hook=redact_span_async
+        )
         _instrumented.add("httpx")
+
+
+# Query parameters whose values are credentials, compared in lower case: OpenTelemetry's
+# own (AWSAccessKeyId, Signature, sig, X-Goog-Signature), the artifact links' `signature`,
+# the dashboard's `key`, and the rest of a presigned S3 URL's credentials.
+REDACTED_PARAMS = frozenset(
+    name.lower()
+    for name in (
+        *PARAMS_TO_REDACT,
+        "signature",
+        "key",
+        "x-amz-signature",
+        "x-amz-credential",
+        "x-amz-security-token",
+    )
+)
+REDACTED = "REDACTED"
+
+
+def redact_query(query: str) -> str:
+    """`query` with the value of every credential parameter replaced by REDACTED, the rest
+    left exactly as it was."""
+    parts = query.split("&")
+    for i, part in enumerate(parts):
+        name, eq, _ = part.partition("=")
+        if eq and urllib.parse.unquote_plus(name).strip().lower() in REDACTED_PARAMS:
+            parts[i] = f"{name}={REDACTED}"
+    return "&".join(parts)
+
+
+def redact_url(url: str) -> str:
+    """A URL, or a path with its query, without credentials: user and password, and the
+    values of credential query parameters."""
+    base, question, rest = remove_url_credentials(url).partition("?")
+    if not question:
+        return base
+    query, hash_, fragment = rest.partition("#")
+    return f"{base}?{redact_query(query)}{hash_}{fragment}"
+
+
+URL_ATTRIBUTES = ("http.url", "url.full", "http.target")  # old and new HTTP conventions
+QUERY_ATTRIBUTES = ("url.query",)
+
+
+def redact_span(span: trace.Span, *_: Any) -> None:
+    """A request hook (server: ASGI, client: httpx): the span's URL attributes again,
+    through `redact_url`. Runs as the span starts, before any exporter sees it."""
+    attributes = getattr(span, "attributes", None)
+    if not span.is_recording() or not attributes:
+        return
+    for name in URL_ATTRIBUTES:
+        value = attributes.get(name)
+        if isinstance(value, str):
+            span.set_attribute(name, redact_url(value))
+    for name in QUERY_ATTRIBUTES:
+        value = attributes.get(name)
+        if isinstance(value, str):
+            span.set_attribute(name, redact_query(value))
+
+
+async def redact_span_async(span: trace.Span, *args: Any) -> None:
+    """`redact_span` for httpx's AsyncClient, which awaits its hooks."""
+    redact_span(span, *args)
 
 
 def enabled() -> bool:

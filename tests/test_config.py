@@ -39,3 +39,31 @@ def test_cli_refuses_to_start_on_a_bad_value() -> None:
     )
     assert out.returncode == 2
     assert "PORT" in out.stderr
+
+
+def test_a_bad_url_never_shows_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "mysql://app:hunter2-db@db.internal/x")
+    monkeypatch.setenv("REDIS_URL", "http://:hunter2-redis@cache.internal:6379/0")
+    with pytest.raises(ConfigError) as err:
+        load_settings(_env_file=None)
+    message = str(err.value)
+    assert "DATABASE_URL" in message and "REDIS_URL" in message
+    assert "hunter2" not in message, message
+    assert "db.internal" in message  # what is not secret still helps to find the mistake
+
+
+def test_a_bad_key_or_secret_value_is_never_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MINIO_SECURE", "perhaps")
+    with pytest.raises(ConfigError) as err:
+        load_settings(
+            brave_api_key=["brave-s3cret"],
+            artifact_signing_key={"k": "signing-s3cret"},
+            minio_access_key=["access-s3cret"],
+            minio_secret_key=12345678,
+            _env_file=None,
+        )
+    message = str(err.value)
+    for name in ("BRAVE_API_KEY", "ARTIFACT_SIGNING_KEY", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"):
+        assert name in message, message
+    assert "s3cret" not in message and "12345678" not in message, message
+    assert "MINIO_SECURE" in message and "'perhaps'" in message  # not a secret: shown

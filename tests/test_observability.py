@@ -6,17 +6,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.engine import make_url
 
+from api.app import create_app, uvicorn_options
 from taskrunner.config import Settings
 from taskrunner.embedded import EmbeddedRedis, free_port
 from tests.conftest import (
+    Servers,
     Stack,
     api_process,
     eventually,
@@ -207,6 +213,9 @@ async def test_readyz_follows_redis_down_and_back(settings: Settings, tmp_path: 
             down = await client.get("/readyz")
             assert down.status_code == 503
             assert down.json()["redis"].startswith("error") and down.json()["postgres"] == "ok"
+            # which dependency is down, but not its exception's text (hosts, ports, errno)
+            assert down.json()["redis"] == "error (details in the api log)", down.text
+            assert str(redis.port) not in down.text
             assert (await client.get("/healthz")).status_code == 200  # alive all the same
             redis.start()
 
@@ -217,6 +226,86 @@ async def test_readyz_follows_redis_down_and_back(settings: Settings, tmp_path: 
             await eventually(ready, within=10, step=0.1)
     finally:
         redis.stop()
+
+
+async def test_readyz_names_postgres_down_without_its_error_text(
+    settings: Settings, servers: Servers
+) -> None:
+    database = make_url(settings.require_database_url()).database
+    assert database is not None
+    async with run_api(settings) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        servers.postgres.psql(
+            f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false; '
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"
+        )
+        try:
+            down = await client.get("/readyz")
+        finally:
+            servers.postgres.psql(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+    assert down.status_code == 503
+    assert down.json()["postgres"] == "error (details in the api log)", down.text
+    assert down.json()["redis"] == "ok"
+    assert database not in down.text and "connection" not in down.text.lower()
+
+
+async def test_traces_redact_signatures_and_keys_in_links(settings: Settings) -> None:
+    """Server spans of the api and client spans of httpx, old and new HTTP conventions."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.redaction_probe",
+        cwd=repo_root(),
+        env=process_env(settings, OTEL_SEMCONV_STABILITY_OPT_IN="http/dup"),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0
+    spans = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+    assert {s["kind"] for s in spans} >= {"SERVER", "CLIENT"}
+    urls = [
+        value
+        for s in spans
+        for name, value in s["attributes"].items()
+        if name in ("http.url", "url.full", "url.query", "http.target")
+    ]
+    assert any("view=tasks" in u for u in urls), urls  # what is not secret stays
+    assert any("signature=REDACTED" in u for u in urls), urls
+    assert any("key=REDACTED" in u for u in urls), urls
+    leaked = [s for s in spans if "s3cret" in json.dumps(s)]
+    assert leaked == []
+
+
+async def test_access_log_lines_redact_signatures_and_keys(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """uvicorn's access log (off at the default levels, but one setting away)."""
+    caplog.set_level(logging.INFO, logger="uvicorn.access")
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        log_level="info",
+        log_config=None,  # as `taskrunner api` runs it: records reach our handlers
+        **uvicorn_options(settings),
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:  # noqa: ASYNC110  (uvicorn offers no event to wait on)
+            await asyncio.sleep(0.01)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            await client.get("/healthz?expires=1&signature=lower-s3cret&SIG=upper-s3cret")
+            await client.get("/dashboard/?key=trk_dashboard-s3cret&view=tasks")
+    finally:
+        server.should_exit = True
+        await serving
+    lines = [r.getMessage() for r in caplog.records if r.name == "uvicorn.access"]
+    assert len(lines) == 2, lines
+    assert "s3cret" not in "\n".join(lines), lines
+    assert "signature=REDACTED" in lines[0] and "expires=1" in lines[0]
+    assert "key=REDACTED" in lines[1] and "view=tasks" in lines[1]
 
 
 async def test_task_metrics_show_each_attempt(stack: Stack) -> None:

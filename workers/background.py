@@ -1,5 +1,6 @@
 """What a worker does besides running tasks: follow cancellations, beat its heartbeat,
-enqueue tasks that became due, watch its memory, and (one worker at a time) reconcile.
+enqueue tasks that became due, watch its memory, and (one worker at a time) reconcile,
+delete expired artifacts and expired upload grants with their bytes.
 
 Each loop survives errors (logged, retried next round): a Redis or PostgreSQL hiccup must
 not take the worker down, and a later round repairs what an earlier one missed.
@@ -19,7 +20,8 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 
 from taskrunner import heartbeats, reconciler
-from taskrunner.artifacts import delete_expired
+from taskrunner.artifacts import delete_expired, expire_uploads
+from taskrunner.config import Settings
 from taskrunner.events import CANCEL_CHANNEL
 from taskrunner.models import task_table
 from taskrunner.tasks import parse_cancel_message
@@ -175,6 +177,24 @@ async def expire_artifacts(ctx: WorkerContext) -> None:
         pass
 
 
+UPLOADS_LOCK = "taskrunner:upload-expiry"
+
+
+def upload_sweep_seconds(settings: Settings) -> float:
+    """How often expired upload grants are looked for: a minute, or sooner when uploads
+    live less long (at most half an ARTIFACT_UPLOAD_TTL_SECONDS late)."""
+    return min(60.0, settings.artifact_upload_ttl_seconds / 2)
+
+
+async def expire_artifact_uploads(ctx: WorkerContext) -> None:
+    """Delete uploads granted and never completed, with their bytes; one worker per round."""
+    lock_ms = int(upload_sweep_seconds(ctx["settings"]) * 1000 * 0.9)
+    if not await ctx["redis"].set(UPLOADS_LOCK, ctx["worker_id"], px=lock_ms, nx=True):
+        return
+    while await expire_uploads(ctx["engine"], ctx["store"]):
+        pass
+
+
 async def every(seconds: float, step: Callable[[], Awaitable[None]], name: str) -> None:
     """Run `step` every `seconds` forever; an error is logged and the loop goes on."""
     while True:
@@ -196,6 +216,7 @@ def start(ctx: WorkerContext) -> list[asyncio.Task[None]]:
         (s.memory_check_interval_seconds, check_memory, "memory"),
         (s.reconcile_interval_seconds, reconcile, "reconciler"),
         (RETENTION_EVERY_SECONDS, expire_artifacts, "retention"),
+        (upload_sweep_seconds(s), expire_artifact_uploads, "uploads"),
     ]
     tasks = [
         asyncio.create_task(every(sec, lambda fn=fn: fn(ctx), name), name=name)  # type: ignore[misc]

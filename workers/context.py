@@ -22,7 +22,14 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner import journal
-from taskrunner.artifacts import ArtifactData, ArtifactStore, ArtifactTooLarge, add_artifact
+from taskrunner.artifacts import (
+    ArtifactData,
+    ArtifactQuotaExceeded,
+    ArtifactStore,
+    ArtifactTooLarge,
+    Quota,
+    add_artifact,
+)
 from taskrunner.config import Settings
 from taskrunner.events import EventKind
 from taskrunner.logs import event
@@ -88,7 +95,9 @@ class TaskContext:
     ) -> Artifact:
         """Store a file the task produced: `data` is bytes, a Path, or an async iterator of
         bytes (streamed, never read whole). Past TASK_MAX_ARTIFACT_MB it raises
-        ArtifactTooLarge, logs `artifact_rejected` and keeps nothing."""
+        ArtifactTooLarge, past MAX_ARTIFACTS_PER_TASK or OWNER_MAX_ARTIFACT_MB
+        ArtifactQuotaExceeded; either logs `artifact_rejected` and keeps nothing. A name
+        of `.` or `..` is BadInput."""
         await self.flush()  # what the task logged before comes first
         try:
             return await add_artifact(
@@ -101,8 +110,9 @@ class TaskContext:
                 content_type=content_type,
                 max_bytes=int(self.settings.task_max_artifact_mb * 1024 * 1024),
                 expect_attempt=self.attempt,
+                quota=Quota.of(self.settings),
             )
-        except ArtifactTooLarge as exc:
+        except (ArtifactTooLarge, ArtifactQuotaExceeded) as exc:
             event("artifact_rejected", logging.WARNING, artifact=name, reason=exc.message)
             await self.log(f"artifact_rejected: {name}: {exc.message}", "error")
             raise
