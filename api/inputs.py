@@ -18,8 +18,6 @@ from taskrunner.queue import PRIORITY_MAX, PRIORITY_MIN
 from taskrunner.tasks import Submission
 from workers.catalog import TaskType, catalog
 
-MAX_RETRIES = 100
-
 
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
@@ -111,36 +109,43 @@ def _submission(
         input=model.model_dump(mode="json"),
         priority=_ranged("priority", opts.priority, 0, PRIORITY_MIN, PRIORITY_MAX),
         max_retries=_ranged(
-            "maxRetries", opts.max_retries, task_type.retry.max_retries, 0, MAX_RETRIES
+            "maxRetries",
+            opts.max_retries,
+            task_type.retry.max_retries,
+            0,
+            settings.task_max_retries,
+            high_name="TASK_MAX_RETRIES",
         ),
         timeout_seconds=_timeout(opts, settings),
         scheduled_for=_run_at(opts),
         delay_seconds=_delay(opts),
-        idempotency_key=_idempotency_key(opts),
-        labels=_labels(opts),
+        idempotency_key=_idempotency_key(opts, settings),
+        labels=_labels(opts, settings),
     )
 
 
-MAX_LABELS = 20
-MAX_LABEL_LENGTH = 200
-
-
-def _labels(opts: TaskOptionsInput) -> tuple[str, ...]:
+def _labels(opts: TaskOptionsInput, settings: Settings) -> tuple[str, ...]:
     labels = tuple(dict.fromkeys(opts.labels or ()))
-    if len(labels) > MAX_LABELS or any(not 1 <= len(x) <= MAX_LABEL_LENGTH for x in labels):
+    most, longest = settings.max_labels_per_task, settings.max_label_length
+    if len(labels) > most or any(not 1 <= len(x) <= longest for x in labels):
         raise BadInput(
-            f"labels: give at most {MAX_LABELS} labels of 1 to {MAX_LABEL_LENGTH} characters",
+            f"labels: give at most MAX_LABELS_PER_TASK ({most}) labels of 1 to "
+            f"MAX_LABEL_LENGTH ({longest}) characters",
             field="labels",
         )
     return labels
 
 
-def _ranged(name: str, value: int | None, default: int, low: int, high: int) -> int:
+def _ranged(
+    name: str, value: int | None, default: int, low: int, high: int, *, high_name: str = ""
+) -> int:
+    """`value` (None: `default`) within [low, high]; `high_name`: the setting `high` is."""
     if value is None:
         return default
     if not low <= value <= high:
+        bound = f"{high_name} ({high})" if high_name else str(high)
         raise BadInput(
-            f"options.{name}: must be between {low} and {high}, got {value}",
+            f"options.{name}: must be between {low} and {bound}, got {value}",
             field=f"options.{name}",
         )
     return value
@@ -180,10 +185,12 @@ def _delay(opts: TaskOptionsInput) -> int | None:
     return opts.delay_seconds
 
 
-def _idempotency_key(opts: TaskOptionsInput) -> str | None:
-    key = opts.idempotency_key
-    if key is not None and not 1 <= len(key) <= 200:
+def _idempotency_key(opts: TaskOptionsInput, settings: Settings) -> str | None:
+    key, longest = opts.idempotency_key, settings.max_idempotency_key_length
+    if key is not None and not 1 <= len(key) <= longest:
         raise BadInput(
-            "options.idempotencyKey: must be 1 to 200 characters", field="options.idempotencyKey"
+            f"options.idempotencyKey: must be 1 to MAX_IDEMPOTENCY_KEY_LENGTH ({longest}) "
+            "characters",
+            field="options.idempotencyKey",
         )
     return key

@@ -63,7 +63,7 @@ SUBMIT = """mutation($t: TaskSpecInput!, $o: TaskOptionsInput) {
 SUBSCRIBE = """subscription($id: ID!) {
   taskUpdates(id: $id) { __typename cursor at ... on StatusChanged { status } } }"""
 EVENTS = """query($id: ID!, $after: String) {
-  task(id: $id) { events(after: $after, first: 1000) {
+  task(id: $id) { events(after: $after, first: 100) {
     __typename cursor at ... on StatusChanged { status } } } }"""
 PROTOCOL = Subprotocol("graphql-transport-ws")
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
@@ -208,7 +208,7 @@ async def task_events(client: httpx.AsyncClient, url: str, task_id: str) -> list
         task = (await gql(client, url, EVENTS, id=task_id, after=after))["task"]
         page = task["events"] if task else []
         events.extend(page)
-        if len(page) < 1000:
+        if len(page) < 100:  # MAX_PAGE_SIZE's default: the last page
             return events
         after = page[-1]["cursor"]
 

@@ -287,7 +287,7 @@ async def test_submit_follow_cancel_and_retry_in_a_browser(
         assert errors == []
 
 
-EVENTS = "query($id: ID!) { task(id: $id) { status events(first: 1000) { cursor } } }"
+EVENTS = "query($id: ID!) { task(id: $id) { status events(first: 100) { cursor } } }"
 
 
 @pytest.mark.timeout(60)

@@ -40,8 +40,8 @@ subscription($filter: TaskFilter, $after: String) {
   }
 }"""
 EVENTS = """
-query($id: ID!) {
-  task(id: $id) { progress events { __typename cursor ... on LogAppended { line } } }
+query($id: ID!, $after: String) {
+  task(id: $id) { progress events(after: $after) { __typename cursor ... on LogAppended { line } } }
 }"""
 
 
@@ -57,7 +57,11 @@ async def test_100_progress_steps_and_500_log_lines_arrive_once_in_order(stack: 
     assert progress == sorted(progress)
     assert events[-1]["status"] == "SUCCEEDED"
     stored = (await stack.execute(EVENTS, id=task_id))["task"]
-    assert [e["cursor"] for e in stored["events"]] == cursors
+    pages = [stored["events"]]
+    while len(pages[-1]) == 100:  # a page of MAX_PAGE_SIZE: there may be more
+        after = pages[-1][-1]["cursor"]
+        pages.append((await stack.execute(EVENTS, id=task_id, after=after))["task"]["events"])
+    assert [e["cursor"] for page in pages for e in page] == cursors
     assert stored["progress"] == 1.0
 
 

@@ -1,5 +1,6 @@
 """Limits: the `limits` query, rate limiting across api processes, query depth, aliases,
-tokens, body and message sizes, task input size. Every refusal names the limit and
+tokens, body and message sizes, task input size (query cost and the page and option bounds:
+tests/test_query_cost.py). Every refusal names the limit and
 changes nothing."""
 
 from __future__ import annotations
@@ -44,11 +45,19 @@ async def test_limits_query_and_get_limits_answer_the_effective_limits(api: Stac
         await api.execute(
             "{ limits { tasksPerMinute maxBatchSize taskMaxRuntimeSeconds taskMaxArtifactMb "
             "taskMaxMemoryMb maxTaskInputBytes maxRequestBytes maxQueryDepth "
-            "fetchDomainAllowlist searchSourceAllowlist searchMaxResults } }"
+            "fetchDomainAllowlist searchSourceAllowlist searchMaxResults maxQueryCost "
+            "maxPageSize taskMaxRetries maxLabelsPerTask maxLabelLength "
+            "maxIdempotencyKeyLength } }"
         )
     )["limits"]
     s = api.settings
     assert limits == {
+        "maxQueryCost": 10_000,
+        "maxPageSize": 100,
+        "taskMaxRetries": 100,
+        "maxLabelsPerTask": 20,
+        "maxLabelLength": 200,
+        "maxIdempotencyKeyLength": 200,
         "tasksPerMinute": s.tasks_per_minute,
         "maxBatchSize": s.max_batch_size,
         "taskMaxRuntimeSeconds": s.task_max_runtime_seconds,
