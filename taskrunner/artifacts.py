@@ -23,6 +23,7 @@ import hmac
 import logging
 import math
 import os
+import re
 import shutil
 import time
 import urllib.parse
@@ -63,6 +64,13 @@ class ArtifactQuotaExceeded(LimitExceeded):
 
 
 MAX_NAME_CHARS = 200
+MAX_CONTENT_TYPE_CHARS = 255
+# RFC 6838 type/subtype, then parameters of printable ASCII: the value is sent back as a
+# header on download, so no control character (CR/LF would split the response) gets in.
+CONTENT_TYPE = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
+    r"(?:\s*;[\x20-\x7e]*)?"
+)
 
 
 def check_name(name: str, field: str = "name") -> None:
@@ -74,6 +82,18 @@ def check_name(name: str, field: str = "name") -> None:
     if name in (".", ".."):
         raise BadInput(
             f'{field}: {name!r} names a directory, not a file; give a file name such as "data.txt"',
+            field=field,
+        )
+
+
+def check_content_type(value: str, field: str = "contentType") -> None:
+    """A content type is a media type (`type/subtype`, parameters allowed), in printable
+    ASCII: it is a header of every download of the artifact."""
+    if len(value) > MAX_CONTENT_TYPE_CHARS or not CONTENT_TYPE.fullmatch(value):
+        raise BadInput(
+            f'{field}: not a media type; give one such as "text/csv" or '
+            f'"application/json; charset=utf-8" (printable ASCII, at most '
+            f"{MAX_CONTENT_TYPE_CHARS} characters)",
             field=field,
         )
 
@@ -534,6 +554,7 @@ async def add_artifact(
     stream is also stopped at the owner's room, and the artifact must fit when recorded:
     ArtifactQuotaExceeded otherwise, with nothing kept."""
     check_name(name)
+    check_content_type(content_type)
     artifact_id = uuid.uuid4()
     key = object_key(task_id, artifact_id, name)
     limit = max_bytes if quota is None else min(max_bytes, await room_for(engine, task_id, quota))
@@ -754,6 +775,7 @@ async def begin_upload(
     `max_bytes` (TASK_MAX_ARTIFACT_MB) of what is left of its owner's quota, under the
     owner's lock: grants made at the same moment cannot all take the same room."""
     check_name(name)
+    check_content_type(content_type)
     upload_id = uuid.uuid4()
     key = object_key(task_id, upload_id, name)
 

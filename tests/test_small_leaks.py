@@ -87,3 +87,29 @@ async def test_a_task_storing_a_dot_name_gets_bad_input(
         )
     root = settings.data_dir / "artifacts"
     assert not root.exists() or [p for p in root.rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain\r\nSet-Cookie: a=b", "not a type", "text/" + "x" * 300, ""]
+)
+async def test_a_content_type_that_is_no_media_type_is_bad_input(
+    api: Stack, content_type: str
+) -> None:
+    """The content type is sent back as a header on download: a CR/LF in it would split the
+    response (or crash it), so only `type/subtype` with parameters is taken."""
+    task_id = await submit(api, {"echo": {"message": "x"}})
+    with pytest.raises(TransportQueryError) as err:
+        await api.execute(
+            ATTACH.replace("$data: String!)", "$data: String!, $ct: String!)").replace(
+                'contentType: "text/plain"', "contentType: $ct"
+            ),
+            id=task_id,
+            name="a.txt",
+            data="YWJj",
+            ct=content_type,
+        )
+    assert err.value.errors is not None
+    (error,) = err.value.errors
+    assert error["extensions"] == {"code": "BAD_INPUT", "field": "contentType"}, error
+    task = await api.execute("query($id: ID!) { task(id: $id) { artifacts { id } } }", id=task_id)
+    assert task["task"]["artifacts"] == []
