@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -12,8 +13,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from taskrunner.config import Settings, load_settings
 from taskrunner.errors import ConfigError
@@ -159,19 +162,142 @@ def cmd_export_schema(output: str | None) -> int:
 
 
 class _Stop(Exception):
-    pass
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt."""
+
+
+_held_signals: list[BaseException] | None = None
 
 
 def _raise_stop(signum: int, frame: FrameType | None) -> None:
-    raise _Stop
+    """Ctrl-C and SIGTERM stop `taskrunner dev` at once, except inside `_signals_held()`:
+    there they are raised on leaving it."""
+    exc: BaseException = KeyboardInterrupt() if signum == signal.SIGINT else _Stop()
+    if _held_signals is not None:
+        _held_signals.append(exc)
+        return
+    raise exc
 
 
-def _wait_ready(url: str, children: list[subprocess.Popen[bytes]], timeout: float) -> None:
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Defer Ctrl-C and SIGTERM over a few lines that must not be cut short, such as
+    starting a child and recording it (one started but not recorded would never be
+    stopped)."""
+    global _held_signals
+    outer, _held_signals = _held_signals, []
+    try:
+        yield
+    finally:
+        held, _held_signals = _held_signals, outer
+        if held:
+            raise held[0]
+
+
+def describe_exit(returncode: int) -> str:
+    """How a process ended: `exit code 3`, or `killed by SIGKILL` (what the kernel's OOM
+    killer sends)."""
+    if returncode >= 0:
+        return f"exit code {returncode}"
+    try:
+        return f"killed by {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"killed by signal {-returncode}"
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class Supervised:
+    """One process of the dev stack, started again whenever it exits: after `first_delay`,
+    doubling while it keeps dying (a crash loop costs little) up to `max_delay`, and back
+    to `first_delay` once a run lasted `stable_after`. `check()` does the watching: call it
+    often."""
+
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        *,
+        env: dict[str, str],
+        first_delay: float = 0.5,
+        max_delay: float = 10.0,
+        stable_after: float = 30.0,
+        stop_timeout: float = 15.0,
+        say: Callable[[str], None] = _say,
+        **popen: Any,
+    ) -> None:
+        self.name = name
+        self.args = args
+        self.env = env
+        self.first_delay = first_delay
+        self.max_delay = max_delay
+        self.stable_after = stable_after
+        self.stop_timeout = stop_timeout
+        self.say = say
+        self.popen = popen
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self.restart_at: float | None = None
+        self._next_delay = first_delay
+
+    def start(self) -> subprocess.Popen[bytes]:
+        with _signals_held():
+            self.process = process = subprocess.Popen(self.args, env=self.env, **self.popen)
+            self.started_at = time.monotonic()
+            self.restart_at = None
+        return process
+
+    def check(self) -> float | None:
+        """Start it again if its delay is over. If it has just exited, say so and return
+        the delay before it starts again."""
+        now = time.monotonic()
+        if self.process is None:
+            if self.restart_at is not None and now >= self.restart_at:
+                self.say(f"{self.name} started again (pid {self.start().pid})")
+            return None
+        code = self.process.poll()
+        if code is None:
+            return None
+        if now - self.started_at >= self.stable_after:
+            self._next_delay = self.first_delay
+        delay = self._next_delay
+        self._next_delay = min(delay * 2, self.max_delay)
+        self.process, self.restart_at = None, now + delay
+        self.say(f"{self.name} exited ({describe_exit(code)}); restarting in {delay:.1f} s")
+        return delay
+
+    def terminate(self) -> None:
+        """SIGTERM (the worker hands its running tasks back), and no restart."""
+        self.restart_at = None
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def wait_stopped(self) -> None:
+        """Wait `stop_timeout` for it to end after `terminate()`, then SIGKILL."""
+        if self.process is None:
+            return
+        try:
+            self.process.wait(self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+        self.process = None
+
+    def stop(self) -> None:
+        self.terminate()
+        self.wait_stopped()
+
+
+def _wait_ready(url: str, children: list[Supervised], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for child in children:
-            if child.poll() is not None:
-                raise RuntimeError(f"{child.args!r} exited with {child.returncode} at start")
+            if child.process is not None and (code := child.process.poll()) is not None:
+                raise ConfigError(
+                    f"the {child.name} exited at start ({describe_exit(code)}): see its "
+                    "output above"
+                )
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
                 if response.status == 200:
@@ -179,19 +305,14 @@ def _wait_ready(url: str, children: list[subprocess.Popen[bytes]], timeout: floa
         except OSError:
             pass
         time.sleep(0.2)
-    raise RuntimeError(f"the api did not become ready at {url} within {timeout:.0f}s")
+    raise ConfigError(f"the api did not become ready at {url} within {timeout:.0f}s")
 
 
-def _stop_children(children: list[subprocess.Popen[bytes]]) -> None:
+def _stop_children(children: list[Supervised]) -> None:
     for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
+        child.terminate()
     for child in children:
-        try:
-            child.wait(15)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait(5)
+        child.wait_stopped()
 
 
 def _require_free_port(host: str, port: int) -> None:
@@ -208,7 +329,9 @@ def _require_free_port(host: str, port: int) -> None:
 
 def cmd_dev(settings: Settings) -> int:
     """Embedded PostgreSQL and Redis (unless DATABASE_URL / REDIS_URL are set), migrations,
-    one api and one worker. Ctrl-C stops everything this started; the data stays."""
+    one api and one worker. An api or worker that dies (a crash, the OOM killer) is started
+    again with backoff, so one process never takes the stack down. Ctrl-C or SIGTERM stops
+    everything this started; the data stays."""
     from taskrunner.artifacts import load_or_create_key
     from taskrunner.db import migrate
     from taskrunner.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -217,12 +340,12 @@ def cmd_dev(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, _raise_stop)
     # Ctrl-C stops the stack even when started from a shell that ignores SIGINT for
     # background jobs (Python would then inherit "ignore").
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, _raise_stop)
     data = settings.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)
     postgres = None if settings.database_url else EmbeddedPostgres(data / "postgres")
     redis = None if settings.redis_url else EmbeddedRedis(data / "redis")
-    children: list[subprocess.Popen[bytes]] = []
+    children: list[Supervised] = []
     try:
         database_url = postgres.start() if postgres else settings.require_database_url()
         redis_url = redis.start() if redis else settings.require_redis_url()
@@ -233,7 +356,8 @@ def cmd_dev(settings: Settings) -> int:
         if settings.artifact_signing_key is None:
             env["ARTIFACT_SIGNING_KEY"] = load_or_create_key(data / "signing.key").hex()
         for role in ("api", "worker"):
-            children.append(subprocess.Popen([sys.executable, "-m", "taskrunner", role], env=env))
+            children.append(Supervised(role, [sys.executable, "-m", "taskrunner", role], env=env))
+            children[-1].start()
         _wait_ready(f"http://127.0.0.1:{settings.port}/readyz", children, timeout=60)
         print(f"GraphiQL: http://127.0.0.1:{settings.port}/graphql", flush=True)
         if settings.auth_disabled:
@@ -243,15 +367,16 @@ def cmd_dev(settings: Settings) -> int:
             print(f"API key: {key}", flush=True)
             print(f'  (GraphiQL: Headers tab, {{"Authorization": "Bearer {key}"}})', flush=True)
         print(f"PostgreSQL: {database_url}\nRedis: {redis_url}\nCtrl-C stops.", flush=True)
-        while all(child.poll() is None for child in children):
-            time.sleep(0.5)
-        print("a process of the stack exited; stopping the rest", file=sys.stderr)
-        return 1
+        while True:  # until Ctrl-C or SIGTERM
+            for child in children:
+                child.check()
+            time.sleep(0.2)
     except (KeyboardInterrupt, _Stop):
         print("\nstopping...", flush=True)
         return 0
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut this short
         _stop_children(children)
         (data / DEV_DATABASE_FILE).unlink(missing_ok=True)
         if redis:
