@@ -6,23 +6,29 @@ in the `connection_init` payload, or the upgrade request's header).
   page itself loads without one: paste the key into its Headers tab).
 - `Authenticator` resolves keys (cached per process) and, every AUTH_RECHECK_SECONDS, looks
   for revoked keys: it forgets them, closes their open websockets (code 4403) and ends
-  their Server-Sent Events streams.
+  their Server-Sent Events streams. Unknown keys are remembered as unknown for a few
+  seconds (a bogus key repeated costs no query each time).
+- `SubscriptionLeases` bounds the subscriptions one key holds open, over every connection
+  and api replica (MAX_SUBSCRIPTIONS_PER_KEY), with leases in Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 import uuid
 import weakref
-from collections import defaultdict
-from collections.abc import Mapping
+from collections import OrderedDict, defaultdict
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
@@ -31,12 +37,17 @@ from starlette.websockets import WebSocket, WebSocketState
 
 from taskrunner import keys
 from taskrunner.config import Settings
+from taskrunner.errors import LimitExceeded
 from taskrunner.keys import ANONYMOUS, Principal
 
 log = logging.getLogger(__name__)
 
 CACHE_SECONDS = 60.0  # a key stays resolved this long (revocation evicts it sooner)
 CACHE_SIZE = 10_000
+# An unknown (or revoked) key stays unknown this long without a query. A key cannot become
+# valid later: its secret exists only once `keys create` has stored its hash.
+UNKNOWN_SECONDS = 5.0
+UNKNOWN_SIZE = 10_000  # the oldest are forgotten first
 REVOKED_CLOSE_CODE = 4403  # graphql-transport-ws: Forbidden
 HOW_TO = (
     "send the header `Authorization: Bearer <key>` (websockets: the same in the "
@@ -71,6 +82,7 @@ class Authenticator:
         self.disabled = settings.auth_disabled
         self.recheck_seconds = settings.auth_recheck_seconds
         self._cache: dict[str, tuple[Principal, float]] = {}
+        self._unknown: OrderedDict[str, float] = OrderedDict()  # digest -> until (monotonic)
         self._open: dict[uuid.UUID, weakref.WeakSet[WebSocket | asyncio.Event]] = defaultdict(
             weakref.WeakSet
         )
@@ -103,22 +115,42 @@ class Authenticator:
                     await self._watcher
 
     async def principal(self, secret: str | None) -> Principal | None:
-        """Who holds `secret`; None for a missing, unknown or revoked key."""
+        """Who holds `secret`; None for a missing, unknown or revoked key.
+
+        A key whose revocation this process has seen is never answered as valid, also when
+        its lookup was under way as the revocation was seen (the row it read was older).
+        Once this returns a principal, no revocation has been seen for it: a caller that
+        `track`s it without awaiting anything in between cannot miss the one that comes."""
         if self.disabled:
             return ANONYMOUS
         if not secret:
             return None
         digest = keys.hash_key(secret)
-        cached = self._cache.get(digest)
         now = time.monotonic()
+        cached = self._cache.get(digest)
         if cached is not None and cached[1] > now:
             return cached[0]
+        unknown_until = self._unknown.get(digest)
+        if unknown_until is not None and unknown_until > now:
+            return None
         found = await keys.authenticate(self.engine, secret)
-        if found is not None:
-            if len(self._cache) >= CACHE_SIZE:
-                self._cache.clear()
-            self._cache[digest] = (found, now + CACHE_SECONDS)
+        if found is not None and self.revoked(found):
+            found = None  # revoked while it was looked up
+        now = time.monotonic()
+        if found is None:
+            self._unknown.pop(digest, None)
+            self._unknown[digest] = now + UNKNOWN_SECONDS
+            while len(self._unknown) > UNKNOWN_SIZE:
+                self._unknown.popitem(last=False)
+            return None
+        if len(self._cache) >= CACHE_SIZE:
+            self._cache.clear()
+        self._cache[digest] = (found, now + CACHE_SECONDS)
         return found
+
+    def revoked(self, principal: Principal) -> bool:
+        """Whether this process has seen the principal's key revoked."""
+        return principal.key_id is not None and principal.key_id in self._seen_revoked
 
     def track(self, principal: Principal, connection: WebSocket | asyncio.Event) -> None:
         """When the principal's key is revoked, close this websocket, or set this event (a
@@ -191,3 +223,120 @@ def _is_graphiql_page(scope: Scope) -> bool:
         and "text/html" in headers.get("accept", "")
         and not scope.get("query_string")
     )
+
+
+# A lease is a member of its key's sorted set, scored by when it expires (Redis's clock, in
+# ms). Taking one drops the expired ones, counts the rest and adds it when under the limit,
+# atomically. The set itself expires with its newest lease.
+_TAKE = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+# Renewing moves the given leases' expiry on; a lease removed meanwhile stays removed (XX).
+_RENEW = """
+local t = redis.call('TIME')
+local expires = t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[1])
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], 'XX', expires, ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+class SubscriptionLeases:
+    """MAX_SUBSCRIPTIONS_PER_KEY, over every websocket and Server-Sent Events stream of a
+    key on every api replica: each open subscription holds a lease in Redis.
+
+    A subscription takes its lease as it starts (refused with LIMIT_EXCEEDED when its key
+    has as many as the limit) and removes it when it ends. A replica renews its leases
+    every third of SUBSCRIPTION_LEASE_SECONDS; one that dies without removing them (SIGKILL,
+    the OOM killer, a lost host) stops renewing them, and they stop counting once expired,
+    so a crash never leaks slots for good. Expiry uses Redis's clock (TIME in the scripts):
+    the replicas' clocks need not agree."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.limit = settings.max_subscriptions_per_key
+        self.lease_ms = int(settings.subscription_lease_seconds * 1000)
+        self._replica = uuid.uuid4().hex  # leases are named `<replica>:<n>`
+        self._numbers = itertools.count(1)
+        self._held: dict[str, set[str]] = defaultdict(set)  # Redis key -> this replica's leases
+        self._take = redis.register_script(_TAKE)
+        self._renew = redis.register_script(_RENEW)
+        self._renewer: asyncio.Task[None] | None = None
+        self._releases: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._renewer = asyncio.create_task(self._renew_all(), name="subscription-leases")
+
+    async def stop(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+        await asyncio.gather(*self._releases, return_exceptions=True)
+
+    @staticmethod
+    def key_of(principal: Principal) -> str:
+        """The Redis key counting the principal's key's subscriptions (AUTH_DISABLED: the
+        one anonymous caller's)."""
+        return f"taskrunner:subscriptions:{principal.key_id or 'anonymous'}"
+
+    @contextlib.asynccontextmanager
+    async def hold(self, principal: Principal) -> AsyncIterator[None]:
+        """Hold one of the key's slots while the subscription runs; LIMIT_EXCEEDED when it
+        has none left."""
+        key = self.key_of(principal)
+        lease = f"{self._replica}:{next(self._numbers)}"
+        if not await self._take(keys=[key], args=[lease, self.limit, self.lease_ms]):
+            raise LimitExceeded(
+                f"this API key already has {self.limit} open subscriptions "
+                "(MAX_SUBSCRIPTIONS_PER_KEY), over all its websockets and Server-Sent Events "
+                "streams on every api replica; complete one before starting another, or share "
+                "one (tasksUpdates follows every task of an owner), or have the operator raise "
+                "MAX_SUBSCRIPTIONS_PER_KEY. Those of an api replica that stopped without "
+                "closing them stop counting after SUBSCRIPTION_LEASE_SECONDS."
+            )
+        self._held[key].add(lease)
+        try:
+            yield
+        finally:
+            held = self._held.get(key)
+            if held is not None:
+                held.discard(lease)
+                if not held:
+                    del self._held[key]
+            # In a task of its own: the subscription ends by cancellation, where an await
+            # may be cancelled again (Server-Sent Events: anyio cancels every await of a
+            # disconnected stream's scope).
+            release = asyncio.create_task(self._release(key, lease))
+            self._releases.add(release)
+            release.add_done_callback(self._releases.discard)
+
+    async def _release(self, key: str, lease: str) -> None:
+        try:
+            await self.redis.zrem(key, lease)
+        except (RedisError, OSError) as exc:  # no longer renewed: it expires by itself
+            log.warning("could not remove a subscription lease (it will expire): %s", exc)
+
+    async def renew(self) -> None:
+        """Move the expiry of every lease this replica holds on by a lease's length."""
+        for key, held in list(self._held.items()):
+            if held:
+                await self._renew(keys=[key], args=[self.lease_ms, *held])
+
+    async def _renew_all(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_ms / 3000)
+            try:
+                await self.renew()
+            except (RedisError, OSError) as exc:  # Redis away: try again next round
+                log.warning("could not renew subscription leases: %s", exc)

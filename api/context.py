@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from arq import ArqRedis
@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.websockets import WebSocket
 from strawberry.types import Info as StrawberryInfo
 
-from api.auth import HOW_TO, Authenticator
+from api.auth import HOW_TO, Authenticator, SubscriptionLeases
 from taskrunner import metrics
 from taskrunner.artifacts import ArtifactStore, Signer
 from taskrunner.config import Settings
@@ -34,6 +34,7 @@ class Services:
     signer: Signer
     authenticator: Authenticator
     rate_limiter: RateLimiter
+    leases: SubscriptionLeases
 
 
 @dataclass
@@ -64,19 +65,21 @@ class Context:
         """The owner whose tasks the caller may see; None (admin): every owner."""
         return self.caller.scope
 
-    @contextlib.contextmanager
-    def subscription_slot(self) -> Iterator[None]:
-        """Hold one of the connection's MAX_SUBSCRIPTIONS_PER_CONNECTION slots."""
+    @contextlib.asynccontextmanager
+    async def subscription_slot(self) -> AsyncIterator[None]:
+        """Hold one of the connection's MAX_SUBSCRIPTIONS_PER_CONNECTION slots and one of
+        the key's MAX_SUBSCRIPTIONS_PER_KEY (every connection, SSE and replica)."""
         limit = self.settings.max_subscriptions_per_connection
         if self.open_subscriptions >= limit:
             raise LimitExceeded(
                 f"this connection already has {limit} open subscriptions "
                 "(MAX_SUBSCRIPTIONS_PER_CONNECTION); complete one, or open another connection"
             )
-        self.open_subscriptions += 1
+        self.open_subscriptions += 1  # before the lease's round trip: it counts at once
         metrics.SUBSCRIPTIONS.inc()
         try:
-            yield
+            async with self.services.leases.hold(self.caller):
+                yield
         finally:
             self.open_subscriptions -= 1
             metrics.SUBSCRIPTIONS.dec()

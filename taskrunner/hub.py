@@ -15,6 +15,7 @@ import uuid
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -22,6 +23,7 @@ from redis.asyncio.client import PubSub
 from taskrunner.events import Event
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 BUFFER_EVENTS = 1000  # live events buffered per subscriber
@@ -36,8 +38,9 @@ class FellBehind(Exception):
 
 
 @dataclass(eq=False)
-class Listener:
-    """Live events of one channel for one consumer, in a bounded buffer.
+class Listener(Generic[T]):
+    """Live events of one channel for one consumer, in a bounded buffer (the hub's listeners
+    hold `Event`s; `taskrunner.streams` also uses one as a stream's inbox of owner events).
 
     When the buffer overflows while the consumer keeps reading (a burst), the buffer is
     dropped and the consumer re-reads PostgreSQL. When it overflows because the consumer
@@ -48,12 +51,15 @@ class Listener:
     One event is handed to every listener of its channel, so this is the hot path of a
     fan-out (1,000 subscribers of one task: 1,000 hand-overs per event). A waiting consumer
     sleeps on one future that `offer` resolves; its quiet-period timeout is one timer that
-    is re-armed only when it fires (once per quiet period, not once per event)."""
+    is re-armed only when it fires (once per quiet period, not once per event).
+
+    A producer that fails hands its error to the consumer (`fail`): its `next` raises it."""
 
     buffer_events: int = BUFFER_EVENTS  # capacity of `queue`
     stall_seconds: float = STALL_SECONDS
     resync: bool = False
     overflowed: bool = False
+    error: Exception | None = None  # the producer's, raised by `next` (see `fail`)
     last_take: float = field(default_factory=time.monotonic)
     _waiter: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
     _deadline: float = field(default=0.0, init=False, repr=False)  # loop time
@@ -62,12 +68,12 @@ class Listener:
     # listener, not once per event (py-spy: ~4% of the api's CPU per delivery)
     _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False, repr=False)
     # a plain deque, not an asyncio.Queue: one consumer, which waits on `_waiter`
-    queue: deque[Event] = field(default_factory=deque, init=False, repr=False)
+    queue: deque[T] = field(default_factory=deque, init=False, repr=False)
     # the consumer's way to take an event at once while it waits (see `offer`)
-    sink: Callable[[Event], bool] | None = field(default=None, init=False, repr=False)
+    sink: Callable[[T], bool] | None = field(default=None, init=False, repr=False)
     _wait_seconds: float = field(default=0.0, init=False, repr=False)
 
-    def offer(self, event: Event) -> None:
+    def offer(self, event: T) -> None:
         queue = self.queue
         sink = self.sink
         if sink is not None and not queue:
@@ -92,12 +98,21 @@ class Listener:
             waiter.set_result(None)
 
     @staticmethod
-    def _sink(sink: Callable[[Event], bool], event: Event) -> bool:
+    def _sink(sink: Callable[[T], bool], event: T) -> bool:
         try:
             return sink(event)
         except Exception:  # a bug there must not stop the fan-out: the consumer takes it
-            log.exception("a stream's sink failed on event %s; its consumer takes it", event.id)
+            log.exception(
+                "a stream's sink failed on event %s; its consumer takes it",
+                getattr(event, "id", "?"),
+            )
             return False
+
+    def fail(self, error: Exception) -> None:
+        """The producer failed: the consumer's `next` raises `error` (now, if it waits)."""
+        self.error = error
+        self.resync = True  # takes `next` to `_reread_due`, which raises it
+        self._wake()
 
     def request_resync(self) -> None:
         """Make the consumer re-read PostgreSQL (now, if it is waiting)."""
@@ -114,12 +129,14 @@ class Listener:
         if it stopped reading and its buffer overflowed."""
         if self.overflowed:
             raise FellBehind
+        if self.error is not None:
+            raise self.error
         if self.resync:
             self.resync = False
             return True
         return False
 
-    async def next(self, wait_seconds: float) -> Event | None:
+    async def next(self, wait_seconds: float) -> T | None:
         """The next live event, or None when a re-read is due (quiet, or resync)."""
         self.last_take = time.monotonic()
         if (self.overflowed or self.resync) and self._reread_due():
@@ -168,7 +185,7 @@ class Listener:
             self._timer.cancel()
             self._timer = None
 
-    def drain(self) -> list[Event]:
+    def drain(self) -> list[T]:
         """Everything buffered now, without waiting."""
         self.last_take = time.monotonic()
         if self.overflowed:
@@ -192,12 +209,22 @@ class EventHub:
         self._stall_seconds = stall_seconds
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._listeners: dict[str, set[Listener]] = defaultdict(set)
+        self._listeners: dict[str, set[Listener[Event]]] = defaultdict(set)
         self._acks: dict[str, asyncio.Future[None]] = {}
         self._shared: dict[int, Event] = {}  # id -> event, oldest first
         self.streams = 0  # open streams in this process (for tests and metrics)
         self._lock = asyncio.Lock()
         self._home = f"taskrunner:hub:{uuid.uuid4()}"
+
+    @property
+    def buffer_events(self) -> int:
+        """Live events buffered per subscriber (its streams' inboxes hold as many)."""
+        return self._buffer_events
+
+    @property
+    def stall_seconds(self) -> float:
+        """How long a subscriber with a full buffer may take nothing before it fell behind."""
+        return self._stall_seconds
 
     async def start(self) -> None:
         self._pubsub = self._redis.pubsub()
@@ -213,10 +240,10 @@ class EventHub:
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
     @contextlib.asynccontextmanager
-    async def listen(self, channel: str) -> AsyncIterator[Listener]:
+    async def listen(self, channel: str) -> AsyncIterator[Listener[Event]]:
         """Listen on `channel`; returns once Redis confirmed the subscription."""
         assert self._pubsub is not None, "EventHub.start() first"
-        listener = Listener(
+        listener: Listener[Event] = Listener(
             buffer_events=self._buffer_events,
             stall_seconds=self._stall_seconds,
         )
@@ -242,7 +269,7 @@ class EventHub:
             async with self._lock:
                 await self._release(channel, listener)
 
-    async def _release(self, channel: str, listener: Listener) -> None:
+    async def _release(self, channel: str, listener: Listener[Event]) -> None:
         """Forget `listener`; unsubscribe when it was the channel's last (lock held)."""
         assert self._pubsub is not None
         self._listeners[channel].discard(listener)

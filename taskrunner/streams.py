@@ -8,13 +8,16 @@ not keep up gets `LIMIT_EXCEEDED` with the cursor to resume from, never silent l
 
 - `task_events`: one task, in `seq` order (1, 2, 3 ... so a gap is detected exactly).
 - `owner_events`: every task of an owner, in (xid, id) order, reading only events of
-  transactions below the snapshot's xmin: nothing can later commit behind the cursor.
+  transactions below the snapshot's xmin: nothing can later commit behind the cursor. The
+  owner's streams in a process share one feed, which does these reads once for all of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any, Generic, TypeVar
@@ -45,7 +48,7 @@ def is_terminal(event: Event) -> bool:
     return event.kind is EventKind.STATUS and event.data.get("status") in TERMINAL
 
 
-def _fell_behind(listener: Listener, last_cursor: str | None) -> LimitExceeded:
+def _fell_behind(listener: Listener[Any], last_cursor: str | None) -> LimitExceeded:
     resume = f'after: "{last_cursor}"' if last_cursor else "no `after` (nothing was sent yet)"
     return LimitExceeded(
         f"subscription fell more than {listener.buffer_events} events behind and was closed; "
@@ -319,32 +322,165 @@ async def owner_events(
 ) -> AsyncIterator[Event]:
     """Every event of the owner's tasks that passes `filter`, after `after_id`, in (xid, id)
     order, each once (every owner's when `owner` is None); it never ends by itself.
-    Pub/sub messages only wake it up: it always reads PostgreSQL, so its order holds across
-    processes and reconnects."""
+
+    The owner's feed in this process (`_OwnerFeed`) reads PostgreSQL for all the owner's
+    streams and hands each its events; a stream reads the table itself only to catch up: from
+    `after_id`, or after its inbox overflowed in a burst. Its order holds across processes
+    and reconnects: everything comes from PostgreSQL, in (xid, id) order."""
     last_cursor = encode_cursor(after_id) if after_id is not None else None
-    channel = ALL_CHANNEL if owner is None else owner_channel(owner)
-    async with hub.listen(channel) as listener:
+    if after_id is not None:  # an unknown cursor is refused before anything else
         position = await start_position(engine, after_id)
-        pending: set[Position] = set()  # hinted events not streamed yet (held back)
-        retry = HELD_BACK_RETRY_SECONDS
+    async with _joined(engine, hub, owner, quiet_seconds) as inbox:
+        if after_id is None:
+            # Now, read after joining: at or after where the feed was when this joined (see
+            # `_OwnerFeed`), so the feed hands over everything from here on.
+            position, _ = await _starts(
+                (engine, None), functools.partial(start_position, engine, None)
+            )
+        caught_up = after_id is None
         try:
             while True:
-                page = await _read_owner_page(engine, owner, position)
-                for event, task in page:
-                    position = (event.xid, event.id)
-                    if passes(filter, event, task):
-                        yield event
-                        last_cursor = event.cursor
-                if len(page) == PAGE:
+                if not caught_up:  # its own read: from its cursor, to where the feed is
+                    page = await _read_owner_page(engine, owner, position)
+                    inbox.last_take = time.monotonic()  # reading: not a stalled consumer
+                    for event, task in page:
+                        position = (event.xid, event.id)
+                        if passes(filter, event, task):
+                            yield event
+                            last_cursor = event.cursor
+                    if len(page) == PAGE:
+                        continue
+                    caught_up = True
+                item = await inbox.next(INBOX_WAIT_SECONDS)
+                if item is None:  # its inbox overflowed in a burst (or a long silence)
+                    caught_up = False
                     continue
+                event, task = item
+                if (event.xid, event.id) <= position:
+                    continue  # read already
+                position = (event.xid, event.id)
+                if passes(filter, event, task):
+                    yield event
+                    last_cursor = event.cursor
+        except FellBehind:
+            raise _fell_behind(inbox, last_cursor) from None
+
+
+OwnerItem = tuple[Event, dict[str, Any]]  # an event and its task's type, labels, created_at
+INBOX_WAIT_SECONDS = 3600.0  # a stream reads the table itself after this long without news
+_starts: SharedReads[Position] = SharedReads()
+
+
+class _OwnerFeed:
+    """One owner's events (every owner's: owner None) read from PostgreSQL once for all the
+    owner's streams in this process, and handed to each stream's inbox, in (xid, id) order.
+
+    It listens on the owner's channel and reads the table after a message (a commit), after
+    `quiet_seconds` without one (a process may die between commit and publish), and again
+    soon while a hinted event is held back behind an older open transaction: what each
+    stream did on its own before, done once per owner (1,000 streams of an owner cost the
+    reads of one).
+
+    No gap: a stream joins (its inbox is registered) before the feed has its start position
+    or at once (nothing awaited between); everything the feed reads from then on reaches the
+    inbox. A stream that starts now takes as its position the snapshot's xmin read after it
+    joined, which is at or after every position the feed had reached by then; one that
+    resumes from a cursor reads the table itself, after joining, up to where the feed is."""
+
+    def __init__(
+        self, engine: AsyncEngine, hub: EventHub, owner: str | None, quiet_seconds: float
+    ) -> None:
+        self.engine, self.hub, self.owner = engine, hub, owner
+        self.quiet_seconds = quiet_seconds
+        self.key = (engine, hub, owner)
+        self.inboxes: set[Listener[OwnerItem]] = set()
+        self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.started.add_done_callback(_retrieve)
+        self._listener: Listener[Event] | None = None
+        self.task = asyncio.create_task(self._run(), name=f"owner-feed:{owner}")
+        _running.add(self.task)  # a task nothing refers to may be collected midway
+        self.task.add_done_callback(_running.discard)
+
+    def join(self) -> Listener[OwnerItem]:
+        inbox: Listener[OwnerItem] = Listener(
+            buffer_events=self.hub.buffer_events, stall_seconds=self.hub.stall_seconds
+        )
+        self.inboxes.add(inbox)
+        return inbox
+
+    def leave(self, inbox: Listener[OwnerItem]) -> None:
+        self.inboxes.discard(inbox)
+        inbox.close()
+        if not self.inboxes:  # the last one: it ends (after the read it may be in)
+            self._forget()
+            if self._listener is not None:
+                self._listener.request_resync()
+
+    def _forget(self) -> None:
+        if _feeds.get(self.key) is self:
+            del _feeds[self.key]
+
+    async def _run(self) -> None:
+        channel = ALL_CHANNEL if self.owner is None else owner_channel(self.owner)
+        try:
+            async with self.hub.listen(channel) as listener:
+                self._listener = listener
+                position = await start_position(self.engine, None)
+                self.started.set_result(None)
+                await self._follow(listener, position)
+        except Exception as exc:  # PostgreSQL or Redis failed: so do its streams
+            self._forget()
+            if not self.started.done():
+                self.started.set_exception(exc)
+            for inbox in self.inboxes:
+                inbox.fail(exc)
+        finally:
+            self._forget()
+            if not self.started.done():  # cancelled (the loop is closing): no one waits on
+                self.started.cancel()
+
+    async def _follow(self, listener: Listener[Event], position: Position) -> None:
+        pending: set[Position] = set()  # hinted events not read yet (held back)
+        retry = HELD_BACK_RETRY_SECONDS
+        while self.inboxes:
+            page = await _read_owner_page(self.engine, self.owner, position)
+            for item in page:
+                position = (item[0].xid, item[0].id)
+                for inbox in self.inboxes:
+                    inbox.offer(item)
+            if len(page) == PAGE:
+                continue
+            try:
                 pending = {p for p in pending if p > position}
                 pending.update(p for h in listener.drain() if (p := (h.xid, h.id)) > position)
                 if pending:  # an older transaction is still open: look again soon
-                    wait, retry = retry, min(retry * 2, quiet_seconds)
+                    wait, retry = retry, min(retry * 2, self.quiet_seconds)
                 else:
-                    wait, retry = quiet_seconds, HELD_BACK_RETRY_SECONDS
+                    wait, retry = self.quiet_seconds, HELD_BACK_RETRY_SECONDS
                 hint = await listener.next(wait)
-                if hint is not None and (hint.xid, hint.id) > position:
-                    pending.add((hint.xid, hint.id))
-        except FellBehind:
-            raise _fell_behind(listener, last_cursor) from None
+            except FellBehind:  # hints only wake the feed up: it reads everything anyway
+                listener.overflowed = False
+                listener.queue.clear()
+                continue
+            if hint is not None and (hint.xid, hint.id) > position:
+                pending.add((hint.xid, hint.id))
+
+
+_feeds: dict[tuple[AsyncEngine, EventHub, str | None], _OwnerFeed] = {}
+_running: set[asyncio.Task[None]] = set()
+
+
+@contextlib.asynccontextmanager
+async def _joined(
+    engine: AsyncEngine, hub: EventHub, owner: str | None, quiet_seconds: float
+) -> AsyncIterator[Listener[OwnerItem]]:
+    """An inbox of the owner's feed in this process (started for it when there is none)."""
+    feed = _feeds.get((engine, hub, owner))
+    if feed is None:
+        feed = _feeds[(engine, hub, owner)] = _OwnerFeed(engine, hub, owner, quiet_seconds)
+    inbox = feed.join()
+    try:
+        await asyncio.shield(feed.started)
+        yield inbox
+    finally:
+        feed.leave(inbox)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import sys
 from typing import Any
 
@@ -14,11 +15,18 @@ import sqlalchemy as sa
 from gql import Client, GraphQLRequest
 from gql.transport.exceptions import TransportError, TransportQueryError
 from gql.transport.websockets import WebsocketsTransport
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
+from api.app import create_app
+from api.auth import Authenticator
+from taskrunner import keys
 from taskrunner.config import Settings
 from taskrunner.db import create_engine
-from tests.conftest import Stack, make_key, process_env, repo_root
+from taskrunner.keys import Principal
+from tests.conftest import Stack, eventually, make_key, process_env, repo_root, run_api
+from tests.pg_proxy import HoldingProxy
 from tests.test_lifecycle import submit
 from tests.test_walking_skeleton import WATCH
 
@@ -275,3 +283,88 @@ async def test_the_database_keeps_only_a_hash_of_each_key(api: Stack) -> None:
     (row,) = rows
     assert row["hash"] == hashlib.sha256(api.key.encode()).hexdigest()
     assert all(api.key not in str(value) for value in row.values())
+
+
+async def test_a_key_revoked_between_the_upgrade_and_connection_init_is_refused_there(
+    settings: Settings,
+) -> None:
+    app = create_app(settings)
+    async with run_api(settings, app) as url:
+        stack = await Stack.keyed(url, settings)
+        name = await _name_of(stack)
+        authenticator: Authenticator = app.state.services.authenticator
+        async with connect(
+            stack.ws_url.replace("http", "ws"),
+            subprotocols=[Subprotocol("graphql-transport-ws")],
+            additional_headers=stack.headers,  # resolved at the upgrade: a live key then
+        ) as ws:
+            engine = create_engine(settings.require_database_url(), pool_size=1)
+            try:
+                revoked = await keys.revoke(engine, name)
+            finally:
+                await engine.dispose()
+
+            principal = Principal(key_id=revoked.id, name=revoked.name, owner=revoked.owner)
+
+            async def noticed() -> bool:
+                """the api's watcher saw the revocation"""
+                return authenticator.revoked(principal)
+
+            await eventually(noticed, 5)
+            await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+            with pytest.raises(ConnectionClosed) as closed:
+                reply = await asyncio.wait_for(ws.recv(), 5)
+                raise AssertionError(f"the revoked key was let in: {reply!r}")
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+
+
+async def test_a_key_revoked_while_its_lookup_is_in_flight_is_not_cached_as_valid(
+    settings: Settings,
+) -> None:
+    """The lookup's reply is held back (a slow network) until the revocation has committed
+    and the api's watcher has seen it: the late answer must not be taken as valid."""
+    name = "in-flight-key"
+    secret = await make_key(settings, "tester", name=name)
+    direct = create_engine(settings.require_database_url(), pool_size=1)
+    async with HoldingProxy(settings.require_database_url()).running() as proxy:
+        engine = create_engine(proxy.url, pool_size=2)
+        slow_watch = settings.model_copy(update={"auth_recheck_seconds": 3600})
+        authenticator = Authenticator(engine, slow_watch)
+        await authenticator.start()
+        try:
+            proxy.hold(name.encode())  # the reply carrying the key's row
+            lookup = asyncio.create_task(authenticator.principal(secret))
+            await asyncio.wait_for(proxy.held.wait(), 5)  # it ran, before the revocation
+            await keys.revoke(direct, name)
+            await authenticator.check_revoked()  # the watcher's round sees it
+            proxy.release()
+            assert await asyncio.wait_for(lookup, 5) is None
+            assert await authenticator.principal(secret) is None  # nor cached as valid
+        finally:
+            await authenticator.stop()
+            await engine.dispose()
+            await direct.dispose()
+
+
+async def test_lookups_of_a_bogus_key_are_cached_briefly(settings: Settings) -> None:
+    app = create_app(settings)
+    async with run_api(settings, app) as url:
+        stack = await Stack.keyed(url, settings)
+        lookups: list[str] = []
+
+        def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            if "api_key" in statement and "hash" in statement:
+                lookups.append(statement)
+
+        engine = app.state.services.engine
+        sa.event.listen(engine.sync_engine, "before_cursor_execute", count)
+        bogus = {"Authorization": "Bearer trk_" + "x" * 43}
+        query = {"query": "{ limits { maxBatchSize } }"}
+        async with httpx.AsyncClient(base_url=url) as client:
+            answers = [await client.post("/graphql", json=query, headers=bogus) for _ in range(20)]
+            assert {a.status_code for a in answers} == {401}
+            assert len(lookups) <= 1, f"{len(lookups)} database lookups for one bogus key"
+            # a real key is still looked up, and works
+            fine = await client.post("/graphql", json=query, headers=stack.headers)
+            assert fine.status_code == 200
+        sa.event.remove(engine.sync_engine, "before_cursor_execute", count)

@@ -6,18 +6,22 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner import journal
 from taskrunner.config import Settings
+from taskrunner.db import create_engine
 from taskrunner.events import Event, EventKind, publish
 from taskrunner.hub import EventHub, FellBehind, Listener
 from taskrunner.states import TaskStatus
-from taskrunner.streams import task_events
-from taskrunner.tasks import Submission, _insert
+from taskrunner.streams import owner_events, task_events
+from taskrunner.tasks import Submission, TaskFilter, _insert
+from tests.conftest import eventually
 
 
 @pytest.fixture
@@ -274,3 +278,133 @@ async def test_events_a_sink_takes_keep_the_consumer_from_counting_as_quiet() ->
     assert not waiting.done()  # 0.5 s waited, events taken 0.1 s apart: not quiet
     assert await asyncio.wait_for(waiting, 2) is None  # quiet 0.3 s after the last one
     assert time.monotonic() - started >= 0.75
+
+
+# --- every task of an owner: reads shared by the owner's streams ---------------------------
+
+
+async def _owner_task(engine: AsyncEngine, owner: str) -> uuid.UUID:
+    async with journal.transaction(engine) as conn:
+        tasks, _ = await _insert(conn, owner, [Submission("echo", {"message": "x"}, 60)])
+    return tasks[0].id
+
+
+async def test_owner_streams_share_their_rereads_and_each_gets_every_event_in_order(
+    settings: Settings, engine: AsyncEngine, redis: Redis, hub: EventHub
+) -> None:
+    """200 tasksUpdates streams of one owner, started at different times, on an engine with
+    a pool of 2 (+2 overflow): while quiet they re-read PostgreSQL about once per quiet
+    period in all, not once each; events, published or not, reach each in order."""
+    small = create_engine(settings.require_database_url(), pool_size=2)
+    reads: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "FROM task_event" in statement:
+            reads.append(statement)
+
+    sa.event.listen(small.sync_engine, "before_cursor_execute", count)
+    quiet = 0.25
+    got: list[list[Event]] = [[] for _ in range(200)]
+    collectors: list[asyncio.Task[None]] = []
+    try:
+        for n in range(200):
+            stream = owner_events(
+                engine=small, hub=hub, owner="tester", after_id=None,
+                filter=TaskFilter(), quiet_seconds=quiet,
+            )  # fmt: skip
+            collectors.append(asyncio.create_task(_collect(stream, got[n])))
+            if n % 20 == 19:
+                await asyncio.sleep(0.07)  # staggered: their quiet periods do not line up
+        await asyncio.sleep(0.5)  # all started
+        reads.clear()
+        periods = 6
+        await asyncio.sleep(periods * quiet)
+        assert len(reads) <= 2 * periods + 2, f"{len(reads)} re-reads in {periods} periods"
+        assert not [c for c in collectors if c.done()]  # none failed (pool timeouts ...)
+
+        task_ids = [await _owner_task(engine, "tester") for _ in range(3)]
+        await _owner_task(engine, "someone else")
+        for task_id in task_ids:
+            await journal.apply(engine, redis, [_change(task_id, TaskStatus.RUNNING)])
+            await journal.apply(engine, redis, [_change(task_id, line="published")])
+            await _commit_without_publish(engine, _change(task_id, line="never published"))
+        async with engine.connect() as conn:
+            expected = list(
+                (
+                    await conn.execute(
+                        sa.text("SELECT id FROM task_event WHERE owner = 'tester' ORDER BY xid, id")
+                    )
+                ).scalars()
+            )
+        assert len(expected) == 12
+
+        async def all_arrived() -> bool:
+            """every stream got the 12 events"""
+            return all(len(g) >= 12 for g in got)
+
+        await eventually(all_arrived, 5)
+        assert all([e.id for e in g] == expected for g in got)
+    finally:
+        for collector in collectors:
+            collector.cancel()
+        await asyncio.gather(*collectors, return_exceptions=True)
+        await small.dispose()
+
+
+async def test_owner_streams_that_resume_join_late_or_overflow_stay_exact(
+    engine: AsyncEngine, redis: Redis
+) -> None:
+    """Beside a live stream: one resuming from a cursor catches up by itself, one started
+    later gets only what comes after it, one whose small inbox overflows in a burst re-reads
+    what it lost; each in order, each event once."""
+    hub = EventHub(redis, buffer_events=5, stall_seconds=30)
+    await hub.start()
+
+    def stream(after_id: int | None = None) -> AsyncIterator[Event]:
+        return owner_events(
+            engine=engine, hub=hub, owner="tester", after_id=after_id,
+            filter=TaskFilter(), quiet_seconds=30,
+        )  # fmt: skip
+
+    async def stored() -> list[int]:
+        async with engine.connect() as conn:
+            query = "SELECT id FROM task_event WHERE owner = 'tester' ORDER BY xid, id"
+            return list((await conn.execute(sa.text(query))).scalars())
+
+    live: list[Event] = []
+    collectors = [asyncio.create_task(_collect(stream(), live))]
+    try:
+        await asyncio.sleep(0.3)
+        task_id = await _owner_task(engine, "tester")
+        await journal.apply(engine, redis, [_change(task_id, TaskStatus.RUNNING)])
+        lines = [_change(task_id, line=str(n)) for n in range(20)]
+        await journal.apply(engine, redis, lines)  # one commit: a burst past the inbox of 5
+        expected = await stored()
+        assert len(expected) == 22
+
+        async def live_has_all() -> bool:
+            """the live stream got the burst"""
+            return len(live) >= 22
+
+        await eventually(live_has_all, 5)
+        resumed: list[Event] = []
+        later: list[Event] = []
+        collectors.append(asyncio.create_task(_collect(stream(expected[2]), resumed)))
+        collectors.append(asyncio.create_task(_collect(stream(), later)))
+        await asyncio.sleep(0.3)
+        await journal.apply(engine, redis, [_change(task_id, TaskStatus.SUCCEEDED)])
+        expected = await stored()
+
+        async def all_have_the_last() -> bool:
+            """each stream got the last event"""
+            return all(g and g[-1].id == expected[-1] for g in (live, resumed, later))
+
+        await eventually(all_have_the_last, 5)
+        assert [e.id for e in live] == expected
+        assert [e.id for e in resumed] == expected[3:]
+        assert [e.id for e in later] == expected[-1:]
+    finally:
+        for collector in collectors:
+            collector.cancel()
+        await asyncio.gather(*collectors, return_exceptions=True)
+        await hub.stop()
