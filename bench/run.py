@@ -120,6 +120,8 @@ def stack(workdir: Path, workers: int = 1) -> Iterator[dict[str, Any]]:
             "REDIS_URL": redis_url,
             "PORT": str(port),
             "TASKS_PER_MINUTE": "0",
+            # the subscription scenario holds 1,000 streams of one key (the default limit)
+            "MAX_SUBSCRIPTIONS_PER_KEY": "100000",
             "WORKER_METRICS_PORT": "0",
             "LOG_LEVEL": "WARNING",
             "DATA_DIR": str(workdir / "data"),
