@@ -58,3 +58,19 @@ class RateLimited(TaskrunnerError):
     @property
     def extensions(self) -> dict[str, object]:
         return {**super().extensions, "retryAfterSeconds": self.retry_after}
+
+
+class Unavailable(TaskrunnerError):
+    """PostgreSQL cannot be reached right now (down, restarting, a connection lost): the
+    call may not have happened (or, lost mid-statement, may have); `retry_after` says when
+    to try again."""
+
+    code = "UNAVAILABLE"
+
+    def __init__(self, message: str, *, retry_after: int, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.retry_after = retry_after
+
+    @property
+    def extensions(self) -> dict[str, object]:
+        return {**super().extensions, "retryAfterSeconds": self.retry_after}

@@ -2,12 +2,19 @@
 
 Each worker refreshes `taskrunner:worker:{id}` (JSON, expiring after a few intervals) and
 is listed in the set `taskrunner:workers`. A worker whose key expired is dead: the
-reconciler recovers the tasks PostgreSQL still shows it running.
+reconciler recovers the tasks PostgreSQL still shows it running, once they have been
+suspected for a grace period (SUSPECTS, reconciler.due_orphans). A beat clears the
+suspicion of the tasks it lists: a worker seen again is no longer suspect.
+
+A worker whose heartbeats are not written (`Pulse`) takes no new task: others will soon
+take it for dead and recover what it runs.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import orjson
@@ -15,7 +22,9 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 WORKERS_SET = "taskrunner:workers"
+SUSPECTS = "taskrunner:orphan_suspects"  # hash: task id -> first found orphaned (Redis ms)
 MISSED_BEATS = 5  # silent this many intervals: dead
+STALE_BEATS = 3  # no heartbeat written for this many intervals: take no new task
 
 
 def worker_key(worker_id: str) -> str:
@@ -31,12 +40,40 @@ class WorkerInfo(BaseModel):
     running: list[uuid.UUID]
 
 
-async def beat(redis: Redis, info: WorkerInfo, interval_seconds: float) -> None:
+@dataclass
+class Pulse:
+    """A worker's own view of its heartbeats: whether the last one was written, and when
+    one last was. Healthy until a beat fails or none was written for STALE_BEATS
+    intervals (a beat that hangs)."""
+
+    interval_seconds: float
+    last_written: float = field(default_factory=time.monotonic)
+    failing: bool = False
+
+    def healthy(self) -> bool:
+        age = time.monotonic() - self.last_written
+        return not self.failing and age < STALE_BEATS * self.interval_seconds
+
+
+async def beat(
+    redis: Redis, info: WorkerInfo, interval_seconds: float, pulse: Pulse | None = None
+) -> None:
+    """Write the heartbeat (and clear the suspicion of the tasks it lists); `pulse` notes
+    whether it was written."""
     ttl_ms = int(interval_seconds * MISSED_BEATS * 1000)
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.set(worker_key(info.id), orjson.dumps(info.model_dump(mode="json")), px=ttl_ms)
-        pipe.sadd(WORKERS_SET, info.id)
-        await pipe.execute()
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.set(worker_key(info.id), orjson.dumps(info.model_dump(mode="json")), px=ttl_ms)
+            pipe.sadd(WORKERS_SET, info.id)
+            if info.running:
+                pipe.hdel(SUSPECTS, *(str(task_id) for task_id in info.running))
+            await pipe.execute()
+    except BaseException:
+        if pulse is not None:
+            pulse.failing = True
+        raise
+    if pulse is not None:
+        pulse.failing, pulse.last_written = False, time.monotonic()
 
 
 async def leave(redis: Redis, worker_id: str) -> None:

@@ -33,10 +33,17 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner import jsonx, tracing
+from taskrunner.db import unavailable
 from taskrunner.events import Event, EventKind, publish
 from taskrunner.groupcommit import GroupCommit, Refused
 from taskrunner.models import task_table
-from taskrunner.states import TaskStatus, accepts_artifacts, accepts_events, can_move
+from taskrunner.states import (
+    TaskStatus,
+    accepts_artifacts,
+    accepts_events,
+    attempt_runs,
+    can_move,
+)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -81,6 +88,8 @@ class Change:
     data: Mapping[str, Any]
     to: TaskStatus | None = None
     retry_request: bool = False
+    # With `to`: only from this status (a narrow move of states.NARROW, e.g. CANCEL_QUEUED).
+    only_from: TaskStatus | None = None
     values: Mapping[str, Any] = field(default_factory=dict)
     # Only while the row is still this attempt (and, if given, this worker's): a worker
     # that was declared lost must not write over the attempt that replaced it.
@@ -123,7 +132,8 @@ async def connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
     The connection carries SQLAlchemy's codecs: a JSONB parameter is passed as JSON text
     (`json_text`), a JSONB column reads as Python values. Its statements are trace spans
     while tracing is on. A connection that broke or whose statement was interrupted is
-    invalidated rather than returned to the pool."""
+    invalidated rather than returned to the pool, as is one that failed because PostgreSQL
+    went away (`db.unavailable`: it may say goodbye before it closes)."""
     async with engine.connect() as conn:
         raw = (await conn.get_raw_connection()).driver_connection
         assert raw is not None
@@ -133,7 +143,11 @@ async def connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
         try:
             yield raw
         except BaseException as exc:
-            if raw.is_closed() or isinstance(exc, asyncio.CancelledError | OSError):
+            if (
+                raw.is_closed()
+                or isinstance(exc, asyncio.CancelledError | OSError)
+                or unavailable(exc)
+            ):
                 await asyncio.shield(conn.invalidate())
             raise
         finally:
@@ -328,7 +342,9 @@ def _param(column: str, value: Any) -> Any:
 
 
 def _allowed(row: _Row, change: Change) -> bool:
-    if change.expect_attempt is not None and row.attempts != change.expect_attempt:
+    if change.expect_attempt is not None and (
+        row.attempts != change.expect_attempt or not attempt_runs(row.status)
+    ):
         return False
     if change.expect_worker is not None and row.worker_id != change.expect_worker:
         return False
@@ -336,7 +352,9 @@ def _allowed(row: _Row, change: Change) -> bool:
         if change.kind is EventKind.ARTIFACT:
             return accepts_artifacts(row.status)
         return accepts_events(row.status)
-    return can_move(row.status, change.to, retry_request=change.retry_request)
+    return can_move(
+        row.status, change.to, retry_request=change.retry_request, only_from=change.only_from
+    )
 
 
 # One statement for a group of changes to distinct tasks whose updates have one shape
@@ -364,13 +382,33 @@ def _shape(change: Change) -> Shape:
     )
 
 
-@functools.cache
-def _allowed_from(to: TaskStatus | None, kind: EventKind, retry_request: bool) -> str:
+def _allowed_from(change: Change) -> str:
     """The statuses a change may find its task in, as `a,b,c`."""
-    if to is None:
-        accepts = accepts_artifacts if kind is EventKind.ARTIFACT else accepts_events
-        return ",".join(s.value for s in TaskStatus if accepts(s))
-    return ",".join(s.value for s in TaskStatus if can_move(s, to, retry_request=retry_request))
+    return _statuses(
+        change.to,
+        change.kind,
+        change.retry_request,
+        change.only_from,
+        change.expect_attempt is not None,
+    )
+
+
+@functools.cache
+def _statuses(
+    to: TaskStatus | None,
+    kind: EventKind,
+    retry_request: bool,
+    only_from: TaskStatus | None,
+    attempt_bound: bool,
+) -> str:
+    def allowed(s: TaskStatus) -> bool:
+        if attempt_bound and not attempt_runs(s):
+            return False
+        if to is None:
+            return accepts_artifacts(s) if kind is EventKind.ARTIFACT else accepts_events(s)
+        return can_move(s, to, retry_request=retry_request, only_from=only_from)
+
+    return ",".join(s.value for s in TaskStatus if allowed(s))
 
 
 @functools.cache
@@ -449,7 +487,7 @@ async def _record_in_one_statement(
     try:
         args: list[list[Any]] = [
             [c.task_id for c in changes],
-            [_allowed_from(c.to, c.kind, c.retry_request) for c in changes],
+            [_allowed_from(c) for c in changes],
             [c.expect_attempt for c in changes],
             [c.expect_worker for c in changes],
             [c.kind.value for c in changes],

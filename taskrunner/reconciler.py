@@ -5,7 +5,8 @@
 - `requeue_lost`: QUEUED tasks that Redis does not hold (the api died between commit and
   enqueue, Redis was flushed or restarted without its data) are enqueued again.
 - `recover_orphans`: RUNNING tasks of a worker whose heartbeat stopped run again (if
-  retries remain) or fail with WORKER_LOST.
+  retries remain) or fail with WORKER_LOST, once `due_orphans` says they have been
+  suspected for a whole grace period.
 Every step is idempotent: a job is enqueued NX, a transition is conditional.
 """
 
@@ -18,11 +19,13 @@ from typing import Any
 
 import sqlalchemy as sa
 from arq import ArqRedis
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner import journal, queue
 from taskrunner.artifacts import ArtifactStore, store_task_log
 from taskrunner.events import EventKind
+from taskrunner.heartbeats import SUSPECTS
 from taskrunner.journal import NOW
 from taskrunner.models import task_table
 from taskrunner.retries import retries_left
@@ -95,6 +98,41 @@ async def find_orphans(
     async with engine.connect() as conn:
         rows = (await conn.execute(query.limit(BATCH))).all()
     return [r for r in rows if r.id not in live.get(r.worker_id or "", set())]
+
+
+# One round of suspicion, atomic with respect to heartbeats: forget suspects that are no
+# longer candidates, note new ones at Redis' clock (ms), return those suspected for ARGV[1]
+# ms. KEYS[1]: the SUSPECTS hash; ARGV[2..]: the candidates' ids.
+DUE_ORPHANS = """
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local candidate, due = {}, {}
+for i = 2, #ARGV do candidate[ARGV[i]] = true end
+for _, id in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if not candidate[id] then redis.call('HDEL', KEYS[1], id) end
+end
+for i = 2, #ARGV do
+  redis.call('HSETNX', KEYS[1], ARGV[i], now)
+  if now - tonumber(redis.call('HGET', KEYS[1], ARGV[i])) >= tonumber(ARGV[1]) then
+    due[#due + 1] = ARGV[i]
+  end
+end
+return due
+"""
+
+
+async def due_orphans(redis: Redis, candidates: list[Any], *, grace_seconds: float) -> list[Any]:
+    """Those of `candidates` (find_orphans) suspected for a whole `grace_seconds`, so that a
+    moment without heartbeats (Redis restarted or flushed) recovers nothing. Suspicion
+    lives in Redis, shared by the reconcilers of all workers (whichever holds the lock in
+    a round), on Redis' clock; a task no longer a candidate is forgotten, and a heartbeat
+    listing a task clears it (heartbeats.beat): a worker seen again is no longer suspect,
+    also when no reconciler looked while it was."""
+    script = redis.register_script(DUE_ORPHANS)
+    ids = [str(row.id) for row in candidates]
+    found = await script(keys=[SUSPECTS], args=[int(grace_seconds * 1000), *ids])
+    due = {item.decode() if isinstance(item, bytes) else str(item) for item in found}
+    return [row for row in candidates if str(row.id) in due]
 
 
 async def recover_orphans(

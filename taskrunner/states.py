@@ -36,7 +36,9 @@ ALLOWED: frozenset[tuple[TaskStatus, TaskStatus]] = frozenset(
     }
 )
 
-# (from, to) pairs only an explicit `retryTask` may take.
+# (from, to) pairs only an explicit `retryTask` may take, and the only ones it may take: a
+# retry of a task that still runs (RUNNING -> QUEUED is a worker's move) would start a
+# second body beside the first.
 RETRY_ONLY: frozenset[tuple[TaskStatus, TaskStatus]] = frozenset(
     {
         (TaskStatus.FAILED, TaskStatus.QUEUED),
@@ -45,10 +47,42 @@ RETRY_ONLY: frozenset[tuple[TaskStatus, TaskStatus]] = frozenset(
 )
 
 
-def can_move(current: TaskStatus, target: TaskStatus, *, retry_request: bool = False) -> bool:
-    """Whether `current -> target` is allowed (`retry_request` for an explicit retryTask)."""
+# Moves an actor takes only from one state, although the table lets other states reach
+# the same target (for other actors): (from, to) as `Change.only_from` and `Change.to`.
+# Cancelling a task that has not started is QUEUED -> CANCELLED and nothing else: a cancel
+# that read QUEUED must not land on a task a worker started meanwhile, marking it CANCELLED
+# while its body runs (that task is cancelled as a running one: its body is stopped, and
+# the worker records CANCELLED once the body has ended).
+CANCEL_QUEUED: tuple[TaskStatus, TaskStatus] = (TaskStatus.QUEUED, TaskStatus.CANCELLED)
+NARROW: frozenset[tuple[TaskStatus, TaskStatus]] = frozenset({CANCEL_QUEUED})
+
+
+def can_move(
+    current: TaskStatus,
+    target: TaskStatus,
+    *,
+    retry_request: bool = False,
+    only_from: TaskStatus | None = None,
+) -> bool:
+    """Whether `current -> target` is allowed (`retry_request` for an explicit retryTask;
+    `only_from`: for a move of NARROW, taken only from that state)."""
     pair = (current, target)
-    return pair in ALLOWED or (retry_request and pair in RETRY_ONLY)
+    if only_from is not None:
+        if (only_from, target) not in NARROW:
+            raise ValueError(f"{only_from.value} -> {target.value} is not a move of NARROW")
+        if current is not only_from:
+            return False
+    if retry_request:
+        return pair in RETRY_ONLY
+    return pair in ALLOWED
+
+
+def attempt_runs(current: TaskStatus) -> bool:
+    """A write on behalf of one attempt (`Change.expect_attempt`: its worker's progress,
+    lines, artifacts and outcome, or a recovery of it) applies only while the task runs.
+    After a recovery re-queued it the attempt number is still the same, and a late write of
+    the old attempt must not land on the waiting task (a CANCELLED, a task.log)."""
+    return current is TaskStatus.RUNNING
 
 
 def accepts_events(current: TaskStatus) -> bool:

@@ -8,7 +8,7 @@ import logging
 import os
 import uuid
 import weakref
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -26,7 +26,7 @@ from taskrunner.groupcommit import GroupCommit, Refused
 from taskrunner.journal import NOW
 from taskrunner.logs import event
 from taskrunner.models import Task, event_table, task_table
-from taskrunner.states import TERMINAL, TaskStatus
+from taskrunner.states import CANCEL_QUEUED, TERMINAL, TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -359,11 +359,20 @@ async def attempt_metrics(
         return [(str(r[0]), r[1], dict(r[2])) for r in await conn.execute(query)]
 
 
+# A test seam: when set, `cancel` awaits it between reading the task and writing the
+# cancellation, so a test can start the task in that window (tests/test_cancel_race.py).
+before_cancel_write: Callable[[uuid.UUID, TaskStatus], Awaitable[None]] | None = None
+
+
 async def cancel(
     *, engine: AsyncEngine, redis: Redis, pool: ArqRedis, task_id: uuid.UUID, owner: str | None
 ) -> Task:
     """QUEUED: CANCELLED at once, and it never runs. RUNNING: flag it and tell the workers;
-    the one running it cancels the coroutine, which ends CANCELLED. Finished: CONFLICT."""
+    the one running it cancels the coroutine, which ends CANCELLED. Finished: CONFLICT.
+
+    The write is conditional on the status read: a task a worker started after the read
+    is not CANCELLED under its running body (CANCEL_QUEUED is QUEUED-only); it is read
+    again and cancelled as a running task."""
     for _ in range(journal.MAX_TRANSACTION_RUNS):
         task = await require(engine=engine, task_id=task_id, owner=owner)
         status = TaskStatus(task.status)
@@ -375,7 +384,10 @@ async def cancel(
         if status is TaskStatus.RUNNING and task.cancel_requested:
             await redis.publish(CANCEL_CHANNEL, cancel_message(task_id, task.attempts))
             return task
-        outcome = await journal.apply_one(engine, redis, _cancel_change(task_id, status))
+        if before_cancel_write is not None:
+            await before_cancel_write(task_id, status)
+        change = _cancel_change(task_id, status, task.attempts)
+        outcome = await journal.apply_one(engine, redis, change)
         if outcome.accepted:
             if status is TaskStatus.QUEUED:
                 await queue.remove(pool, task_id)
@@ -469,18 +481,22 @@ def parse_cancel_message(text: str) -> tuple[uuid.UUID, int]:
     return uuid.UUID(task_id), int(attempt)
 
 
-def _cancel_change(task_id: uuid.UUID, status: TaskStatus) -> journal.Change:
+def _cancel_change(task_id: uuid.UUID, status: TaskStatus, attempt: int) -> journal.Change:
+    """The cancellation of a task found in `status` at `attempt`; refused if it moved on."""
     if status is TaskStatus.QUEUED:
+        source, target = CANCEL_QUEUED
         return journal.Change(
             task_id,
             EventKind.STATUS,
-            {"status": TaskStatus.CANCELLED.value},
-            to=TaskStatus.CANCELLED,
+            {"status": target.value},
+            to=target,
+            only_from=source,
             values={"cancel_requested": True, "finished_at": NOW},
         )
-    return journal.Change(
+    return journal.Change(  # the attempt read: the cancel message names that one
         task_id,
         EventKind.LOG,
         {"level": "info", "line": "cancel requested"},
         values={"cancel_requested": True},
+        expect_attempt=attempt,
     )

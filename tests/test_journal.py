@@ -284,3 +284,53 @@ async def test_a_computed_value_with_a_parameter_is_written_both_ways(
     assert len(found) == 2
     assert all(3590 < r.wait <= 3600 and r.worker_id is None for r in found), found
     assert {r.status for r in found} == {"QUEUED"}
+
+
+async def _in_one_statement(engine: AsyncEngine, change: journal.Change) -> journal.Outcome:
+    outcomes = await journal._record_in_one_statement(engine, [change], journal._shape(change))
+    assert outcomes is not None
+    return outcomes[0]
+
+
+async def _in_a_transaction(engine: AsyncEngine, change: journal.Change) -> journal.Outcome:
+    async with journal.transaction(engine) as conn:
+        (outcome,) = await journal.record(conn, [change])
+    return outcome
+
+
+WAYS = {"statement": _in_one_statement, "transaction": _in_a_transaction}
+
+
+@pytest.mark.parametrize("way", WAYS)
+async def test_a_retry_request_never_requeues_a_running_task(
+    engine: AsyncEngine, redis: Redis, way: str
+) -> None:
+    """RUNNING -> QUEUED is a worker's move (a retry later, a hand-back); retryTask's change
+    taking it would run a second body beside the first."""
+    task_id = await _new_task(engine)
+    assert (await journal.apply_one(engine, redis, _start(task_id))).accepted
+    retry = _to(task_id, TaskStatus.QUEUED, retry_request=True, values={"worker_id": None})
+    outcome = await WAYS[way](engine, retry)
+    assert not outcome.accepted and outcome.found is TaskStatus.RUNNING
+
+
+@pytest.mark.parametrize("way", WAYS)
+@pytest.mark.parametrize("kind", ["cancelled", "artifact"])
+async def test_a_late_write_of_an_attempt_never_lands_on_the_requeued_task(
+    engine: AsyncEngine, redis: Redis, way: str, kind: str
+) -> None:
+    """Attempt 1 was recovered (RUNNING -> QUEUED, the attempt number unchanged) while its
+    worker still ran it. That worker's late outcome (CANCELLED: QUEUED -> CANCELLED is a
+    move of the table) or task.log must not be recorded on the waiting task."""
+    task_id = await _new_task(engine)
+    assert (await journal.apply_one(engine, redis, _start(task_id))).accepted
+    recovered = _to(task_id, TaskStatus.QUEUED, values={"worker_id": None}, expect_attempt=1)
+    assert (await journal.apply_one(engine, redis, recovered)).accepted
+    late = (
+        _to(task_id, TaskStatus.CANCELLED, values={"finished_at": journal.NOW}, expect_attempt=1)
+        if kind == "cancelled"
+        else journal.Change(task_id, EventKind.ARTIFACT, {"name": "task.log"}, expect_attempt=1)
+    )
+    outcome = await WAYS[way](engine, late)
+    assert not outcome.accepted and outcome.found is TaskStatus.QUEUED
+    assert [s for s, _, _ in await _seqs(engine, task_id)] == [1, 2, 3]

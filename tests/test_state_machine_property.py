@@ -18,28 +18,63 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner import journal
 from taskrunner.events import EventKind
-from taskrunner.states import TERMINAL, TaskStatus, accepts_events, can_move
+from taskrunner.states import (
+    NARROW,
+    TERMINAL,
+    TaskStatus,
+    accepts_artifacts,
+    accepts_events,
+    attempt_runs,
+    can_move,
+)
 from taskrunner.tasks import Submission, _insert
 
-# An attempt: a status to move to (with or without an explicit retry), or a log line.
+# An attempt: a status to move to (with or without an explicit retry, as a narrow move or
+# not), or a log line, or an artifact; each may be bound to the task's attempt (0: the
+# tasks here never start one), as a worker's writes are.
+Attempt = tuple[TaskStatus | str, bool, bool, bool]  # target, retry, narrow, bound
 attempts = st.one_of(
-    st.tuples(st.sampled_from(list(TaskStatus)), st.booleans()),
-    st.just(("log", False)),
+    st.tuples(st.sampled_from(list(TaskStatus)), st.booleans(), st.booleans(), st.booleans()),
+    st.tuples(st.sampled_from(["log", "artifact"]), st.just(False), st.just(False), st.booleans()),
 )
 rounds = st.lists(st.lists(attempts, min_size=1, max_size=4), min_size=1, max_size=8)
 
 
-def _change(task_id: uuid.UUID, target: TaskStatus | str, retry: bool) -> journal.Change:
-    if target == "log":
-        return journal.Change(task_id, EventKind.LOG, {"level": "info", "line": "x"})
+def _narrow(target: TaskStatus | str, narrow: bool) -> TaskStatus | None:
+    """The `only_from` of a narrow move to `target`, if asked for and there is one."""
+    return next((s for s, t in NARROW if t == target), None) if narrow else None
+
+
+def _change(task_id: uuid.UUID, attempt: Attempt) -> journal.Change:
+    target, retry, narrow, bound = attempt
+    expect = 0 if bound else None
+    if target in ("log", "artifact"):
+        kind = EventKind.LOG if target == "log" else EventKind.ARTIFACT
+        return journal.Change(task_id, kind, {"bound": bound}, expect_attempt=expect)
     status = TaskStatus(target)
+    only_from = _narrow(status, narrow)
     return journal.Change(
         task_id,
         EventKind.STATUS,
-        {"status": status.value, "retry": retry},
+        {"status": status.value, "retry": retry, "only_from": only_from, "bound": bound},
         to=status,
         retry_request=retry,
+        only_from=only_from,
+        expect_attempt=expect,
     )
+
+
+def _allowed(current: TaskStatus, attempt: Attempt) -> bool:
+    """What the state table says of `attempt` on a task in `current`."""
+    target, retry, narrow, bound = attempt
+    if bound and not attempt_runs(current):
+        return False
+    if target == "log":
+        return accepts_events(current)
+    if target == "artifact":
+        return accepts_artifacts(current)
+    status = TaskStatus(target)
+    return can_move(current, status, retry_request=retry, only_from=_narrow(status, narrow))
 
 
 async def _history(engine: AsyncEngine, task_id: uuid.UUID) -> tuple[list[sa.Row], str]:  # type: ignore[type-arg]
@@ -88,11 +123,11 @@ async def _new_task(engine: AsyncEngine) -> uuid.UUID:
 )
 @given(plan=rounds)
 async def test_any_mix_of_transitions_keeps_the_history_valid(
-    engine: AsyncEngine, path: str, plan: list[list[tuple[TaskStatus | str, bool]]]
+    engine: AsyncEngine, path: str, plan: list[list[Attempt]]
 ) -> None:
     task_id = await _new_task(engine)
     for concurrent in plan:  # each round's attempts race each other
-        await asyncio.gather(*(PATHS[path](engine, _change(task_id, t, r)) for t, r in concurrent))
+        await asyncio.gather(*(PATHS[path](engine, _change(task_id, a)) for a in concurrent))
 
     events, row_status = await _history(engine, task_id)
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
@@ -100,12 +135,14 @@ async def test_any_mix_of_transitions_keeps_the_history_valid(
     current = TaskStatus.QUEUED
     assert events[0].data["status"] == "QUEUED"
     for event in events[1:]:
-        if event.kind == "log":
-            assert accepts_events(current)
+        bound = bool(event.data.get("bound"))
+        if event.kind in ("log", "artifact"):
+            assert _allowed(current, (event.kind, False, False, bound))
             continue
         target = TaskStatus(event.data["status"])
         retry = bool(event.data.get("retry"))
-        assert can_move(current, target, retry_request=retry)
+        narrow = event.data.get("only_from") is not None
+        assert _allowed(current, (target, retry, narrow, bound))
         if current in TERMINAL:
             assert retry and target is TaskStatus.QUEUED
         current = target
@@ -120,24 +157,22 @@ async def test_any_mix_of_transitions_keeps_the_history_valid(
 )
 @given(plan=st.lists(attempts, min_size=1, max_size=10))
 async def test_each_change_is_decided_as_the_state_table_says(
-    engine: AsyncEngine, path: str, plan: list[tuple[TaskStatus | str, bool]]
+    engine: AsyncEngine, path: str, plan: list[Attempt]
 ) -> None:
     """One at a time: every change is accepted exactly when the table allows it, and
     reports the status it found and the event it wrote."""
     task_id = await _new_task(engine)
     current, seq = TaskStatus.QUEUED, 1
-    for target, retry in plan:
-        outcome = await PATHS[path](engine, _change(task_id, target, retry))
+    for attempt in plan:
+        target = attempt[0]
+        outcome = await PATHS[path](engine, _change(task_id, attempt))
         assert outcome.found is current
-        if target == "log":
-            allowed = accepts_events(current)
-        else:
-            allowed = can_move(current, TaskStatus(target), retry_request=retry)
-        assert outcome.accepted is allowed, (current, target, retry)
+        assert outcome.accepted is _allowed(current, attempt), (current, attempt)
         if outcome.event is not None:
             seq += 1
             assert (outcome.event.task_id, outcome.event.seq) == (task_id, seq)
-            assert outcome.event.kind == ("log" if target == "log" else "status")
-            current = current if target == "log" else TaskStatus(target)
+            event_kind = target if target in ("log", "artifact") else "status"
+            assert outcome.event.kind == event_kind
+            current = current if event_kind != "status" else TaskStatus(target)
     events, row_status = await _history(engine, task_id)
     assert len(events) == seq and row_status == current.value

@@ -25,7 +25,7 @@ from taskrunner.config import Settings
 from taskrunner.events import CANCEL_CHANNEL
 from taskrunner.models import task_table
 from taskrunner.tasks import parse_cancel_message
-from workers.runner import WorkerContext
+from workers.runner import WorkerContext, held
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def worker_info(ctx: WorkerContext, started_at: datetime) -> heartbeats.WorkerIn
         pid=os.getpid(),
         started_at=started_at,
         last_heartbeat_at=datetime.now(UTC),
-        running=[tid for tid, r in ctx["running"].items() if not r.body.done()],
+        running=held(ctx),  # also attempts whose final status is still being written
     )
 
 
@@ -120,6 +120,7 @@ async def beat(ctx: WorkerContext) -> None:
         ctx["redis"],
         worker_info(ctx, ctx["started_at"]),
         ctx["settings"].heartbeat_interval_seconds,
+        ctx["pulse"],  # while beats fail, the worker takes no new task (TaskWorker)
     )
 
 
@@ -143,15 +144,10 @@ async def reconcile(ctx: WorkerContext) -> None:
         ctx["engine"], ctx["redis"], grace_seconds=settings.reconcile_interval_seconds
     )
     live = {w.id: set(w.running) for w in await heartbeats.live_workers(ctx["redis"])}
-    live[ctx["worker_id"]] = {tid for tid, r in ctx["running"].items() if not r.body.done()}
+    live[ctx["worker_id"]] = set(held(ctx))
     grace = settings.heartbeat_interval_seconds * heartbeats.MISSED_BEATS
     candidates = await reconciler.find_orphans(ctx["engine"], live, grace_seconds=grace)
-    now = time.monotonic()
-    suspects = ctx["orphan_suspects"]
-    seen = {r.id: suspects.get(r.id, now) for r in candidates}
-    suspects.clear()
-    suspects.update(seen)
-    due = [r for r in candidates if now - seen[r.id] >= grace]
+    due = await reconciler.due_orphans(ctx["redis"], candidates, grace_seconds=grace)
     orphans = await reconciler.recover_orphans(
         ctx["engine"],
         ctx["redis"],

@@ -5,6 +5,12 @@ batches (one transaction for a burst), so a chatty task costs few transactions:
 - progress is coalesced: at most one event per PROGRESS_INTERVAL_SECONDS, the latest wins;
 - log lines (from `ctx.log` and from Python `logging` inside the task) are batched, and
   past MAX_LOG_LINES per attempt they are counted instead of recorded.
+
+While PostgreSQL cannot be reached (a restart) the outbox keeps what it could not write, in
+order, and writes it once it can: the task goes on, it is not failed by its progress
+report. A write refused because the attempt moved on (another worker's reconciler
+recovered it, it was queued again) trips the attempt's `Fence`: its body is cancelled at
+once, and nothing more of the attempt is written.
 """
 
 from __future__ import annotations
@@ -31,12 +37,15 @@ from taskrunner.artifacts import (
     add_artifact,
 )
 from taskrunner.config import Settings
+from taskrunner.db import unavailable
+from taskrunner.errors import Conflict
 from taskrunner.events import EventKind
 from taskrunner.logs import event
 from taskrunner.models import Artifact
 
 LOG_LEVELS = frozenset({"debug", "info", "warning", "error"})
 PROGRESS_INTERVAL_SECONDS = 0.1
+RETRY_SECONDS = (0.1, 2.0)  # backoff between writes while PostgreSQL is away: first, most
 MAX_LOG_LINES = 10_000
 MAX_LINE_CHARS = 10_000
 # Loggers of the machinery itself: never captured as a task's lines.
@@ -46,6 +55,24 @@ INTERNAL_LOGGERS = ("taskrunner", "workers.runner", "workers.background", "worke
 CURRENT: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
     "taskrunner_task", default=None
 )
+
+
+@dataclass
+class Fence:
+    """One attempt's: tripped when a write of it is refused because the attempt moved on
+    (recovered by another worker's reconciler, queued again, ended). The body is then
+    cancelled at once, and the runner records no outcome for it: the task belongs to
+    whoever moved it on."""
+
+    body: asyncio.Task[Any] | None = None
+    tripped: bool = False
+
+    def trip(self) -> None:
+        if not self.tripped:
+            self.tripped = True
+            event("attempt_fenced", logging.WARNING)
+        if self.body is not None and not self.body.done():
+            self.body.cancel()
 
 
 @dataclass
@@ -59,6 +86,7 @@ class TaskContext:
     engine: AsyncEngine
     redis: Redis
     store: ArtifactStore
+    fence: Fence = field(default_factory=Fence)
     _outbox: list[journal.Change] = field(default_factory=list)
     _pending_progress: journal.Change | None = None
     _last_progress: float = 0.0
@@ -66,6 +94,8 @@ class TaskContext:
     _dropped: int = 0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _flusher: asyncio.Task[None] | None = None
+    _unsent_since: float | None = None  # the first write that could not reach PostgreSQL
+    _closing: bool = False  # close() retries what is left: the flusher stops retrying
 
     async def progress(self, fraction: float, message: str | None = None) -> None:
         """Report progress in [0, 1] (clamped), with an optional message."""
@@ -112,6 +142,9 @@ class TaskContext:
                 expect_attempt=self.attempt,
                 quota=Quota.of(self.settings),
             )
+        except Conflict:  # the attempt moved on: refused, and the body stops
+            self.fence.trip()
+            raise
         except (ArtifactTooLarge, ArtifactQuotaExceeded) as exc:
             event("artifact_rejected", logging.WARNING, artifact=name, reason=exc.message)
             await self.log(f"artifact_rejected: {name}: {exc.message}", "error")
@@ -143,10 +176,18 @@ class TaskContext:
             self._flusher = asyncio.get_running_loop().create_task(self._drain(delay))
 
     async def _drain(self, delay: float) -> None:
-        """Flush after `delay`, and again while more arrived during a write."""
+        """Flush after `delay`, and again while more arrived during a write (later, with
+        backoff, while PostgreSQL cannot be reached)."""
         await asyncio.sleep(delay)
+        wait = RETRY_SECONDS[0]
         while True:
-            await self.flush()
+            if not await self.flush():
+                if self._closing:
+                    return
+                await asyncio.sleep(wait)
+                wait = min(2 * wait, RETRY_SECONDS[1])
+                continue
+            wait = RETRY_SECONDS[0]
             if self._outbox:
                 continue
             if self._pending_progress is None:
@@ -155,19 +196,50 @@ class TaskContext:
                 max(0.0, self._last_progress + PROGRESS_INTERVAL_SECONDS - time.monotonic())
             )
 
-    async def flush(self) -> None:
-        """Write everything queued, in order, in one transaction."""
+    async def flush(self) -> bool:
+        """Write everything queued, in order, in one transaction. False when PostgreSQL
+        could not be reached: the changes stay queued (a later flush writes them) until
+        WORKER_WRITE_RETRY_SECONDS after the first such failure, when they are dropped."""
         async with self._lock:
             changes, self._outbox = self._outbox, []
             if self._pending_progress is not None:
                 changes.append(self._pending_progress)
                 self._pending_progress = None
                 self._last_progress = time.monotonic()
-            if changes:
-                await journal.apply(self.engine, self.redis, changes)
+            if not changes or self.fence.tripped:  # a fenced attempt writes nothing more
+                return True
+            try:
+                outcomes = await journal.apply(self.engine, self.redis, changes)
+            except Exception as exc:
+                if not unavailable(exc):
+                    raise
+                return self._keep(changes)
+            self._unsent_since = None
+            if not all(o.accepted for o in outcomes):
+                self.fence.trip()
+            return True
+
+    def _keep(self, changes: list[journal.Change]) -> bool:
+        """Put back what PostgreSQL did not take, ahead of what came meanwhile (the newest
+        progress wins); give it up once it waited WORKER_WRITE_RETRY_SECONDS."""
+        now = time.monotonic()
+        if self._unsent_since is None:
+            self._unsent_since = now
+        if now - self._unsent_since >= self.settings.worker_write_retry_seconds:
+            event("task_lines_dropped", logging.WARNING, changes=len(changes))
+            self._unsent_since = None
+            return True
+        self._outbox[:0] = [c for c in changes if c.kind is not EventKind.PROGRESS]
+        if self._pending_progress is None:
+            progress = [c for c in changes if c.kind is EventKind.PROGRESS]
+            self._pending_progress = progress[-1] if progress else None
+        self._schedule_flush(RETRY_SECONDS[0])
+        return False
 
     async def close(self) -> None:
-        """Flush what is left (the runner calls it before the final status)."""
+        """Flush what is left (the runner calls it before the final status); while
+        PostgreSQL cannot be reached, again with backoff (bounded as `flush` is; not at all
+        when the worker is stopping)."""
         if self._dropped:
             self._outbox.append(
                 journal.Change(
@@ -182,9 +254,17 @@ class TaskContext:
                 )
             )
             self._dropped = 0
+        self._closing = True
         if self._flusher is not None and not self._flusher.done():
             await asyncio.shield(self._flusher)  # never cancel a write half-way
-        await asyncio.shield(self.flush())
+        wait = RETRY_SECONDS[0]
+        while not await asyncio.shield(self.flush()):
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():  # the worker is stopping
+                event("task_lines_dropped", logging.WARNING, changes=len(self._outbox))
+                return
+            await asyncio.sleep(wait)
+            wait = min(2 * wait, RETRY_SECONDS[1])
 
 
 class TaskLogHandler(logging.Handler):

@@ -3,6 +3,13 @@ the memory budget (workers.memory).
 
 This is the one catch-all of the worker: whatever the task body raises is recorded on the
 task (FAILED with its type and message) instead of escaping into arq.
+
+PostgreSQL restarting must not cost a task: the start and the writes that end an attempt
+(its last lines, its final status) are retried with backoff while it cannot be reached, for
+up to WORKER_WRITE_RETRY_SECONDS, and the attempt stays in the worker's heartbeat until
+its final status is written, so no reconciler takes it for lost meanwhile. An attempt
+whose write was refused because it moved on (fenced, see workers.context.Fence) records
+nothing more.
 """
 
 from __future__ import annotations
@@ -23,9 +30,10 @@ from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import journal, metrics, tracing
+from taskrunner import heartbeats, journal, metrics, tracing
 from taskrunner.artifacts import ArtifactStore, store_task_log
 from taskrunner.config import Settings
+from taskrunner.db import retry_unavailable
 from taskrunner.events import EventKind
 from taskrunner.journal import NOW
 from taskrunner.logs import bind, event, unbind
@@ -33,7 +41,7 @@ from taskrunner.models import event_table, task_table
 from taskrunner.retries import backoff, retries_left
 from taskrunner.states import TaskStatus
 from workers.catalog import TaskType
-from workers.context import TaskContext, run_with_context
+from workers.context import Fence, TaskContext, run_with_context
 from workers.memory import LIMIT_EXCEEDED, MemoryWatchdog
 
 log = logging.getLogger(__name__)
@@ -53,10 +61,11 @@ class WorkerContext(TypedDict):
     engine: AsyncEngine
     worker_id: str
     started_at: datetime
-    running: dict[uuid.UUID, Running]  # task id -> its attempt here, for cancellation
+    # task id -> its attempt here, from its start until its final status is written
+    running: dict[uuid.UUID, Running]
     cancel_requests: dict[tuple[uuid.UUID, int], float]  # (task, attempt) asked early -> when
     store: ArtifactStore
-    orphan_suspects: dict[uuid.UUID, float]  # the reconciler's: task -> first seen orphaned
+    pulse: heartbeats.Pulse  # whether this worker's heartbeats are written
     memory: MemoryWatchdog  # TASK_MAX_MEMORY_MB
     logged: set[uuid.UUID]  # tasks running here whose attempt wrote log lines
 
@@ -65,56 +74,80 @@ def _status(to: TaskStatus, **data: Any) -> dict[str, Any]:
     return {"status": to.value, **data}
 
 
+def held(ctx: WorkerContext) -> list[uuid.UUID]:
+    """The tasks whose attempt this worker has not finished: its body runs, or its last
+    writes are pending. The heartbeat lists them: none of them is an orphan."""
+    return list(ctx["running"])
+
+
 async def execute(ctx: WorkerContext, task_type: TaskType, task_id: str) -> str:
     """The arq job body for every task type; returns a short note for arq's log."""
     engine, redis = ctx["engine"], ctx["redis"]
     tid = uuid.UUID(task_id)
-    start = await journal.apply_one(
-        engine,
-        redis,
-        journal.Change(
-            tid,
-            EventKind.STATUS,
-            _status(TaskStatus.RUNNING),
-            to=TaskStatus.RUNNING,
-            values={
-                "started_at": NOW,
-                "attempts": journal.NEXT_ATTEMPT,
-                "worker_id": ctx["worker_id"],
-            },
-            want_row=True,
-        ),
+    change = journal.Change(
+        tid,
+        EventKind.STATUS,
+        _status(TaskStatus.RUNNING),
+        to=TaskStatus.RUNNING,
+        values={
+            "started_at": NOW,
+            "attempts": journal.NEXT_ATTEMPT,
+            "worker_id": ctx["worker_id"],
+        },
+        want_row=True,
     )
-    if not start.accepted or start.row is None:  # cancelled, already run, or a duplicate
+    tries = 0
+
+    async def start_once() -> journal.Outcome:
+        nonlocal tries
+        tries += 1
+        return await journal.apply_one(engine, redis, change)
+
+    start = await retry_unavailable(
+        start_once, within=ctx["settings"].worker_write_retry_seconds, what=f"start {tid}"
+    )
+    attempt: Attempt | None = None
+    if start.accepted and start.row is not None:
+        # Only its creation event before this start: it waited since it was created (or its
+        # runAt). Otherwise (a retry, a cancelled task run again) the events say since when.
+        if start.row["event_seq"] == 1:
+            attempt = _first_attempt(start.row)
+        else:
+            attempt = await _load(engine, tid)  # a later attempt: it waited since its re-queue
+    elif tries > 1 and start.found is TaskStatus.RUNNING:
+        # A try that failed with the connection may have committed: then the task runs
+        # under this worker's id, and it is this worker's to run.
+        attempt = await _load(engine, tid, worker_id=ctx["worker_id"])
+    if attempt is None:  # cancelled, already run, or a duplicate
         return f"skipped: task is {start.found.value if start.found else 'gone'}"
-    # Only its creation event before this start: it waited since it was created (or its
-    # runAt). Otherwise (a retry, a cancelled task run again) the events say since when.
-    attempt = _first_attempt(start.row) if start.row["event_seq"] == 1 else None
-    if attempt is None:
-        attempt = await _load(engine, tid)  # a later attempt: it waited since its re-queue
     with tracing.task_span(attempt.trace_parent, task_type.name, task_id, attempt.number):
         final = await _attempt(ctx, task_type, tid, attempt)
-    return str(final.to.value if final.to else "")
+    return str(final.to.value if final and final.to else "fenced")
 
 
 async def _attempt(
     ctx: WorkerContext, task_type: TaskType, tid: uuid.UUID, attempt: Attempt
-) -> journal.Change:
-    """Run the body, decide the outcome (retry, memory kill), record it with its metrics."""
+) -> journal.Change | None:
+    """Run the body, decide the outcome (retry, memory kill), record it with its metrics.
+    None: the attempt was fenced (it moved on while the body ran), nothing recorded."""
     memory = ctx["memory"]
     bind(task_id=str(tid), task_type=task_type.name, attempt=attempt.number)
     metrics.TASKS_RUNNING.inc()
     metrics.TASK_QUEUE_WAIT.labels(task_type.name).observe(attempt.queue_wait_seconds)
     event("task_started", queue_wait_seconds=round(attempt.queue_wait_seconds, 4))
     began = time.monotonic()
+    fence = Fence()
     try:
         try:
-            final = await _run_body(ctx, task_type, tid, attempt)
+            final = await _run_body(ctx, task_type, tid, attempt, fence)
         finally:
             run_seconds = time.monotonic() - began
             peak = memory.peak_mb(tid)
             killed = memory.finished(tid)
             metrics.TASKS_RUNNING.dec()
+        if fence.tripped:  # the task is no longer this attempt's: it records nothing
+            event("task_fenced", logging.WARNING, run_seconds=round(run_seconds, 4))
+            return None
         if killed is not None:  # however the body ended, it was over the budget: no retry
             await _log(ctx, tid, attempt.number, "error", f"task_killed: {killed}")
             final = _failed(tid, LIMIT_EXCEEDED, killed)
@@ -126,13 +159,30 @@ async def _attempt(
         # logging has none (a cancel or a failure may have lines written by others)
         if attempt.number > 1 or final.to is not TaskStatus.SUCCEEDED or tid in ctx["logged"]:
             await _store_log(ctx, tid, attempt.number)
-        await journal.apply_one(
-            ctx["engine"], ctx["redis"], replace(final, expect_attempt=attempt.number)
-        )
+        await _record_final(ctx, tid, replace(final, expect_attempt=attempt.number))
         return final
     finally:
         ctx["logged"].discard(tid)
+        running = ctx["running"].get(tid)
+        if running is not None and running.attempt == attempt.number:  # not a later one's
+            del ctx["running"][tid]
         unbind("task_id", "task_type", "attempt")
+
+
+async def _record_final(ctx: WorkerContext, task_id: uuid.UUID, final: journal.Change) -> None:
+    """Write the attempt's outcome, again with backoff while PostgreSQL cannot be reached
+    (a try that failed with the connection and did commit makes the next one refused:
+    the outcome is written once). Refused otherwise: the attempt moved on meanwhile."""
+
+    async def write() -> journal.Outcome:
+        return await journal.apply_one(ctx["engine"], ctx["redis"], final)
+
+    outcome = await retry_unavailable(
+        write, within=ctx["settings"].worker_write_retry_seconds, what=f"finish {task_id}"
+    )
+    if not outcome.accepted and outcome.found is not final.to:
+        found = outcome.found.value if outcome.found else "gone"
+        event("task_fenced", logging.WARNING, found=found)
 
 
 def _with_metrics(
@@ -234,7 +284,11 @@ def _first_attempt(row: Mapping[str, Any]) -> Attempt:
     )
 
 
-async def _load(engine: AsyncEngine, task_id: uuid.UUID) -> Attempt:
+async def _load(
+    engine: AsyncEngine, task_id: uuid.UUID, *, worker_id: str | None = None
+) -> Attempt | None:
+    """The attempt the task's row shows (with `worker_id`: only if it runs on that worker,
+    else None)."""
     t, e = task_table.c, event_table.c
     # The task waited since it last became QUEUED (or its runAt, if later).
     queued_at = (
@@ -256,8 +310,12 @@ async def _load(engine: AsyncEngine, task_id: uuid.UUID) -> Attempt:
         t.trace_parent,
         sa.func.extract("epoch", t.started_at - ready_at).label("queue_wait"),
     ).where(t.id == task_id)
+    if worker_id is not None:
+        query = query.where(t.status == TaskStatus.RUNNING.value, t.worker_id == worker_id)
     async with engine.connect() as conn:
-        row = (await conn.execute(query)).one()
+        row = (await conn.execute(query)).one_or_none()
+    if row is None:
+        return None
     return Attempt(
         row.input,
         row.timeout_seconds,
@@ -270,9 +328,11 @@ async def _load(engine: AsyncEngine, task_id: uuid.UUID) -> Attempt:
 
 
 async def _run_body(
-    ctx: WorkerContext, task_type: TaskType, task_id: uuid.UUID, attempt: Attempt
+    ctx: WorkerContext, task_type: TaskType, task_id: uuid.UUID, attempt: Attempt, fence: Fence
 ) -> journal.Change:
-    """Run the task's coroutine and turn how it ended into the final change."""
+    """Run the task's coroutine and turn how it ended into the final change. The attempt
+    stays in `ctx["running"]` after the body: `_attempt` removes it once its outcome is
+    written."""
     settings = ctx["settings"]
     try:
         data = task_type.input_model.model_validate(
@@ -285,13 +345,20 @@ async def _run_body(
     except ValidationError as exc:
         return _failed(task_id, "BAD_INPUT", f"stored input no longer valid: {exc}")
     tctx = TaskContext(
-        task_id, attempt.number, settings, ctx["engine"], ctx["redis"], store=ctx["store"]
+        task_id,
+        attempt.number,
+        settings,
+        ctx["engine"],
+        ctx["redis"],
+        store=ctx["store"],
+        fence=fence,
     )
     memory = ctx["memory"]
     body = asyncio.create_task(
         run_with_context(tctx, lambda: memory.metered(task_id, task_type.run(tctx, data))),
         name=f"task:{task_id}",
     )
+    fence.body = body
     ctx["running"][task_id] = Running(attempt.number, body)
     memory.started(task_id)
     asked = ctx["cancel_requests"].pop((task_id, attempt.number), None) is not None
@@ -299,14 +366,15 @@ async def _run_body(
         body.cancel()  # asked while this attempt was starting
     timer = asyncio.timeout(attempt.timeout_seconds)
     try:
-        async with timer:
-            try:
+        try:
+            async with timer:
                 result = await body
-            finally:
-                ctx["running"].pop(task_id, None)
-                await tctx.close()  # its last progress and lines come before the outcome
-                if tctx.lines:
-                    ctx["logged"].add(task_id)
+        finally:
+            # Its last progress and lines come before the outcome. Outside the timer: the
+            # body's time is over, and while PostgreSQL is away they may wait.
+            await tctx.close()
+            if tctx.lines:
+                ctx["logged"].add(task_id)
     except TimeoutError:
         if not timer.expired():  # raised by the task itself
             await _log(ctx, task_id, attempt.number, "error", traceback.format_exc())
@@ -372,11 +440,19 @@ def _failed(task_id: uuid.UUID, code: str, message: str) -> journal.Change:
 
 
 async def _log(ctx: WorkerContext, task_id: uuid.UUID, attempt: int, level: str, line: str) -> None:
+    """A line of the runner's own (a traceback, a retry), before the outcome; again while
+    PostgreSQL cannot be reached."""
     ctx["logged"].add(task_id)
     change = journal.Change(
         task_id, EventKind.LOG, {"level": level, "line": line}, expect_attempt=attempt
     )
-    await journal.apply_one(ctx["engine"], ctx["redis"], change)
+
+    async def write() -> journal.Outcome:
+        return await journal.apply_one(ctx["engine"], ctx["redis"], change)
+
+    await retry_unavailable(
+        write, within=ctx["settings"].worker_write_retry_seconds, what=f"log of {task_id}"
+    )
 
 
 async def _hand_back(ctx: WorkerContext, task_id: uuid.UUID, attempt: int) -> None:

@@ -58,7 +58,7 @@ async def _startup(settings: Settings, ctx: dict[str, Any]) -> None:
     ctx["started_at"] = datetime.now(UTC)
     ctx["running"] = {}
     ctx["cancel_requests"] = {}
-    ctx["orphan_suspects"] = {}
+    ctx["pulse"] = heartbeats.Pulse(settings.heartbeat_interval_seconds)
     ctx["logged"] = set()
     install_log_capture()
     # The baseline of TASK_MAX_MEMORY_MB: the worker's memory once it is set up.
@@ -117,6 +117,10 @@ class TaskWorker(Worker):
     as many as it had slots for), or `idle_poll_seconds` (jobs enqueued by other means, a
     lost message).
 
+    While its heartbeats are not written (heartbeats.Pulse) it claims nothing: other
+    workers will soon take it for dead and recover what it runs. It polls again each
+    heartbeat interval meanwhile.
+
     arq polls the queue, then starts the jobs it read one at a time, four Redis round trips
     each; here one Lua script reads and claims every job there is a free slot for, with
     the same checks, atomically. (No burst mode and no arq-style abort: tasks are
@@ -129,20 +133,37 @@ class TaskWorker(Worker):
         self._listener: asyncio.Task[None] | None = None
         self._claim: AsyncScript | None = None
         self._backlog = False  # the last poll claimed as many jobs as it had slots for
+        self._paused = False  # no heartbeat written: claiming nothing
 
     async def _poll_iteration(self) -> None:
         if self._listener is None:
             self._listener = asyncio.create_task(self._listen(), name="worker-wake-listener")
         self._wake.clear()
-        if self.allow_pick_jobs and self.job_counter < self.max_jobs:
+        beating = self._beating()
+        if self.allow_pick_jobs and self.job_counter < self.max_jobs and beating:
             await self._claim_jobs(self.max_jobs - self.job_counter)
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]
                 task.result()  # as arq: errors of run_job itself surface here
         await self.heart_beat()
+        wait = self.idle_poll_seconds
+        if not beating:
+            wait = min(wait, self.ctx["pulse"].interval_seconds)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), self.idle_poll_seconds)
+            await asyncio.wait_for(self._wake.wait(), wait)
+
+    def _beating(self) -> bool:
+        """Whether this worker's heartbeats are written (logged when that changes)."""
+        pulse: heartbeats.Pulse | None = self.ctx.get("pulse")
+        beating = pulse is None or pulse.healthy()
+        if beating == self._paused:
+            self._paused = not beating
+            if self._paused:
+                log.warning("heartbeats are not written: taking no new task until they are")
+            else:
+                log.warning("heartbeats are written again: taking tasks")
+        return beating
 
     async def _claim_jobs(self, free: int) -> None:
         if self._claim is None:
