@@ -11,6 +11,7 @@ import logging
 import os
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,18 @@ from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET, UnsetType
 
 from api import sse
-from api.auth import HOW_TO, Authenticator, AuthMiddleware, bearer, key_in, unauthenticated
+from api.auth import (
+    HOW_TO,
+    Authenticator,
+    AuthMiddleware,
+    SubscriptionLeases,
+    bearer,
+    key_in,
+    unauthenticated,
+)
 from api.context import Context, Services
 from api.errors import classify
-from api.fanout import FanoutTransportWSHandler
+from api.fanout import FanoutTransportWSHandler, GraphQLWSHandler
 from api.graphiql import STATIC_DIR, STATIC_PATH, offline_graphiql_html
 from api.limits import BodyLimitMiddleware
 from api.observability import RequestIdMiddleware, healthz, metrics_endpoint, readyz
@@ -44,17 +53,23 @@ from taskrunner import jsonx, queue, tracing
 from taskrunner.artifacts import (
     ArtifactTooLarge,
     LocalStore,
+    Quota,
     Signer,
+    attachment,
     find_upload,
     get_artifact,
     make_store,
+    receive_upload,
 )
 from taskrunner.config import Settings, get_settings
 from taskrunner.db import create_engine
+from taskrunner.errors import NotFound
 from taskrunner.hub import EventHub
+from taskrunner.logs import redact_access_log
 from taskrunner.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
+NOSNIFF = {"X-Content-Type-Options": "nosniff"}  # the declared type holds; no guessing
 
 
 def _http_base(base_url: str) -> str:
@@ -67,6 +82,8 @@ def _http_base(base_url: str) -> str:
 class GraphQLApp(GraphQL[Context, None]):
     # graphql-transport-ws with live events written straight to the socket (api.fanout)
     graphql_transport_ws_handler_class = FanoutTransportWSHandler
+    # the older graphql-ws protocol, with errors classified and a connection_init timeout
+    graphql_ws_handler_class = GraphQLWSHandler
 
     @cached_property
     def graphql_ide_html(self) -> str:
@@ -101,15 +118,17 @@ class GraphQLApp(GraphQL[Context, None]):
         return await super().process_result(request, result)
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
-        """The key in connection_init (or the upgrade request's header): checked before any
-        subscription starts; without a valid one the socket closes with 4403."""
+        """The key in connection_init (or the upgrade request's header): checked now, before
+        any subscription starts, also when the upgrade already resolved it (it may have
+        been revoked since); without a valid one the socket closes with 4403."""
         authenticator = context.services.authenticator
         secret = key_in(context.connection_params)
-        if secret is not None or context.principal is None:
-            context.principal = await authenticator.principal(secret)
+        if secret is None and context.websocket is not None:
+            secret = bearer(context.websocket.headers.get("authorization"))
+        context.principal = await authenticator.principal(secret)
         if context.principal is None:
             raise ConnectionRejectionError({"code": "UNAUTHENTICATED", "message": HOW_TO})
-        if context.websocket is not None:
+        if context.websocket is not None:  # nothing awaited since the lookup: see `principal`
             authenticator.track(context.principal, context.websocket)
         return UNSET  # type: ignore[no-any-return]
 
@@ -124,6 +143,8 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     await hub.start()
     authenticator = Authenticator(engine, settings)
     await authenticator.start()
+    leases = SubscriptionLeases(redis, settings)
+    await leases.start()
     app.state.services = Services(
         settings=settings,
         engine=engine,
@@ -133,10 +154,12 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         signer=Signer(_signing_key(settings)),
         authenticator=authenticator,
         rate_limiter=RateLimiter(redis, settings.tasks_per_minute),
+        leases=leases,
     )
     try:
         yield
     finally:
+        await leases.stop()
         await authenticator.stop()
         await hub.stop()
         await app.state.services.store.aclose()
@@ -189,27 +212,35 @@ async def artifact_download(request: Request) -> Response:
     return FileResponse(
         services.store.path(artifact.key),
         media_type=artifact.content_type,
-        filename=artifact.name,
+        # saved, never rendered here: an HTML artifact must not run as a page of the api
+        headers={"Content-Disposition": attachment(artifact.name), **NOSNIFF},
     )
 
 
 async def artifact_upload(request: Request) -> Response:
     """The bytes of an upload granted by createArtifactUpload (local store), streamed in
-    and refused past TASK_MAX_ARTIFACT_MB."""
+    and refused past TASK_MAX_ARTIFACT_MB (or what the grant reserved of its owner's
+    OWNER_MAX_ARTIFACT_MB)."""
     services: Services = request.app.state.services
     upload_id = _signed_id(request, "upload_id", "upload")
     if isinstance(upload_id, Response):
         return upload_id
-    upload = await find_upload(services.redis, upload_id)
+    upload = await find_upload(services.engine, upload_id)
     if upload is None:
         return PlainTextResponse("no such upload: call createArtifactUpload again", 404)
-    limit = int(services.settings.task_max_artifact_mb * 1024 * 1024)
     try:
-        stored = await services.store.put(
-            upload.key, request.stream(), content_type=upload.content_type, max_bytes=limit
+        stored = await receive_upload(
+            engine=services.engine,
+            store=services.store,
+            upload=upload,
+            data=request.stream(),
+            max_bytes=int(services.settings.task_max_artifact_mb * 1024 * 1024),
+            quota=Quota.of(services.settings),
         )
     except ArtifactTooLarge as exc:
         return PlainTextResponse(exc.message, 413)
+    except NotFound as exc:
+        return PlainTextResponse(exc.message, 404)
     return JSONResponse({"size": stored.size, "sha256": stored.sha256})
 
 
@@ -234,12 +265,14 @@ def _dashboard() -> list[Mount]:
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or get_settings()
     tracing.setup("taskrunner-api", settings)
+    redact_access_log()  # signed links and the dashboard's ?key= stay out of access logs
     graphql = GraphQLApp(
         schema,
         graphql_ide="graphiql",
         subscription_protocols=[GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL],
         keep_alive=True,  # graphql-ws "ka" messages; uvicorn pings websockets as well
         keep_alive_interval=15,
+        connection_init_wait_timeout=timedelta(seconds=settings.ws_connection_init_timeout_seconds),
         max_subscriptions_per_connection=None,  # ours: Context.subscription_slot
     )
     app = Starlette(
@@ -258,7 +291,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ],
         lifespan=_lifespan,
         middleware=[
-            *([Middleware(OpenTelemetryMiddleware)] if tracing.enabled() else []),
+            *(
+                [Middleware(OpenTelemetryMiddleware, server_request_hook=tracing.redact_span)]
+                if tracing.enabled()
+                else []
+            ),
             Middleware(RequestIdMiddleware),
             Middleware(BodyLimitMiddleware, limit=settings.max_request_bytes),
             Middleware(AuthMiddleware),

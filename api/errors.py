@@ -4,6 +4,8 @@
   `extensions` (code, field) onto the error;
 - an error GraphQL itself found (unknown field, wrong type, a @oneOf with two members)
   gets code BAD_INPUT;
+- PostgreSQL unreachable, or a connection to it lost mid-call, is UNAVAILABLE with
+  retryAfterSeconds (taskrunner.db.unavailable says which failures are that);
 - anything else is unexpected: the client sees "internal error" and an id to quote, the
   server logs the traceback under that id.
 """
@@ -20,6 +22,7 @@ from graphql.error import GraphQLError
 from strawberry.extensions import SchemaExtension
 from strawberry.types.execution import ExecutionResult
 
+from taskrunner.db import unavailable, unavailable_error
 from taskrunner.errors import TaskrunnerError
 from workers.catalog import catalog
 
@@ -65,6 +68,8 @@ def classify(error: GraphQLError) -> GraphQLError:
         )
     if isinstance(original, GraphQLError) and original.original_error is None:
         return classify(original)
+    if unavailable(original):
+        return _unavailable(error, original)
     incident = getattr(original, INCIDENT_ATTRIBUTE, None)
     if incident is None:  # logged once, however many layers classify the same error
         incident = uuid.uuid4().hex[:12]
@@ -78,6 +83,28 @@ def classify(error: GraphQLError) -> GraphQLError:
         positions=error.positions,
         path=error.path,
         extensions={"code": "INTERNAL", "incident": incident},
+    )
+
+
+UNAVAILABLE_LOGGED = "_taskrunner_unavailable_logged"
+
+
+def _unavailable(error: GraphQLError, original: Exception) -> GraphQLError:
+    """PostgreSQL could not be reached, or the connection to it was lost: UNAVAILABLE with
+    retryAfterSeconds, as for a refused connection. What failed is logged (once), never
+    sent: no SQL, host or exception text."""
+    if not getattr(original, UNAVAILABLE_LOGGED, False):
+        with contextlib.suppress(AttributeError):
+            setattr(original, UNAVAILABLE_LOGGED, True)
+        log.warning("answered UNAVAILABLE at %s: %r", error.path, original)
+    answer = unavailable_error()
+    return GraphQLError(
+        answer.message,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        extensions=answer.extensions,
     )
 
 

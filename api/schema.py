@@ -49,10 +49,19 @@ from api.types import (
     TaskType,
     Worker,
     event_type,
+    page_size,
 )
 from taskrunner import heartbeats, streams
 from taskrunner import tasks as ops
-from taskrunner.artifacts import add_artifact, begin_upload, complete_upload, find_upload
+from taskrunner.artifacts import (
+    Quota,
+    add_artifact,
+    begin_upload,
+    check_content_type,
+    check_name,
+    complete_upload,
+    find_upload,
+)
 from taskrunner.errors import BadInput, LimitExceeded, NotFound, RateLimited
 from taskrunner.events import Event, decode_cursor
 from taskrunner.hub import EventHub
@@ -60,8 +69,6 @@ from taskrunner.logs import event
 from taskrunner.models import Task as TaskRow
 from taskrunner.states import TaskStatus
 from workers.catalog import catalog
-
-MAX_PAGE = 100
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +151,10 @@ class Query:
         )
         return Task.from_row(row) if row else None
 
-    @strawberry.field(description="Your tasks, newest first, `first` (<= 100) at a time.")
+    @strawberry.field(
+        description="Your tasks, newest first, `first` (at most MAX_PAGE_SIZE, see `limits`; "
+        "null: that many) at a time."
+    )
     async def tasks(
         self,
         info: Info,
@@ -152,14 +162,13 @@ class Query:
         first: int | None = 20,
         after: str | None = None,
     ) -> TaskConnection:
-        if first is None or not 1 <= first <= MAX_PAGE:
-            raise BadInput(f"first: must be between 1 and {MAX_PAGE}, got {first}", field="first")
+        size = page_size(first, info.context.settings)
         f = filter or TaskFilter()
         page = await ops.list_tasks(
             engine=info.context.services.engine,
             owner=info.context.scope,
             filter=_domain_filter(f),
-            first=first,
+            first=size,
             after=after,
         )
         edges = [TaskEdge(cursor=page.cursor_of(t), node=Task.from_row(t)) for t in page.tasks]
@@ -281,9 +290,11 @@ class Mutation:
 
     @strawberry.mutation(
         description="Run a FAILED or CANCELLED task again as a new attempt; its events keep "
-        "the whole history."
+        "the whole history. Counts against TASKS_PER_MINUTE like a submission."
     )
     async def retry_task(self, info: Info, id: strawberry.ID) -> Task:
+        _task_id(id)  # a malformed id is BAD_INPUT before it costs anything
+        await _take_rate(info, 1)  # a retry runs the task again: as costly as a new one
         return await _change_task(info, id, ops.retry)
 
     @strawberry.mutation(
@@ -299,8 +310,8 @@ class Mutation:
     ) -> Artifact:
         services = info.context.services
         tid = _task_id(task_id, "taskId")
-        if not 1 <= len(name) <= 200:
-            raise BadInput("name: give 1 to 200 characters", field="name")
+        check_name(name)
+        check_content_type(content_type)
         try:
             data = base64.b64decode(data_base64, validate=True)
         except (binascii.Error, ValueError):
@@ -325,12 +336,16 @@ class Mutation:
             data=data,
             content_type=content_type,
             max_bytes=limit,
+            quota=Quota.of(services.settings),
         )
         return Artifact.from_row(row)
 
     @strawberry.mutation(
         description="Start a large upload to a QUEUED or RUNNING task: PUT the bytes to the "
-        "returned url (presigned S3 when the store is S3), then call completeArtifactUpload."
+        "returned url (presigned S3 when the store is S3), then call completeArtifactUpload. "
+        "Until then it counts among the task's artifacts and reserves up to "
+        "TASK_MAX_ARTIFACT_MB of your OWNER_MAX_ARTIFACT_MB; not completed within twice "
+        "ARTIFACT_UPLOAD_TTL_SECONDS, it expires and its bytes are deleted."
     )
     async def create_artifact_upload(
         self,
@@ -341,12 +356,18 @@ class Mutation:
     ) -> ArtifactUpload:
         services = info.context.services
         tid = _task_id(task_id, "taskId")
-        if not 1 <= len(name) <= 200:
-            raise BadInput("name: give 1 to 200 characters", field="name")
+        check_name(name)
+        check_content_type(content_type)
         await ops.require(engine=services.engine, task_id=tid, owner=info.context.scope)
-        ttl = services.settings.artifact_url_ttl_seconds
+        ttl = services.settings.artifact_upload_ttl_seconds
         upload = await begin_upload(
-            services.redis, task_id=tid, name=name, content_type=content_type, ttl_seconds=ttl
+            services.engine,
+            task_id=tid,
+            name=name,
+            content_type=content_type,
+            ttl_seconds=ttl,
+            max_bytes=int(services.settings.task_max_artifact_mb * 1024 * 1024),
+            quota=Quota.of(services.settings),
         )
         url = await services.store.upload_url(upload.key, ttl)
         if url is None:
@@ -367,7 +388,7 @@ class Mutation:
         services = info.context.services
         tid = _task_id(task_id, "taskId")
         await ops.require(engine=services.engine, task_id=tid, owner=info.context.scope)
-        upload = await find_upload(services.redis, _task_id(upload_id, "uploadId"))
+        upload = await find_upload(services.engine, _task_id(upload_id, "uploadId"))
         if upload is None or upload.task_id != tid:
             raise NotFound(
                 f"uploadId: no open upload {upload_id} for this task; it may have expired, "
@@ -380,6 +401,7 @@ class Mutation:
             store=services.store,
             upload=upload,
             max_bytes=int(services.settings.task_max_artifact_mb * 1024 * 1024),
+            quota=Quota.of(services.settings),
         )
         return Artifact.from_row(row)
 
@@ -669,7 +691,7 @@ class Subscription:
         await ops.require(engine=services.engine, task_id=task_id, owner=info.context.scope)
         after_id = decode_cursor(after) if after else None
         direct = _Direct.of(info)
-        with info.context.subscription_slot():
+        async with info.context.subscription_slot():
             async for event in streams.task_events(
                 engine=services.engine,
                 hub=services.hub,
@@ -707,7 +729,7 @@ class Subscription:
         services = info.context.services
         f = filter or TaskFilter()
         after_id = decode_cursor(after) if after else None
-        with info.context.subscription_slot():
+        async with info.context.subscription_slot():
             async for event in streams.owner_events(
                 engine=services.engine,
                 hub=services.hub,

@@ -246,17 +246,23 @@ class Task:
             attempts=attempts,
         )
 
-    @strawberry.field(description="The task's events in order, after the cursor `after`.")
+    @strawberry.field(
+        description="The task's events in order, after the cursor `after`, one page at a "
+        "time: pass the last one's cursor as `after` for the next page."
+    )
     async def events(
         self,
         info: Info,
         after: str | None = None,
-        first: Annotated[int | None, strawberry.argument(description="At most 1000.")] = None,
+        first: Annotated[
+            int | None,
+            strawberry.argument(
+                description="At most MAX_PAGE_SIZE (see `limits`), also the default."
+            ),
+        ] = None,
     ) -> list[TaskEvent]:
         after_id = decode_cursor(after) if after else None
-        if first is not None and not 1 <= first <= 1000:
-            raise BadInput(f"first: must be between 1 and 1000, got {first}", field="first")
-        limit = first
+        limit = page_size(first, info.context.settings)
         rows = await tasks.list_events(
             engine=info.context.services.engine,
             task_id=uuid.UUID(str(self.id)),
@@ -295,6 +301,21 @@ class Task:
             worker_id=row.worker_id if row.status == TaskStatus.RUNNING.value else None,
             next_attempt_at=row.due_at if row.status == TaskStatus.QUEUED.value else None,
         )
+
+
+def page_size(first: int | None, settings: Settings) -> int:
+    """A page's size: `first`, within 1 to MAX_PAGE_SIZE (which None asks for); the query
+    cost (api.limits) counts pages of that size."""
+    limit = settings.max_page_size
+    if first is None:
+        return limit
+    if not 1 <= first <= limit:
+        raise BadInput(
+            f"first: must be between 1 and MAX_PAGE_SIZE ({limit}), got {first}; read "
+            "further pages with `after`",
+            field="first",
+        )
+    return first
 
 
 @strawberry.type(description="A live worker, from its heartbeat.")
@@ -357,8 +378,8 @@ class TaskOptionsInput:
     )
     max_retries: int | None = strawberry.field(
         default=None,
-        description="Run again after a failure up to this many times (0 to 100), waiting "
-        "longer each time; default: the task type's policy.",
+        description="Run again after a failure up to this many times (0 to TASK_MAX_RETRIES, "
+        "see `limits`), waiting longer each time; default: the task type's policy.",
     )
     timeout_seconds: int | None = strawberry.field(
         default=None, description="Fail with TIMEOUT after this long (<= TASK_MAX_RUNTIME_SECONDS)."
@@ -370,10 +391,14 @@ class TaskOptionsInput:
         default=None, description="Do not start before this many seconds from now."
     )
     idempotency_key: str | None = strawberry.field(
-        default=None, description="Submitting again with the same key returns the first task."
+        default=None,
+        description="Submitting again with the same key returns the first task (1 to "
+        "MAX_IDEMPOTENCY_KEY_LENGTH characters).",
     )
     labels: list[str] | None = strawberry.field(
-        default=None, description="Free-form labels to filter by."
+        default=None,
+        description="Free-form labels to filter by: at most MAX_LABELS_PER_TASK, each 1 to "
+        "MAX_LABEL_LENGTH characters.",
     )
 
 
@@ -391,6 +416,19 @@ class Limits:
         description="Memory one task may add to its worker; past it the task FAILS."
     )
     task_max_artifact_mb: float = strawberry.field(description="Largest artifact (MB).")
+    max_artifacts_per_task: int = strawberry.field(
+        description="Most artifacts of one task (open uploads count; task.log files do not)."
+    )
+    owner_max_artifact_mb: float = strawberry.field(
+        description="Most artifact bytes one owner may keep (MB), open uploads included."
+    )
+    artifact_url_ttl_seconds: int = strawberry.field(
+        description="How long an artifact's download URL stays valid."
+    )
+    artifact_upload_ttl_seconds: int = strawberry.field(
+        description="How long an upload's PUT URL is valid; not completed within twice "
+        "that, the upload expires and its bytes are deleted."
+    )
     tasks_per_minute: int = strawberry.field(
         description="Tasks one API key may submit per minute (0: no limit)."
     )
@@ -402,8 +440,33 @@ class Limits:
     max_query_depth: int = strawberry.field(description="Deepest nesting of a query.")
     max_query_aliases: int = strawberry.field(description="Most aliases in one operation.")
     max_query_tokens: int = strawberry.field(description="Most tokens in one document.")
+    max_query_cost: int = strawberry.field(
+        description="Largest cost of one operation, refused before anything runs. Each "
+        "selected field counts 1 for every item of every list it is read under. A list counts "
+        "as many items as its `first` (given, or its default; maxPageSize when null); a "
+        "connection's `first` sizes its `edges`; a list without `first` counts 10. "
+        "`__typename` and introspection count 0. E.g. `tasks(first: 50) { edges { node { id "
+        "artifacts { id } } } }` costs 2 + 50 x (3 + 10 x 1) = 652."
+    )
+    max_page_size: int = strawberry.field(
+        description="Most items of one page (`tasks`, `Task.events`); `Task.events` reads "
+        "one such page when `first` is not given."
+    )
+    task_max_retries: int = strawberry.field(description="Highest `maxRetries` of a task.")
+    max_labels_per_task: int = strawberry.field(description="Most labels of one task.")
+    max_label_length: int = strawberry.field(description="Longest label (characters).")
+    max_idempotency_key_length: int = strawberry.field(
+        description="Longest `idempotencyKey` (characters)."
+    )
     max_subscriptions_per_connection: int = strawberry.field(
         description="Subscriptions one websocket may hold open."
+    )
+    max_subscriptions_per_key: int = strawberry.field(
+        description="Subscriptions one API key may hold open at once, over all its websockets "
+        "and Server-Sent Events streams on every api replica."
+    )
+    ws_connection_init_timeout_seconds: float = strawberry.field(
+        description="A websocket that sends no connection_init within this is closed (4408)."
     )
     fetch_domain_allowlist: list[str] = strawberry.field(
         description="Host patterns webScrape may fetch."
@@ -418,6 +481,10 @@ class Limits:
             task_default_timeout_seconds=settings.task_default_timeout_seconds,
             task_max_memory_mb=settings.task_max_memory_mb,
             task_max_artifact_mb=settings.task_max_artifact_mb,
+            max_artifacts_per_task=settings.max_artifacts_per_task,
+            owner_max_artifact_mb=settings.owner_max_artifact_mb,
+            artifact_url_ttl_seconds=settings.artifact_url_ttl_seconds,
+            artifact_upload_ttl_seconds=settings.artifact_upload_ttl_seconds,
             tasks_per_minute=settings.tasks_per_minute,
             max_batch_size=settings.max_batch_size,
             max_task_input_bytes=settings.max_task_input_bytes,
@@ -425,7 +492,15 @@ class Limits:
             max_query_depth=settings.max_query_depth,
             max_query_aliases=settings.max_query_aliases,
             max_query_tokens=settings.max_query_tokens,
+            max_query_cost=settings.max_query_cost,
+            max_page_size=settings.max_page_size,
+            task_max_retries=settings.task_max_retries,
+            max_labels_per_task=settings.max_labels_per_task,
+            max_label_length=settings.max_label_length,
+            max_idempotency_key_length=settings.max_idempotency_key_length,
             max_subscriptions_per_connection=settings.max_subscriptions_per_connection,
+            max_subscriptions_per_key=settings.max_subscriptions_per_key,
+            ws_connection_init_timeout_seconds=settings.ws_connection_init_timeout_seconds,
             fetch_domain_allowlist=_csv(settings.fetch_domain_allowlist),
             search_source_allowlist=_csv(settings.search_source_allowlist),
             search_max_results=settings.search_max_results,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -78,8 +79,34 @@ class Settings(BaseSettings):
         description="How often one worker re-enqueues tasks Redis lost and recovers tasks of "
         "dead workers.",
     )
+    worker_write_retry_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long a worker retries, with backoff, the writes of an attempt "
+        "(its start, progress and lines, its final status) while PostgreSQL cannot be "
+        "reached; longer than a restart. Past it the reconciler recovers the task.",
+    )
     max_subscriptions_per_connection: int = Field(
         default=100, gt=0, description="Subscriptions one websocket connection may hold open."
+    )
+    max_subscriptions_per_key: int = Field(
+        default=1000,
+        gt=0,
+        description="Subscriptions one API key may hold open at once, over all its websockets "
+        "and Server-Sent Events streams on every api replica (counted in Redis).",
+    )
+    subscription_lease_seconds: float = Field(
+        default=30.0,
+        ge=1,
+        description="How long the open subscriptions of an api replica that died without "
+        "closing them still count against MAX_SUBSCRIPTIONS_PER_KEY; a live replica renews "
+        "its own every third of this.",
+    )
+    ws_connection_init_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="A websocket that has not sent `connection_init` this long after it "
+        "opened is closed (code 4408).",
     )
     auth_disabled: bool = Field(
         default=False,
@@ -110,6 +137,18 @@ class Settings(BaseSettings):
     max_task_input_bytes: int = Field(
         default=65536, gt=0, description="Largest input of one task, as JSON (bytes)."
     )
+    task_max_retries: int = Field(
+        default=100, ge=0, description="Highest `maxRetries` a task may be submitted with."
+    )
+    max_labels_per_task: int = Field(
+        default=20, ge=0, description="Most labels one task may carry."
+    )
+    max_label_length: int = Field(
+        default=200, gt=0, description="Longest label of a task (characters)."
+    )
+    max_idempotency_key_length: int = Field(
+        default=200, gt=0, description="Longest `idempotencyKey` of a task (characters)."
+    )
     max_request_bytes: int = Field(
         default=4 * 1024 * 1024,
         gt=0,
@@ -123,6 +162,20 @@ class Settings(BaseSettings):
     )
     max_query_tokens: int = Field(
         default=10000, gt=0, description="Most tokens in one GraphQL document."
+    )
+    max_query_cost: int = Field(
+        default=10000,
+        gt=0,
+        description="Largest cost of one GraphQL operation, refused before it runs: each "
+        "selected field counts 1 for every item of every list it is read under; a list counts "
+        "its `first` (given or default; MAX_PAGE_SIZE when null), a connection's `first` sizes "
+        "its edges, a list without `first` counts 10; introspection counts 0.",
+    )
+    max_page_size: int = Field(
+        default=100,
+        ge=20,
+        description="Most items of one page (`tasks(first)`, `Task.events(first)`), and the "
+        "page `Task.events` reads without `first`; at least 20 (the default page of `tasks`).",
     )
     minio_endpoint: str | None = Field(
         default=None,
@@ -147,6 +200,24 @@ class Settings(BaseSettings):
     artifact_url_ttl_seconds: int = Field(
         default=3600, gt=0, description="How long an artifact's download URL stays valid."
     )
+    artifact_upload_ttl_seconds: int = Field(
+        default=3600,
+        gt=0,
+        description="How long the PUT URL of createArtifactUpload stays valid; an upload not "
+        "completed within twice that expires, and the workers delete it with its bytes.",
+    )
+    max_artifacts_per_task: int = Field(
+        default=100,
+        gt=0,
+        description="Most artifacts one task may have (open uploads count; its task.log files "
+        "do not).",
+    )
+    owner_max_artifact_mb: float = Field(
+        default=10240,
+        gt=0,
+        description="Most artifact bytes one owner may keep (MB), open uploads counting at what "
+        "they may still grow to; task.log files count but are never refused.",
+    )
     artifact_signing_key: SecretStr | None = Field(
         default=None,
         description="Key that signs local artifact URLs; give every api replica the same one. "
@@ -155,7 +226,9 @@ class Settings(BaseSettings):
     fetch_domain_allowlist: str = Field(
         default="*",
         description="Hosts webScrape may fetch: comma-separated glob patterns; `*` allows any "
-        "public host. Private, loopback and link-local addresses need an explicit pattern.",
+        "public host. A name resolving to a private address needs a pattern other than `*` "
+        "matching it; to a loopback, link-local or cloud-metadata address, an entry without "
+        "wildcards that is the host itself or that address.",
     )
     brave_api_key: SecretStr | None = Field(
         default=None, description="Brave Search API key for the `search` task type."
@@ -243,6 +316,24 @@ class Settings(BaseSettings):
         return self.redis_url
 
 
+# Values never echoed in a configuration error: keys, secrets, passwords, tokens.
+SECRET_NAME = re.compile(r"(^|_)(KEY|SECRET|PASSWORD|TOKEN)(_|$)")
+
+
+def _shown(name: str, value: object) -> str:
+    """What a configuration error may say of a bad value: the value itself, except for a
+    secret (hidden) or a URL's password (masked), which would end up in logs and CI output."""
+    field = Settings.model_fields.get(name.lower())
+    secret_type = field is not None and "SecretStr" in str(field.annotation)
+    if secret_type or SECRET_NAME.search(name):
+        return "(the value is not shown: it is a secret)"
+    if isinstance(value, str) and "@" in value:  # user:password@host: keep only the host
+        credentials, _, host = value.rpartition("@")
+        scheme = credentials.split("://", 1)[0] + "://" if "://" in credentials else ""
+        value = f"{scheme}***@{host}"
+    return f"(got {value!r})"
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build settings, turning a validation failure into one line per bad variable."""
     try:
@@ -251,7 +342,7 @@ def load_settings(**overrides: object) -> Settings:
         lines = []
         for err in exc.errors():
             name = "_".join(str(p) for p in err["loc"]).upper()
-            lines.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+            lines.append(f"{name}: {err['msg']} {_shown(name, err.get('input'))}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
 
 

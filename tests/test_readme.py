@@ -23,3 +23,20 @@ def test_every_task_type_is_documented() -> None:
     from workers.catalog import catalog
 
     assert [n for n in catalog() if f"| `{n}` |" not in README] == []
+
+
+def test_every_limit_of_the_security_section_is_a_setting_reported_by_limits() -> None:
+    """The Security section's table lists the limits; each is a setting, and `limits`
+    (the Limits type) reports it."""
+    import re
+
+    from api.types import Limits
+    from strawberry.utils.str_converters import to_snake_case
+
+    section = README.split("## Security", 1)[1].split("\n## ", 1)[0]
+    table = section.split("| limit | setting |", 1)[1]
+    named = {n.lower() for n in re.findall(r"`([A-Z][A-Z0-9_]+)`", table)}
+    assert len(named) >= 20
+    reported = {to_snake_case(f.name) for f in Limits.__strawberry_definition__.fields}
+    assert sorted(named - set(Settings.model_fields)) == []
+    assert sorted(named - reported) == []
