@@ -30,8 +30,9 @@ def test_every_limit_of_the_security_section_is_a_setting_reported_by_limits() -
     (the Limits type) reports it."""
     import re
 
-    from api.types import Limits
     from strawberry.utils.str_converters import to_snake_case
+
+    from api.types import Limits
 
     section = README.split("## Security", 1)[1].split("\n## ", 1)[0]
     table = section.split("| limit | setting |", 1)[1]
