@@ -35,7 +35,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketState
 
-from taskrunner import keys
+from taskrunner import db, keys
 from taskrunner.config import Settings
 from taskrunner.errors import LimitExceeded
 from taskrunner.keys import ANONYMOUS, Principal
@@ -191,6 +191,13 @@ def unauthenticated(message: str) -> JSONResponse:
     return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
 
 
+def unavailable() -> JSONResponse:
+    """The answer while PostgreSQL cannot be reached to look a key up (503, Retry-After)."""
+    error = db.unavailable_error()
+    body = {"errors": [{"message": error.message, "extensions": error.extensions}]}
+    return JSONResponse(body, status_code=503, headers={"Retry-After": str(db.RETRY_AFTER_SECONDS)})
+
+
 class AuthMiddleware:
     """Resolves the caller of every GraphQL request into `scope["state"]["principal"]`;
     refuses HTTP requests without a valid key."""
@@ -205,7 +212,17 @@ class AuthMiddleware:
         authenticator: Authenticator = scope["app"].state.services.authenticator
         headers = Headers(scope=scope)
         secret = bearer(headers.get("authorization"))
-        principal = await authenticator.principal(secret)
+        try:
+            principal = await authenticator.principal(secret)
+        except Exception as exc:
+            if not db.unavailable(exc):
+                raise
+            log.warning("key lookup failed: the database is unavailable", exc_info=exc)
+            if scope["type"] == "websocket":  # before accepting: 1013, try again later
+                await send({"type": "websocket.close", "code": 1013})
+            else:
+                await unavailable()(scope, receive, send)
+            return
         scope.setdefault("state", {})["principal"] = principal
         if principal is None and scope["type"] == "http" and not _is_graphiql_page(scope):
             why = "the API key is unknown or revoked" if secret else "no API key"

@@ -273,3 +273,28 @@ def test_other_failures_stay_internal(exc: BaseException) -> None:
     error = classify(_wrapped(exc))
     assert error.extensions is not None and error.extensions["code"] == "INTERNAL"
     assert not isinstance(error.original_error, TaskrunnerError)
+
+
+async def test_a_key_looked_up_while_postgres_is_down_gets_unavailable(
+    server: Server, own_settings: Settings
+) -> None:
+    """A key the api has not seen yet cannot be looked up while PostgreSQL is down: the
+    caller is answered UNAVAILABLE (503, Retry-After), not a bare 500 or UNAUTHENTICATED;
+    once the server is back, the same key works."""
+    settings = own_settings
+    key = await make_key(settings)
+    async with run_api(settings) as url, httpx.AsyncClient(base_url=url) as client:
+        headers = {"Authorization": f"Bearer {key}"}
+        await asyncio.to_thread(server.stop)
+        try:
+            answer = await client.post("/graphql", json={"query": SUBMIT}, headers=headers)
+        finally:
+            await asyncio.to_thread(server.start)
+        assert answer.status_code == 503, answer.text
+        assert int(answer.headers["retry-after"]) >= 1
+        (error,) = answer.json()["errors"]
+        assert error["extensions"]["code"] == "UNAVAILABLE", error
+        assert error["extensions"]["retryAfterSeconds"] >= 1
+        assert "/" not in error["message"] and "Error" not in error["message"]
+        again = await client.post("/graphql", json={"query": SUBMIT}, headers=headers)
+        assert again.status_code == 200 and "errors" not in again.json(), again.text
