@@ -46,10 +46,9 @@ class Unauthenticated(TaskrunnerError):
     code = "UNAUTHENTICATED"
 
 
-class RateLimited(TaskrunnerError):
-    """Over TASKS_PER_MINUTE; `retry_after` says how many seconds to wait."""
-
-    code = "RATE_LIMITED"
+class RetryLater(TaskrunnerError):
+    """A refusal that passes with time: `retry_after` (seconds) reaches clients as
+    `extensions.retryAfterSeconds`."""
 
     def __init__(self, message: str, *, retry_after: int, field: str | None = None) -> None:
         super().__init__(message, field=field)
@@ -60,17 +59,15 @@ class RateLimited(TaskrunnerError):
         return {**super().extensions, "retryAfterSeconds": self.retry_after}
 
 
-class Unavailable(TaskrunnerError):
+class RateLimited(RetryLater):
+    """Over TASKS_PER_MINUTE; `retry_after` says how many seconds to wait."""
+
+    code = "RATE_LIMITED"
+
+
+class Unavailable(RetryLater):
     """PostgreSQL cannot be reached right now (down, restarting, a connection lost): the
     call may not have happened (or, lost mid-statement, may have); `retry_after` says when
     to try again."""
 
     code = "UNAVAILABLE"
-
-    def __init__(self, message: str, *, retry_after: int, field: str | None = None) -> None:
-        super().__init__(message, field=field)
-        self.retry_after = retry_after
-
-    @property
-    def extensions(self) -> dict[str, object]:
-        return {**super().extensions, "retryAfterSeconds": self.retry_after}

@@ -9,7 +9,7 @@ import hashlib
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,7 +17,6 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from gql.transport.exceptions import TransportQueryError
-from moto.server import ThreadedMotoServer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner.artifacts import (
@@ -49,18 +48,6 @@ async def _chunks(n: int, size: int) -> AsyncIterator[bytes]:
 
 
 # --- the store ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """An S3-compatible server on loopback (moto's; it does not check signatures)."""
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop()
 
 
 def s3_settings(settings: Settings, endpoint: str) -> Settings:

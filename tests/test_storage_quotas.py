@@ -8,17 +8,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 from gql.transport.exceptions import TransportQueryError
-from moto.server import ThreadedMotoServer
 
 from taskrunner.artifacts import LocalStore, S3Store, make_store
 from taskrunner.config import Settings
-from taskrunner.embedded import free_port
 from tests.conftest import Stack, eventually, run_api, run_worker
 from tests.test_artifacts import ARTIFACTS, ATTACH, COMPLETE, UPLOAD, _keys, s3_settings
 from tests.test_lifecycle import finish, submit
@@ -34,18 +32,6 @@ async def _error(stack: Stack, query: str, **variables: Any) -> dict[str, Any]:
     assert err.value.errors is not None
     (error,) = err.value.errors
     return dict(error)
-
-
-@pytest.fixture(scope="module")
-def moto_s3() -> Iterator[str]:
-    """An S3-compatible server on loopback (moto's, as in tests/test_artifacts.py)."""
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop()
 
 
 def _b64(n: int) -> str:
@@ -64,9 +50,9 @@ async def _incomplete_uploads(store: S3Store) -> list[str]:
 
 @pytest.mark.parametrize("kind", ["local", "s3"])
 async def test_an_upload_never_completed_expires_and_its_bytes_are_deleted(
-    settings: Settings, moto_s3: str, kind: str
+    settings: Settings, s3_endpoint: str, kind: str
 ) -> None:
-    chosen = s3_settings(settings, moto_s3) if kind == "s3" else settings
+    chosen = s3_settings(settings, s3_endpoint) if kind == "s3" else settings
     chosen = chosen.model_copy(update={"artifact_upload_ttl_seconds": 1})
     store = make_store(chosen)
     try:
@@ -101,11 +87,11 @@ async def test_an_upload_never_completed_expires_and_its_bytes_are_deleted(
 
 
 async def test_a_cancelled_multipart_upload_leaves_no_parts(
-    settings: Settings, moto_s3: str
+    settings: Settings, s3_endpoint: str
 ) -> None:
     """A task cancelled (or timed out) while its artifact streams to S3: miniopy-async
     aborts its multipart upload on an Exception only, so the parts would stay."""
-    store = make_store(s3_settings(settings, moto_s3))
+    store = make_store(s3_settings(settings, s3_endpoint))
     assert isinstance(store, S3Store)
     sent_a_part = asyncio.Event()
 
@@ -287,8 +273,10 @@ async def test_retry_task_counts_against_tasks_per_minute(settings: Settings) ->
 # --- downloads are attachments ------------------------------------------------------------
 
 
-async def test_s3_download_links_ask_for_an_attachment(settings: Settings, moto_s3: str) -> None:
-    store = make_store(s3_settings(settings, moto_s3))
+async def test_s3_download_links_ask_for_an_attachment(
+    settings: Settings, s3_endpoint: str
+) -> None:
+    store = make_store(s3_settings(settings, s3_endpoint))
     key = f"{uuid.uuid4()}/{uuid.uuid4()}/page.html"
     try:
         await store.put(key, b"<script>alert(1)</script>", content_type="text/html", max_bytes=100)
