@@ -138,27 +138,30 @@ async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
 
 
 @contextlib.asynccontextmanager
-async def run_api(settings: Settings, app: Starlette | None = None) -> AsyncIterator[str]:
-    """A real uvicorn serving the app on a free loopback port; yields its base URL."""
-    port = free_port()
-    config = uvicorn.Config(
-        app or create_app(settings),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        **uvicorn_options(settings),
-    )
-    server = uvicorn.Server(config)
+async def serve(app: Any, port: int | None = None, **config: Any) -> AsyncIterator[str]:
+    """A real uvicorn serving `app` on a loopback port (a free one unless given), started
+    within 15 s; yields its base URL. `config`: more uvicorn.Config options (TLS, logs)."""
+    port = port or free_port()
+    options: dict[str, Any] = {"host": "127.0.0.1", "port": port, "log_level": "warning"}
+    server = uvicorn.Server(uvicorn.Config(app, **{**options, **config}))
     serving = asyncio.create_task(server.serve())
-    while not server.started:
-        if serving.done():
-            serving.result()
-        await asyncio.sleep(0.01)
     try:
+        async with asyncio.timeout(15):
+            while not server.started:
+                if serving.done():
+                    serving.result()
+                await asyncio.sleep(0.01)
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
-        await serving
+        await asyncio.wait_for(serving, 15)
+
+
+@contextlib.asynccontextmanager
+async def run_api(settings: Settings, app: Starlette | None = None) -> AsyncIterator[str]:
+    """A real uvicorn serving the app on a free loopback port; yields its base URL."""
+    async with serve(app or create_app(settings), **uvicorn_options(settings)) as url:
+        yield url
 
 
 @contextlib.asynccontextmanager

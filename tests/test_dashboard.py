@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from playwright.async_api import Browser, Locator, Page, async_playwright, expect
 from starlette.applications import Starlette
 from starlette.routing import Mount
@@ -28,6 +27,7 @@ from starlette.staticfiles import StaticFiles
 from api.app import create_app, uvicorn_options
 from taskrunner.config import Settings
 from taskrunner.embedded import free_port
+from tests import conftest
 from tests.conftest import Stack, eventually, make_key, repo_root, run_api, run_worker
 
 DASHBOARD = repo_root() / "frontend-examples" / "dashboard"
@@ -125,24 +125,9 @@ def dashboard_app(settings: Settings) -> Starlette:
     return app
 
 
-@contextlib.asynccontextmanager
-async def serve(app: Starlette, port: int) -> AsyncIterator[str]:
+def serve(app: Starlette, port: int) -> contextlib.AbstractAsyncContextManager[str]:
     """uvicorn on a given port (to restart the api where the page expects it)."""
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", **uvicorn_options(app.state.settings)
-    )
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    async with asyncio.timeout(15):
-        while not server.started:
-            if serving.done():
-                serving.result()
-            await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(serving, 15)
+    return conftest.serve(app, port, **uvicorn_options(app.state.settings))
 
 
 @pytest.fixture

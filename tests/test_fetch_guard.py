@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -34,6 +33,7 @@ from starlette.routing import Route
 
 from taskrunner.embedded import free_port
 from taskrunner.fetch import FetchRefused, check_url, fetch, is_public
+from tests.conftest import serve
 
 _real_getaddrinfo = socket.getaddrinfo
 
@@ -238,22 +238,6 @@ def _site() -> Starlette:
         return RedirectResponse(f"http://second.test:{request.url.port}/page", status_code=302)
 
     return Starlette(routes=[Route("/page", page), Route("/hop", hop)])
-
-
-@contextlib.asynccontextmanager
-async def serve(app: Starlette, port: int, **tls: Any) -> AsyncIterator[None]:
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **tls)
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        if serving.done():
-            serving.result()
-        await asyncio.sleep(0.01)
-    try:
-        yield
-    finally:
-        server.should_exit = True
-        await serving
 
 
 async def test_each_redirect_hop_connects_to_the_address_it_checked(dns: InstallDns) -> None:

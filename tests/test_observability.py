@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
@@ -30,6 +29,7 @@ from tests.conftest import (
     process_env,
     repo_root,
     run_api,
+    serve,
 )
 from tests.test_lifecycle import submit
 from tests.test_walking_skeleton import WATCH
@@ -281,26 +281,17 @@ async def test_access_log_lines_redact_signatures_and_keys(
 ) -> None:
     """uvicorn's access log (off at the default levels, but one setting away)."""
     caplog.set_level(logging.INFO, logger="uvicorn.access")
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings),
-        host="127.0.0.1",
-        port=port,
-        log_level="info",
-        log_config=None,  # as `taskrunner api` runs it: records reach our handlers
-        **uvicorn_options(settings),
-    )
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    try:
-        while not server.started:  # noqa: ASYNC110  (uvicorn offers no event to wait on)
-            await asyncio.sleep(0.01)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            await client.get("/healthz?expires=1&signature=lower-s3cret&SIG=upper-s3cret")
-            await client.get("/dashboard/?key=trk_dashboard-s3cret&view=tasks")
-    finally:
-        server.should_exit = True
-        await serving
+    async with (
+        serve(
+            create_app(settings),
+            log_level="info",
+            log_config=None,  # as `taskrunner api` runs it: records reach our handlers
+            **uvicorn_options(settings),
+        ) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        await client.get("/healthz?expires=1&signature=lower-s3cret&SIG=upper-s3cret")
+        await client.get("/dashboard/?key=trk_dashboard-s3cret&view=tasks")
     lines = [r.getMessage() for r in caplog.records if r.name == "uvicorn.access"]
     assert len(lines) == 2, lines
     assert "s3cret" not in "\n".join(lines), lines
