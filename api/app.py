@@ -43,24 +43,20 @@ from api.auth import (
 )
 from api.context import Context, Services
 from api.errors import classify
-from api.fanout import FanoutTransportWSHandler, GraphQLWSHandler
+from api.fanout.handlers import FanoutTransportWSHandler, GraphQLWSHandler
 from api.graphiql import STATIC_DIR, STATIC_PATH, offline_graphiql_html
 from api.limits import BodyLimitMiddleware
 from api.observability import RequestIdMiddleware, healthz, metrics_endpoint, readyz
-from api.schema import schema
-from api.types import Limits
+from api.schema import build_schema
+from api.types.service import Limits
 from taskrunner import jsonx, queue, tracing
-from taskrunner.artifacts import (
-    ArtifactTooLarge,
-    LocalStore,
-    Quota,
-    Signer,
-    attachment,
-    find_upload,
-    get_artifact,
-    make_store,
-    receive_upload,
-)
+from taskrunner.artifacts.downloads import attachment
+from taskrunner.artifacts.quotas import Quota
+from taskrunner.artifacts.records import get_artifact
+from taskrunner.artifacts.signing import Signer
+from taskrunner.artifacts.storage import make_store
+from taskrunner.artifacts.streams import ArtifactTooLarge
+from taskrunner.artifacts.uploads import find_upload, receive_upload
 from taskrunner.config import Settings, get_settings
 from taskrunner.db import create_engine
 from taskrunner.errors import NotFound
@@ -91,7 +87,7 @@ class GraphQLApp(GraphQL[Context, None]):
         return offline_graphiql_html(super().graphql_ide_html)
 
     def encode_json(self, data: object) -> str:
-        """orjson instead of the standard library (3-5x faster on a page of tasks). Text,
+        """orjson instead of the standard library (see the README's Performance). Text,
         not bytes: strawberry sends bytes over a websocket as binary frames, which
         graphql-ws clients do not read."""
         return jsonx.dumps(data).decode()
@@ -198,7 +194,8 @@ async def artifact_download(request: Request) -> Response:
     if isinstance(artifact_id, Response):
         return artifact_id
     artifact = await get_artifact(services.engine, artifact_id)
-    if artifact is None or not isinstance(services.store, LocalStore):
+    path = None if artifact is None else services.store.served_file(artifact.key)
+    if artifact is None or path is None:  # no such artifact, or the store serves it
         return PlainTextResponse("no such artifact", 404)
     # The signed link is the credential (a browser follows it without headers); a request
     # that does name a key must be of the artifact's owner, or an admin.
@@ -210,7 +207,7 @@ async def artifact_download(request: Request) -> Response:
         if caller.scope is not None and caller.scope != artifact.owner:
             return PlainTextResponse("no such artifact", 404)
     return FileResponse(
-        services.store.path(artifact.key),
+        path,
         media_type=artifact.content_type,
         # saved, never rendered here: an HTML artifact must not run as a page of the api
         headers={"Content-Disposition": attachment(artifact.name), **NOSNIFF},
@@ -267,7 +264,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     tracing.setup("taskrunner-api", settings)
     redact_access_log()  # signed links and the dashboard's ?key= stay out of access logs
     graphql = GraphQLApp(
-        schema,
+        build_schema(),
         graphql_ide="graphiql",
         subscription_protocols=[GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL],
         keep_alive=True,  # graphql-ws "ka" messages; uvicorn pings websockets as well
@@ -307,11 +304,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """What uvicorn needs beyond the app: websocket messages are capped like bodies, and
-    written once per loop turn per connection (api.ws_transport)."""
-    # permessage-deflate costs ~15-25 us of api CPU per subscription message (and as much
-    # again in the client) to shrink messages of ~150 bytes: off.
+    written once per loop turn per connection (api.fanout.websocket)."""
+    # permessage-deflate is off: subscription messages are small, and compressing each
+    # costs more CPU on both sides than it saves (the README's Performance).
     return {
-        "ws": "api.ws_transport:CoalescingWebSocketsProtocol",
+        "ws": "api.fanout.websocket:CoalescingWebSocketsProtocol",
         "ws_max_size": settings.max_request_bytes,
         "lifespan": "on",
         "ws_per_message_deflate": False,

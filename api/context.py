@@ -14,7 +14,8 @@ from strawberry.types import Info as StrawberryInfo
 
 from api.auth import HOW_TO, Authenticator, SubscriptionLeases
 from taskrunner import metrics
-from taskrunner.artifacts import ArtifactStore, Signer
+from taskrunner.artifacts.signing import Signer
+from taskrunner.artifacts.storage import ArtifactStore
 from taskrunner.config import Settings
 from taskrunner.errors import LimitExceeded, Unauthenticated
 from taskrunner.hub import EventHub

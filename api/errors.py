@@ -28,10 +28,13 @@ from workers.catalog import catalog
 
 log = logging.getLogger(__name__)
 
-TASK_SPEC_HINT = (
-    'Give exactly one task type, e.g. task: {echo: {message: "hi"}}; '
-    f"the types are: {', '.join(catalog())} (query taskTypes for their inputs)."
-)
+
+def _task_spec_hint() -> str:
+    """How to give a TaskSpecInput, naming the catalog's task types."""
+    return (
+        'Give exactly one task type, e.g. task: {echo: {message: "hi"}}; '
+        f"the types are: {', '.join(catalog())} (query taskTypes for their inputs)."
+    )
 
 
 LIMIT_HINTS = {  # what graphql-core and strawberry's limiters say -> how to stay under
@@ -54,7 +57,8 @@ def classify(error: GraphQLError) -> GraphQLError:
     if original is None:
         if (error.extensions or {}).get("code"):
             return error
-        code, hint = "BAD_INPUT", f" {TASK_SPEC_HINT}" if "'TaskSpecInput'" in error.message else ""
+        spec_hint = "'TaskSpecInput'" in error.message
+        code, hint = "BAD_INPUT", f" {_task_spec_hint()}" if spec_hint else ""
         for marker, limit_hint in LIMIT_HINTS.items():
             if marker in error.message:
                 code, hint = "LIMIT_EXCEEDED", limit_hint

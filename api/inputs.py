@@ -1,21 +1,24 @@
 """Task inputs derived from the worker catalog: one GraphQL input per task type, joined in
-the `@oneOf` `TaskSpecInput`, and their validation into `Submission`s."""
+the `@oneOf` `TaskSpecInput`, and their validation into `Submission`s.
+
+The catalog is read when the schema is built (`build_task_inputs`), never at import."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 import strawberry
 from pydantic import ValidationError
 from strawberry.experimental.pydantic import input as pydantic_input
 
-from api.types import TaskOptionsInput
+from api.types.tasks import TaskOptionsInput
 from taskrunner import jsonx
 from taskrunner.config import Settings
 from taskrunner.errors import BadInput, LimitExceeded
 from taskrunner.queue import PRIORITY_MAX, PRIORITY_MIN
-from taskrunner.tasks import Submission
+from taskrunner.submissions import Submission
 from workers.catalog import TaskType, catalog
 
 
@@ -32,20 +35,25 @@ def _graphql_input(task_type: TaskType) -> type:
     )(shell)
 
 
-INPUT_TYPES: dict[str, type] = {name: _graphql_input(t) for name, t in catalog().items()}
+class TaskSpecInput:
+    """The `@oneOf` input naming the task to run: one field per task type of the catalog,
+    given by `build_task_inputs` (the GraphQL type exists once that has run)."""
 
-TaskSpecInput: Any = strawberry.input(
-    type(
-        "TaskSpecInput",
-        (),
-        {
-            "__annotations__": {name: t | None for name, t in INPUT_TYPES.items()},
-            **{name: strawberry.UNSET for name in INPUT_TYPES},
-        },
-    ),
-    one_of=True,
-    description="The task to run: exactly one field, named for its task type.",
-)
+
+@cache
+def build_task_inputs() -> dict[str, type]:
+    """The GraphQL input of each task type in the catalog (read now), by name; makes
+    `TaskSpecInput` the GraphQL input with one optional field per task type."""
+    inputs = {name: _graphql_input(t) for name, t in catalog().items()}
+    TaskSpecInput.__annotations__ = {name: t | None for name, t in inputs.items()}
+    for name in inputs:
+        setattr(TaskSpecInput, name, strawberry.UNSET)
+    strawberry.input(
+        TaskSpecInput,
+        one_of=True,
+        description="The task to run: exactly one field, named for its task type.",
+    )
+    return inputs
 
 
 @strawberry.input(description="One task of a batch: what to run and how.")
@@ -80,9 +88,10 @@ def to_submission(
 def _submission(
     spec: Any, options: TaskOptionsInput | None, settings: Settings, path: str
 ) -> Submission:
-    chosen = [(name, getattr(spec, name)) for name in INPUT_TYPES if getattr(spec, name)]
+    inputs = build_task_inputs()
+    chosen = [(name, getattr(spec, name)) for name in inputs if getattr(spec, name)]
     if len(chosen) != 1:  # @oneOf makes this unreachable from GraphQL; kept for direct calls
-        raise BadInput(f"{path}: give exactly one of {', '.join(INPUT_TYPES)}", field=path)
+        raise BadInput(f"{path}: give exactly one of {', '.join(inputs)}", field=path)
     name, value = chosen[0]
     task_type = catalog()[name]
     raw = strawberry.asdict(value)

@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 
 from api.context import Context, Services
 from api.errors import classify
-from api.schema import schema
+from api.schema import build_schema
 from taskrunner import jsonx
 
 PING_SECONDS = 15
@@ -106,7 +106,7 @@ async def stream(request: Request) -> Response:
         variables["after"] = last_event_id
     services: Services = request.app.state.services
     principal = request.state.principal
-    result = await schema.subscribe(
+    result = await build_schema().subscribe(
         query,
         variable_values=variables,
         context_value=Context(services=services, principal=principal),

@@ -46,8 +46,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from taskrunner import keys
 from taskrunner.db import create_engine, migrate
 from taskrunner.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from taskrunner.queries import TaskCriteria, list_tasks
 from taskrunner.states import TaskStatus
-from taskrunner.tasks import TaskFilter, list_tasks
 
 OWNER = "bench"
 MARK = "list-bench"  # input->>'bench' of every row this script writes
@@ -102,7 +102,7 @@ LIST = """query($first: Int!, $after: String, $filter: TaskFilter) {
 class Case:
     name: str
     gql_filter: dict[str, Any] | None
-    filter: TaskFilter = field(default_factory=TaskFilter)
+    filter: TaskCriteria = field(default_factory=TaskCriteria)
     pages: int = 1  # > 1: follow endCursor this many pages, then start over
 
 
@@ -111,18 +111,18 @@ def cases(pages: int) -> list[Case]:
     failed = TaskStatus.FAILED
     return [
         Case("no_filter", None),
-        Case("status_failed", {"status": ["FAILED"]}, TaskFilter(status=(failed,))),
-        Case("type_sum", {"type": ["sum"]}, TaskFilter(type=("sum",))),
-        Case("label_l7", {"label": "l7"}, TaskFilter(label="l7")),
+        Case("status_failed", {"status": ["FAILED"]}, TaskCriteria(status=(failed,))),
+        Case("type_sum", {"type": ["sum"]}, TaskCriteria(type=("sum",))),
+        Case("label_l7", {"label": "l7"}, TaskCriteria(label="l7")),
         Case(
             "created_after_24h",
             {"createdAfter": since.isoformat()},
-            TaskFilter(created_after=since),
+            TaskCriteria(created_after=since),
         ),
         Case(
             "status_failed_type_sum",
             {"status": ["FAILED"], "type": ["sum"]},
-            TaskFilter(status=(failed,), type=("sum",)),
+            TaskCriteria(status=(failed,), type=("sum",)),
         ),
         Case(f"paging_{pages}_pages", None, pages=pages),
     ]

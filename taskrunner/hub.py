@@ -64,8 +64,8 @@ class Listener(Generic[T]):
     _waiter: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
     _deadline: float = field(default=0.0, init=False, repr=False)  # loop time
     _timer: asyncio.TimerHandle | None = field(default=None, init=False, repr=False)
-    # asyncio.get_running_loop() makes a getpid() system call on Python 3.11: once per
-    # listener, not once per event (py-spy: ~4% of the api's CPU per delivery)
+    # asyncio.get_running_loop() makes a getpid() system call on Python 3.11: called once
+    # per listener, never once per event
     _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False, repr=False)
     # a plain deque, not an asyncio.Queue: one consumer, which waits on `_waiter`
     queue: deque[T] = field(default_factory=deque, init=False, repr=False)

@@ -11,8 +11,10 @@ Order rules enforced here (DESIGN.md, "Truth, queue and events"):
   xid before queueing for the lock) is rolled back and run again with a fresh xid.
 
 The statements here are plain SQL run through asyncpg on a connection of the engine's
-pool (`transaction`): SQLAlchemy's per-statement work (compiling, cache keys, result
-proxies, its transaction bookkeeping) was two thirds of a state change's CPU.
+pool (`transaction`), without SQLAlchemy's per-statement work (compiling, cache keys,
+result proxies, its transaction bookkeeping). What each transition writes (its event, its
+target status, the columns it sets) is defined in `transitions.py`; this module records
+any `Change`.
 """
 
 from __future__ import annotations
@@ -359,7 +361,7 @@ def _allowed(row: _Row, change: Change) -> bool:
 
 # One statement for a group of changes to distinct tasks whose updates have one shape
 # (the same columns, the same SQL for computed ones): the lock, the checks, the update and
-# the events in one round trip instead of five, atomic as a statement is. The decisions
+# the events in one round trip, atomic as a statement is. The decisions
 # `record` takes in Python are made in SQL with the same inputs: the statuses each change
 # may start from (from states.py), expect_attempt/expect_worker, and the xid check, which
 # writes nothing at all when it fails (the statement then runs again, as a transaction).

@@ -21,8 +21,8 @@ NOW = sa.text("clock_timestamp()")
 
 
 class TaskTable(SQLModel, table=True):
-    """The `task` table. Rows are read as `Task` records (below), not as ORM instances:
-    an instrumented instance costs ~150 us to build, a page of 50 would cost 8 ms."""
+    """The `task` table. Rows are read as plain `TaskRecord`s (below), never as ORM
+    instances (building an instrumented instance per row is too slow for a page)."""
 
     __tablename__ = "task"
     __table_args__ = (
@@ -30,7 +30,7 @@ class TaskTable(SQLModel, table=True):
         sa.Index("ix_task_status_created", "status", "created_at"),
         sa.Index("ix_task_type_created", "type", "created_at"),
         # with id and labels: a label filter is checked in the index, without fetching
-        # each row it passes over (tasks.list_tasks reads the page's ids from it first)
+        # each row it passes over (queries.list_tasks reads the page's ids from it first)
         sa.Index(
             "ix_task_owner_created_labels",
             "owner",
@@ -104,7 +104,9 @@ class TaskTable(SQLModel, table=True):
     )
 
 
-class TaskEvent(SQLModel, table=True):
+class TaskEventTable(SQLModel, table=True):
+    """The `task_event` table: a task's history, one row per event (read as events.Event)."""
+
     __tablename__ = "task_event"
     __table_args__ = (
         sa.UniqueConstraint("task_id", "seq", name="ux_task_event_task_seq"),
@@ -186,7 +188,7 @@ task_table: sa.Table = TaskTable.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(slots=True, kw_only=True)
-class Task:
+class TaskRecord:
     """A `task` row as read: one attribute per column (tests check they match)."""
 
     id: uuid.UUID
@@ -217,7 +219,7 @@ class Task:
     last_xid: int
 
 
-event_table: sa.Table = TaskEvent.__table__  # type: ignore[attr-defined]
+event_table: sa.Table = TaskEventTable.__table__  # type: ignore[attr-defined]
 
 
 class ApiKey(SQLModel, table=True):

@@ -13,7 +13,6 @@ Every step is idempotent: a job is enqueued NX, a transition is conditional.
 from __future__ import annotations
 
 import uuid
-from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -22,17 +21,14 @@ from arq import ArqRedis
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import journal, queue
-from taskrunner.artifacts import ArtifactStore, store_task_log
-from taskrunner.events import EventKind
+from taskrunner import journal, queue, transitions
+from taskrunner.artifacts.storage import ArtifactStore
+from taskrunner.artifacts.tasklog import store_task_log
 from taskrunner.heartbeats import SUSPECTS
-from taskrunner.journal import NOW
 from taskrunner.models import task_table
-from taskrunner.retries import retries_left
 from taskrunner.states import TaskStatus
 
 BATCH = 1000
-WORKER_LOST = "WORKER_LOST"
 
 
 async def enqueue_due(engine: AsyncEngine, pool: ArqRedis, limit: int = BATCH) -> int:
@@ -143,12 +139,19 @@ async def recover_orphans(
     max_artifact_bytes: int = 0,
 ) -> int:
     """Run orphans again (retries left), cancel them (cancel requested), or fail them with
-    WORKER_LOST (their log stored first, as for any ending attempt). Each change holds only
-    if the row is still that attempt of that worker."""
+    WORKER_LOST (their log stored first, as for any ending attempt): `transitions.lost`.
+    Each change holds only if the row is still that attempt of that worker."""
     if not orphans:
         return 0
     changes = [
-        replace(_recovery(r), expect_attempt=r.attempts, expect_worker=r.worker_id) for r in orphans
+        transitions.lost(
+            r.id,
+            attempt=r.attempts,
+            worker_id=r.worker_id,
+            max_retries=r.max_retries,
+            cancel_requested=r.cancel_requested,
+        )
+        for r in orphans
     ]
     if store is not None:
         for row, change in zip(orphans, changes, strict=True):
@@ -169,39 +172,3 @@ async def recover_orphans(
     ]
     await queue.redeliver(pool, again)
     return sum(o.accepted for o in outcomes)
-
-
-def _recovery(row: Any) -> journal.Change:
-    error = {"code": WORKER_LOST, "message": "the worker running this task stopped responding"}
-    if row.cancel_requested:
-        return journal.Change(
-            row.id,
-            EventKind.STATUS,
-            {"status": TaskStatus.CANCELLED.value},
-            to=TaskStatus.CANCELLED,
-            values={"finished_at": NOW, "worker_id": None},
-        )
-    if retries_left(row.max_retries, row.attempts):
-        return journal.Change(
-            row.id,
-            EventKind.STATUS,
-            {"status": TaskStatus.QUEUED.value, "error": error},
-            to=TaskStatus.QUEUED,
-            values={
-                "worker_id": None,
-                "error_code": WORKER_LOST,
-                "error_message": error["message"],
-            },
-        )
-    return journal.Change(
-        row.id,
-        EventKind.STATUS,
-        {"status": TaskStatus.FAILED.value, "error": error},
-        to=TaskStatus.FAILED,
-        values={
-            "finished_at": NOW,
-            "worker_id": None,
-            "error_code": WORKER_LOST,
-            "error_message": error["message"],
-        },
-    )

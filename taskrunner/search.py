@@ -34,9 +34,13 @@ MAX_DETAIL_CHARS = 300
 class SearchNotConfigured(Exception):
     """No search provider is configured (BRAVE_API_KEY is not set)."""
 
+    code = "SEARCH_NOT_CONFIGURED"  # the task's error code (transitions.TaskErrorCode)
+
 
 class SearchProviderError(Exception):
     """The search provider answered with an error, or could not be reached."""
+
+    code = "SEARCH_PROVIDER_ERROR"
 
 
 class Result(TypedDict):

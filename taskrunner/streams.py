@@ -36,8 +36,8 @@ from taskrunner.events import (
 )
 from taskrunner.hub import EventHub, FellBehind, Listener
 from taskrunner.models import event_table, task_table
+from taskrunner.queries import TaskCriteria
 from taskrunner.states import TERMINAL, TaskStatus
-from taskrunner.tasks import TaskFilter
 
 PAGE = 500
 EVENT_COLUMNS = tuple(c.name for c in event_table.c)
@@ -248,7 +248,7 @@ async def task_events(
 # --- every task of an owner -------------------------------------------------------------
 
 
-def passes(filter: TaskFilter, event: Event, task: dict[str, Any]) -> bool:
+def passes(filter: TaskCriteria, event: Event, task: dict[str, Any]) -> bool:
     """Whether an owner's event is wanted: by its task's type, label and creation time, and
     by the task's status as of the event (a status event's new status; progress and logs
     happen while RUNNING)."""
@@ -317,7 +317,7 @@ async def owner_events(
     hub: EventHub,
     owner: str | None,
     after_id: int | None,
-    filter: TaskFilter,
+    filter: TaskCriteria,
     quiet_seconds: float,
 ) -> AsyncIterator[Event]:
     """Every event of the owner's tasks that passes `filter`, after `after_id`, in (xid, id)

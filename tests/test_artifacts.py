@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import sys
 import time
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -19,27 +19,23 @@ import sqlalchemy as sa
 from gql.transport.exceptions import TransportQueryError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner.artifacts import (
-    ArtifactStore,
-    ArtifactTooLarge,
-    LocalStore,
-    S3Store,
-    Signer,
-    delete_expired,
-    make_store,
-)
+from api.app import create_app
+from api.context import Services
+from taskrunner.artifacts.local import LocalStore
+from taskrunner.artifacts.records import delete_expired
+from taskrunner.artifacts.s3 import S3Store
+from taskrunner.artifacts.signing import Signer
+from taskrunner.artifacts.storage import ArtifactStore, make_store
+from taskrunner.artifacts.streams import ArtifactTooLarge
 from taskrunner.config import Settings
 from taskrunner.embedded import free_port
-from tests.conftest import Stack, eventually, process_env, repo_root, run_api, run_worker
-from tests.test_lifecycle import finish, start_worker_process, submit, wait_for
-
-ARTIFACTS = """
-query($id: ID!) {
-  task(id: $id) {
-    status logsUrl result
-    artifacts { id name contentType size sha256 url createdAt }
-  }
-}"""
+from tests.support.artifacts import ARTIFACTS, ATTACH, COMPLETE, UPLOAD, s3_settings, store_keys
+from tests.support.environment import process_env
+from tests.support.processes import spawn, stop, wait_ready, worker_process
+from tests.support.rows import wait_for
+from tests.support.servers import run_api, run_worker
+from tests.support.stack import Stack
+from tests.support.tasks import finish, submit
 
 
 async def _chunks(n: int, size: int) -> AsyncIterator[bytes]:
@@ -48,12 +44,6 @@ async def _chunks(n: int, size: int) -> AsyncIterator[bytes]:
 
 
 # --- the store ------------------------------------------------------------------------
-
-
-def s3_settings(settings: Settings, endpoint: str) -> Settings:
-    return settings.model_copy(
-        update={"minio_endpoint": endpoint, "minio_bucket": f"b{uuid.uuid4().hex[:12]}"}
-    )
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -65,21 +55,6 @@ async def store(
     store = make_store(chosen)
     yield store
     await store.aclose()
-
-
-async def _keys(store: ArtifactStore) -> list[str]:
-    if isinstance(store, LocalStore):
-        return (
-            sorted(str(p.relative_to(store.root)) for p in store.root.rglob("*") if p.is_file())
-            if store.root.exists()
-            else []
-        )
-    assert isinstance(store, S3Store)
-    if not await store.client.bucket_exists(store.bucket):
-        return []
-    return sorted(
-        [o.object_name async for o in store.client.list_objects(store.bucket, recursive=True)]
-    )
 
 
 @pytest.mark.parametrize(
@@ -103,7 +78,7 @@ async def test_the_store_keeps_bytes_with_their_size_and_sha256(
     assert stored.size == len(expected)
     assert stored.sha256 == hashlib.sha256(expected).hexdigest()
     assert await store.exists("t/a/file.bin")
-    assert await _keys(store) == ["t/a/file.bin"]
+    assert await store_keys(store) == ["t/a/file.bin"]
     await store.delete("t/a/file.bin")
     assert not await store.exists("t/a/file.bin")
 
@@ -112,7 +87,7 @@ async def test_the_store_refuses_past_the_limit_and_keeps_nothing(store: Artifac
     with pytest.raises(ArtifactTooLarge, match="TASK_MAX_ARTIFACT_MB"):
         await store.put("t/a/big.bin", _chunks(10, 1000), content_type="x", max_bytes=5000)
     assert not await store.exists("t/a/big.bin")
-    assert await _keys(store) == []
+    assert await store_keys(store) == []
 
 
 async def test_a_multipart_upload_over_the_limit_is_aborted(
@@ -129,7 +104,7 @@ async def test_a_multipart_upload_over_the_limit_is_aborted(
                 content_type="x",
                 max_bytes=(2 * parts + 1) * 1024 * 1024,
             )
-        assert await _keys(store) == []
+        assert await store_keys(store) == []
         stored = await store.put(
             "t/a/two-parts.bin", _chunks(parts + 1, 1024 * 1024), content_type="x",
             max_bytes=10**9,
@@ -147,6 +122,17 @@ async def test_a_multipart_upload_over_the_limit_is_aborted(
 def test_a_key_cannot_escape_the_local_store(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="escapes"):
         LocalStore(tmp_path).path("../outside")
+
+
+async def test_the_api_serves_the_files_of_a_local_store_only(store: ArtifactStore) -> None:
+    await store.put("t/a/x.txt", b"x", content_type="text/plain", max_bytes=10)
+    served = store.served_file("t/a/x.txt")
+    if isinstance(store, LocalStore):  # signed links to the api, which sends this file
+        assert served is not None and served.read_bytes() == b"x"
+        assert await store.download_url("t/a/x.txt", 60) is None
+    else:  # presigned links to the bucket; the api serves nothing
+        assert served is None
+        assert await store.download_url("t/a/x.txt", 60) is not None
 
 
 def test_signatures_expire_and_cannot_be_changed() -> None:
@@ -193,15 +179,22 @@ async def test_a_report_artifact_is_listed_announced_and_downloadable(stack: Sta
 
 
 async def test_an_expired_link_is_refused(settings: Settings) -> None:
-    short = settings.model_copy(update={"artifact_url_ttl_seconds": 2})
-    async with run_api(short) as url, run_worker(short):
-        stack = await Stack.keyed(url, short)
+    app = create_app(settings)
+    async with run_api(settings, app) as url, run_worker(settings):
+        services: Services = app.state.services
+        now = time.time()  # the api's clock, moved by the test
+        services.signer = Signer(services.signer.key, clock=lambda: now)
+        stack = await Stack.keyed(url, settings)
         task_id = await submit(stack, {"report": {"rows": 10}})
         await finish(stack, task_id)
         (artifact,) = (await stack.execute(ARTIFACTS, id=task_id))["task"]["artifacts"]
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(artifact["url"]).query)
+        expires = int(query["expires"][0])
+        assert expires >= now + settings.artifact_url_ttl_seconds
         async with httpx.AsyncClient() as client:
+            now = expires  # its last moment
             assert (await client.get(artifact["url"])).status_code == 200
-            time.sleep(3.2)  # noqa: ASYNC251  (let the clock pass the expiry)
+            now = expires + 0.001
             assert (await client.get(artifact["url"])).status_code == 403
 
 
@@ -234,7 +227,7 @@ async def test_an_artifact_over_the_limit_fails_the_task_and_leaves_no_object(
         events = await finish(stack, task_id)
         task = (await stack.execute(ARTIFACTS, id=task_id))["task"]
     assert events[-1]["status"] == "FAILED"
-    assert events[-1]["error"]["code"] == "ArtifactTooLarge"
+    assert events[-1]["error"]["code"] == "LIMIT_EXCEEDED"
     assert [a["name"] for a in task["artifacts"]] == ["task.log"]
     lines = [e["line"] for e in events if e.get("line")]
     assert any(line.startswith("artifact_rejected: report.csv") for line in lines)
@@ -270,12 +263,8 @@ async def test_a_50_mb_artifact_streams_in_bounded_memory(settings: Settings) ->
     """The worker writes it and the api serves it, each growing by < 20 MB."""
     port = free_port()
     env = process_env(settings, PORT=str(port))
-    api = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "taskrunner", "api", cwd=repo_root(), env=env
-    )
-    worker = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "taskrunner", "worker", cwd=repo_root(), env=env
-    )
+    api = await spawn("api", env=env)
+    worker = await spawn("worker", env=env)
     stack = await Stack.keyed(f"http://127.0.0.1:{port}", settings)
     peaks = {"api": 0.0, "worker": 0.0}
 
@@ -286,16 +275,8 @@ async def test_a_50_mb_artifact_streams_in_bounded_memory(settings: Settings) ->
             await asyncio.sleep(0.02)
 
     try:
+        await wait_ready(stack.url, api)
         async with httpx.AsyncClient(timeout=60) as client:
-
-            async def ready() -> bool:
-                """the api answers /readyz"""
-                try:
-                    return (await client.get(f"{stack.url}/readyz")).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            await eventually(ready, 30)
 
             async def report(rows: int) -> dict[str, object]:
                 task_id = await submit(stack, {"report": {"rows": rows}})
@@ -320,22 +301,12 @@ async def test_a_50_mb_artifact_streams_in_bounded_memory(settings: Settings) ->
             sampler.cancel()
     finally:
         for proc in (api, worker):
-            proc.terminate()
-            await proc.wait()
+            await stop(proc)
     assert size == big["size"] and size > 50_000_000
     assert sha == big["sha256"]
     growth = {k: round(peaks[k] - base[k], 1) for k in base}
-    print(f"\nRSS growth streaming {size / 1e6:.1f} MB: {growth} MB")  # noqa: T201
     assert growth["worker"] < 20, growth
     assert growth["api"] < 20, growth
-
-
-ATTACH = """
-mutation($id: ID!, $name: String!, $data: String!) {
-  attachArtifact(taskId: $id, name: $name, dataBase64: $data, contentType: "text/plain") {
-    name size sha256 url
-  }
-}"""
 
 
 async def test_a_client_attaches_a_file_to_a_waiting_task(api: Stack) -> None:
@@ -384,10 +355,10 @@ async def test_expired_artifacts_are_deleted_with_their_bytes(
     await finish(stack, task_id)
     store = make_store(stack.settings)
     assert isinstance(store, LocalStore)
-    assert len(await _keys(store)) == 1
+    assert len(await store_keys(store)) == 1
     assert await delete_expired(engine, store, timedelta(days=1)) == 0  # too young
     assert await delete_expired(engine, store, timedelta(0)) == 1
-    assert await _keys(store) == []
+    assert await store_keys(store) == []
     assert (await stack.execute(ARTIFACTS, id=task_id))["task"]["artifacts"] == []
 
 
@@ -401,18 +372,6 @@ async def test_attaching_over_the_limit_is_limit_exceeded(settings: Settings) ->
             await stack.execute(ATTACH, id=task_id, name="big.bin", data=data)
     assert err.value.errors is not None
     assert err.value.errors[0]["extensions"] == {"code": "LIMIT_EXCEEDED", "field": "dataBase64"}
-
-
-UPLOAD = """
-mutation($id: ID!) {
-  createArtifactUpload(taskId: $id, name: "big.bin", contentType: "application/x-test") {
-    id url method expiresAt
-  }
-}"""
-COMPLETE = """
-mutation($id: ID!, $upload: ID!) {
-  completeArtifactUpload(taskId: $id, uploadId: $upload) { id name size sha256 url contentType }
-}"""
 
 
 @pytest.mark.parametrize("kind", ["local", "s3"])
@@ -466,14 +425,12 @@ async def test_a_task_whose_worker_died_keeps_its_log(api: Stack, engine: AsyncE
     task_id = await submit(
         api, {"chatter": {"progressSteps": 0, "logLines": 1000, "intervalSeconds": 0.05}}
     )
-    victim = await start_worker_process(api.settings)
-    try:
+    async with worker_process(api.settings) as victim:
         await wait_for(
             engine,
             f"SELECT count(*) >= 5 FROM task_event WHERE task_id = '{task_id}' AND kind = 'log'",
             True,
         )
-    finally:
         victim.kill()
         await victim.wait()
     async with run_worker(api.settings):

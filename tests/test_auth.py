@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import sys
 from typing import Any
 
 import httpx
@@ -25,10 +24,14 @@ from taskrunner import keys
 from taskrunner.config import Settings
 from taskrunner.db import create_engine
 from taskrunner.keys import Principal
-from tests.conftest import Stack, eventually, make_key, process_env, repo_root, run_api
-from tests.pg_proxy import HoldingProxy
-from tests.test_lifecycle import submit
-from tests.test_walking_skeleton import WATCH
+from tests.support.environment import process_env
+from tests.support.pg_proxy import HoldingProxy
+from tests.support.processes import keys_cli
+from tests.support.servers import run_api
+from tests.support.stack import Stack, make_key
+from tests.support.subscriptions import close_code
+from tests.support.tasks import WATCH, submit
+from tests.support.waiting import eventually
 
 TASK = "query($id: ID!) { task(id: $id) { id status } }"
 LIST = "{ tasks(first: 100) { edges { node { id } } } }"
@@ -134,7 +137,7 @@ async def test_requests_without_a_valid_key_are_refused_clearly(api: Stack) -> N
     # a websocket without a key in connection_init is closed before any subscription
     with pytest.raises(TransportError) as closed:
         await api.as_key(None).subscribe(ALL, within=10)
-    assert _close_code(closed.value) == 4403
+    assert close_code(closed.value) == 4403
 
 
 async def test_a_revoked_key_is_refused_and_its_open_subscriptions_closed_within_5s(
@@ -151,7 +154,7 @@ async def test_a_revoked_key_is_refused_and_its_open_subscriptions_closed_within
     started = asyncio.get_running_loop().time()
     with pytest.raises(TransportError) as closed:
         await asyncio.wait_for(watching, 5)
-    assert _close_code(closed.value) == 4403
+    assert close_code(closed.value) == 4403
     assert asyncio.get_running_loop().time() - started < 5
     # a Server-Sent Events stream ends too, saying why
     lines = await asyncio.wait_for(streaming, 5)
@@ -163,7 +166,7 @@ async def test_a_revoked_key_is_refused_and_its_open_subscriptions_closed_within
     assert response.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
     with pytest.raises(TransportError) as closed:
         await api.subscribe(ALL, within=10)
-    assert _close_code(closed.value) == 4403
+    assert close_code(closed.value) == 4403
     # other keys keep working, their subscriptions too
     task_id = await submit(other, {"echo": {"message": "still here"}})
     (event,) = await unaffected
@@ -184,34 +187,6 @@ async def _sse_lines(stack: Stack, query: str) -> list[str]:
     return lines
 
 
-def _close_code(error: BaseException) -> int | None:
-    """The websocket close code behind a gql transport error."""
-    cause: BaseException | None = error
-    while cause is not None:
-        if isinstance(cause, ConnectionClosed) and cause.rcvd is not None:
-            return cause.rcvd.code
-        cause = cause.__cause__
-    return None
-
-
-async def keys_cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    """`taskrunner keys ARGS` in its own process: exit code, stdout, stderr."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "taskrunner",
-        "keys",
-        *args,
-        cwd=repo_root(),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 async def _name_of(stack: Stack) -> str:
     """The name of the stack's key, from `keys list` (its prefix is shown)."""
     _, out, _ = await keys_cli(process_env(stack.settings), "list")
@@ -226,29 +201,35 @@ async def test_keys_cli_creates_lists_and_revokes(settings: Settings) -> None:
     assert code == 0 and "admin key 'ci'" in err and "shown only this once" in err
     secret = out.strip()
     assert secret.startswith("trk_") and len(secret) >= 40
-    code, _, err = await keys_cli(env, "create", "ci")
+    without_db = {k: v for k, v in env.items() if k != "DATABASE_URL"}
+    # these change nothing: one process each, at once
+    again, bad, listed, nobody, no_db = await asyncio.gather(
+        keys_cli(env, "create", "ci"),
+        keys_cli(env, "create", "bad name!"),
+        keys_cli(env, "list"),
+        keys_cli(env, "revoke", "nobody"),
+        keys_cli(without_db, "list"),
+    )
+    code, _, err = again
     assert code == 1 and "a key named 'ci' exists" in err
-    code, _, err = await keys_cli(env, "create", "bad name!")
+    code, _, err = bad
     assert code == 1 and "name: 'bad name!' is not a valid name" in err
-    code, out, _ = await keys_cli(env, "list")
+    code, out, _ = listed
     (row,) = [x for x in out.splitlines() if x.startswith("ci ")]
     assert row.split()[:4] == ["ci", "team-a", "admin", secret[:10] + "…"]
     assert secret not in out  # only its prefix is ever shown again
+    code, _, err = nobody
+    assert code == 1 and "no key named 'nobody'" in err
+    code, _, err = no_db
+    assert code == 2 and "DATABASE_URL is not set" in err
     assert (await keys_cli(env, "revoke", "ci"))[0] == 0
     code, out, _ = await keys_cli(env, "list")
     assert next(x for x in out.splitlines() if x.startswith("ci ")).split()[-1] != "-"
-    code, _, err = await keys_cli(env, "revoke", "nobody")
-    assert code == 1 and "no key named 'nobody'" in err
-    without_db = {k: v for k, v in env.items() if k != "DATABASE_URL"}
-    code, _, err = await keys_cli(without_db, "list")
-    assert code == 2 and "DATABASE_URL is not set" in err
 
 
 async def test_without_auth_everyone_is_one_owner_and_a_warning_is_logged(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from tests.conftest import run_api
-
     open_settings = settings.model_copy(update={"auth_disabled": True})
     with caplog.at_level("WARNING"):
         async with run_api(open_settings) as url:

@@ -12,12 +12,14 @@ import sqlalchemy as sa
 from gql.transport.exceptions import TransportQueryError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import tasks
+from taskrunner import control
 from taskrunner.config import Settings
 from taskrunner.states import TaskStatus
-from tests.body_probe import BodyProbe
-from tests.conftest import Stack, eventually, run_api, run_worker
-from tests.test_lifecycle import submit
+from tests.support.body_probe import BodyProbe
+from tests.support.servers import run_api, run_worker
+from tests.support.stack import Stack
+from tests.support.tasks import submit
+from tests.support.waiting import eventually
 
 CANCEL = "mutation($id: ID!) { cancelTask(id: $id) { status } }"
 RETRY = "mutation($id: ID!) { retryTask(id: $id) { status } }"
@@ -39,7 +41,7 @@ async def test_a_cancel_racing_a_start_never_leaves_a_body_running(
             paused.set()  # cancelTask has read QUEUED; the worker starts the task now
             await resume.wait()
 
-    monkeypatch.setattr(tasks, "before_cancel_write", between_read_and_write)
+    monkeypatch.setattr(control, "before_cancel_write", between_read_and_write)
     async with run_api(settings) as url:
         stack = await Stack.keyed(url, settings)
         task_id = await submit(stack, {"sleep": {"seconds": 2}})

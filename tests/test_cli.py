@@ -14,26 +14,17 @@ from pathlib import Path
 import httpx
 
 from taskrunner.embedded import free_port
-from tests.conftest import Stack, repo_root
-from tests.test_auth import keys_cli
-from tests.test_walking_skeleton import WATCH
+from tests.support.environment import repo_root
+from tests.support.processes import ctrl_c, dev_env, keys_cli, pid_alive, spawn
+from tests.support.stack import Stack
+from tests.support.tasks import WATCH
 
 
 async def _start_dev(data_dir: Path, port: int) -> tuple[asyncio.subprocess.Process, str, str]:
     """Start `taskrunner dev`; its GraphiQL URL and the development API key it prints."""
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")},
-        "DATA_DIR": str(data_dir),
-        "PORT": str(port),
-        "LOG_LEVEL": "WARNING",
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "taskrunner",
+    proc = await spawn(
         "dev",
-        cwd=repo_root(),
-        env=env,
+        env=dev_env(data_dir, port),
         stdout=asyncio.subprocess.PIPE,
         start_new_session=True,  # its own process group, like a terminal job
     )
@@ -47,22 +38,6 @@ async def _start_dev(data_dir: Path, port: int) -> tuple[asyncio.subprocess.Proc
                 key_line = (await proc.stdout.readline()).decode()
                 assert key_line.startswith("API key: "), key_line
                 return proc, url, key_line.removeprefix("API key: ").strip()
-
-
-async def _ctrl_c(proc: asyncio.subprocess.Process) -> int:
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-    return await asyncio.wait_for(proc.wait(), 60)
-
-
-def _alive(pid_file: Path) -> bool:
-    if not pid_file.exists():
-        return False
-    pid = int(pid_file.read_text().split()[0])
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def test_dev_serves_graphiql_stops_on_ctrl_c_and_keeps_tasks(tmp_path: Path) -> None:
@@ -82,17 +57,17 @@ async def test_dev_serves_graphiql_stops_on_ctrl_c_and_keeps_tasks(tmp_path: Pat
         code, out, _ = await keys_cli({**env, "DATA_DIR": str(tmp_path / "data")}, "list")
         assert code == 0 and out.splitlines()[1].split()[:3] == ["dev", "dev", "user"]
     finally:
-        code = await _ctrl_c(proc)
+        code = await ctrl_c(proc)
     assert code == 0
-    assert not _alive(tmp_path / "data" / "postgres" / "postmaster.pid")
-    assert not _alive(tmp_path / "data" / "redis" / "redis.pid")
+    assert not pid_alive(tmp_path / "data" / "postgres" / "postmaster.pid")
+    assert not pid_alive(tmp_path / "data" / "redis" / "redis.pid")
 
     proc, url, again = await _start_dev(tmp_path / "data", port)
     assert again == key  # the same development key on every start
     try:
         listed = await stack.execute("{ tasks { edges { node { id type status } } } }")
     finally:
-        assert await _ctrl_c(proc) == 0
+        assert await ctrl_c(proc) == 0
     nodes = [e["node"] for e in listed["tasks"]["edges"]]
     assert [n["id"] for n in nodes] == [task_id]
     assert nodes[0]["status"] == "SUCCEEDED"
@@ -179,12 +154,8 @@ async def test_dev_refuses_a_busy_port_naming_it(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "taskrunner",
+        proc = await spawn(
             "dev",
-            cwd=repo_root(),
             env={**os.environ, "DATA_DIR": str(tmp_path), "PORT": str(port)},
             stderr=asyncio.subprocess.PIPE,
         )

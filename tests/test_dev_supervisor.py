@@ -21,10 +21,12 @@ import psutil
 import pytest
 from gql.transport.exceptions import TransportError
 
-from taskrunner.cli import Supervised, _raise_stop, _signals_held, _Stop, describe_exit
+from taskrunner.cli import Stop, Supervised, describe_exit, raise_stop, signals_held
 from taskrunner.embedded import free_port
-from tests.conftest import Stack, eventually, repo_root
-from tests.test_cli import _alive, _ctrl_c
+from tests.support.processes import ctrl_c, dev_env, pid_alive, spawn
+from tests.support.stack import Stack
+from tests.support.tasks import BATCH
+from tests.support.waiting import eventually
 
 TASKS = 20
 SLEEP_SECONDS = 2.5
@@ -73,20 +75,9 @@ class DevStack:
 @asynccontextmanager
 async def dev_stack(data_dir: Path, **env: str) -> AsyncIterator[DevStack]:
     port = free_port()
-    environ = {
-        **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")},
-        "DATA_DIR": str(data_dir),
-        "PORT": str(port),
-        "LOG_LEVEL": "WARNING",
-        **env,
-    }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "taskrunner",
+    process = await spawn(
         "dev",
-        cwd=repo_root(),
-        env=environ,
+        env=dev_env(data_dir, port, **env),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,  # its own process group, like a terminal job
@@ -109,7 +100,7 @@ async def dev_stack(data_dir: Path, **env: str) -> AsyncIterator[DevStack]:
         yield dev
     finally:
         if process.returncode is None:
-            await _ctrl_c(process)  # callers check its exit code
+            await ctrl_c(process)  # callers check its exit code
         await asyncio.wait_for(reader, 10)
 
 
@@ -125,9 +116,7 @@ async def test_a_sigkilled_worker_is_restarted_and_its_tasks_all_succeed(tmp_pat
             {"task": {"sleep": {"seconds": SLEEP_SECONDS}}, "options": {"maxRetries": 1}}
             for _ in range(TASKS)
         ]
-        submitted = await dev.stack.execute(
-            "mutation($t: [TaskSubmissionInput!]!) { submitTasks(tasks: $t) { id } }", t=batch
-        )
+        submitted = await dev.stack.execute(BATCH, t=batch)
         ids = [t["id"] for t in submitted["submitTasks"]]
 
         async def all_running() -> bool:
@@ -160,8 +149,8 @@ async def test_a_sigkilled_worker_is_restarted_and_its_tasks_all_succeed(tmp_pat
             assert (await client.get(f"{dev.stack.url}/readyz")).status_code == 200
     # Ctrl-C (in dev_stack) still stops everything, the embedded servers included.
     assert dev.process.returncode == 0
-    assert not _alive(tmp_path / "data" / "postgres" / "postmaster.pid")
-    assert not _alive(tmp_path / "data" / "redis" / "redis.pid")
+    assert not pid_alive(tmp_path / "data" / "postgres" / "postmaster.pid")
+    assert not pid_alive(tmp_path / "data" / "redis" / "redis.pid")
 
 
 async def test_sigterm_stops_the_stack_even_while_a_restart_is_pending(tmp_path: Path) -> None:
@@ -174,8 +163,8 @@ async def test_sigterm_stops_the_stack_even_while_a_restart_is_pending(tmp_path:
         assert dev.process.returncode is None, dev.console
         dev.process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(dev.process.wait(), 60) == 0
-    assert not _alive(tmp_path / "data" / "postgres" / "postmaster.pid")
-    assert not _alive(tmp_path / "data" / "redis" / "redis.pid")
+    assert not pid_alive(tmp_path / "data" / "postgres" / "postmaster.pid")
+    assert not pid_alive(tmp_path / "data" / "redis" / "redis.pid")
     assert not (tmp_path / "data" / "dev-database-url").exists()
 
 
@@ -271,16 +260,16 @@ def test_stop_kills_a_child_that_ignores_sigterm() -> None:
 
 
 def test_ctrl_c_and_sigterm_wait_while_a_child_is_being_started() -> None:
-    """A signal inside `_signals_held()` (starting a child and recording it) is raised on
+    """A signal inside `signals_held()` (starting a child and recording it) is raised on
     leaving it, so no child is ever started without being recorded, and so stopped."""
-    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    previous = signal.signal(signal.SIGTERM, raise_stop)
     try:
-        with pytest.raises(_Stop), _signals_held():
+        with pytest.raises(Stop), signals_held():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.05)  # the handler has run by now, and raised nothing
             reached_the_end = True
         assert reached_the_end
-        with pytest.raises(_Stop):  # outside, at once
+        with pytest.raises(Stop):  # outside, at once
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(1)
     finally:

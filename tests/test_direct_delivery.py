@@ -1,6 +1,7 @@
-"""Direct delivery of shared subscription results (api.fanout), coalesced websocket writes
-(api.ws_transport) and the leaner extensions runner (api.schema.ExtensionsRunner): the
-same messages, in the same order, each once, and nothing shared between callers."""
+"""Direct delivery of shared subscription results (api.fanout.delivery, api.fanout.direct),
+coalesced websocket writes (api.fanout.websocket) and the leaner extensions runner
+(api.fanout.extensions.ExtensionsRunner): the same messages, in the same order, each once,
+and nothing shared between callers."""
 
 from __future__ import annotations
 
@@ -17,15 +18,18 @@ from strawberry.extensions import SchemaExtension
 from websockets.asyncio.client import connect
 from websockets.frames import OP_TEXT, Frame
 
-from api import fanout
-from api import schema as schema_module
-from api.ws_transport import FLUSH_BYTES, SEND_TEXT_NOW, CoalescingTransport, text_frame
+from api.fanout.delivery import Delivery, current
+from api.fanout.direct import encoded
+from api.fanout.executor import Executed
+from api.fanout.extensions import FanoutSchema
+from api.fanout.websocket import FLUSH_BYTES, SEND_TEXT_NOW, CoalescingTransport, text_frame
 from taskrunner.config import Settings
-from tests.conftest import Stack, eventually, run_worker
-from tests.test_event_stream import EVENTS, _channels, _subscribe_many
-from tests.test_lifecycle import submit
-from tests.test_subscription_fanout import PROTOCOL, counting_direct_sends, run_direct_api
-from tests.test_walking_skeleton import WATCH
+from tests.support.fanout import counting_direct_sends, run_direct_api
+from tests.support.servers import run_worker
+from tests.support.stack import Stack
+from tests.support.subscriptions import PROTOCOL, redis_channels, subscribe_many
+from tests.support.tasks import EVENTS, WATCH, submit
+from tests.support.waiting import eventually
 
 # --- end to end ----------------------------------------------------------------------------
 
@@ -65,7 +69,7 @@ async def test_direct_delivery_keeps_every_subscriber_exact_across_backlog_and_l
             chatter = {"chatter": {"progressSteps": 0, "logLines": 60, "intervalSeconds": 0.02}}
             task_id = await submit(stack, chatter)
             ready = asyncio.Event()
-            early = asyncio.create_task(_subscribe_many(url, stack.key, task_id, 4, 25, ready))
+            early = asyncio.create_task(subscribe_many(url, stack.key, task_id, 4, 25, ready))
             await asyncio.wait_for(ready.wait(), 30)
             async with run_worker(settings):
 
@@ -95,26 +99,27 @@ async def test_disconnected_subscribers_are_released_with_coalesced_writes(
 ) -> None:
     async with run_direct_api(settings) as url:
         stack = await Stack.keyed(url, settings)
-        before = await _channels(settings.require_redis_url())
+        before = await redis_channels(settings.require_redis_url())
         ids = [await submit(stack, {"sleep": {"seconds": 30}}) for _ in range(3)]
-        ready = asyncio.Event()
+        ready = [asyncio.Event() for _ in ids]
         watchers = [
-            asyncio.create_task(_subscribe_many(url, stack.key, task_id, 2, 5, ready))
-            for task_id in ids
+            asyncio.create_task(subscribe_many(url, stack.key, task_id, 2, 5, opened))
+            for task_id, opened in zip(ids, ready, strict=True)
         ]
-        await asyncio.sleep(1)
+        # every subscription has its first event: all are open
+        await asyncio.wait_for(asyncio.gather(*(opened.wait() for opened in ready)), 30)
         for watcher in watchers:
             watcher.cancel()  # the clients disconnect
         await asyncio.gather(*watchers, return_exceptions=True)
 
         async def released() -> bool:
             """the channels back to what they were"""
-            return await _channels(settings.require_redis_url()) == before
+            return await redis_channels(settings.require_redis_url()) == before
 
         await eventually(released, 5)
 
 
-# --- api.fanout and the shared results -----------------------------------------------------
+# --- the delivery and the shared results -----------------------------------------------------
 
 
 class _View:
@@ -139,9 +144,9 @@ class _Runner:
     plain = True
 
 
-def _delivery(id: Any = "7") -> tuple[fanout.Delivery, _Socket]:
+def _delivery(id: Any = "7") -> tuple[Delivery, _Socket]:
     socket = _Socket()
-    delivery = fanout.Delivery(_View(), socket, _Operation(id))  # type: ignore[arg-type]
+    delivery = Delivery(_View(), socket, _Operation(id))  # type: ignore[arg-type]
     delivery.runner = _Runner()
     return delivery, socket
 
@@ -150,8 +155,8 @@ async def test_a_direct_message_is_the_one_strawberry_would_send() -> None:
     data = {"taskUpdates": {"cursor": "12", "line": 'a "quoted" line \u00e9'}}
     for id in ("7", 'x"y', 12):
         delivery, socket = _delivery(id)
-        entry = schema_module._Executed(object(), GraphQLExecutionResult(data=data))
-        payload = schema_module._encoded(entry, entry.result, delivery)
+        entry = Executed(object(), GraphQLExecutionResult(data=data))
+        payload = encoded(entry, entry.result, delivery)
         assert payload is not None
         await delivery.send(payload)
         # strawberry's Operation.send_next, encoded by the view
@@ -162,8 +167,8 @@ async def test_a_direct_message_is_the_one_strawberry_would_send() -> None:
 async def test_a_result_with_errors_or_a_finished_operation_goes_the_usual_way() -> None:
     delivery, socket = _delivery()
     failed = GraphQLExecutionResult(data=None, errors=[GraphQLError("boom")])
-    entry = schema_module._Executed(object(), failed)
-    assert schema_module._encoded(entry, failed, delivery) is None  # strawberry classifies it
+    entry = Executed(object(), failed)
+    assert encoded(entry, failed, delivery) is None  # strawberry classifies it
     assert delivery.usable
     delivery.runner.plain = False  # an extension with results or per-result hooks
     assert not delivery.usable
@@ -176,15 +181,15 @@ async def test_a_result_with_errors_or_a_finished_operation_goes_the_usual_way()
 
 async def test_an_encoded_payload_is_kept_per_shared_result_and_view() -> None:
     delivery, _ = _delivery()
-    first = schema_module._Executed(object(), GraphQLExecutionResult(data={"x": 1}))
-    second = schema_module._Executed(object(), GraphQLExecutionResult(data={"x": 2}))
-    assert schema_module._encoded(first, first.result, delivery) == '{"data":{"x":1}}'
-    assert schema_module._encoded(second, second.result, delivery) == '{"data":{"x":2}}'
+    first = Executed(object(), GraphQLExecutionResult(data={"x": 1}))
+    second = Executed(object(), GraphQLExecutionResult(data={"x": 2}))
+    assert encoded(first, first.result, delivery) == '{"data":{"x":1}}'
+    assert encoded(second, second.result, delivery) == '{"data":{"x":2}}'
     first.result.data = {"x": 3}  # read once: the cached encoding is the entry's
-    assert schema_module._encoded(first, first.result, delivery) == '{"data":{"x":1}}'
+    assert encoded(first, first.result, delivery) == '{"data":{"x":1}}'
     other, _ = _delivery()
     other.view = _View()  # another app in the process: encoded again, by it
-    assert schema_module._encoded(first, first.result, other) == '{"data":{"x":3}}'
+    assert encoded(first, first.result, other) == '{"data":{"x":3}}'
 
 
 def test_a_message_goes_out_from_the_hub_only_while_its_operation_runs_on_its_socket() -> None:
@@ -200,7 +205,7 @@ def test_a_message_goes_out_from_the_hub_only_while_its_operation_runs_on_its_so
     socket.scope = {"extensions": {SEND_TEXT_NOW: {"send": send_text_now}}}  # type: ignore[attr-defined]
     operation = _Operation("7")
     operations: dict[str, Any] = {"7": operation}
-    delivery = fanout.Delivery(_View(), socket, operation, operations)  # type: ignore[arg-type]
+    delivery = Delivery(_View(), socket, operation, operations)  # type: ignore[arg-type]
     assert delivery.send_now('{"data":1}')
     assert written == ['{"id":"7","type":"next","payload":{"data":1}}']
     writable = False  # the client does not read: the subscription's task sends it, waiting
@@ -212,12 +217,12 @@ def test_a_message_goes_out_from_the_hub_only_while_its_operation_runs_on_its_so
     operation.completed = True
     assert not delivery.send_now('{"data":4}')
     # without the server's extension (another ASGI server): never from the hub
-    assert not fanout.Delivery(_View(), _Socket(), _Operation("8"), {}).send_now("{}")  # type: ignore[arg-type]
+    assert not Delivery(_View(), _Socket(), _Operation("8"), {}).send_now("{}")  # type: ignore[arg-type]
     assert written == ['{"id":"7","type":"next","payload":{"data":1}}']
 
 
 async def test_no_delivery_outside_a_graphql_transport_ws_operation() -> None:
-    assert fanout.current() is None
+    assert current() is None
 
 
 # --- the extensions runner -----------------------------------------------------------------
@@ -252,9 +257,7 @@ async def test_extension_results_and_stream_hooks_are_kept_exactly(hooked: bool)
         pass
 
     extensions: list[Any] = [Results, OnStream] if hooked else [Plain]
-    schema = schema_module.TaskrunnerSchema(
-        query=_Query, subscription=_Subscription, extensions=extensions
-    )
+    schema = FanoutSchema(query=_Query, subscription=_Subscription, extensions=extensions)
     results = [r async for r in await schema.subscribe("subscription { count }")]
     assert [r.data for r in results] == [{"count": 0}, {"count": 1}, {"count": 2}]
     assert all(r.errors is None for r in results)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from typing import Any
 
 import httpx
@@ -25,10 +24,14 @@ from taskrunner.events import EventKind
 from taskrunner.hub import EventHub
 from taskrunner.states import TaskStatus
 from taskrunner.streams import task_events
-from taskrunner.tasks import Submission, _insert
-from tests.conftest import Stack, eventually, process_env, repo_root, run_api, run_worker
-from tests.test_lifecycle import submit
-from tests.test_walking_skeleton import WATCH
+from tests.support.environment import process_env
+from tests.support.processes import spawn, stop, wait_ready
+from tests.support.rows import new_task
+from tests.support.servers import run_api, run_worker
+from tests.support.stack import Stack
+from tests.support.subscriptions import redis_channels, subscribe_many
+from tests.support.tasks import EVENTS, WATCH, submit
+from tests.support.waiting import eventually
 
 ALL = """
 subscription($filter: TaskFilter, $after: String) {
@@ -38,10 +41,6 @@ subscription($filter: TaskFilter, $after: String) {
     ... on LogAppended { line }
     ... on ProgressReported { progress }
   }
-}"""
-EVENTS = """
-query($id: ID!, $after: String) {
-  task(id: $id) { progress events(after: $after) { __typename cursor ... on LogAppended { line } } }
 }"""
 
 
@@ -102,77 +101,21 @@ async def test_a_subscriber_on_one_api_process_sees_a_task_submitted_on_another(
     settings: Settings,
 ) -> None:
     port = free_port()
-    other = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "taskrunner",
-        "api",
-        cwd=repo_root(),
-        env=process_env(settings, PORT=str(port)),
-    )
+    other = await spawn("api", env=process_env(settings, PORT=str(port)))
     try:
         async with run_api(settings) as url, run_worker(settings):
             here = await Stack.keyed(url, settings)
             there = await Stack.keyed(f"http://127.0.0.1:{port}", settings)
-            async with httpx.AsyncClient() as client, asyncio.timeout(30):
-                while True:
-                    try:
-                        if (await client.get(f"{there.url}/readyz")).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        await asyncio.sleep(0.1)
+            await wait_ready(there.url, other)
             watching = asyncio.create_task(here.subscribe(ALL, limit=3))
             await asyncio.sleep(0.5)
             task_id = await submit(there, {"echo": {"message": "across"}})
             events = [e["tasksUpdates"] for e in await asyncio.wait_for(watching, 20)]
     finally:
-        other.terminate()
-        await other.wait()
+        await stop(other)
     assert [(e["taskId"], e["status"]) for e in events] == [
         (task_id, "QUEUED"), (task_id, "RUNNING"), (task_id, "SUCCEEDED")
     ]  # fmt: skip
-
-
-async def _subscribe_many(
-    url: str,
-    key: str | None,
-    task_id: str,
-    connections: int,
-    per_connection: int,
-    ready: asyncio.Event,
-) -> list[list[str]]:
-    """`connections` websockets each carrying `per_connection` subscriptions; returns
-    each subscription's cursors."""
-    opened = 0
-
-    async def one_connection() -> list[list[str]]:
-        nonlocal opened
-        transport = WebsocketsTransport(
-            url=url.replace("http", "ws") + "/graphql",
-            subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL],
-            init_payload={"Authorization": f"Bearer {key}"},
-        )
-        async with Client(transport=transport) as session:
-
-            async def one() -> list[str]:
-                nonlocal opened
-                cursors: list[str] = []
-                agen = session.subscribe(GraphQLRequest(WATCH, variable_values={"id": task_id}))
-                try:
-                    async for item in agen:
-                        cursors.append(item["taskUpdates"]["cursor"])
-                        if len(cursors) == 1:
-                            opened += 1
-                            if opened == connections * per_connection:
-                                ready.set()
-                finally:
-                    await agen.aclose()
-                return cursors
-
-            return list(await asyncio.gather(*(one() for _ in range(per_connection))))
-
-    results = await asyncio.gather(*(one_connection() for _ in range(connections)))
-    return [cursors for group in results for cursors in group]
 
 
 async def test_200_concurrent_subscribers_each_get_all_100_events_in_order(
@@ -180,7 +123,7 @@ async def test_200_concurrent_subscribers_each_get_all_100_events_in_order(
 ) -> None:
     task_id = await submit(api, {"chatter": {"progressSteps": 0, "logLines": 96}})
     ready = asyncio.Event()
-    watchers = asyncio.create_task(_subscribe_many(api.url, api.key, task_id, 20, 10, ready))
+    watchers = asyncio.create_task(subscribe_many(api.url, api.key, task_id, 20, 10, ready))
     await asyncio.wait_for(ready.wait(), 30)  # all 200 have the QUEUED event
     async with run_worker(api.settings):
         results = await asyncio.wait_for(watchers, 60)
@@ -191,14 +134,6 @@ async def test_200_concurrent_subscribers_each_get_all_100_events_in_order(
     assert all(cursors == expected for cursors in results)
 
 
-async def _channels(redis_url: str) -> int:
-    redis = Redis.from_url(redis_url)
-    try:
-        return len(await redis.pubsub_channels("taskrunner:*"))
-    finally:
-        await redis.aclose()
-
-
 async def test_disconnected_subscribers_release_their_redis_channels_within_2s(
     settings: Settings,
 ) -> None:
@@ -206,11 +141,11 @@ async def test_disconnected_subscribers_release_their_redis_channels_within_2s(
     async with run_api(settings, app) as url:
         stack = await Stack.keyed(url, settings)
         hub: EventHub = app.state.services.hub
-        before = await _channels(settings.require_redis_url())
+        before = await redis_channels(settings.require_redis_url())
         ids = [await submit(stack, {"sleep": {"seconds": 30}}) for _ in range(5)]
         ready = asyncio.Event()
         watchers = [
-            asyncio.create_task(_subscribe_many(url, stack.key, task_id, 4, 5, ready))
+            asyncio.create_task(subscribe_many(url, stack.key, task_id, 4, 5, ready))
             for task_id in ids
         ]
 
@@ -219,11 +154,11 @@ async def test_disconnected_subscribers_release_their_redis_channels_within_2s(
 
         async def all_released() -> bool:
             """no stream open and the channels back to what they were"""
-            channels = await _channels(settings.require_redis_url())
+            channels = await redis_channels(settings.require_redis_url())
             return hub.streams == 0 and channels == before
 
         await eventually(all_open, 30)
-        assert await _channels(settings.require_redis_url()) == before + 5
+        assert await redis_channels(settings.require_redis_url()) == before + 5
         for watcher in watchers:
             watcher.cancel()  # the clients disconnect
         await asyncio.gather(*watchers, return_exceptions=True)
@@ -237,25 +172,24 @@ async def test_a_subscriber_that_falls_behind_gets_limit_exceeded_and_resumes_wi
     hub = EventHub(redis, buffer_events=20, stall_seconds=0.1)
     await hub.start()
     try:
-        async with journal.transaction(engine) as conn:
-            (task,), _ = await _insert(conn, "", [Submission("echo", {"message": "x"}, 60)])
+        task_id = await new_task(engine)
         await journal.apply(engine, redis, [
-            journal.Change(task.id, EventKind.STATUS, {"status": "RUNNING"},
+            journal.Change(task_id, EventKind.STATUS, {"status": "RUNNING"},
                            to=TaskStatus.RUNNING)
         ])  # fmt: skip
-        stream = task_events(engine=engine, hub=hub, task_id=task.id, after_id=None,
+        stream = task_events(engine=engine, hub=hub, task_id=task_id, after_id=None,
                              quiet_seconds=30)  # fmt: skip
         got = [await anext(stream), await anext(stream)]  # QUEUED, RUNNING; then it stalls
         await asyncio.sleep(0.3)
         for n in range(30):  # more than its buffer of 20, published while it does not read
-            line = journal.Change(task.id, EventKind.LOG, {"level": "info", "line": str(n)})
+            line = journal.Change(task_id, EventKind.LOG, {"level": "info", "line": str(n)})
             await journal.apply(engine, redis, [line])
         await asyncio.sleep(0.2)
         with pytest.raises(LimitExceeded) as err:
             async for event in stream:
                 got.append(event)
         assert f'after: "{got[-1].cursor}"' in err.value.message
-        resumed = task_events(engine=engine, hub=hub, task_id=task.id, after_id=got[-1].id,
+        resumed = task_events(engine=engine, hub=hub, task_id=task_id, after_id=got[-1].id,
                               quiet_seconds=0.2)  # fmt: skip
         while len(got) < 32:
             got.append(await asyncio.wait_for(anext(resumed), 5))

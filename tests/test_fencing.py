@@ -18,14 +18,16 @@ import sqlalchemy as sa
 from arq import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import heartbeats, journal, queue, reconciler, tasks
+from taskrunner import heartbeats, journal, queue, reconciler, submissions
 from taskrunner.config import Settings
 from taskrunner.events import EventKind
 from taskrunner.models import task_table
 from taskrunner.states import TaskStatus
-from taskrunner.tasks import Submission
-from tests.body_probe import BodyProbe
-from tests.conftest import eventually, run_worker
+from taskrunner.submissions import Submission
+from tests.support.body_probe import BodyProbe
+from tests.support.rows import new_task
+from tests.support.servers import run_worker
+from tests.support.waiting import eventually
 from workers.background import RECONCILE_LOCK
 
 
@@ -40,7 +42,7 @@ async def _submit(
     engine: AsyncEngine, pool: ArqRedis, task: dict[str, Any], max_retries: int = 0
 ) -> uuid.UUID:
     ((name, data),) = task.items()
-    (row,) = await tasks.submit(
+    (row,) = await submissions.submit(
         engine=engine,
         redis=pool,
         pool=pool,
@@ -108,17 +110,20 @@ async def test_a_worker_that_cannot_heartbeat_takes_no_new_task(
     """Redis refuses the heartbeat (the workers set is made a string: every SADD fails
     with WRONGTYPE). Others will soon take this worker for dead and recover what it runs,
     so it must not start anything new; once a heartbeat is written again, it does."""
-    interval = settings.heartbeat_interval_seconds
-    async with run_worker(settings):
+    async with run_worker(settings) as worker:
 
         async def registered() -> bool:
             """the worker's heartbeat is in Redis"""
             return bool(await pool.scard(heartbeats.WORKERS_SET))  # type: ignore[misc]
 
+        async def failing() -> bool:
+            """a heartbeat failed, and the worker knows it"""
+            return not worker.ctx["pulse"].healthy()
+
         await eventually(registered, within=10)
         await pool.delete(heartbeats.WORKERS_SET)
         await pool.set(heartbeats.WORKERS_SET, "not a set")
-        await asyncio.sleep(3 * interval)  # a heartbeat or two failed
+        await eventually(failing, within=10)
 
         task_id = await _submit(engine, pool, {"echo": {"message": "wait"}})
         for _ in range(15):
@@ -137,10 +142,9 @@ async def test_a_worker_that_cannot_heartbeat_takes_no_new_task(
 async def _start_as(engine: AsyncEngine, pool: ArqRedis, worker_id: str) -> uuid.UUID:
     """A task RUNNING on `worker_id` since a minute (long past any grace period); never
     enqueued, so no real worker takes it."""
-    async with journal.transaction(engine) as conn:
-        (task,), _ = await tasks._insert(conn, "tester", [Submission("sleep", {"seconds": 60}, 60)])
+    task_id = await new_task(engine, owner="tester", type="sleep", input={"seconds": 60})
     start = journal.Change(
-        task.id,
+        task_id,
         EventKind.STATUS,
         {"status": TaskStatus.RUNNING.value},
         to=TaskStatus.RUNNING,
@@ -151,7 +155,7 @@ async def _start_as(engine: AsyncEngine, pool: ArqRedis, worker_id: str) -> uuid
         },
     )
     assert (await journal.apply_one(engine, pool, start)).accepted
-    return task.id
+    return task_id
 
 
 async def test_a_suspect_worker_that_beats_again_is_no_longer_suspect(

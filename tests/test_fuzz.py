@@ -30,12 +30,10 @@ import asyncio
 import contextlib
 import json
 import re
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta, timezone
 from pathlib import Path
@@ -52,7 +50,9 @@ from hypothesis_graphql import mutations, nodes, queries
 
 from taskrunner.config import Settings
 from taskrunner.embedded import free_port
-from tests.conftest import make_key, process_env, repo_root
+from tests.support.environment import process_env, repo_root
+from tests.support.processes import popen
+from tests.support.stack import make_key
 
 N_QUERIES = 300
 N_MUTATIONS = 300
@@ -123,29 +123,6 @@ class MemorySampler(threading.Thread):
         self.stopping.set()
         self.join(5)
         self.sample()
-
-
-@contextlib.contextmanager
-def _process(command: str, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`taskrunner <command>` with its output in `log`; stopped (SIGTERM, then kill)."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "taskrunner", command],
-            cwd=repo_root(),
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
 
 
 def _wait_for(check: Callable[[], bool], within: float, what: str) -> None:
@@ -489,8 +466,8 @@ def _run(settings: Settings, keys: list[str], other: str, logs: Path) -> Run:
     env["BRAVE_API_URL"] = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     with (
-        _process("api", env, logs / "api.log") as api,
-        _process("worker", env, logs / "worker.log") as worker,
+        popen("api", env=env, log=logs / "api.log") as api,
+        popen("worker", env=env, log=logs / "worker.log") as worker,
         httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
     ):
         _wait_for(lambda: client.get("/readyz").status_code == 200, 30, "the api is ready")

@@ -1,4 +1,4 @@
-"""Inputs the fuzz run (tests/test_fuzz.py) once turned into INTERNAL errors or server
+"""Inputs the fuzz run (test_fuzz) once turned into INTERNAL errors or server
 exceptions; each is now a clear answer."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import sqlalchemy as sa
 from gql.transport.exceptions import TransportQueryError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import Stack
-from tests.test_lifecycle import submit
-from tests.test_walking_skeleton import WATCH
+from tests.support.stack import Stack
+from tests.support.tasks import WATCH, submit
+from tests.support.waiting import eventually
 
 
 async def _error(stack: Stack, query: str, **variables: object) -> dict[str, object]:
@@ -96,5 +96,12 @@ async def test_a_server_sent_events_client_leaving_raises_nothing_on_the_server(
                 reading = asyncio.create_task(anext(response.aiter_raw()))
                 await asyncio.sleep(0.3)
                 reading.cancel()
-        await asyncio.sleep(0.5)  # let the server notice the disconnects
+
+        async def noticed() -> bool:
+            """the server noticed the disconnects: no subscription is open"""
+            async with httpx.AsyncClient(base_url=api.url) as client:
+                page = (await client.get("/metrics")).text
+            return "\ntaskrunner_active_subscriptions 0.0\n" in page
+
+        await eventually(noticed, within=10)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

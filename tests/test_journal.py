@@ -1,5 +1,6 @@
 """The write path against a real PostgreSQL: conditional transitions, gap-free seqs under
-concurrency, and per-task transaction order (the xid trap of DESIGN.md)."""
+concurrency, and per-task transaction order ((xid, id) order, even when an older
+transaction waits behind a newer one)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from taskrunner import journal
 from taskrunner.config import Settings
 from taskrunner.events import EventKind
 from taskrunner.states import TaskStatus
-from taskrunner.tasks import Submission, _insert
+from tests.support.rows import new_task
 
 
 @pytest.fixture
@@ -25,12 +26,6 @@ async def redis(settings: Settings) -> Redis:
     client = Redis.from_url(settings.require_redis_url())
     yield client  # type: ignore[misc]
     await client.aclose()
-
-
-async def _new_task(engine: AsyncEngine) -> uuid.UUID:
-    async with journal.transaction(engine) as conn:
-        tasks, _ = await _insert(conn, "", [Submission("echo", {"message": "x"}, 60)])
-    return tasks[0].id
 
 
 def _log(task_id: uuid.UUID, n: int) -> journal.Change:
@@ -52,7 +47,7 @@ async def _seqs(engine: AsyncEngine, task_id: uuid.UUID) -> list[tuple[int, int,
 
 
 async def test_a_refused_transition_writes_nothing(engine: AsyncEngine, redis: Redis) -> None:
-    task_id = await _new_task(engine)
+    task_id = await new_task(engine)
     outcome = await journal.apply_one(engine, redis, _to(task_id, TaskStatus.SUCCEEDED))
     assert not outcome.accepted and outcome.found is TaskStatus.QUEUED
     assert [s for s, _, _ in await _seqs(engine, task_id)] == [1]
@@ -66,7 +61,7 @@ async def test_unknown_task_is_reported_not_found(engine: AsyncEngine, redis: Re
 async def test_concurrent_writers_get_gap_free_seqs_in_xid_and_id_order(
     engine: AsyncEngine, redis: Redis
 ) -> None:
-    task_id = await _new_task(engine)
+    task_id = await new_task(engine)
     await journal.apply_one(engine, redis, _to(task_id, TaskStatus.RUNNING))
     await asyncio.gather(*(journal.apply_one(engine, redis, _log(task_id, n)) for n in range(40)))
     rows = await _seqs(engine, task_id)
@@ -82,7 +77,7 @@ async def test_older_transaction_behind_a_newer_writer_is_rerun_with_a_fresh_xid
     """T1 takes its xid first, then waits for the row T2 (a newer xid) holds. Recording
     T1's event with its old xid would put it before T2's in (xid, id) order: the journal
     must roll T1 back and run it again."""
-    task_id = await _new_task(engine)
+    task_id = await new_task(engine)
     await journal.apply_one(engine, redis, _to(task_id, TaskStatus.RUNNING))
     runs = 0
     t1_has_xid = asyncio.Event()
@@ -113,7 +108,7 @@ async def test_older_transaction_behind_a_newer_writer_is_rerun_with_a_fresh_xid
 
 
 async def test_a_write_for_a_replaced_attempt_is_refused(engine: AsyncEngine, redis: Redis) -> None:
-    task_id = await _new_task(engine)
+    task_id = await new_task(engine)
     start = _to(task_id, TaskStatus.RUNNING, values={"attempts": 2, "worker_id": "w-new"})
     assert (await journal.apply_one(engine, redis, start)).accepted
     stale = journal.Change(
@@ -137,7 +132,7 @@ async def test_concurrent_writers_share_transactions_and_keep_every_rule(
 ) -> None:
     """Group commit: 60 writers at once take fewer transactions than writers, each gets its
     own outcome, and every task's events are still 1, 2, 3 ... in transaction order."""
-    tasks = [await _new_task(engine) for _ in range(20)]
+    tasks = [await new_task(engine) for _ in range(20)]
     for task_id in tasks:
         await journal.apply_one(engine, redis, _to(task_id, TaskStatus.RUNNING))
     xids_before = await _xid(engine)
@@ -164,7 +159,7 @@ async def test_concurrent_writers_share_transactions_and_keep_every_rule(
 async def test_a_failing_writer_fails_alone(engine: AsyncEngine, redis: Redis) -> None:
     """A unit PostgreSQL refuses (here: a progress value it cannot store) fails its own
     writer only; the writers grouped with it commit."""
-    good, bad = await _new_task(engine), await _new_task(engine)
+    good, bad = await new_task(engine), await new_task(engine)
     await journal.apply_one(engine, redis, _to(good, TaskStatus.RUNNING))
     await journal.apply_one(engine, redis, _to(bad, TaskStatus.RUNNING))
     broken = journal.Change(bad, EventKind.PROGRESS, {"progress": 0.5}, values={"progress": "x"})
@@ -193,7 +188,7 @@ async def test_a_row_returned_to_a_change_includes_the_earlier_changes_of_its_gr
 ) -> None:
     """A retry and the start of the new attempt in one transaction: the start sees the row
     as the retry left it (not cancel_requested), not as it was locked."""
-    task_id = await _new_task(engine)
+    task_id = await new_task(engine)
     cancel = _to(task_id, TaskStatus.CANCELLED, values={"cancel_requested": True})
     await journal.apply_one(engine, redis, cancel)
     retry = _to(task_id, TaskStatus.QUEUED, retry_request=True, values={"cancel_requested": False})
@@ -221,7 +216,7 @@ async def test_one_statement_writes_nothing_when_a_task_was_written_by_a_newer_t
     the xid check for the whole group: a task whose last writer looks newer than any
     transaction (poisoned here) stops every change of it; after three tries the group goes
     to a transaction, which refuses as well."""
-    poisoned, other = await _new_task(engine), await _new_task(engine)
+    poisoned, other = await new_task(engine), await new_task(engine)
     async with engine.begin() as conn:
         await conn.execute(
             sa.text("UPDATE task SET last_xid = 9223372036854775807 WHERE id = :t"),
@@ -238,7 +233,7 @@ async def test_one_statement_writes_nothing_when_a_task_was_written_by_a_newer_t
 async def test_both_ways_of_recording_return_the_same_row_to_a_start(
     engine: AsyncEngine, redis: Redis
 ) -> None:
-    a, b = await _new_task(engine), await _new_task(engine)
+    a, b = await new_task(engine), await new_task(engine)
     outcomes = await journal._record_in_one_statement(
         engine, [_start(a)], journal._shape(_start(a))
     )
@@ -259,7 +254,7 @@ async def test_a_computed_value_with_a_parameter_is_written_both_ways(
     engine: AsyncEngine, redis: Redis
 ) -> None:
     """`Sql` with a parameter (a retry's due time) in one statement and in a transaction."""
-    a, b = await _new_task(engine), await _new_task(engine)
+    a, b = await new_task(engine), await new_task(engine)
     for task_id in (a, b):
         assert (await journal.apply_one(engine, redis, _start(task_id))).accepted
 
@@ -307,7 +302,7 @@ async def test_a_retry_request_never_requeues_a_running_task(
 ) -> None:
     """RUNNING -> QUEUED is a worker's move (a retry later, a hand-back); retryTask's change
     taking it would run a second body beside the first."""
-    task_id = await _new_task(engine)
+    task_id = await new_task(engine)
     assert (await journal.apply_one(engine, redis, _start(task_id))).accepted
     retry = _to(task_id, TaskStatus.QUEUED, retry_request=True, values={"worker_id": None})
     outcome = await WAYS[way](engine, retry)
@@ -322,7 +317,7 @@ async def test_a_late_write_of_an_attempt_never_lands_on_the_requeued_task(
     """Attempt 1 was recovered (RUNNING -> QUEUED, the attempt number unchanged) while its
     worker still ran it. That worker's late outcome (CANCELLED: QUEUED -> CANCELLED is a
     move of the table) or task.log must not be recorded on the waiting task."""
-    task_id = await _new_task(engine)
+    task_id = await new_task(engine)
     assert (await journal.apply_one(engine, redis, _start(task_id))).accepted
     recovered = _to(task_id, TaskStatus.QUEUED, values={"worker_id": None}, expect_attempt=1)
     assert (await journal.apply_one(engine, redis, recovered)).accepted

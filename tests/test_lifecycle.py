@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 import time
 from datetime import datetime
 from typing import Any
@@ -18,43 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner.config import Settings
 from taskrunner.embedded import free_port
-from tests.conftest import Stack, make_key, process_env, repo_root, run_api, run_worker
-from tests.test_walking_skeleton import WATCH
-
-SUBMIT = """
-mutation($task: TaskSpecInput!, $options: TaskOptionsInput) {
-  submitTask(task: $task, options: $options) { id }
-}"""
-TASK = """
-query($id: ID!) {
-  task(id: $id) {
-    id status attempts maxRetries priority createdAt startedAt finishedAt
-    error { code message } result workerId nextAttemptAt queuePosition
-  }
-}"""
-
-
-async def submit(stack: Stack, task: dict[str, Any], **options: Any) -> str:
-    result = await stack.execute(SUBMIT, task=task, options=options or None)
-    return str(result["submitTask"]["id"])
-
-
-async def task_of(stack: Stack, task_id: str) -> dict[str, Any]:
-    return dict((await stack.execute(TASK, id=task_id))["task"])
-
-
-async def finish(stack: Stack, task_id: str, within: float = 30) -> list[dict[str, Any]]:
-    return [e["taskUpdates"] for e in await stack.subscribe(WATCH, id=task_id, within=within)]
-
-
-async def wait_for(engine: AsyncEngine, sql: str, expected: Any, within: float = 30) -> None:
-    """Poll PostgreSQL until `sql` returns `expected`."""
-    async with asyncio.timeout(within):
-        while True:
-            async with engine.connect() as conn:
-                if await conn.scalar(sa.text(sql)) == expected:
-                    return
-            await asyncio.sleep(0.1)
+from tests.support.environment import process_env
+from tests.support.processes import spawn, stop, wait_ready, worker_process
+from tests.support.rows import status_counts, wait_for
+from tests.support.servers import run_api, run_worker
+from tests.support.stack import Stack, make_key
+from tests.support.tasks import BATCH, WATCH, finish, submit, task_of
+from tests.support.waiting import eventually
 
 
 async def test_failures_are_retried_with_growing_waits_until_success(stack: Stack) -> None:
@@ -79,7 +48,7 @@ async def test_failures_beyond_max_retries_end_failed(stack: Stack) -> None:
     events = await finish(stack, task_id)
     assert events[-1]["status"] == "FAILED"
     task = await task_of(stack, task_id)
-    assert task["attempts"] == 2 and task["error"]["code"] == "TaskFailedOnPurpose"
+    assert task["attempts"] == 2 and task["error"]["code"] == "TASK_ERROR"
     warnings = [e["line"] for e in events if e.get("level") == "warning"]
     assert len(warnings) == 1 and "retry 1 of 1" in warnings[0]
 
@@ -165,10 +134,16 @@ async def test_twenty_concurrent_submissions_with_one_key_create_one_task(
 async def test_workers_query_and_worker_id_show_who_runs_what(stack: Stack) -> None:
     task_id = await submit(stack, {"sleep": {"seconds": 20}})
     await stack.subscribe(WATCH, id=task_id, limit=2)
-    await asyncio.sleep(stack.settings.heartbeat_interval_seconds * 2)
-    workers = (
-        await stack.execute("{ workers { id host pid startedAt lastHeartbeatAt runningTaskIds } }")
-    )["workers"]
+    workers: list[dict[str, Any]] = []
+
+    async def listed() -> bool:
+        """a heartbeat since the task started lists it"""
+        nonlocal workers
+        query = "{ workers { id host pid startedAt lastHeartbeatAt runningTaskIds } }"
+        workers = (await stack.execute(query))["workers"]
+        return any(w["runningTaskIds"] for w in workers)
+
+    await eventually(listed, within=10)
     assert len(workers) == 1 and workers[0]["runningTaskIds"] == [task_id]
     stranger = stack.as_key(await make_key(stack.settings, "stranger"))
     (seen,) = (await stranger.execute("{ workers { id runningTaskIds } }"))["workers"]
@@ -183,18 +158,6 @@ async def test_workers_query_and_worker_id_show_who_runs_what(stack: Stack) -> N
 # --- real processes and faults --------------------------------------------------------
 
 
-async def start_worker_process(settings: Settings, **env: str) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "taskrunner",
-        "worker",
-        cwd=repo_root(),
-        env=process_env(settings, **env),
-    )
-    return proc
-
-
 async def succeeded_events(engine: AsyncEngine) -> dict[str, int]:
     async with engine.connect() as conn:
         rows = await conn.execute(
@@ -206,23 +169,13 @@ async def succeeded_events(engine: AsyncEngine) -> dict[str, int]:
         return {r[0]: r[1] for r in rows}
 
 
-async def status_counts(engine: AsyncEngine) -> dict[str, int]:
-    async with engine.connect() as conn:
-        rows = await conn.execute(sa.text("SELECT status, count(*) FROM task GROUP BY status"))
-        return {r[0]: r[1] for r in rows}
-
-
 async def test_sigkill_of_a_worker_running_50_tasks_loses_none(
     api: Stack, engine: AsyncEngine
 ) -> None:
     batch = [{"task": {"sleep": {"seconds": 4}}, "options": {"maxRetries": 1}} for _ in range(50)]
-    await api.execute(
-        "mutation($t: [TaskSubmissionInput!]!) { submitTasks(tasks: $t) { id } }", t=batch
-    )
-    victim = await start_worker_process(api.settings, WORKER_CONCURRENCY="50")
-    try:
+    await api.execute(BATCH, t=batch)
+    async with worker_process(api.settings, WORKER_CONCURRENCY="50") as victim:
         await wait_for(engine, "SELECT count(*) FROM task WHERE status = 'RUNNING'", 50)
-    finally:
         victim.kill()  # SIGKILL: no hand-back, no goodbye
         await victim.wait()
     async with run_worker(api.settings):
@@ -234,7 +187,6 @@ async def test_sigkill_of_a_worker_running_50_tasks_loses_none(
         )
     counts = await status_counts(engine)
     twice = {k: v for k, v in (await succeeded_events(engine)).items() if v > 1}
-    print(f"\nchaos SIGKILL: {counts}, tasks SUCCEEDED twice: {len(twice)}")  # noqa: T201
     assert counts == {"SUCCEEDED": 50}
     assert twice == {}
 
@@ -243,9 +195,7 @@ async def test_flushall_while_100_tasks_are_queued_loses_none(
     api: Stack, engine: AsyncEngine
 ) -> None:
     batch = [{"task": {"echo": {"message": str(i)}}} for i in range(100)]
-    await api.execute(
-        "mutation($t: [TaskSubmissionInput!]!) { submitTasks(tasks: $t) { id } }", t=batch
-    )
+    await api.execute(BATCH, t=batch)
     redis = Redis.from_url(api.settings.require_redis_url())
     try:
         assert await redis.zcard(api.settings.queue_name) == 100
@@ -258,7 +208,6 @@ async def test_flushall_while_100_tasks_are_queued_loses_none(
             engine, "SELECT count(*) FROM task WHERE status = 'SUCCEEDED'", 100, within=30
         )
     counts = await status_counts(engine)
-    print(f"\nchaos FLUSHALL: {counts}")  # noqa: T201
     assert counts == {"SUCCEEDED": 100}
 
 
@@ -267,19 +216,11 @@ async def test_api_killed_between_commit_and_enqueue_the_task_still_runs(
 ) -> None:
     port = free_port()
     env = process_env(settings, PORT=str(port), TEST_CRASH_AFTER_COMMIT="true")
-    api = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "taskrunner", "api", cwd=repo_root(), env=env
-    )
+    api = await spawn("api", env=env)
     url = f"http://127.0.0.1:{port}"
     try:
+        await wait_ready(url, api)
         async with httpx.AsyncClient(base_url=url) as client:
-            async with asyncio.timeout(30):
-                while True:
-                    try:
-                        if (await client.get("/readyz")).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        await asyncio.sleep(0.1)
             with pytest.raises(httpx.TransportError):
                 await client.post(
                     "/graphql",
@@ -288,13 +229,11 @@ async def test_api_killed_between_commit_and_enqueue_the_task_still_runs(
                 )
         assert await asyncio.wait_for(api.wait(), 10) == 70
     finally:
-        if api.returncode is None:
-            api.kill()
-            await api.wait()
+        await stop(api)
     assert await status_counts(engine) == {"QUEUED": 1}
     async with run_worker(settings):
         await wait_for(engine, "SELECT count(*) FROM task WHERE status = 'SUCCEEDED'", 1)
-    print(f"\nchaos API crash: {await status_counts(engine)}")  # noqa: T201
+    assert await status_counts(engine) == {"SUCCEEDED": 1}
 
 
 async def test_sigterm_lets_short_tasks_finish_and_hands_long_ones_back(
@@ -302,11 +241,11 @@ async def test_sigterm_lets_short_tasks_finish_and_hands_long_ones_back(
 ) -> None:
     short = await submit(api, {"sleep": {"seconds": 1}})
     long = await submit(api, {"sleep": {"seconds": 30}})
-    worker = await start_worker_process(api.settings)
-    await wait_for(engine, "SELECT count(*) FROM task WHERE status = 'RUNNING'", 2)
-    started = time.monotonic()
-    worker.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(worker.wait(), 15) == 0
+    async with worker_process(api.settings) as worker:
+        await wait_for(engine, "SELECT count(*) FROM task WHERE status = 'RUNNING'", 2)
+        started = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(worker.wait(), 15) == 0
     assert time.monotonic() - started < api.settings.worker_shutdown_grace_seconds + 3
     assert (await task_of(api, short))["status"] == "SUCCEEDED"
     handed_back = await task_of(api, long)

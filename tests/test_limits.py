@@ -1,6 +1,6 @@
 """Limits: the `limits` query, rate limiting across api processes, query depth, aliases,
 tokens, body and message sizes, task input size (query cost and the page and option bounds:
-tests/test_query_cost.py). Every refusal names the limit and
+test_query_cost). Every refusal names the limit and
 changes nothing."""
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from taskrunner.config import Settings
 from taskrunner.embedded import free_port
 from taskrunner.errors import LimitExceeded, RateLimited
 from taskrunner.ratelimit import RateLimiter
-from tests.conftest import Stack, api_process, make_key, run_api
-from tests.test_auth import _close_code
+from tests.support.processes import api_processes
+from tests.support.servers import run_api
+from tests.support.stack import Stack, make_key
+from tests.support.subscriptions import close_code
 
 SUBMIT = 'mutation { submitTask(task: {echo: {message: "x"}}) { id } }'
 BATCH = """
@@ -78,10 +80,7 @@ async def test_limits_query_and_get_limits_answer_the_effective_limits(api: Stac
 @pytest.fixture
 async def limited(settings: Settings) -> AsyncIterator[tuple[str, str, Settings]]:
     """Two api processes sharing one Redis, with TASKS_PER_MINUTE=5."""
-    async with (
-        api_process(settings, TASKS_PER_MINUTE="5") as one,
-        api_process(settings, TASKS_PER_MINUTE="5") as two,
-    ):
+    async with api_processes(settings, 2, TASKS_PER_MINUTE="5") as (one, two):
         yield one, two, settings
 
 
@@ -180,7 +179,7 @@ async def test_a_websocket_message_over_the_limit_closes_the_connection(api: Sta
             after=huge,
             within=10,
         )
-    assert _close_code(closed.value) == 1009  # "message too big"
+    assert close_code(closed.value) == 1009  # "message too big"
 
 
 async def test_a_task_input_over_the_cap_is_refused_naming_the_field(

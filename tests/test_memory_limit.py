@@ -3,14 +3,13 @@ LIMIT_EXCEEDED, and the worker goes on serving other tasks.
 
 The watchdog's attribution is checked with a fake RSS; then a real api and worker (in
 processes of their own, so that the worker's RSS is its own) run `memoryHog`
-(tests/memtasks), a task type that allocates 1 MiB at a time and keeps it."""
+(tests/support/memtasks), a task type that allocates 1 MiB at a time and keeps it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
@@ -21,12 +20,15 @@ import psutil
 import pytest
 
 from taskrunner.config import Settings
-from tests.conftest import Stack, api_process, eventually, process_env, repo_root
-from tests.memtasks import hog
-from tests.test_lifecycle import finish, submit, task_of
-from tests.test_task_input_bounds import unbounded_fields
+from tests.support.bounds import unbounded_fields
+from tests.support.environment import repo_root
+from tests.support.memtasks import hog
+from tests.support.processes import api_process, worker_process
+from tests.support.stack import Stack
+from tests.support.tasks import finish, submit, task_of
+from tests.support.waiting import eventually
 from workers.memory import MB, MemoryWatchdog, process_rss
-from workers.runner import Running
+from workers.worker_context import Running
 
 T = TypeVar("T")
 
@@ -231,7 +233,7 @@ def hog_env() -> dict[str, str]:
         "PYTHONPATH": os.pathsep.join(
             [str(repo_root()), *filter(None, [os.environ.get("PYTHONPATH")])]
         ),
-        "TASKRUNNER_TASK_MODULES": "tests.memtasks",
+        "TASKRUNNER_TASK_MODULES": "tests.support.memtasks",
         "TASK_MAX_MEMORY_MB": str(BUDGET_MB),
         "MEMORY_CHECK_INTERVAL_SECONDS": "0.1",
         "WORKER_CONCURRENCY": "4",
@@ -242,18 +244,12 @@ def hog_env() -> dict[str, str]:
 async def hog_stack(settings: Settings) -> AsyncIterator[tuple[Stack, int]]:
     """A real api and worker in processes of their own; yields the stack and the worker's
     pid."""
-    async with api_process(settings, **hog_env()) as url:
-        worker = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "taskrunner", "worker",
-            cwd=repo_root(), env=process_env(settings, **hog_env()),
-        )  # fmt: skip
-        try:
-            yield await Stack.keyed(url, settings), worker.pid
-            assert worker.returncode is None, "the worker exited"
-        finally:
-            if worker.returncode is None:
-                worker.terminate()
-            await worker.wait()
+    async with (
+        worker_process(settings, **hog_env()) as worker,  # starting while the api does
+        api_process(settings, **hog_env()) as url,
+    ):
+        yield await Stack.keyed(url, settings), worker.pid
+        assert worker.returncode is None, "the worker exited"
 
 
 async def run_to_end(stack: Stack, task: dict[str, Any], **options: Any) -> dict[str, Any]:
@@ -311,7 +307,6 @@ async def test_a_task_over_the_budget_fails_and_the_worker_goes_on(settings: Set
     assert took < 15, took
     growth_mb = (peak - baseline) / MB
     assert growth_mb < 250, growth_mb
-    print(f"\nworker RSS peak {growth_mb:.0f} MB over baseline; killed after {ran}")  # noqa: T201
 
     assert slept["status"] == "SUCCEEDED", slept  # the hog was blamed, not the older task
     assert after["status"] == "SUCCEEDED" and after["result"] == {"message": "still here"}

@@ -22,9 +22,9 @@ async def test_migrated_database_matches_the_models(engine: AsyncEngine) -> None
 
 
 def test_the_task_record_has_one_attribute_per_column() -> None:
-    """`Task` (rows as read) and the `task` table must not drift apart."""
+    """`TaskRecord` (rows as read) and the `task` table must not drift apart."""
     from dataclasses import fields
 
-    from taskrunner.models import Task, task_table
+    from taskrunner.models import TaskRecord, task_table
 
-    assert [f.name for f in fields(Task)] == [c.name for c in task_table.columns]
+    assert [f.name for f in fields(TaskRecord)] == [c.name for c in task_table.columns]

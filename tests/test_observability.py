@@ -3,12 +3,8 @@ logs with one schema, readiness that follows Redis, and Task.metrics."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +16,12 @@ from sqlalchemy.engine import make_url
 from api.app import create_app, uvicorn_options
 from taskrunner.config import Settings
 from taskrunner.embedded import EmbeddedRedis, free_port
-from tests.conftest import (
-    Servers,
-    Stack,
-    api_process,
-    eventually,
-    make_key,
-    process_env,
-    repo_root,
-    run_api,
-    serve,
-)
-from tests.test_lifecycle import submit
-from tests.test_walking_skeleton import WATCH
+from tests.support.environment import process_env
+from tests.support.processes import api_process, run, worker_process
+from tests.support.servers import Servers, run_api, serve
+from tests.support.stack import Stack, make_key
+from tests.support.tasks import WATCH, submit
+from tests.support.waiting import eventually
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -44,27 +33,6 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-@contextlib.asynccontextmanager
-async def worker_process(
-    settings: Settings, log_file: Path, **env: str
-) -> AsyncIterator[asyncio.subprocess.Process]:
-    with log_file.open("wb") as log:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "taskrunner",
-            "worker",
-            cwd=repo_root(),
-            env=process_env(settings, **env),
-            stderr=log,
-        )
-        try:
-            yield proc
-        finally:
-            proc.terminate()
-            await asyncio.wait_for(proc.wait(), 20)
-
-
 async def _until_finished(stack: Stack, task_id: str) -> None:
     await stack.subscribe(WATCH, id=task_id, within=20)
 
@@ -74,8 +42,8 @@ async def test_metrics_of_a_real_api_and_worker_count_what_happened(
 ) -> None:
     port = free_port()
     async with (
-        api_process(settings, LOG_LEVEL="INFO") as url,
         worker_process(settings, tmp_path / "worker.log", WORKER_METRICS_PORT=str(port)),
+        api_process(settings, LOG_LEVEL="INFO") as url,
     ):
         stack = await Stack.keyed(url, settings)
         ids = [await submit(stack, {"echo": {"message": str(i)}}) for i in range(3)]
@@ -104,17 +72,9 @@ async def test_metrics_of_a_real_api_and_worker_count_what_happened(
 
 
 async def test_one_trace_spans_the_request_the_worker_and_their_calls(settings: Settings) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.trace_probe",
-        cwd=repo_root(),
-        env=process_env(settings),
-        stdout=asyncio.subprocess.PIPE,
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0
-    spans = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+    code, out, err = await run(env=process_env(settings), module="tests.support.trace_probe")
+    assert code == 0, err
+    spans = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     (task,) = [s for s in spans if s["name"] == "task webScrape"]
     assert task["kind"] == "CONSUMER" and task["attributes"]["taskrunner.attempt"] == "1"
     by_id = {s["span_id"]: s for s in spans}
@@ -150,34 +110,15 @@ async def test_one_trace_spans_the_request_the_worker_and_their_calls(settings: 
 async def test_logs_are_json_lines_with_one_schema(settings: Settings, tmp_path: Path) -> None:
     worker_log = tmp_path / "worker.log"
     api_log = tmp_path / "api.log"
-    with api_log.open("wb") as api_err:
-        port = free_port()
-        api = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "taskrunner",
-            "api",
-            cwd=repo_root(),
-            env=process_env(settings, PORT=str(port), LOG_LEVEL="INFO", LOG_FORMAT="json"),
-            stderr=api_err,
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            async with httpx.AsyncClient(base_url=url) as client, asyncio.timeout(30):
-                while True:
-                    with contextlib.suppress(httpx.TransportError):
-                        if (await client.get("/readyz")).status_code == 200:
-                            break
-                    await asyncio.sleep(0.1)
-            async with worker_process(settings, worker_log, LOG_LEVEL="INFO", LOG_FORMAT="json"):
-                stack = Stack(url, settings, await make_key(settings))
-                task_id = await submit(stack, {"echo": {"message": "logged"}})
-                await _until_finished(stack, task_id)
-                failing = await submit(stack, {"fail": {"failTimes": 5}})
-                await _until_finished(stack, failing)
-        finally:
-            api.terminate()
-            await api.wait()
+    async with (
+        worker_process(settings, worker_log, LOG_LEVEL="INFO", LOG_FORMAT="json"),
+        api_process(settings, api_log, LOG_LEVEL="INFO", LOG_FORMAT="json") as url,
+    ):
+        stack = Stack(url, settings, await make_key(settings))
+        task_id = await submit(stack, {"echo": {"message": "logged"}})
+        await _until_finished(stack, task_id)
+        failing = await submit(stack, {"fail": {"failTimes": 5}})
+        await _until_finished(stack, failing)
     api_lines = [json.loads(x) for x in api_log.read_text().splitlines() if x.startswith("{")]
     worker_lines = [json.loads(x) for x in worker_log.read_text().splitlines() if x.startswith("{")]
     for line in api_lines + worker_lines:
@@ -200,7 +141,7 @@ async def test_logs_are_json_lines_with_one_schema(settings: Settings, tmp_path:
     (failed,) = [
         x for x in worker_lines if x.get("task_id") == failing and x["event"] == "task_failed"
     ]
-    assert failed["level"] == "warning" and failed["error_code"] == "TaskFailedOnPurpose"
+    assert failed["level"] == "warning" and failed["error_code"] == "TASK_ERROR"
 
 
 async def test_readyz_follows_redis_down_and_back(settings: Settings, tmp_path: Path) -> None:
@@ -251,17 +192,10 @@ async def test_readyz_names_postgres_down_without_its_error_text(
 
 async def test_traces_redact_signatures_and_keys_in_links(settings: Settings) -> None:
     """Server spans of the api and client spans of httpx, old and new HTTP conventions."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.redaction_probe",
-        cwd=repo_root(),
-        env=process_env(settings, OTEL_SEMCONV_STABILITY_OPT_IN="http/dup"),
-        stdout=asyncio.subprocess.PIPE,
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0
-    spans = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+    env = process_env(settings, OTEL_SEMCONV_STABILITY_OPT_IN="http/dup")
+    code, out, err = await run(env=env, module="tests.support.redaction_probe")
+    assert code == 0, err
+    spans = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert {s["kind"] for s in spans} >= {"SERVER", "CLIENT"}
     urls = [
         value

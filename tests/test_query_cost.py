@@ -1,9 +1,9 @@
-"""Query cost and the client-facing bounds (issue 16, point 3).
+"""Query cost and the client-facing bounds.
 
 MAX_QUERY_COST refuses an operation whose selections, times the list sizes they are read
 under, add up past it, before any resolver runs (over HTTP, websockets and SSE); every page
 is bounded by MAX_PAGE_SIZE (`Task.events` too, which reads one page by default); and the
-bounds that used to be constants in api/ are settings, reported by `limits`. Every query the
+bounds are settings, reported by `limits`. Every query the
 repository itself sends (dashboard, python client, README, bench) costs at most half the
 default MAX_QUERY_COST."""
 
@@ -35,12 +35,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api import limits
 from api.app import create_app
-from api.schema import schema
+from api.schema import build_schema
 from taskrunner.config import Settings, load_settings
-from tests.conftest import Stack, repo_root, run_api
-from tests.test_walking_skeleton import WATCH
+from tests.support.environment import repo_root
+from tests.support.servers import run_api
+from tests.support.stack import Stack
+from tests.support.tasks import WATCH
 
-GQL = schema._schema
+GQL = build_schema()._schema
 PAGE = 100  # MAX_PAGE_SIZE's default
 UNPAGED_LIST_SIZE = 10  # what a list without `first` counts as (README's formula)
 

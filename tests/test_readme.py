@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from taskrunner.config import Settings
-from tests.conftest import repo_root
+from tests.support.environment import repo_root
 
 README = (repo_root() / "README.md").read_text()
 
@@ -32,7 +32,7 @@ def test_every_limit_of_the_security_section_is_a_setting_reported_by_limits() -
 
     from strawberry.utils.str_converters import to_snake_case
 
-    from api.types import Limits
+    from api.types.service import Limits
 
     section = README.split("## Security", 1)[1].split("\n## ", 1)[0]
     table = section.split("| limit | setting |", 1)[1]
@@ -41,3 +41,15 @@ def test_every_limit_of_the_security_section_is_a_setting_reported_by_limits() -
     reported = {to_snake_case(f.name) for f in Limits.__strawberry_definition__.fields}
     assert sorted(named - set(Settings.model_fields)) == []
     assert sorted(named - reported) == []
+
+
+def test_the_task_error_codes_table_lists_every_code_and_no_other() -> None:
+    """The README's "Task error codes" table and `TaskErrorCode` name the same codes."""
+    import re
+
+    from taskrunner.transitions import TaskErrorCode
+
+    section = README.split("### Task error codes", 1)[1].split("\n### ", 1)[0]
+    rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    listed = {code for row in rows for code in re.findall(r"`([A-Z][A-Z_]+)`", row)}
+    assert listed == {code.value for code in TaskErrorCode}

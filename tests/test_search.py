@@ -32,8 +32,9 @@ from taskrunner.search import (
     normalise_url,
     parse_brave,
 )
-from tests.conftest import Stack, run_api, run_worker
-from tests.test_lifecycle import SUBMIT, finish, submit
+from tests.support.servers import run_api, run_worker
+from tests.support.stack import Stack
+from tests.support.tasks import SUBMIT, finish, submit
 from workers.tasks.search import Input
 
 TOKEN = "test-brave-key"
@@ -283,7 +284,7 @@ async def test_without_an_api_key_the_task_fails_search_not_configured(
     assert stack.settings.brave_api_key is None
     final = await run_search(stack, query="anything")
     assert final["status"] == "FAILED", final
-    assert final["error"]["code"] == "SearchNotConfigured"
+    assert final["error"]["code"] == "SEARCH_NOT_CONFIGURED"
     assert "BRAVE_API_KEY" in final["error"]["message"]
     assert brave.total == 0
 
@@ -293,7 +294,7 @@ async def test_a_provider_error_fails_the_task_with_its_status_code(
 ) -> None:
     final = await run_search(searching, query="ratelimited", sources=["web"])
     assert final["status"] == "FAILED", final
-    assert final["error"]["code"] == "SearchProviderError"
+    assert final["error"]["code"] == "SEARCH_PROVIDER_ERROR"
     assert "HTTP 429" in final["error"]["message"]
     assert "Rate limited" in final["error"]["message"]
     assert TOKEN not in final["error"]["message"]

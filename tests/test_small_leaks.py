@@ -1,7 +1,7 @@
-"""Small leaks (issue 16, point 8) of the artifact links and names: a non-ASCII signature is
+"""Small leaks of the artifact links and names: a non-ASCII signature is
 refused like any wrong one (403, not a 500), and `.` or `..` is no artifact name.
 (Readiness, secrets in configuration errors and redaction in traces and access logs are in
-tests/test_observability.py and tests/test_config.py.)"""
+test_observability and test_config.)"""
 
 from __future__ import annotations
 
@@ -15,12 +15,14 @@ from gql.transport.exceptions import TransportQueryError
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner.artifacts import Signer, add_artifact, make_store
+from taskrunner.artifacts.records import add_artifact
+from taskrunner.artifacts.signing import Signer
+from taskrunner.artifacts.storage import make_store
 from taskrunner.config import Settings
 from taskrunner.errors import BadInput
-from tests.conftest import Stack
-from tests.test_artifacts import ATTACH, UPLOAD
-from tests.test_lifecycle import submit
+from tests.support.artifacts import ATTACH, UPLOAD
+from tests.support.stack import Stack
+from tests.support.tasks import submit
 
 
 def test_a_non_ascii_signature_is_simply_not_valid() -> None:

@@ -27,7 +27,7 @@ from taskrunner.states import (
     attempt_runs,
     can_move,
 )
-from taskrunner.tasks import Submission, _insert
+from tests.support.rows import new_task
 
 # An attempt: a status to move to (with or without an explicit retry, as a narrow move or
 # not), or a log line, or an artifact; each may be bound to the task's attempt (0: the
@@ -109,12 +109,6 @@ async def _in_one_statement(engine: AsyncEngine, change: journal.Change) -> jour
 PATHS = {"transaction": _in_a_transaction, "statement": _in_one_statement}
 
 
-async def _new_task(engine: AsyncEngine) -> uuid.UUID:
-    async with journal.transaction(engine) as conn:
-        (task,), _ = await _insert(conn, "", [Submission("echo", {"message": "p"}, 60)])
-    return task.id
-
-
 @pytest.mark.parametrize("path", PATHS)
 @settings(
     max_examples=40,
@@ -125,7 +119,7 @@ async def _new_task(engine: AsyncEngine) -> uuid.UUID:
 async def test_any_mix_of_transitions_keeps_the_history_valid(
     engine: AsyncEngine, path: str, plan: list[list[Attempt]]
 ) -> None:
-    task_id = await _new_task(engine)
+    task_id = await new_task(engine)
     for concurrent in plan:  # each round's attempts race each other
         await asyncio.gather(*(PATHS[path](engine, _change(task_id, a)) for a in concurrent))
 
@@ -161,7 +155,7 @@ async def test_each_change_is_decided_as_the_state_table_says(
 ) -> None:
     """One at a time: every change is accepted exactly when the table allows it, and
     reports the status it found and the event it wrote."""
-    task_id = await _new_task(engine)
+    task_id = await new_task(engine)
     current, seq = TaskStatus.QUEUED, 1
     for attempt in plan:
         target = attempt[0]

@@ -1,4 +1,4 @@
-"""Storage quotas (issue 16, point 7): an upload that is never completed expires with its
+"""Storage quotas: an upload that is never completed expires with its
 bytes, artifacts per task and bytes per owner are bounded (open uploads count, so grants
 made at the same time cannot race past the quota), retryTask counts against
 TASKS_PER_MINUTE, and downloads are attachments a browser does not sniff."""
@@ -15,11 +15,15 @@ import httpx
 import pytest
 from gql.transport.exceptions import TransportQueryError
 
-from taskrunner.artifacts import LocalStore, S3Store, make_store
+from taskrunner.artifacts.local import LocalStore
+from taskrunner.artifacts.s3 import S3Store
+from taskrunner.artifacts.storage import make_store
 from taskrunner.config import Settings
-from tests.conftest import Stack, eventually, run_api, run_worker
-from tests.test_artifacts import ARTIFACTS, ATTACH, COMPLETE, UPLOAD, _keys, s3_settings
-from tests.test_lifecycle import finish, submit
+from tests.support.artifacts import ARTIFACTS, ATTACH, COMPLETE, UPLOAD, s3_settings, store_keys
+from tests.support.servers import run_api, run_worker
+from tests.support.stack import Stack
+from tests.support.tasks import finish, submit
+from tests.support.waiting import eventually
 
 CANCEL = "mutation($id: ID!) { cancelTask(id: $id) { status } }"
 RETRY = "mutation($id: ID!) { retryTask(id: $id) { status } }"
@@ -64,14 +68,14 @@ async def test_an_upload_never_completed_expires_and_its_bytes_are_deleted(
                 put = await client.put(upload["url"], content=b"never completed" * 1000)
                 assert put.status_code == 200, put.text
             prefix = f"{task_id}/{upload['id']}/"
-            assert [k for k in await _keys(store) if k.startswith(prefix)] != []
+            assert [k for k in await store_keys(store) if k.startswith(prefix)] != []
             if isinstance(store, S3Store):  # a multipart upload begun for the grant's key
                 await store.client._create_multipart_upload(store.bucket, f"{prefix}big.bin", {})
                 assert await _incomplete_uploads(store) == [f"{prefix}big.bin"]
 
             async def swept() -> bool:
                 """the expired grant's bytes are deleted"""
-                left = await _keys(store)
+                left = await store_keys(store)
                 if isinstance(store, S3Store):
                     left += await _incomplete_uploads(store)
                 return left == []
@@ -117,7 +121,7 @@ async def test_a_cancelled_multipart_upload_leaves_no_parts(
         with pytest.raises(asyncio.CancelledError):
             await put
         assert await _incomplete_uploads(store) == []
-        assert await _keys(store) == []
+        assert await store_keys(store) == []
     finally:
         await store.aclose()
 
@@ -225,7 +229,7 @@ async def test_a_task_writing_past_the_owner_quota_fails_naming_the_setting(
         task = (await stack.execute(ARTIFACTS, id=task_id))["task"]
     error = events[-1]["error"]
     assert events[-1]["status"] == "FAILED", events[-1]
-    assert error["code"] == "ArtifactQuotaExceeded" and "OWNER_MAX_ARTIFACT_MB" in error["message"]
+    assert error["code"] == "LIMIT_EXCEEDED" and "OWNER_MAX_ARTIFACT_MB" in error["message"]
     assert [a["name"] for a in task["artifacts"]] == ["task.log"]  # the log is always kept
     files = [p.name for p in (chosen.data_dir / "artifacts").rglob("*") if p.is_file()]
     assert files == ["task.log"]
@@ -243,7 +247,7 @@ async def test_a_task_writing_past_the_artifacts_per_task_fails_naming_the_setti
             events = await finish(stack, task_id)
     error = events[-1]["error"]
     assert events[-1]["status"] == "FAILED", events[-1]
-    assert error["code"] == "ArtifactQuotaExceeded"
+    assert error["code"] == "LIMIT_EXCEEDED"
     assert "MAX_ARTIFACTS_PER_TASK (1)" in error["message"], error
 
 

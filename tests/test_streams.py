@@ -18,10 +18,11 @@ from taskrunner.config import Settings
 from taskrunner.db import create_engine
 from taskrunner.events import Event, EventKind, publish
 from taskrunner.hub import EventHub, FellBehind, Listener
+from taskrunner.queries import TaskCriteria
 from taskrunner.states import TaskStatus
 from taskrunner.streams import owner_events, task_events
-from taskrunner.tasks import Submission, TaskFilter, _insert
-from tests.conftest import eventually
+from tests.support.rows import new_task
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
@@ -37,12 +38,6 @@ async def hub(redis: Redis) -> AsyncIterator[EventHub]:
     await hub.start()
     yield hub
     await hub.stop()
-
-
-async def _new_task(engine: AsyncEngine) -> uuid.UUID:
-    async with journal.transaction(engine) as conn:
-        tasks, _ = await _insert(conn, "", [Submission("echo", {"message": "x"}, 60)])
-    return tasks[0].id
 
 
 def _change(task_id: uuid.UUID, to: TaskStatus | None = None, line: str = "") -> journal.Change:
@@ -71,7 +66,7 @@ async def _collect(
 async def test_an_event_never_published_still_arrives_after_the_quiet_period(
     engine: AsyncEngine, redis: Redis, hub: EventHub
 ) -> None:
-    task_id = await _new_task(engine)
+    task_id = await new_task(engine)
     got: list[Event] = []
     stream = task_events(engine=engine, hub=hub, task_id=task_id, after_id=None, quiet_seconds=0.5)
     reader = asyncio.create_task(_collect(stream, got))
@@ -86,7 +81,7 @@ async def test_an_event_never_published_still_arrives_after_the_quiet_period(
 async def test_a_skipped_seq_makes_the_stream_reread_and_duplicates_are_dropped(
     engine: AsyncEngine, redis: Redis, hub: EventHub
 ) -> None:
-    task_id = await _new_task(engine)
+    task_id = await new_task(engine)
     await journal.apply(engine, redis, [_change(task_id, TaskStatus.RUNNING)])
     got: list[Event] = []
     stream = task_events(engine=engine, hub=hub, task_id=task_id, after_id=None, quiet_seconds=30)
@@ -108,7 +103,7 @@ async def test_a_skipped_seq_makes_the_stream_reread_and_duplicates_are_dropped(
 async def test_resuming_after_the_terminal_event_completes_at_once(
     engine: AsyncEngine, redis: Redis, hub: EventHub
 ) -> None:
-    task_id = await _new_task(engine)
+    task_id = await new_task(engine)
     await journal.apply(engine, redis, [_change(task_id, TaskStatus.CANCELLED)])
     first: list[Event] = []
     await asyncio.wait_for(
@@ -172,7 +167,7 @@ async def test_events_a_sink_takes_and_events_it_leaves_make_one_ordered_stream(
     """The sink takes every other live line; the stream yields the rest, a gap (an event
     never published), late duplicates and the terminal event: together each event once,
     in order, and the stream still ends after the terminal one."""
-    task_id = await _new_task(engine)
+    task_id = await new_task(engine)
     await journal.apply(engine, redis, [_change(task_id, TaskStatus.RUNNING)])
     taken: list[Event] = []
     order: list[int] = []
@@ -283,12 +278,6 @@ async def test_events_a_sink_takes_keep_the_consumer_from_counting_as_quiet() ->
 # --- every task of an owner: reads shared by the owner's streams ---------------------------
 
 
-async def _owner_task(engine: AsyncEngine, owner: str) -> uuid.UUID:
-    async with journal.transaction(engine) as conn:
-        tasks, _ = await _insert(conn, owner, [Submission("echo", {"message": "x"}, 60)])
-    return tasks[0].id
-
-
 async def test_owner_streams_share_their_rereads_and_each_gets_every_event_in_order(
     settings: Settings, engine: AsyncEngine, redis: Redis, hub: EventHub
 ) -> None:
@@ -310,7 +299,7 @@ async def test_owner_streams_share_their_rereads_and_each_gets_every_event_in_or
         for n in range(200):
             stream = owner_events(
                 engine=small, hub=hub, owner="tester", after_id=None,
-                filter=TaskFilter(), quiet_seconds=quiet,
+                filter=TaskCriteria(), quiet_seconds=quiet,
             )  # fmt: skip
             collectors.append(asyncio.create_task(_collect(stream, got[n])))
             if n % 20 == 19:
@@ -322,8 +311,8 @@ async def test_owner_streams_share_their_rereads_and_each_gets_every_event_in_or
         assert len(reads) <= 2 * periods + 2, f"{len(reads)} re-reads in {periods} periods"
         assert not [c for c in collectors if c.done()]  # none failed (pool timeouts ...)
 
-        task_ids = [await _owner_task(engine, "tester") for _ in range(3)]
-        await _owner_task(engine, "someone else")
+        task_ids = [await new_task(engine, owner="tester") for _ in range(3)]
+        await new_task(engine, owner="someone else")
         for task_id in task_ids:
             await journal.apply(engine, redis, [_change(task_id, TaskStatus.RUNNING)])
             await journal.apply(engine, redis, [_change(task_id, line="published")])
@@ -363,7 +352,7 @@ async def test_owner_streams_that_resume_join_late_or_overflow_stay_exact(
     def stream(after_id: int | None = None) -> AsyncIterator[Event]:
         return owner_events(
             engine=engine, hub=hub, owner="tester", after_id=after_id,
-            filter=TaskFilter(), quiet_seconds=30,
+            filter=TaskCriteria(), quiet_seconds=30,
         )  # fmt: skip
 
     async def stored() -> list[int]:
@@ -375,7 +364,7 @@ async def test_owner_streams_that_resume_join_late_or_overflow_stay_exact(
     collectors = [asyncio.create_task(_collect(stream(), live))]
     try:
         await asyncio.sleep(0.3)
-        task_id = await _owner_task(engine, "tester")
+        task_id = await new_task(engine, owner="tester")
         await journal.apply(engine, redis, [_change(task_id, TaskStatus.RUNNING)])
         lines = [_change(task_id, line=str(n)) for n in range(20)]
         await journal.apply(engine, redis, lines)  # one commit: a burst past the inbox of 5

@@ -1,13 +1,12 @@
 """Fan-out of one task's events to many subscriptions: a live event is executed once per
-shape and shared (api.schema.SharedEventExecutor), never across callers, base URLs,
-documents or variables; identical backlog reads are done once (taskrunner.streams). Also
-with the direct delivery of shared results (api.fanout) and coalesced websocket writes
-(api.ws_transport)."""
+shape and shared (api.fanout.executor.SharedEventExecutor), never across callers, base
+URLs, documents or variables; identical backlog reads are done once (taskrunner.streams).
+Also with the direct delivery of shared results (api.fanout.direct) and coalesced websocket
+writes (api.fanout.websocket)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,17 +16,11 @@ import pytest
 from graphql import MiddlewareManager
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.routing import WebSocketRoute
-from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
-    BaseGraphQLTransportWSHandler,
-)
 from websockets.asyncio.client import connect
-from websockets.typing import Subprotocol
 
-from api import fanout
-from api import schema as schema_module
-from api.app import create_app
 from api.context import Context
+from api.fanout.events import shared_events
+from api.fanout.executor import share_key
 from taskrunner import journal
 from taskrunner.config import Settings
 from taskrunner.events import Event, EventKind
@@ -35,9 +28,12 @@ from taskrunner.hub import EventHub
 from taskrunner.keys import Principal
 from taskrunner.states import TaskStatus
 from taskrunner.streams import SharedReads, task_events
-from taskrunner.tasks import Submission, _insert
-from tests.conftest import Stack, make_key, run_api, run_worker
-from tests.test_lifecycle import submit
+from tests.support.fanout import counting_direct_sends, run_direct_api
+from tests.support.rows import new_task
+from tests.support.servers import run_worker
+from tests.support.stack import Stack, make_key
+from tests.support.subscriptions import PROTOCOL
+from tests.support.tasks import submit
 
 FULL = """subscription($id: ID!, $withLine: Boolean!) {
   taskUpdates(id: $id) {
@@ -49,7 +45,6 @@ FULL = """subscription($id: ID!, $withLine: Boolean!) {
 }"""
 SMALL = "subscription($id: ID!) { taskUpdates(id: $id) { cursor } }"
 STORED = "query($id: ID!) { task(id: $id) { events { cursor } } }"
-PROTOCOL = Subprotocol("graphql-transport-ws")
 
 Subscriptions = dict[str, tuple[str, dict[str, Any]]]  # id -> (document, variables)
 
@@ -79,46 +74,6 @@ async def _follow(url: str, key: str, subscriptions: Subscriptions) -> dict[str,
     raise AssertionError(f"the connection closed with {open_} still open")
 
 
-@contextlib.asynccontextmanager
-async def run_direct_api(settings: Settings, direct: bool = True) -> AsyncIterator[str]:
-    """`run_api` as api.app configures it (api.fanout's transport handler: direct
-    delivery), or with strawberry's own handler instead (`direct=False`)."""
-    app = create_app(settings)
-    if not direct:
-        for route in app.routes:
-            if isinstance(route, WebSocketRoute):
-                endpoint: Any = route.endpoint
-                endpoint.graphql_transport_ws_handler_class = BaseGraphQLTransportWSHandler
-    async with run_api(settings, app) as url:
-        yield url
-
-
-@contextlib.contextmanager
-def counting_direct_sends() -> Any:
-    """The `next` messages sent past strawberry's per-result pipeline: ("task", payload)
-    from the subscription's task, ("hub", payload) from the hub's dispatch."""
-    sent: list[tuple[str, str]] = []
-    original, original_now = fanout.Delivery.send, fanout.Delivery.send_now
-
-    async def send(self: fanout.Delivery, payload: str) -> None:
-        sent.append(("task", payload))
-        await original(self, payload)
-
-    def send_now(self: fanout.Delivery, payload: str) -> bool:
-        done = original_now(self, payload)
-        if done:
-            sent.append(("hub", payload))
-        return done
-
-    fanout.Delivery.send = send  # type: ignore[method-assign]
-    fanout.Delivery.send_now = send_now  # type: ignore[method-assign]
-    try:
-        yield sent
-    finally:
-        fanout.Delivery.send = original  # type: ignore[method-assign]
-        fanout.Delivery.send_now = original_now  # type: ignore[method-assign]
-
-
 async def _rest(stream: AsyncIterator[Event]) -> list[Event]:
     return [event async for event in stream]
 
@@ -128,7 +83,7 @@ def _shared_results(task_id: str, typename: str, artifact: str = "") -> list[dic
     `artifact`, for ArtifactAdded)."""
     return [
         results
-        for typed, results in schema_module._shared._results.values()
+        for typed, results in shared_events.entries()
         if str(typed.task_id) == task_id
         and type(typed).__name__ == typename
         and (not artifact or typed.artifact.name == artifact)  # type: ignore[attr-defined]
@@ -235,7 +190,7 @@ def test_the_share_key_names_operation_variables_caller_and_base_url() -> None:
     def key(principal: Principal = owner, base: str = "http://a", **other: Any) -> Any:
         context = Context(services=None, principal=principal, base_url=base)  # type: ignore[arg-type]
         variables = other.pop("variables", {"id": "x"})
-        return schema_module._share_key(Executor(context, variables, **other))  # type: ignore[arg-type]
+        return share_key(Executor(context, variables, **other))  # type: ignore[arg-type]
 
     assert key() == key()
     assert key(variables={"id": "x", "withLine": True}) == key(
@@ -273,16 +228,15 @@ async def test_concurrent_streams_of_a_task_read_its_backlog_once_and_stay_exact
         return await original(self, key, counted)
 
     try:
-        async with journal.transaction(engine) as conn:
-            (task,), _ = await _insert(conn, "", [Submission("echo", {"message": "x"}, 60)])
-        running = journal.Change(task.id, EventKind.STATUS, {"status": "RUNNING"},
+        task_id = await new_task(engine)
+        running = journal.Change(task_id, EventKind.STATUS, {"status": "RUNNING"},
                                  to=TaskStatus.RUNNING)  # fmt: skip
         await journal.apply(engine, redis, [running])
         for n in range(3):
-            line = journal.Change(task.id, EventKind.LOG, {"level": "info", "line": str(n)})
+            line = journal.Change(task_id, EventKind.LOG, {"level": "info", "line": str(n)})
             await journal.apply(engine, redis, [line])
         streams = [
-            task_events(engine=engine, hub=hub, task_id=task.id, after_id=None, quiet_seconds=30)
+            task_events(engine=engine, hub=hub, task_id=task_id, after_id=None, quiet_seconds=30)
             for _ in range(50)
         ]
         SharedReads.__call__ = counting  # type: ignore[method-assign]
@@ -295,7 +249,7 @@ async def test_concurrent_streams_of_a_task_read_its_backlog_once_and_stay_exact
         for stream, events in zip(streams, got, strict=True):
             while len(events) < 5:
                 events.append(await asyncio.wait_for(anext(stream), 5))
-        done = journal.Change(task.id, EventKind.STATUS, {"status": "SUCCEEDED"},
+        done = journal.Change(task_id, EventKind.STATUS, {"status": "SUCCEEDED"},
                               to=TaskStatus.SUCCEEDED)  # fmt: skip
         await journal.apply(engine, redis, [done])
         for stream, events in zip(streams, got, strict=True):

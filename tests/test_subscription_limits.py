@@ -9,7 +9,6 @@ import contextlib
 import functools
 import json
 import signal
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,9 +23,12 @@ from websockets.typing import Subprotocol
 
 from taskrunner.config import Settings
 from taskrunner.embedded import free_port
-from tests.conftest import Stack, eventually, process_env, repo_root, run_api
-from tests.test_lifecycle import submit
-from tests.test_walking_skeleton import WATCH
+from tests.support.environment import process_env
+from tests.support.processes import spawn, stop, wait_ready
+from tests.support.servers import run_api
+from tests.support.stack import Stack
+from tests.support.tasks import WATCH, submit
+from tests.support.waiting import eventually
 
 
 @contextlib.asynccontextmanager
@@ -141,18 +143,10 @@ async def test_streams_of_a_killed_replica_stop_counting_after_their_lease(
         update={"max_subscriptions_per_key": 2, "subscription_lease_seconds": 2.0}
     )
     port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "taskrunner", "api", cwd=repo_root(),
-        env=process_env(settings, PORT=str(port), **env),
-    )  # fmt: skip
+    proc = await spawn("api", env=process_env(settings, PORT=str(port), **env))
     try:
         doomed = await Stack.keyed(f"http://127.0.0.1:{port}", limited)
-        async with httpx.AsyncClient(base_url=doomed.url) as client, asyncio.timeout(30):
-            while True:
-                with contextlib.suppress(httpx.TransportError):
-                    if (await client.get("/readyz")).status_code == 200:
-                        break
-                await asyncio.sleep(0.1)
+        await wait_ready(doomed.url, proc)
         task_id = await submit(doomed, {"sleep": {"seconds": 30}})
         async with contextlib.AsyncExitStack() as held:
             await held.enter_async_context(_watching(doomed, task_id, 2))
@@ -170,9 +164,7 @@ async def test_streams_of_a_killed_replica_stop_counting_after_their_lease(
                 assert asyncio.get_running_loop().time() - started < 6, "leases never expired"
                 await asyncio.sleep(0.2)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await stop(proc)
 
 
 @pytest.mark.parametrize("protocol", ["graphql-transport-ws", "graphql-ws"])

@@ -13,9 +13,10 @@ from gql.transport.exceptions import TransportQueryError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner import journal
-from taskrunner.tasks import Submission, TaskFilter, _insert, list_tasks
-from tests.conftest import Stack
-from tests.test_walking_skeleton import WATCH
+from taskrunner.queries import TaskCriteria, list_tasks
+from taskrunner.submissions import Submission, insert
+from tests.support.stack import Stack
+from tests.support.tasks import WATCH
 
 
 async def _errors(stack: Stack, query: str, **variables: Any) -> list[dict[str, Any]]:
@@ -55,8 +56,8 @@ async def test_an_exception_in_the_task_fails_it_with_its_type_message_and_trace
     events = [e["taskUpdates"] for e in await stack.subscribe(WATCH, id=task_id)]
     assert events[-1]["status"] == "FAILED"
     assert events[-1]["error"] == {
-        "code": "TaskFailedOnPurpose",
-        "message": "boom (attempt 1)",
+        "code": "TASK_ERROR",
+        "message": "TaskFailedOnPurpose: boom (attempt 1)",
     }
     logs = [e for e in events if e["__typename"] == "LogAppended"]
     assert logs and logs[0]["level"] == "error" and "Traceback" in logs[0]["line"]
@@ -65,7 +66,7 @@ async def test_an_exception_in_the_task_fails_it_with_its_type_message_and_trace
             "query($id: ID!) { task(id: $id) { status attempts error { code } } }", id=task_id
         )
     )["task"]
-    assert task == {"status": "FAILED", "attempts": 1, "error": {"code": "TaskFailedOnPurpose"}}
+    assert task == {"status": "FAILED", "attempts": 1, "error": {"code": "TASK_ERROR"}}
 
 
 async def test_sum_adds_the_numbers(stack: Stack) -> None:
@@ -163,7 +164,7 @@ async def test_one_insert_keeps_order_labels_and_first_tasks_of_keys(engine: Asy
         for i in range(5)
     ]
     async with journal.transaction(engine) as conn:
-        tasks, events = await _insert(conn, "o", submissions)
+        (tasks,), events = await insert(conn, [("o", submissions)])
     assert [t.input["message"] for t in tasks] == ["0", "1", "2", "1", "4"]
     assert tasks[3] == tasks[1]
     assert [t.labels for t in tasks] == [["all", f"n{i}"] for i in (0, 1, 2, 1, 4)]
@@ -184,10 +185,10 @@ async def test_a_label_filter_pages_newest_first_through_every_match(
         for i in range(12)
     ]
     async with journal.transaction(engine) as conn:
-        await _insert(conn, "o", submissions[:6])
-        await _insert(conn, "o", submissions[6:])
-        await _insert(conn, "someone-else", submissions)
-    labelled = TaskFilter(label="page")
+        await insert(conn, [("o", submissions[:6])])
+        await insert(conn, [("o", submissions[6:])])
+        await insert(conn, [("someone-else", submissions)])
+    labelled = TaskCriteria(label="page")
     seen, after, more = [], None, True
     while more:
         page = await list_tasks(engine=engine, owner="o", filter=labelled, first=3, after=after)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import datetime
 
@@ -11,21 +10,12 @@ import sqlalchemy as sa
 from gql.transport.exceptions import TransportQueryError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import Stack
+from tests.support.stack import Stack
+from tests.support.tasks import WATCH, finish, submit
 
 SUBMIT_ECHO = """
 mutation($message: String!) {
   submitTask(task: {echo: {message: $message}}) { id status createdAt }
-}
-"""
-WATCH = """
-subscription($id: ID!, $after: String) {
-  taskUpdates(id: $id, after: $after) {
-    __typename cursor taskId at
-    ... on StatusChanged { status result error { code message } }
-    ... on ProgressReported { progress message }
-    ... on LogAppended { level line }
-  }
 }
 """
 
@@ -60,7 +50,7 @@ async def test_echo_runs_and_stream_shows_queued_running_succeeded(stack: Stack)
 async def test_resubscribing_with_last_cursor_gets_exactly_the_rest(stack: Stack) -> None:
     submitted = (
         await stack.execute(
-            "mutation { submitTask(task: {sleep: {seconds: 2.5}}) { id } }",
+            "mutation { submitTask(task: {sleep: {seconds: 1.5}}) { id } }",
         )
     )["submitTask"]
     first = await stack.subscribe(WATCH, id=submitted["id"], limit=1)
@@ -115,7 +105,9 @@ async def test_queued_deferred_task_cancelled_never_runs(stack: Stack) -> None:
         await stack.execute("mutation($id: ID!) { cancelTask(id: $id) { status } }", id=task_id)
     )["cancelTask"]
     assert cancelled["status"] == "CANCELLED"
-    await asyncio.sleep(2.0)  # past the time it would have started
+    # a task due just after it has run: the worker is past the time it would have started
+    after = await submit(stack, {"echo": {"message": "after"}}, delaySeconds=1)
+    assert (await finish(stack, after))[-1]["status"] == "SUCCEEDED"
     task = (
         await stack.execute(
             "query($id: ID!) { task(id: $id) { status startedAt attempts "

@@ -19,9 +19,10 @@ from starlette.routing import Route
 
 from taskrunner.config import Settings
 from taskrunner.fetch import FetchRefused, check_url, is_public
-from tests.conftest import Stack, run_api, run_worker
-from tests.test_fetch_guard import InstallDns, counting_server, install_dns
-from tests.test_lifecycle import finish, submit
+from tests.support.dns import InstallDns, counting_server
+from tests.support.servers import run_api, run_worker
+from tests.support.stack import Stack
+from tests.support.tasks import finish, submit
 
 PAGE = """<!doctype html><html><head><title> Fixture page </title></head><body>
 <h1>First heading</h1><p>text</p><h1>Second <em>heading</em></h1>
@@ -107,12 +108,6 @@ async def scraping_with(settings: Settings, allowlist: str) -> AsyncIterator[Sta
 
 
 @pytest.fixture
-def dns(monkeypatch: pytest.MonkeyPatch) -> InstallDns:
-    """`dns({name: [first answer, later answers]})`: a stub of the DNS lookup."""
-    return functools.partial(install_dns, monkeypatch)
-
-
-@pytest.fixture
 async def scraping(settings: Settings) -> AsyncIterator[Stack]:
     async with scraping_with(settings, "127.0.0.1") as stack:
         yield stack
@@ -139,10 +134,10 @@ async def test_title_h1s_and_links_are_extracted(scraping: Stack, site: str) -> 
 @pytest.mark.parametrize(
     ("path", "extra", "code"),
     [
-        ("/big", {"maxBytes": 10_000}, "ResponseTooLarge"),
-        ("/loop", {}, "TooManyRedirects"),
-        ("/to-page", {"followRedirects": False}, "TooManyRedirects"),
-        ("/out", {}, "FetchRefused"),  # the redirect leads to a host not allowlisted
+        ("/big", {"maxBytes": 10_000}, "RESPONSE_TOO_LARGE"),
+        ("/loop", {}, "TOO_MANY_REDIRECTS"),
+        ("/to-page", {"followRedirects": False}, "TOO_MANY_REDIRECTS"),
+        ("/out", {}, "FETCH_REFUSED"),  # the redirect leads to a host not allowlisted
     ],
 )
 async def test_failures_have_distinct_codes(
@@ -158,7 +153,7 @@ async def test_a_host_not_allowlisted_is_refused_before_any_request(
 ) -> None:
     port = site.rsplit(":", 1)[1]
     final = await scrape(scraping, f"http://127.0.0.2:{port}/page")
-    assert final["error"]["code"] == "FetchRefused"  # type: ignore[index]
+    assert final["error"]["code"] == "FETCH_REFUSED"  # type: ignore[index]
     assert "FETCH_DOMAIN_ALLOWLIST" in final["error"]["message"]  # type: ignore[index]
 
 
@@ -240,7 +235,7 @@ async def test_a_wildcard_pattern_does_not_let_a_name_reach_loopback(
     assert final["status"] == "FAILED", final
     error = final["error"]
     assert isinstance(error, dict)
-    assert error["code"] == "FetchRefused"
+    assert error["code"] == "FETCH_REFUSED"
     assert "inside.test" in error["message"]
     assert "127.0.0.1" not in error["message"]  # where the name points stays unsaid
 
@@ -286,7 +281,7 @@ async def test_stacked_and_unknown_encodings_are_refused(
     assert final["status"] == "FAILED", final
     error = final["error"]
     assert isinstance(error, dict)
-    assert error["code"] == "UnsupportedEncoding", error
+    assert error["code"] == "UNSUPPORTED_ENCODING", error
     assert "Content-Encoding" in error["message"]
 
 
@@ -307,8 +302,8 @@ def _reset_peak_rss() -> int:
 @pytest.mark.parametrize(
     ("coding", "code"),
     [
-        ("gzip", "ResponseTooLarge"),  # 64 KiB on the wire, 64 MiB inflated
-        ("gzip, gzip, gzip", "UnsupportedEncoding"),  # the triple bomb: refused unread
+        ("gzip", "RESPONSE_TOO_LARGE"),  # 64 KiB on the wire, 64 MiB inflated
+        ("gzip, gzip, gzip", "UNSUPPORTED_ENCODING"),  # the triple bomb: refused unread
     ],
 )
 async def test_a_decompression_bomb_fails_the_task_within_its_memory_cap(
@@ -321,7 +316,7 @@ async def test_a_decompression_bomb_fails_the_task_within_its_memory_cap(
     warm = await scrape(scraping, f"{site}/encoded?as=gzip")
     assert warm["status"] == "SUCCEEDED", warm
     warm = await scrape(scraping, f"{site}/encoded?as=gzip", maxBytes=100)
-    assert warm["error"]["code"] == "ResponseTooLarge", warm  # type: ignore[index]
+    assert warm["error"]["code"] == "RESPONSE_TOO_LARGE", warm  # type: ignore[index]
     start = _reset_peak_rss()
     final = await scrape(scraping, f"{site}/encoded?as={coding}&what=bomb", maxBytes=MAX_BYTES)
     growth = _peak_rss_since_reset() - start

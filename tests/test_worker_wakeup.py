@@ -13,12 +13,15 @@ from arq.constants import in_progress_key_prefix
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from taskrunner import queue
 from taskrunner.config import Settings
-from tests.conftest import Stack, run_worker
-from tests.test_lifecycle import start_worker_process, status_counts, wait_for
+from tests.support.processes import worker_process
+from tests.support.rows import status_counts, wait_for
+from tests.support.servers import run_worker
+from tests.support.stack import Stack
+from tests.support.tasks import BATCH
+from tests.support.waiting import eventually
 from workers.settings import TaskWorker
-
-BATCH = "mutation($t: [TaskSubmissionInput!]!) { submitTasks(tasks: $t) { id } }"
 
 
 async def test_an_enqueue_wakes_an_idle_worker_at_once(api: Stack, engine: AsyncEngine) -> None:
@@ -26,12 +29,21 @@ async def test_an_enqueue_wakes_an_idle_worker_at_once(api: Stack, engine: Async
     submitted one by one to an idle worker starts within 0.5 s of its creation."""
     settings = api.settings.model_copy(update={"worker_idle_poll_seconds": 30.0})
     async with run_worker(settings) as worker:
-        await asyncio.sleep(0.5)  # the worker has polled once and now waits
+
+        async def listening() -> bool:
+            """the worker has polled once and listens for wake-ups"""
+            return await wake_listeners(settings) >= 1
+
+        async def idle() -> bool:
+            """the worker runs nothing: it waits for a wake-up"""
+            return worker.job_counter == 0
+
+        await eventually(listening, 10)
         assert worker.idle_poll_seconds == 30.0
         for n in range(5):
             await api.execute(BATCH, t=[{"task": {"echo": {"message": str(n)}}}])
             await wait_for(engine, "SELECT count(*) FROM task WHERE status = 'SUCCEEDED'", n + 1)
-            await asyncio.sleep(0.3)  # idle again before the next one
+            await eventually(idle, 5)
     async with engine.connect() as conn:
         waits = (
             await conn.scalars(
@@ -77,6 +89,16 @@ async def test_a_batch_is_claimed_up_to_the_free_slots_and_each_task_runs_once(
     assert 0 < peaks[0] <= 30 and 0 < peaks[1] <= 30, peaks
 
 
+async def wake_listeners(settings: Settings) -> int:
+    """How many workers listen on the queue's wake-up channel."""
+    redis = Redis.from_url(settings.require_redis_url())
+    try:
+        ((_, listeners),) = await redis.pubsub_numsub(queue.wake_channel(settings.queue_name))
+        return int(listeners)
+    finally:
+        await redis.aclose()
+
+
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -87,25 +109,28 @@ async def test_an_idle_worker_uses_under_two_percent_of_a_core(
 ) -> None:
     """`taskrunner worker` with the default idle poll, its heartbeat, cancel watcher and
     reconciler running: over 6 s with nothing to do it uses < 2% of one core."""
-    proc = await start_worker_process(
+    async with worker_process(
         settings,
         WORKER_IDLE_POLL_SECONDS="1.0",
         HEARTBEAT_INTERVAL_SECONDS="2.0",
         RECONCILE_INTERVAL_SECONDS="5.0",
         SCHEDULER_INTERVAL_SECONDS="1.0",
         STREAM_QUIET_SECONDS="3.0",
-    )
-    try:
-        await wait_for(engine, "SELECT 1", 1)
-        await asyncio.sleep(4)  # started up (imports, connections) and settled
+    ) as proc:
+        last: float | None = None
+
+        async def settled() -> bool:
+            """the worker started up (imports, connections): under 10% of a core in 0.5 s"""
+            nonlocal last
+            cpu = _cpu_seconds(proc.pid)
+            quiet, last = last is not None and cpu - last < 0.05, cpu
+            return quiet
+
+        await eventually(settled, 30, step=0.5)
         assert proc.returncode is None
         cpu, wall = _cpu_seconds(proc.pid), time.monotonic()
-        await asyncio.sleep(6)
+        await asyncio.sleep(6)  # the window measured: the idle poll, heartbeats, a reconcile
         share = (_cpu_seconds(proc.pid) - cpu) / (time.monotonic() - wall)
-    finally:
-        proc.terminate()
-        await proc.wait()
-    print(f"\nidle worker: {share:.2%} of a core")  # noqa: T201
     assert share < 0.02, f"{share:.2%}"
 
 
@@ -118,12 +143,10 @@ async def test_a_backlog_drains_without_waiting_for_the_idle_poll(
     for _ in range(3):
         await api.execute(BATCH, t=batch)
     settings = api.settings.model_copy(update={"worker_idle_poll_seconds": 30.0})
-    began = time.monotonic()
     async with run_worker(settings, max_jobs=10):
         await wait_for(
             engine, "SELECT count(*) FROM task WHERE status = 'SUCCEEDED'", 300, within=25
         )
-    print(f"\n300 tasks through 10 slots: {time.monotonic() - began:.1f}s")  # noqa: T201
 
 
 async def test_a_poll_reads_past_jobs_other_workers_run(api: Stack, engine: AsyncEngine) -> None:
@@ -143,9 +166,14 @@ async def test_a_poll_reads_past_jobs_other_workers_run(api: Stack, engine: Asyn
     finally:
         await redis.aclose()
     settings = api.settings.model_copy(update={"worker_idle_poll_seconds": 30.0})
-    async with run_worker(settings, max_jobs=10):
+    async with run_worker(settings, max_jobs=10) as worker:
         await wait_for(
             engine, "SELECT count(*) FROM task WHERE status = 'SUCCEEDED'", 50, within=10
         )
-        await asyncio.sleep(0.5)
+
+        async def idle() -> bool:
+            """the worker runs nothing: the other 250 are not for it"""
+            return worker.job_counter == 0
+
+        await eventually(idle, 5)
     assert await status_counts(engine) == {"SUCCEEDED": 50, "QUEUED": 250}

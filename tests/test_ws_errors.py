@@ -15,9 +15,8 @@ from gql.transport.exceptions import TransportQueryError
 from gql.transport.websockets import WebsocketsTransport
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import Stack
-from tests.test_lifecycle import submit
-from tests.test_walking_skeleton import WATCH
+from tests.support.stack import Stack
+from tests.support.tasks import WATCH, submit
 
 OWNER_WATCH = "subscription($after: String) { tasksUpdates(after: $after) { cursor taskId } }"
 EVENTS = "query($id: ID!) { task(id: $id) { events { cursor } } }"

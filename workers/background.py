@@ -20,12 +20,12 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 
 from taskrunner import heartbeats, reconciler
-from taskrunner.artifacts import delete_expired, expire_uploads
+from taskrunner.artifacts.records import delete_expired
+from taskrunner.artifacts.uploads import expire_uploads
 from taskrunner.config import Settings
-from taskrunner.events import CANCEL_CHANNEL
+from taskrunner.events import CANCEL_CHANNEL, parse_cancel_message
 from taskrunner.models import task_table
-from taskrunner.tasks import parse_cancel_message
-from workers.runner import WorkerContext, held
+from workers.worker_context import WorkerContext, held
 
 log = logging.getLogger(__name__)
 

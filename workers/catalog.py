@@ -1,7 +1,7 @@
 """The task catalog: every module in `workers.tasks` that defines NAME, Input and run.
 
 Adding a task type is adding one module there. The arq functions (workers.settings)
-and the GraphQL `TaskSpecInput` (api.types) both derive from `catalog()`.
+and the GraphQL `TaskSpecInput` (api.inputs) both derive from `catalog()`.
 """
 
 from __future__ import annotations
@@ -12,17 +12,22 @@ import pkgutil
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from pydantic import BaseModel
 
 from taskrunner.config import get_settings
 from taskrunner.errors import ConfigError
 from taskrunner.retries import RetryPolicy
-from workers import tasks as tasks_package
-from workers.context import TaskContext
 
-RunFn = Callable[[TaskContext, Any], Coroutine[Any, Any, Any]]
+# The api imports this module for the task input models: importing it loads no other
+# module of `workers` (the task modules are imported when `catalog()` is called).
+if TYPE_CHECKING:
+    from workers.task_context import TaskContext
+
+TASKS_PACKAGE = "workers.tasks"  # the built-in task types
+
+RunFn: TypeAlias = "Callable[[TaskContext, Any], Coroutine[Any, Any, Any]]"
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,7 @@ def _load(module_name: str) -> TaskType:
 def packages() -> list[str]:
     """The packages whose modules are task types: ours, then TASKRUNNER_TASK_MODULES."""
     extra = [p.strip() for p in get_settings().taskrunner_task_modules.split(",") if p.strip()]
-    return [tasks_package.__name__, *extra]
+    return [TASKS_PACKAGE, *extra]
 
 
 def _modules(package_name: str) -> list[str]:

@@ -40,23 +40,27 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import psutil
 
-if TYPE_CHECKING:
-    from workers.runner import Running
-
 log = logging.getLogger(__name__)
 
-LIMIT_EXCEEDED = "LIMIT_EXCEEDED"
 MB = 1024 * 1024
 T = TypeVar("T")
 
 
+class RunningBody(Protocol):
+    """A task's attempt as the watchdog sees it: the asyncio task of its body
+    (workers.worker_context.Running)."""
+
+    @property
+    def body(self) -> asyncio.Task[Any]: ...
+
+
 class _Statm:
-    """RSS from /proc/self/statm through a file kept open: about a microsecond a read, cheap
-    enough for every step of every task (psutil takes some fifteen)."""
+    """RSS from /proc/self/statm through a file kept open: cheap enough to read at every step
+    of every task, which psutil is not."""
 
     def __init__(self) -> None:
         self.page = os.sysconf("SC_PAGE_SIZE")
@@ -160,7 +164,7 @@ class MemoryWatchdog:
 
     def __init__(
         self,
-        running: Mapping[uuid.UUID, Running],
+        running: Mapping[uuid.UUID, RunningBody],
         budget_mb: int,
         rss: Callable[[], int] = process_rss,
         release: Callable[[], None] = release_memory,

@@ -2,13 +2,14 @@
 the memory budget (workers.memory).
 
 This is the one catch-all of the worker: whatever the task body raises is recorded on the
-task (FAILED with its type and message) instead of escaping into arq.
+task (FAILED with a code of transitions.TaskErrorCode and a message naming the exception)
+instead of escaping into arq. What each outcome writes is defined in taskrunner.transitions.
 
 PostgreSQL restarting must not cost a task: the start and the writes that end an attempt
 (its last lines, its final status) are retried with backoff while it cannot be reached, for
 up to WORKER_WRITE_RETRY_SECONDS, and the attempt stays in the worker's heartbeat until
 its final status is written, so no reconciler takes it for lost meanwhile. An attempt
-whose write was refused because it moved on (fenced, see workers.context.Fence) records
+whose write was refused because it moved on (fenced, see workers.task_context.Fence) records
 nothing more.
 """
 
@@ -20,82 +21,35 @@ import time
 import traceback
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from datetime import datetime
-from typing import Any, TypedDict
+from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
-from arq import ArqRedis
 from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import heartbeats, journal, metrics, tracing
-from taskrunner.artifacts import ArtifactStore, store_task_log
-from taskrunner.config import Settings
+from taskrunner import journal, metrics, tracing, transitions
+from taskrunner.artifacts.tasklog import store_task_log
 from taskrunner.db import retry_unavailable
 from taskrunner.events import EventKind
-from taskrunner.journal import NOW
 from taskrunner.logs import bind, event, unbind
 from taskrunner.models import event_table, task_table
 from taskrunner.retries import backoff, retries_left
 from taskrunner.states import TaskStatus
+from taskrunner.transitions import TaskErrorCode
 from workers.catalog import TaskType
-from workers.context import Fence, TaskContext, run_with_context
-from workers.memory import LIMIT_EXCEEDED, MemoryWatchdog
+from workers.task_context import Fence, TaskContext, run_with_context
+from workers.worker_context import Running, WorkerContext
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Running:
-    attempt: int
-    body: asyncio.Task[Any]
-
-
-class WorkerContext(TypedDict):
-    """arq's `ctx` as this worker fills it in `on_startup`."""
-
-    redis: ArqRedis  # arq's own pool
-    settings: Settings
-    engine: AsyncEngine
-    worker_id: str
-    started_at: datetime
-    # task id -> its attempt here, from its start until its final status is written
-    running: dict[uuid.UUID, Running]
-    cancel_requests: dict[tuple[uuid.UUID, int], float]  # (task, attempt) asked early -> when
-    store: ArtifactStore
-    pulse: heartbeats.Pulse  # whether this worker's heartbeats are written
-    memory: MemoryWatchdog  # TASK_MAX_MEMORY_MB
-    logged: set[uuid.UUID]  # tasks running here whose attempt wrote log lines
-
-
-def _status(to: TaskStatus, **data: Any) -> dict[str, Any]:
-    return {"status": to.value, **data}
-
-
-def held(ctx: WorkerContext) -> list[uuid.UUID]:
-    """The tasks whose attempt this worker has not finished: its body runs, or its last
-    writes are pending. The heartbeat lists them: none of them is an orphan."""
-    return list(ctx["running"])
 
 
 async def execute(ctx: WorkerContext, task_type: TaskType, task_id: str) -> str:
     """The arq job body for every task type; returns a short note for arq's log."""
     engine, redis = ctx["engine"], ctx["redis"]
     tid = uuid.UUID(task_id)
-    change = journal.Change(
-        tid,
-        EventKind.STATUS,
-        _status(TaskStatus.RUNNING),
-        to=TaskStatus.RUNNING,
-        values={
-            "started_at": NOW,
-            "attempts": journal.NEXT_ATTEMPT,
-            "worker_id": ctx["worker_id"],
-        },
-        want_row=True,
-    )
+    change = transitions.started(tid, ctx["worker_id"])
     tries = 0
 
     async def start_once() -> journal.Outcome:
@@ -150,16 +104,23 @@ async def _attempt(
             return None
         if killed is not None:  # however the body ended, it was over the budget: no retry
             await _log(ctx, tid, attempt.number, "error", f"task_killed: {killed}")
-            final = _failed(tid, LIMIT_EXCEEDED, killed)
+            final = transitions.failed(tid, attempt.number, TaskErrorCode.LIMIT_EXCEEDED, killed)
         elif final.to is TaskStatus.FAILED and retries_left(attempt.max_retries, attempt.number):
             final = await _retry_later(ctx, task_type, tid, attempt, final)
-        final = _with_metrics(final, ctx, attempt, run_seconds, peak)
+        final = transitions.with_metrics(
+            final,
+            attempt=attempt.number,
+            worker_id=ctx["worker_id"],
+            queue_wait_seconds=attempt.queue_wait_seconds,
+            run_seconds=run_seconds,
+            peak_memory_mb=peak,
+        )
         _report(task_type.name, final, run_seconds, killed)
         # task.log holds every attempt's lines: a first attempt that succeeded without
         # logging has none (a cancel or a failure may have lines written by others)
         if attempt.number > 1 or final.to is not TaskStatus.SUCCEEDED or tid in ctx["logged"]:
             await _store_log(ctx, tid, attempt.number)
-        await _record_final(ctx, tid, replace(final, expect_attempt=attempt.number))
+        await _record_final(ctx, tid, final)
         return final
     finally:
         ctx["logged"].discard(tid)
@@ -185,24 +146,6 @@ async def _record_final(ctx: WorkerContext, task_id: uuid.UUID, final: journal.C
         event("task_fenced", logging.WARNING, found=found)
 
 
-def _with_metrics(
-    final: journal.Change,
-    ctx: WorkerContext,
-    attempt: Attempt,
-    run_seconds: float,
-    peak_mb: float | None,
-) -> journal.Change:
-    """The attempt's figures ride on its final status event (Task.metrics reads them)."""
-    figures = {
-        "attempt": attempt.number,
-        "worker_id": ctx["worker_id"],
-        "queue_wait_seconds": round(attempt.queue_wait_seconds, 4),
-        "run_seconds": round(run_seconds, 4),
-        "peak_memory_mb": peak_mb,
-    }
-    return replace(final, data={**final.data, "metrics": figures})
-
-
 def _report(task_type: str, final: journal.Change, run_seconds: float, killed: str | None) -> None:
     """Prometheus and the named log events for an attempt's end."""
     status = final.to.value if final.to else "?"
@@ -214,7 +157,7 @@ def _report(task_type: str, final: journal.Change, run_seconds: float, killed: s
         fields["error_code"] = error["code"]
     if killed is not None:
         event("task_killed", logging.ERROR, reason=killed, **fields)
-    elif error and error["code"] == "TIMEOUT":
+    elif error and error["code"] == TaskErrorCode.TIMEOUT:
         event("task_killed", logging.ERROR, reason=error["message"], **fields)
     name = {
         TaskStatus.SUCCEEDED: "task_succeeded",
@@ -231,7 +174,8 @@ async def _retry_later(
     attempt: Attempt,
     failure: journal.Change,
 ) -> journal.Change:
-    """Turn a failure into RUNNING -> QUEUED, due after the type's backoff."""
+    """Turn a failure into RUNNING -> QUEUED (`transitions.requeued`), due after the type's
+    backoff."""
     delay = backoff(task_type.retry, attempt.number)
     error = failure.data["error"]
     await _log(
@@ -242,18 +186,8 @@ async def _retry_later(
         f"attempt {attempt.number} failed ({error['code']}: {error['message']}); "
         f"retry {attempt.number} of {attempt.max_retries} in {delay:.2f}s",
     )
-    return journal.Change(
-        task_id,
-        EventKind.STATUS,
-        _status(TaskStatus.QUEUED, error=error),
-        to=TaskStatus.QUEUED,
-        values={
-            "due_at": journal.seconds_from_now(delay),
-            "worker_id": None,
-            "error_code": error["code"],
-            "error_message": error["message"],
-        },
-    )
+    code = TaskErrorCode(error["code"])
+    return transitions.requeued(task_id, attempt.number, code, error["message"], delay)
 
 
 @dataclass(frozen=True)
@@ -343,7 +277,8 @@ async def _run_body(
             },
         )
     except ValidationError as exc:
-        return _failed(task_id, "BAD_INPUT", f"stored input no longer valid: {exc}")
+        message = f"stored input no longer valid: {exc}"
+        return transitions.failed(task_id, attempt.number, TaskErrorCode.BAD_INPUT, message)
     tctx = TaskContext(
         task_id,
         attempt.number,
@@ -375,10 +310,9 @@ async def _run_body(
             await tctx.close()
             if tctx.lines:
                 ctx["logged"].add(task_id)
-    except TimeoutError:
-        if not timer.expired():  # raised by the task itself
-            await _log(ctx, task_id, attempt.number, "error", traceback.format_exc())
-            return _failed(task_id, "TimeoutError", "the task raised TimeoutError")
+    except TimeoutError as exc:
+        if not timer.expired():  # raised by the task itself: an error like any other
+            return await _raised(ctx, task_id, attempt.number, exc)
         await _log(
             ctx,
             task_id,
@@ -386,28 +320,32 @@ async def _run_body(
             "error",
             f"task_killed: exceeded {attempt.timeout_seconds}s",
         )
-        return _failed(task_id, "TIMEOUT", f"exceeded its timeout of {attempt.timeout_seconds}s")
+        message = f"exceeded its timeout of {attempt.timeout_seconds}s"
+        return transitions.failed(task_id, attempt.number, TaskErrorCode.TIMEOUT, message)
     except asyncio.CancelledError:
         current = asyncio.current_task()
         if current is not None and current.cancelling():
             await _hand_back(ctx, task_id, attempt.number)  # the worker is stopping, not the user
             raise
-        return _final(task_id, TaskStatus.CANCELLED)
+        return transitions.cancelled(task_id, attempt.number)
     except Exception as exc:
-        await _log(ctx, task_id, attempt.number, "error", traceback.format_exc())
-        return _failed(task_id, type(exc).__name__, str(exc) or type(exc).__name__)
+        return await _raised(ctx, task_id, attempt.number, exc)
     try:
         payload = to_jsonable_python(result)
     except Exception as exc:
-        return _failed(task_id, "BAD_RESULT", f"result is not JSON-serializable: {exc}")
-    return _final(
-        task_id,
-        TaskStatus.SUCCEEDED,
-        result=payload,
-        progress=1.0,
-        error_code=None,
-        error_message=None,
-    )
+        message = f"result is not JSON-serializable: {exc}"
+        return transitions.failed(task_id, attempt.number, TaskErrorCode.BAD_RESULT, message)
+    return transitions.succeeded(task_id, attempt.number, payload)
+
+
+async def _raised(
+    ctx: WorkerContext, task_id: uuid.UUID, attempt: int, exc: BaseException
+) -> journal.Change:
+    """The body raised `exc`: its traceback goes to the attempt's log, and the attempt
+    fails with the exception's code (transitions.error_of)."""
+    await _log(ctx, task_id, attempt, "error", "".join(traceback.format_exception(exc)))
+    code, message = transitions.error_of(exc)
+    return transitions.failed(task_id, attempt, code, message)
 
 
 async def _store_log(ctx: WorkerContext, task_id: uuid.UUID, attempt: int) -> None:
@@ -421,31 +359,11 @@ async def _store_log(ctx: WorkerContext, task_id: uuid.UUID, attempt: int) -> No
     )
 
 
-def _final(task_id: uuid.UUID, to: TaskStatus, **values: Any) -> journal.Change:
-    data = _status(to, result=values.get("result"))
-    return journal.Change(
-        task_id, EventKind.STATUS, data, to=to, values={"finished_at": NOW, **values}
-    )
-
-
-def _failed(task_id: uuid.UUID, code: str, message: str) -> journal.Change:
-    error = {"code": code, "message": message}
-    return journal.Change(
-        task_id,
-        EventKind.STATUS,
-        _status(TaskStatus.FAILED, error=error),
-        to=TaskStatus.FAILED,
-        values={"finished_at": NOW, "error_code": code, "error_message": message},
-    )
-
-
 async def _log(ctx: WorkerContext, task_id: uuid.UUID, attempt: int, level: str, line: str) -> None:
     """A line of the runner's own (a traceback, a retry), before the outcome; again while
     PostgreSQL cannot be reached."""
     ctx["logged"].add(task_id)
-    change = journal.Change(
-        task_id, EventKind.LOG, {"level": level, "line": line}, expect_attempt=attempt
-    )
+    change = transitions.log_line(task_id, attempt, level, line)
 
     async def write() -> journal.Outcome:
         return await journal.apply_one(ctx["engine"], ctx["redis"], change)
@@ -457,14 +375,7 @@ async def _log(ctx: WorkerContext, task_id: uuid.UUID, attempt: int, level: str,
 
 async def _hand_back(ctx: WorkerContext, task_id: uuid.UUID, attempt: int) -> None:
     """Put a task this stopping worker was running back to QUEUED for another worker."""
-    change = journal.Change(
-        task_id,
-        EventKind.STATUS,
-        _status(TaskStatus.QUEUED),
-        to=TaskStatus.QUEUED,
-        values={"worker_id": None},
-        expect_attempt=attempt,
-    )
+    change = transitions.handed_back(task_id, attempt)
     try:
         await asyncio.shield(journal.apply_one(ctx["engine"], ctx["redis"], change))
     except Exception:

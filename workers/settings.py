@@ -1,11 +1,11 @@
 """arq worker configuration. `arq workers.settings.WorkerSettings` and `taskrunner worker`
 both use it; the class is built from the environment on first access, not at import.
 
-`taskrunner worker` runs `TaskWorker`, an arq Worker that is woken up when a task is
-enqueued (a message on `queue.wake_channel`), so it starts tasks within a millisecond or
-two yet polls an idle queue only every WORKER_IDLE_POLL_SECONDS. The arq CLI runs arq's
-own Worker, which polls every WORKER_POLL_DELAY_SECONDS: lower it there for a lower start
-latency, at some idle CPU."""
+`taskrunner worker` runs `TaskWorker`, an arq Worker woken up by a message on
+`queue.wake_channel` when a task is enqueued: it starts the task at once, yet polls an idle
+queue only every WORKER_IDLE_POLL_SECONDS. The arq CLI runs arq's own Worker, which polls
+every WORKER_POLL_DELAY_SECONDS: lower it there for a lower start latency, at some idle
+CPU."""
 
 from __future__ import annotations
 
@@ -25,22 +25,25 @@ from arq.worker import Function, Worker, func
 from redis.commands.core import AsyncScript
 
 from taskrunner import heartbeats, metrics, queue, tracing
-from taskrunner.artifacts import make_store
+from taskrunner.artifacts.storage import make_store
 from taskrunner.config import Settings, get_settings
 from taskrunner.db import create_engine
 from taskrunner.logs import configure_logging
 from workers import background
 from workers.catalog import TaskType, catalog
-from workers.context import install_log_capture
 from workers.memory import MemoryWatchdog
-from workers.runner import WorkerContext, execute
+from workers.runner import execute
+from workers.task_context import install_log_capture
+from workers.worker_context import WorkerContext
 
 # arq's own job timeout is only a backstop behind each task's timeout.
 ARQ_TIMEOUT_MARGIN_SECONDS = 30
 log = logging.getLogger(__name__)
 
 
-def _job(task_type: TaskType) -> Function:
+def arq_function(task_type: TaskType) -> Function:
+    """The arq function that runs `task_type`'s tasks (named for the type: the job name)."""
+
     async def job(ctx: dict[str, Any], task_id: str) -> str:
         return await execute(cast(WorkerContext, ctx), task_type, task_id)
 
@@ -219,7 +222,7 @@ class TaskWorker(Worker):
 def worker_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for `arq.Worker` (also the attributes of WorkerSettings)."""
     return {
-        "functions": [_job(t) for t in catalog().values()],
+        "functions": [arq_function(t) for t in catalog().values()],
         "redis_settings": queue.redis_settings(settings.require_redis_url()),
         "queue_name": settings.queue_name,
         "on_startup": functools.partial(_startup, settings),

@@ -27,15 +27,11 @@ from typing import Any
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import journal
-from taskrunner.artifacts import (
-    ArtifactData,
-    ArtifactQuotaExceeded,
-    ArtifactStore,
-    ArtifactTooLarge,
-    Quota,
-    add_artifact,
-)
+from taskrunner import journal, transitions
+from taskrunner.artifacts.quotas import ArtifactQuotaExceeded, Quota
+from taskrunner.artifacts.records import add_artifact
+from taskrunner.artifacts.storage import ArtifactStore
+from taskrunner.artifacts.streams import ArtifactData, ArtifactTooLarge
 from taskrunner.config import Settings
 from taskrunner.db import unavailable
 from taskrunner.errors import Conflict
@@ -100,13 +96,7 @@ class TaskContext:
     async def progress(self, fraction: float, message: str | None = None) -> None:
         """Report progress in [0, 1] (clamped), with an optional message."""
         value = min(1.0, max(0.0, float(fraction)))
-        self._pending_progress = journal.Change(
-            self.task_id,
-            EventKind.PROGRESS,
-            {"progress": value, "message": message},
-            values={"progress": value, "progress_message": message},
-            expect_attempt=self.attempt,
-        )
+        self._pending_progress = transitions.progressed(self.task_id, self.attempt, value, message)
         wait = self._last_progress + PROGRESS_INTERVAL_SECONDS - time.monotonic()
         if wait <= 0:
             await self.flush()
@@ -162,12 +152,7 @@ class TaskContext:
             return
         self._lines += 1
         self._outbox.append(
-            journal.Change(
-                self.task_id,
-                EventKind.LOG,
-                {"level": level, "line": line[:MAX_LINE_CHARS]},
-                expect_attempt=self.attempt,
-            )
+            transitions.log_line(self.task_id, self.attempt, level, line[:MAX_LINE_CHARS])
         )
         self._schedule_flush(0)
 
@@ -242,15 +227,12 @@ class TaskContext:
         when the worker is stopping)."""
         if self._dropped:
             self._outbox.append(
-                journal.Change(
+                transitions.log_line(
                     self.task_id,
-                    EventKind.LOG,
-                    {
-                        "level": "warning",
-                        "line": f"{self._dropped} more log lines were not recorded "
-                        f"(at most {MAX_LOG_LINES} per attempt)",
-                    },
-                    expect_attempt=self.attempt,
+                    self.attempt,
+                    "warning",
+                    f"{self._dropped} more log lines were not recorded "
+                    f"(at most {MAX_LOG_LINES} per attempt)",
                 )
             )
             self._dropped = 0

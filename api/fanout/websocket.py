@@ -1,19 +1,15 @@
 """uvicorn's websocket protocol, writing each connection's frames once per loop iteration.
 
 uvicorn (`websockets-sansio`, its default with the websockets library) writes every
-outgoing frame to the socket as it is sent: one `write()` system call per message. A live
-event fanned out to 1,000 subscriptions on 20 connections made 1,000 of them, about 40% of
-the api's CPU per delivery (py-spy, `bench/subscriptions.py`, loopback TCP: the call also
-runs the receiving side of the kernel's network stack). Here the frames a connection sends
-during one turn of the event loop are joined and written together at the start of the
-next turn (or as soon as `FLUSH_BYTES` wait), so that fan-out makes 20 system calls
-instead: about 20 us less api CPU per delivery. Writing every 16 frames instead cost
-3-5 us more per delivery; only the first subscribers of an event got it sooner.
+outgoing frame to the socket as it is sent: one `write()` system call per message. Here
+the frames a connection sends during one turn of the event loop are joined and written
+together at the start of the next turn (or as soon as `FLUSH_BYTES` wait), so a live
+event fanned out to many subscriptions on one connection costs one system call there.
 
 A text message on an open connection without extensions (permessage-deflate is off here)
 is also framed here, in a few operations, instead of through uvicorn's generic `send`
-and the websockets library's frame builder (about 4 us a message); the bytes are the
-same (RFC 6455: FIN, opcode 1, the length, no mask from a server).
+and the websockets library's frame builder; the bytes are the same (RFC 6455: FIN,
+opcode 1, the length, no mask from a server).
 
 Nothing else changes: frames keep their order (control frames, pings and the close
 handshake go through the same buffer), the close handshake flushes first, and uvicorn's
@@ -25,10 +21,11 @@ The protocol also offers that framing synchronously to the application, in the A
 extensions (`scope["extensions"][SEND_TEXT_NOW]["send"]`: a callable taking the text,
 answering whether it sent it; False when only uvicorn's `send` may send it now, e.g.
 while the client does not read).
-`api.fanout` uses it to deliver a live event from the hub without waking each
+`api.fanout.delivery` uses it to deliver a live event from the hub without waking each
 subscription's task.
 
-Use it with uvicorn's `ws` option: `ws="api.ws_transport:CoalescingWebSocketsProtocol"`.
+Use it with uvicorn's `ws` option:
+`ws="api.fanout.websocket:CoalescingWebSocketsProtocol"`.
 """
 
 from __future__ import annotations

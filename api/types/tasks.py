@@ -1,144 +1,25 @@
-"""GraphQL types of the contract (DESIGN.md). Names here are binding for clients."""
+"""The GraphQL types of tasks: Task, its metrics, pages, filter and options, and Processed."""
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
 import strawberry
 from strawberry.scalars import JSON
-from strawberry.utils.str_converters import to_camel_case
 
 from api.context import Info
-from taskrunner import tasks
-from taskrunner.artifacts import list_artifacts
+from api.types.artifacts import Artifact
+from api.types.events import TaskEvent, event_type
+from api.types.status import TaskError
+from taskrunner import queries
+from taskrunner.artifacts.records import list_artifacts
 from taskrunner.config import Settings
 from taskrunner.errors import BadInput
-from taskrunner.events import Event, EventKind, decode_cursor, encode_cursor
-from taskrunner.models import Artifact as ArtifactRow
-from taskrunner.models import Task as TaskRow
+from taskrunner.events import decode_cursor
+from taskrunner.models import TaskRecord
 from taskrunner.states import TaskStatus
-
-strawberry.enum(
-    TaskStatus,
-    description="Where a task is in its life: QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED.",
-)
-
-
-@strawberry.type(description="Why a task failed: a machine-readable code and a message.")
-class TaskError:
-    code: str
-    message: str
-
-
-@strawberry.interface(description="Something that happened to a task, in order.")
-class TaskEvent:
-    cursor: str = strawberry.field(
-        description="Pass as `after` to resume after this event (ordered per task)."
-    )
-    task_id: strawberry.ID
-    at: datetime
-
-
-@strawberry.type(description="The task moved to `status`.")
-class StatusChanged(TaskEvent):
-    status: TaskStatus
-    error: TaskError | None = None
-    result: JSON | None = None
-
-
-@strawberry.type(description="The task reported progress in [0, 1].")
-class ProgressReported(TaskEvent):
-    progress: float
-    message: str | None = None
-
-
-@strawberry.type(description="The task wrote a log line.")
-class LogAppended(TaskEvent):
-    level: str
-    line: str
-
-
-@strawberry.type(description="A file a task produced.")
-class Artifact:
-    id: strawberry.ID
-    name: str
-    content_type: str
-    size: int
-    sha256: str
-    created_at: datetime
-
-    key: strawberry.Private[str]
-
-    @strawberry.field(description="Where to download it; the link expires.")
-    async def url(self, info: Info) -> str:
-        services = info.context.services
-        ttl = services.settings.artifact_url_ttl_seconds
-        direct = await services.store.download_url(self.key, ttl)
-        if direct is not None:
-            return direct
-        return f"{info.context.base_url}{services.signer.path(uuid.UUID(str(self.id)), ttl)}"
-
-    @classmethod
-    def from_row(cls, row: ArtifactRow) -> Artifact:
-        return cls(
-            id=strawberry.ID(str(row.id)),
-            name=row.name,
-            content_type=row.content_type,
-            size=row.size,
-            sha256=row.sha256,
-            created_at=row.created_at,
-            key=row.key,
-        )
-
-
-@strawberry.type(description="Where to PUT a file; then call completeArtifactUpload.")
-class ArtifactUpload:
-    id: strawberry.ID
-    url: str
-    method: str
-    expires_at: datetime
-
-
-@strawberry.type(description="The task stored an artifact.")
-class ArtifactAdded(TaskEvent):
-    artifact: Artifact
-
-
-def event_type(event: Event) -> TaskEvent:
-    """The GraphQL object for one stored event."""
-    common: dict[str, Any] = {
-        "cursor": encode_cursor(event.id),
-        "task_id": strawberry.ID(str(event.task_id)),
-        "at": event.at,
-    }
-    data = event.data
-    if event.kind is EventKind.STATUS:
-        error = data.get("error")
-        return StatusChanged(
-            **common,
-            status=TaskStatus(data["status"]),
-            error=TaskError(**error) if error else None,
-            result=data.get("result"),
-        )
-    if event.kind is EventKind.ARTIFACT:
-        return ArtifactAdded(
-            **common,
-            artifact=Artifact(
-                id=strawberry.ID(data["id"]),
-                name=data["name"],
-                content_type=data["content_type"],
-                size=data["size"],
-                sha256=data["sha256"],
-                created_at=event.at,
-                key=data["key"],
-            ),
-        )
-    if event.kind is EventKind.PROGRESS:
-        return ProgressReported(**common, progress=data["progress"], message=data.get("message"))
-    return LogAppended(**common, level=data["level"], line=data["line"])
 
 
 @strawberry.type(description="One attempt of a task, as its worker measured it.")
@@ -170,7 +51,7 @@ class AttemptMetrics:
         )
 
 
-@strawberry.type(description="Seed 000's per-task execution metrics.")
+@strawberry.type(description="Execution metrics of a task: queue wait, run time and attempts.")
 class TaskMetrics:
     queue_wait_seconds: float | None = strawberry.field(
         description="The first attempt's wait in the queue (null before it starts)."
@@ -215,7 +96,7 @@ class Task:
     async def queue_position(self, info: Info) -> int | None:
         if self.status is not TaskStatus.QUEUED or self.next_attempt_at is not None:
             return None
-        return await tasks.queue_position(
+        return await queries.queue_position(
             engine=info.context.services.engine, priority=self.priority, created_at=self.created_at
         )
 
@@ -236,7 +117,7 @@ class Task:
         description="How its attempts went: queue wait, run time, worker, peak memory."
     )
     async def metrics(self, info: Info) -> TaskMetrics:
-        rows = await tasks.attempt_metrics(
+        rows = await queries.attempt_metrics(
             engine=info.context.services.engine, task_id=uuid.UUID(str(self.id))
         )
         attempts = [AttemptMetrics.from_event(status, at, figures) for status, at, figures in rows]
@@ -263,7 +144,7 @@ class Task:
     ) -> list[TaskEvent]:
         after_id = decode_cursor(after) if after else None
         limit = page_size(first, info.context.settings)
-        rows = await tasks.list_events(
+        rows = await queries.list_events(
             engine=info.context.services.engine,
             task_id=uuid.UUID(str(self.id)),
             after_id=after_id,
@@ -272,7 +153,7 @@ class Task:
         return [event_type(e) for e in rows]
 
     @classmethod
-    def from_row(cls, row: TaskRow) -> Task:
+    def from_row(cls, row: TaskRecord) -> Task:
         error = (
             TaskError(code=row.error_code, message=row.error_message or "")
             if row.error_code
@@ -318,16 +199,6 @@ def page_size(first: int | None, settings: Settings) -> int:
     return first
 
 
-@strawberry.type(description="A live worker, from its heartbeat.")
-class Worker:
-    id: str
-    host: str
-    pid: int
-    started_at: datetime
-    last_heartbeat_at: datetime
-    running_task_ids: list[strawberry.ID]
-
-
 @strawberry.type(description="Whether work for a key was done, and its latest task.")
 class Processed:
     key: str
@@ -352,13 +223,6 @@ class TaskEdge:
 class TaskConnection:
     edges: list[TaskEdge]
     page_info: PageInfo
-
-
-@strawberry.type(description="A kind of task you can submit.")
-class TaskType:
-    name: str
-    description: str
-    input_schema: JSON = strawberry.field(description="JSON Schema of the task's input.")
 
 
 @strawberry.input(description="Which tasks to list (all given conditions must hold).")
@@ -400,112 +264,3 @@ class TaskOptionsInput:
         description="Free-form labels to filter by: at most MAX_LABELS_PER_TASK, each 1 to "
         "MAX_LABEL_LENGTH characters.",
     )
-
-
-def _csv(value: str) -> list[str]:
-    return [item.strip() for item in value.split(",") if item.strip()]
-
-
-@strawberry.type(description="The limits this service enforces (its configuration).")
-class Limits:
-    task_max_runtime_seconds: int = strawberry.field(description="Longest run of any task.")
-    task_default_timeout_seconds: int = strawberry.field(
-        description="Timeout of a task submitted without timeoutSeconds."
-    )
-    task_max_memory_mb: int = strawberry.field(
-        description="Memory one task may add to its worker; past it the task FAILS."
-    )
-    task_max_artifact_mb: float = strawberry.field(description="Largest artifact (MB).")
-    max_artifacts_per_task: int = strawberry.field(
-        description="Most artifacts of one task (open uploads count; task.log files do not)."
-    )
-    owner_max_artifact_mb: float = strawberry.field(
-        description="Most artifact bytes one owner may keep (MB), open uploads included."
-    )
-    artifact_url_ttl_seconds: int = strawberry.field(
-        description="How long an artifact's download URL stays valid."
-    )
-    artifact_upload_ttl_seconds: int = strawberry.field(
-        description="How long an upload's PUT URL is valid; not completed within twice "
-        "that, the upload expires and its bytes are deleted."
-    )
-    tasks_per_minute: int = strawberry.field(
-        description="Tasks one API key may submit per minute (0: no limit)."
-    )
-    max_batch_size: int = strawberry.field(description="Most tasks in one submitTasks.")
-    max_task_input_bytes: int = strawberry.field(description="Largest input of one task, as JSON.")
-    max_request_bytes: int = strawberry.field(
-        description="Largest request body or websocket message."
-    )
-    max_query_depth: int = strawberry.field(description="Deepest nesting of a query.")
-    max_query_aliases: int = strawberry.field(description="Most aliases in one operation.")
-    max_query_tokens: int = strawberry.field(description="Most tokens in one document.")
-    max_query_cost: int = strawberry.field(
-        description="Largest cost of one operation, refused before anything runs. Each "
-        "selected field counts 1 for every item of every list it is read under. A list counts "
-        "as many items as its `first` (given, or its default; maxPageSize when null); a "
-        "connection's `first` sizes its `edges`; a list without `first` counts 10. "
-        "`__typename` and introspection count 0. E.g. `tasks(first: 50) { edges { node { id "
-        "artifacts { id } } } }` costs 2 + 50 x (3 + 10 x 1) = 652."
-    )
-    max_page_size: int = strawberry.field(
-        description="Most items of one page (`tasks`, `Task.events`); `Task.events` reads "
-        "one such page when `first` is not given."
-    )
-    task_max_retries: int = strawberry.field(description="Highest `maxRetries` of a task.")
-    max_labels_per_task: int = strawberry.field(description="Most labels of one task.")
-    max_label_length: int = strawberry.field(description="Longest label (characters).")
-    max_idempotency_key_length: int = strawberry.field(
-        description="Longest `idempotencyKey` (characters)."
-    )
-    max_subscriptions_per_connection: int = strawberry.field(
-        description="Subscriptions one websocket may hold open."
-    )
-    max_subscriptions_per_key: int = strawberry.field(
-        description="Subscriptions one API key may hold open at once, over all its websockets "
-        "and Server-Sent Events streams on every api replica."
-    )
-    ws_connection_init_timeout_seconds: float = strawberry.field(
-        description="A websocket that sends no connection_init within this is closed (4408)."
-    )
-    fetch_domain_allowlist: list[str] = strawberry.field(
-        description="Host patterns webScrape may fetch."
-    )
-    search_source_allowlist: list[str] = strawberry.field(description="Sources search may query.")
-    search_max_results: int = strawberry.field(description="Most results of one search.")
-
-    @classmethod
-    def of(cls, settings: Settings) -> Limits:
-        return cls(
-            task_max_runtime_seconds=settings.task_max_runtime_seconds,
-            task_default_timeout_seconds=settings.task_default_timeout_seconds,
-            task_max_memory_mb=settings.task_max_memory_mb,
-            task_max_artifact_mb=settings.task_max_artifact_mb,
-            max_artifacts_per_task=settings.max_artifacts_per_task,
-            owner_max_artifact_mb=settings.owner_max_artifact_mb,
-            artifact_url_ttl_seconds=settings.artifact_url_ttl_seconds,
-            artifact_upload_ttl_seconds=settings.artifact_upload_ttl_seconds,
-            tasks_per_minute=settings.tasks_per_minute,
-            max_batch_size=settings.max_batch_size,
-            max_task_input_bytes=settings.max_task_input_bytes,
-            max_request_bytes=settings.max_request_bytes,
-            max_query_depth=settings.max_query_depth,
-            max_query_aliases=settings.max_query_aliases,
-            max_query_tokens=settings.max_query_tokens,
-            max_query_cost=settings.max_query_cost,
-            max_page_size=settings.max_page_size,
-            task_max_retries=settings.task_max_retries,
-            max_labels_per_task=settings.max_labels_per_task,
-            max_label_length=settings.max_label_length,
-            max_idempotency_key_length=settings.max_idempotency_key_length,
-            max_subscriptions_per_connection=settings.max_subscriptions_per_connection,
-            max_subscriptions_per_key=settings.max_subscriptions_per_key,
-            ws_connection_init_timeout_seconds=settings.ws_connection_init_timeout_seconds,
-            fetch_domain_allowlist=_csv(settings.fetch_domain_allowlist),
-            search_source_allowlist=_csv(settings.search_source_allowlist),
-            search_max_results=settings.search_max_results,
-        )
-
-    def as_json(self) -> dict[str, Any]:
-        """The same fields, camelCase, for `GET /limits`."""
-        return {to_camel_case(k): v for k, v in dataclasses.asdict(self).items()}

@@ -13,8 +13,8 @@ from typing import Any
 from arq.worker import Function
 
 from workers.catalog import catalog
-from workers.context import TaskContext
-from workers.settings import _job
+from workers.settings import arq_function
+from workers.task_context import TaskContext
 
 
 @dataclass
@@ -39,7 +39,7 @@ class BodyProbe:
                 self.running.discard(key)
                 self.changed.set()
 
-        return _job(replace(base, run=run))
+        return arq_function(replace(base, run=run))
 
     def bodies_of(self, task_id: uuid.UUID) -> list[int]:
         """The attempts of `task_id` whose body runs now."""

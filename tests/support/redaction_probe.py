@@ -1,8 +1,10 @@
-"""Run by tests/test_observability.py in its own process (OpenTelemetry's tracer provider
-can be set once per process): an in-memory span exporter and a real api (uvicorn) in this
-process, called through an instrumented httpx client with links that carry secrets in
-their query: an artifact link's `signature`, the dashboard's `key`, and a presigned S3
-URL's `X-Amz-Signature`. Prints every finished span's attributes as a JSON line."""
+"""Spans of requests whose links carry secrets, printed as JSON lines (each span's
+attributes). Run by test_observability in a process of its own (`python -m
+tests.support.redaction_probe`: OpenTelemetry's tracer provider can be set once per
+process): an in-memory span exporter and a real api (uvicorn) in this process, called
+through an instrumented httpx client with links that carry secrets in their query: an
+artifact link's `signature`, the dashboard's `key`, and a presigned S3 URL's
+`X-Amz-Signature`."""
 
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ PROVIDER.add_span_processor(SimpleSpanProcessor(EXPORTER))
 trace.set_tracer_provider(PROVIDER)
 
 from taskrunner.config import load_settings  # noqa: E402  (after the provider is set)
-from tests.conftest import FAST, run_api  # noqa: E402
+from tests.support.environment import FAST  # noqa: E402
+from tests.support.servers import run_api  # noqa: E402
 
 QUERIES = [
     "expires=1&signature=lower-s3cret",

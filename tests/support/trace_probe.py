@@ -1,8 +1,8 @@
-"""Run by tests/test_observability.py in its own process (OpenTelemetry's tracer provider
-can be set once per process): an in-memory span exporter, a real api (uvicorn) and a real
-arq worker in this process, one webScrape task submitted over HTTP that fetches the api's
-own /healthz. Prints every finished span as a JSON line: name, kind, trace and span ids,
-parent span id."""
+"""Spans of one task across the api and a worker, printed as JSON lines: name, kind, trace
+and span ids, parent span id, attributes. Run by test_observability in a process of its own
+(`python -m tests.support.trace_probe`: OpenTelemetry's tracer provider can be set once per
+process): an in-memory span exporter, a real api (uvicorn) and a real arq worker in this
+process, one webScrape task submitted over HTTP that fetches the api's own /healthz."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ PROVIDER.add_span_processor(SimpleSpanProcessor(EXPORTER))
 trace.set_tracer_provider(PROVIDER)
 
 from taskrunner.config import load_settings  # noqa: E402  (after the provider is set)
-from tests.conftest import FAST, make_key, run_api, run_worker  # noqa: E402
+from tests.support.environment import FAST  # noqa: E402
+from tests.support.servers import run_api, run_worker  # noqa: E402
+from tests.support.stack import make_key  # noqa: E402
 
 SUBMIT = "mutation($url: String!) { submitTask(task: {webScrape: {url: $url}}) { id } }"
 STATUS = "query($id: ID!) { task(id: $id) { status } }"

@@ -10,7 +10,7 @@ import logging
 
 from pydantic import BaseModel, Field
 
-from workers.context import TaskContext
+from workers.task_context import TaskContext
 
 NAME = "chatter"
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from workers.context import TaskContext
+from workers.task_context import TaskContext
 
 NAME = "echo"
 

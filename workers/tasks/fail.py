@@ -8,7 +8,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from taskrunner.retries import RetryPolicy
-from workers.context import TaskContext
+from workers.task_context import TaskContext
 
 NAME = "fail"
 RETRY = RetryPolicy(max_retries=0, backoff_seconds=0.5, max_backoff_seconds=30)

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 from pydantic import BaseModel, Field
 
-from workers.context import TaskContext
+from workers.task_context import TaskContext
 
 NAME = "report"
 ROWS_PER_CHUNK = 1000

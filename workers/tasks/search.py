@@ -3,7 +3,7 @@
 Sources are limited to SEARCH_SOURCE_ALLOWLIST; at most SEARCH_MAX_RESULTS results come
 back, each `{title, url, snippet, source, publishedAt}`. An identical search within
 SEARCH_CACHE_TTL_SECONDS is answered from Redis (`cached: true`). Needs BRAVE_API_KEY.
-Error codes: SearchNotConfigured, SearchProviderError.
+Failures have their own codes: SEARCH_NOT_CONFIGURED, SEARCH_PROVIDER_ERROR.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from taskrunner.search import (
     SearchNotConfigured,
     search,
 )
-from workers.context import TaskContext
+from workers.task_context import TaskContext
 
 NAME = "search"
 MAX_SOURCES = 10  # room for repeats and spellings; duplicates are dropped

@@ -10,7 +10,7 @@ import time
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
-from workers.context import TaskContext
+from workers.task_context import TaskContext
 
 NAME = "sleep"
 # A static ceiling, published in the JSON Schema; TASK_MAX_RUNTIME_SECONDS (checked at

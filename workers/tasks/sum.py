@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, Field
 
-from workers.context import TaskContext
+from workers.task_context import TaskContext
 
 NAME = "sum"
 MAX_NUMBERS = 100_000

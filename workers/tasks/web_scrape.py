@@ -4,9 +4,10 @@ Only hosts allowed by FETCH_DOMAIN_ALLOWLIST are fetched; hosts that resolve to 
 loopback, link-local or metadata addresses are refused unless allowlisted as
 taskrunner.fetch describes, after every redirect too, and the connection goes to the very
 address that was checked. `maxBytes` caps the body as it is decoded, so a small compressed
-body cannot inflate past it in the worker's memory. Error codes: FetchRefused,
-TooManyRedirects, ResponseTooLarge, UnsupportedEncoding (a stacked or unknown
-Content-Encoding), DecodingError (a body that is not the gzip or deflate it claims).
+body cannot inflate past it in the worker's memory. Failures have their own codes:
+FETCH_REFUSED, TOO_MANY_REDIRECTS, RESPONSE_TOO_LARGE, UNSUPPORTED_ENCODING (a stacked or
+unknown Content-Encoding); a body that is not the gzip or deflate it claims ends
+TASK_ERROR ("DecodingError: ...").
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pydantic import BaseModel, Field, HttpUrl
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
 from taskrunner.fetch import fetch
-from workers.context import TaskContext
+from workers.task_context import TaskContext
 
 NAME = "webScrape"
 

@@ -1,1 +1,1 @@
-"""Task types for tests only (TASKRUNNER_TASK_MODULES=tests.memtasks)."""
+"""Task types for tests only (TASKRUNNER_TASK_MODULES=tests.support.memtasks)."""

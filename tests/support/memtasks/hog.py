@@ -6,7 +6,7 @@ import asyncio
 
 from pydantic import BaseModel, Field
 
-from workers.context import TaskContext
+from workers.task_context import TaskContext
 
 NAME = "memoryHog"
 MIB = 1024 * 1024

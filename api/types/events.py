@@ -1,0 +1,81 @@
+"""The GraphQL types of a task's events: the TaskEvent interface, its kinds, and event_type."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import strawberry
+from strawberry.scalars import JSON
+
+from api.types.artifacts import Artifact
+from api.types.status import TaskError
+from taskrunner.events import Event, EventKind, encode_cursor
+from taskrunner.states import TaskStatus
+
+
+@strawberry.interface(description="Something that happened to a task, in order.")
+class TaskEvent:
+    cursor: str = strawberry.field(
+        description="Pass as `after` to resume after this event (ordered per task)."
+    )
+    task_id: strawberry.ID
+    at: datetime
+
+
+@strawberry.type(description="The task moved to `status`.")
+class StatusChanged(TaskEvent):
+    status: TaskStatus
+    error: TaskError | None = None
+    result: JSON | None = None
+
+
+@strawberry.type(description="The task reported progress in [0, 1].")
+class ProgressReported(TaskEvent):
+    progress: float
+    message: str | None = None
+
+
+@strawberry.type(description="The task wrote a log line.")
+class LogAppended(TaskEvent):
+    level: str
+    line: str
+
+
+@strawberry.type(description="The task stored an artifact.")
+class ArtifactAdded(TaskEvent):
+    artifact: Artifact
+
+
+def event_type(event: Event) -> TaskEvent:
+    """The GraphQL object for one stored event."""
+    common: dict[str, Any] = {
+        "cursor": encode_cursor(event.id),
+        "task_id": strawberry.ID(str(event.task_id)),
+        "at": event.at,
+    }
+    data = event.data
+    if event.kind is EventKind.STATUS:
+        error = data.get("error")
+        return StatusChanged(
+            **common,
+            status=TaskStatus(data["status"]),
+            error=TaskError(**error) if error else None,
+            result=data.get("result"),
+        )
+    if event.kind is EventKind.ARTIFACT:
+        return ArtifactAdded(
+            **common,
+            artifact=Artifact(
+                id=strawberry.ID(data["id"]),
+                name=data["name"],
+                content_type=data["content_type"],
+                size=data["size"],
+                sha256=data["sha256"],
+                created_at=event.at,
+                key=data["key"],
+            ),
+        )
+    if event.kind is EventKind.PROGRESS:
+        return ProgressReported(**common, progress=data["progress"], message=data.get("message"))
+    return LogAppended(**common, level=data["level"], line=data["line"])

@@ -1,0 +1,215 @@
+"""The submission write path: validated submissions become QUEUED tasks (each with its
+first event) in one statement, then are published and enqueued once committed.
+
+`submit` is what the api calls; `insert` is the statement alone, inside a caller's
+transaction (nothing published or enqueued)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+import asyncpg
+from arq import ArqRedis
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from taskrunner import journal, metrics, queue, tracing
+from taskrunner.events import Event, EventKind, add_publishes
+from taskrunner.groupcommit import GroupCommit, Refused
+from taskrunner.logs import event
+from taskrunner.models import TaskRecord, task_table
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A validated request to run `type` with `input` (already checked by its model)."""
+
+    type: str
+    input: dict[str, Any]
+    timeout_seconds: int
+    priority: int = 0
+    max_retries: int = 0
+    scheduled_for: datetime | None = None  # runAt
+    delay_seconds: int | None = None  # delaySeconds: counted from the insert, on the DB clock
+    idempotency_key: str | None = None
+    labels: tuple[str, ...] = ()
+
+
+MAX_GROUP_REQUESTS = 100  # submit() calls (up to MAX_BATCH_SIZE tasks each) in one transaction
+
+Unit = tuple[str, Sequence[Submission], bool]  # owner, its submissions, crash_after_commit
+# Live groups by (engine, Redis, arq pool), as in journal._groups: held by their users only.
+_groups: weakref.WeakValueDictionary[tuple[int, int, int], GroupCommit[Unit, list[TaskRecord]]] = (
+    weakref.WeakValueDictionary()
+)
+
+
+async def submit(
+    *,
+    engine: AsyncEngine,
+    redis: Redis,
+    pool: ArqRedis,
+    owner: str,
+    submissions: Sequence[Submission],
+    crash_after_commit: bool = False,
+) -> list[TaskRecord]:
+    """Insert the tasks and their QUEUED events in one transaction, publish, then enqueue.
+    A submission whose idempotency key the owner already used returns the first task.
+    Concurrent submissions of this process share the transaction (group commit)."""
+    key = (id(engine), id(redis), id(pool))
+    group = _groups.get(key)
+    if group is None:
+
+        async def flush(units: list[Unit]) -> list[list[TaskRecord]]:
+            return await _submit_now(engine, redis, pool, units)
+
+        group = _groups[key] = GroupCommit(flush, MAX_GROUP_REQUESTS)
+    return await group.submit((owner, submissions, crash_after_commit))
+
+
+async def _submit_now(
+    engine: AsyncEngine, redis: Redis, pool: ArqRedis, units: list[Unit]
+) -> list[list[TaskRecord]]:
+    async with journal.connection(engine) as conn:
+        per_unit, events = await insert(conn, [(owner, subs) for owner, subs, _ in units])
+    if any(crash for _, _, crash in units):
+        os._exit(70)  # fault injection: see Settings.test_crash_after_commit
+    created = {e.task_id for e in events}  # each new task once, whoever else reused its key
+    jobs = []
+    for (owner, _, _), tasks in zip(units, per_unit, strict=True):
+        for task in tasks:
+            if task.id in created:
+                created.discard(task.id)
+                metrics.TASKS_SUBMITTED.labels(task.type).inc()
+                event("task_submitted", task_id=str(task.id), task_type=task.type, owner=owner)
+                if not task.due_at:
+                    jobs.append(queue.Job(task.type, task.id, task.priority))
+    try:  # publish and enqueue in one round trip
+        async with pool.pipeline(transaction=False) as pipe:
+            add_publishes(pipe, events)
+            queue.add_enqueues(pipe, pool.default_queue_name, jobs)
+            await pipe.execute()
+    except Exception as exc:  # committed: the reconciler enqueues it, never fail or lose it
+        log.warning("could not enqueue %d tasks (%s); the reconciler will", len(jobs), exc)
+    return per_unit
+
+
+TASK_COLUMNS = tuple(c.name for c in task_table.c)
+# Tasks and their QUEUED events in one statement (one round trip, and a task's createdAt
+# is that close to its commit). createdAt is the database clock: the group's (below) or
+# clock_timestamp() at the row. Labels travel as JSON (arrays of arrays must be regular).
+INSERT_TASKS = f"""
+WITH s AS (
+  SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int[], $6::int[],
+                       $7::int[], $8::text[], $9::jsonb[], $10::text[], $11::timestamptz[],
+                       $12::timestamptz[])
+    AS s(id, owner, type, input, priority, max_retries, timeout_seconds, idempotency_key,
+         labels, trace_parent, scheduled_for, due_at)
+),
+t AS (
+  INSERT INTO task (id, owner, type, status, input, priority, max_retries, timeout_seconds,
+                    idempotency_key, labels, trace_parent, scheduled_for, due_at, event_seq,
+                    created_at)
+  SELECT id, owner, type, 'QUEUED', input, priority, max_retries, timeout_seconds,
+         idempotency_key, ARRAY(SELECT jsonb_array_elements_text(labels)), trace_parent,
+         scheduled_for, due_at, 1, coalesce($13::timestamptz, clock_timestamp())
+  FROM s
+  ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+  RETURNING *
+),
+e AS (
+  INSERT INTO task_event (task_id, seq, owner, kind, data)
+  SELECT id, 1, owner, '{EventKind.STATUS.value}', '{{"status": "QUEUED"}}'::jsonb FROM t
+  RETURNING id, task_id, xid, at, data
+)
+SELECT t.*, e.id AS e_id, e.xid AS e_xid, e.at AS e_at, e.data AS e_data
+FROM t JOIN e ON e.task_id = t.id ORDER BY e.id"""
+EXISTING = (
+    f"SELECT {', '.join(f't.{c}' for c in TASK_COLUMNS)} FROM task t "
+    "JOIN unnest($1::text[], $2::text[]) AS k(owner, key) "
+    "ON t.owner = k.owner AND t.idempotency_key = k.key"
+)
+
+
+async def insert(
+    conn: asyncpg.Connection, units: Sequence[tuple[str, Sequence[Submission]]]
+) -> tuple[list[list[TaskRecord]], list[Event]]:
+    """Insert every unit's tasks (a unit: an owner and its submissions) with their QUEUED
+    events, in one statement on `conn` (a `journal.connection` or `journal.transaction`).
+    Returns each unit's tasks in order, an already used idempotency key giving the owner's
+    first task, and the events of the tasks created.
+
+    Nothing is published or enqueued: `submit` does both once the insert is committed (a
+    ready task left out of the queue is enqueued by the reconciler's `requeue_lost`).
+    Outside a transaction the insert commits on its own: an error raised from it is
+    `Refused` (nothing was written); an error after it is not."""
+    # A task that waits (delaySeconds, runAt) needs PostgreSQL's clock before the insert:
+    # the whole group then shares it, and createdAt + delaySeconds is exactly the earliest
+    # start. Without one, the round trip is saved.
+    now: datetime | None = None
+    if any(s.delay_seconds or s.scheduled_for for _, subs in units for s in subs):
+        now = cast(datetime, await conn.fetchval("SELECT clock_timestamp()"))
+    rows = [[_row(s, owner, now) for s in subs] for owner, subs in units]
+    flat = [row for unit in rows for row in unit]
+    if not flat:
+        return [[] for _ in units], []
+    columns = [list(column) for column in zip(*flat, strict=True)]
+    try:
+        found = await conn.fetch(INSERT_TASKS, *columns, now)
+    except (asyncpg.PostgresError, ValueError) as exc:
+        raise Refused(str(exc)) from exc
+    inserted: dict[uuid.UUID, TaskRecord] = {}
+    events = []
+    for r in found:
+        inserted[r["id"]] = TaskRecord(**{c: r[c] for c in TASK_COLUMNS})
+        events.append(
+            Event(
+                id=r["e_id"],
+                task_id=r["id"],
+                seq=1,
+                xid=r["e_xid"],
+                owner=r["owner"],
+                kind=EventKind.STATUS,
+                at=r["e_at"],
+                data=r["e_data"],
+            )
+        )
+    keys = {(r[1], r[7]) for r in flat if r[0] not in inserted}
+    existing: dict[tuple[str, str | None], TaskRecord] = {}
+    if keys:
+        owners, names = zip(*keys, strict=True)
+        earlier = await conn.fetch(EXISTING, list(owners), list(names))
+        existing = {(r["owner"], r["idempotency_key"]): TaskRecord(**dict(r)) for r in earlier}
+    tasks = [[inserted.get(r[0]) or existing[(r[1], r[7])] for r in unit] for unit in rows]
+    return tasks, events
+
+
+def _row(s: Submission, owner: str, now: datetime | None) -> tuple[Any, ...]:
+    """INSERT_TASKS's values for one submission (one element of each array)."""
+    start, due = None, None
+    if now is not None:
+        start = now + timedelta(seconds=s.delay_seconds) if s.delay_seconds else s.scheduled_for
+        due = start if start is not None and start > now else None  # waits in PostgreSQL
+    return (
+        uuid.uuid4(),
+        owner,
+        s.type,
+        journal.json_text(s.input),
+        s.priority,
+        s.max_retries,
+        s.timeout_seconds,
+        s.idempotency_key,
+        journal.json_text(list(s.labels)),
+        tracing.traceparent(),
+        start,
+        due,
+    )

@@ -1,0 +1,308 @@
+"""What each task transition writes: one builder per transition, returning the
+`journal.Change` that records it (its event, the status it moves to, the states or attempt
+it applies to, the columns it sets). `journal` records any Change; `states.py` says which
+moves are allowed. Schedules and workflows will add their transitions here.
+
+Builders of one transition always return Changes of one shape (the same columns, the same
+SQL for computed ones), so concurrent ones are recorded in one statement (journal's fast
+path). The task error codes (`TaskErrorCode`) are defined here too: a failure records one
+of them and nothing else.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from enum import StrEnum
+from typing import Any
+
+from taskrunner.events import EventKind
+from taskrunner.journal import NEXT_ATTEMPT, NOW, Change, seconds_from_now
+from taskrunner.retries import retries_left
+from taskrunner.states import CANCEL_QUEUED, TaskStatus
+
+
+class TaskErrorCode(StrEnum):
+    """Why a task failed or was retried (`Task.error.code`, the `error_code` column)."""
+
+    TASK_ERROR = "TASK_ERROR"  # the body raised an exception that carries no code below
+    TIMEOUT = "TIMEOUT"  # the attempt ran past its timeoutSeconds (the runner's timer)
+    LIMIT_EXCEEDED = "LIMIT_EXCEEDED"  # over a limit: memory, artifact size or quota
+    BAD_INPUT = "BAD_INPUT"  # the stored input no longer validates, or the body said so
+    BAD_RESULT = "BAD_RESULT"  # the body returned a result that is not JSON-serializable
+    WORKER_LOST = "WORKER_LOST"  # the worker running the attempt stopped heart-beating
+    # webScrape (taskrunner.fetch) and search (taskrunner.search):
+    FETCH_REFUSED = "FETCH_REFUSED"  # the host is not allowlisted, or not a public address
+    TOO_MANY_REDIRECTS = "TOO_MANY_REDIRECTS"  # more redirects than allowed, or a loop
+    RESPONSE_TOO_LARGE = "RESPONSE_TOO_LARGE"  # the decoded body passed maxBytes
+    UNSUPPORTED_ENCODING = "UNSUPPORTED_ENCODING"  # a stacked or unknown Content-Encoding
+    SEARCH_NOT_CONFIGURED = "SEARCH_NOT_CONFIGURED"  # BRAVE_API_KEY is not set
+    SEARCH_PROVIDER_ERROR = "SEARCH_PROVIDER_ERROR"  # the provider failed or was unreachable
+    # The codes of the other TaskrunnerErrors (taskrunner.errors) a body may raise:
+    NOT_FOUND = "NOT_FOUND"
+    CONFLICT = "CONFLICT"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    RATE_LIMITED = "RATE_LIMITED"
+    UNAVAILABLE = "UNAVAILABLE"
+    INTERNAL = "INTERNAL"
+
+
+def error_of(exc: BaseException) -> tuple[TaskErrorCode, str]:
+    """The code and message a task records for an exception its body raised: the
+    exception's own `code` (a TaskrunnerError's, or a task error's such as
+    `taskrunner.fetch.FetchRefused`) when it is one of the list, with its message; any
+    other exception's TASK_ERROR, with `"<its class>: <its message>"` (the class alone
+    when the message is empty)."""
+    name, text = type(exc).__name__, str(exc)
+    code = getattr(exc, "code", None)
+    if isinstance(code, str) and code in TaskErrorCode.__members__:
+        return TaskErrorCode(code), text or name
+    return TaskErrorCode.TASK_ERROR, f"{name}: {text}" if text else name
+
+
+def _status(to: TaskStatus, **data: Any) -> dict[str, Any]:
+    return {"status": to.value, **data}
+
+
+def _error(code: TaskErrorCode, message: str) -> dict[str, str]:
+    return {"code": TaskErrorCode(code).value, "message": message}
+
+
+# --- a worker's attempt: QUEUED -> RUNNING -> its outcome -----------------------------------
+
+
+def started(task_id: uuid.UUID, worker_id: str) -> Change:
+    """QUEUED -> RUNNING on `worker_id`, as the next attempt; the row as found comes back
+    (Outcome.row) for the runner."""
+    return Change(
+        task_id,
+        EventKind.STATUS,
+        _status(TaskStatus.RUNNING),
+        to=TaskStatus.RUNNING,
+        values={"started_at": NOW, "attempts": NEXT_ATTEMPT, "worker_id": worker_id},
+        want_row=True,
+    )
+
+
+def succeeded(task_id: uuid.UUID, attempt: int, result: Any) -> Change:
+    """RUNNING -> SUCCEEDED with `result` (JSON), progress complete, any earlier error of a
+    retried attempt cleared."""
+    return Change(
+        task_id,
+        EventKind.STATUS,
+        _status(TaskStatus.SUCCEEDED, result=result),
+        to=TaskStatus.SUCCEEDED,
+        values={
+            "finished_at": NOW,
+            "result": result,
+            "progress": 1.0,
+            "error_code": None,
+            "error_message": None,
+        },
+        expect_attempt=attempt,
+    )
+
+
+def failed(task_id: uuid.UUID, attempt: int, code: TaskErrorCode, message: str) -> Change:
+    """RUNNING -> FAILED: the attempt ended with an error and no retry is left."""
+    error = _error(code, message)
+    return Change(
+        task_id,
+        EventKind.STATUS,
+        _status(TaskStatus.FAILED, error=error),
+        to=TaskStatus.FAILED,
+        values={"finished_at": NOW, "error_code": error["code"], "error_message": message},
+        expect_attempt=attempt,
+    )
+
+
+def requeued(
+    task_id: uuid.UUID, attempt: int, code: TaskErrorCode, message: str, delay_seconds: float
+) -> Change:
+    """RUNNING -> QUEUED after a failure with retries left: waits in PostgreSQL until
+    `delay_seconds` from now (the backoff), carrying the error until a later attempt."""
+    error = _error(code, message)
+    return Change(
+        task_id,
+        EventKind.STATUS,
+        _status(TaskStatus.QUEUED, error=error),
+        to=TaskStatus.QUEUED,
+        values={
+            "due_at": seconds_from_now(delay_seconds),
+            "worker_id": None,
+            "error_code": error["code"],
+            "error_message": message,
+        },
+        expect_attempt=attempt,
+    )
+
+
+def cancelled(task_id: uuid.UUID, attempt: int) -> Change:
+    """RUNNING -> CANCELLED: the attempt's body was cancelled (cancelTask) and has ended."""
+    return Change(
+        task_id,
+        EventKind.STATUS,
+        _status(TaskStatus.CANCELLED, result=None),
+        to=TaskStatus.CANCELLED,
+        values={"finished_at": NOW},
+        expect_attempt=attempt,
+    )
+
+
+def handed_back(task_id: uuid.UUID, attempt: int) -> Change:
+    """RUNNING -> QUEUED by a stopping worker, for another worker to run (no error, no
+    wait)."""
+    return Change(
+        task_id,
+        EventKind.STATUS,
+        _status(TaskStatus.QUEUED),
+        to=TaskStatus.QUEUED,
+        values={"worker_id": None},
+        expect_attempt=attempt,
+    )
+
+
+def progressed(task_id: uuid.UUID, attempt: int, fraction: float, message: str | None) -> Change:
+    """The attempt's progress (no move): `fraction` in [0, 1] and an optional message, on
+    the row and as an event, while the attempt runs."""
+    return Change(
+        task_id,
+        EventKind.PROGRESS,
+        {"progress": fraction, "message": message},
+        values={"progress": fraction, "progress_message": message},
+        expect_attempt=attempt,
+    )
+
+
+def log_line(task_id: uuid.UUID, attempt: int, level: str, line: str) -> Change:
+    """A line in the attempt's log (no move), while the attempt runs."""
+    return Change(task_id, EventKind.LOG, {"level": level, "line": line}, expect_attempt=attempt)
+
+
+def with_metrics(
+    final: Change,
+    *,
+    attempt: int,
+    worker_id: str,
+    queue_wait_seconds: float,
+    run_seconds: float,
+    peak_memory_mb: float | None,
+) -> Change:
+    """`final` (an attempt's outcome) with the attempt's figures on its event, where
+    `Task.metrics` reads them."""
+    figures = {
+        "attempt": attempt,
+        "worker_id": worker_id,
+        "queue_wait_seconds": round(queue_wait_seconds, 4),
+        "run_seconds": round(run_seconds, 4),
+        "peak_memory_mb": peak_memory_mb,
+    }
+    return replace(final, data={**final.data, "metrics": figures})
+
+
+# --- the reconciler: an attempt whose worker stopped responding -----------------------------
+
+
+def lost(
+    task_id: uuid.UUID,
+    *,
+    attempt: int,
+    worker_id: str | None,
+    max_retries: int,
+    cancel_requested: bool,
+) -> Change:
+    """The end of `attempt`, run by `worker_id`, which stopped heart-beating: CANCELLED if a
+    cancel was requested, else QUEUED again if retries are left, else FAILED; the last two
+    with WORKER_LOST. Only while the task is still that attempt of that worker."""
+    if cancel_requested:
+        return Change(
+            task_id,
+            EventKind.STATUS,
+            _status(TaskStatus.CANCELLED),
+            to=TaskStatus.CANCELLED,
+            values={"finished_at": NOW, "worker_id": None},
+            expect_attempt=attempt,
+            expect_worker=worker_id,
+        )
+    error = _error(TaskErrorCode.WORKER_LOST, "the worker running this task stopped responding")
+    if retries_left(max_retries, attempt):
+        return Change(
+            task_id,
+            EventKind.STATUS,
+            _status(TaskStatus.QUEUED, error=error),
+            to=TaskStatus.QUEUED,
+            values={
+                "worker_id": None,
+                "error_code": error["code"],
+                "error_message": error["message"],
+            },
+            expect_attempt=attempt,
+            expect_worker=worker_id,
+        )
+    return Change(
+        task_id,
+        EventKind.STATUS,
+        _status(TaskStatus.FAILED, error=error),
+        to=TaskStatus.FAILED,
+        values={
+            "finished_at": NOW,
+            "worker_id": None,
+            "error_code": error["code"],
+            "error_message": error["message"],
+        },
+        expect_attempt=attempt,
+        expect_worker=worker_id,
+    )
+
+
+# --- the api: cancelTask and retryTask ------------------------------------------------------
+
+
+def cancelled_while_queued(task_id: uuid.UUID) -> Change:
+    """QUEUED -> CANCELLED (cancelTask before it started): it never runs. Only from QUEUED
+    (states.CANCEL_QUEUED): a task a worker started meanwhile is cancelled as a running one."""
+    source, target = CANCEL_QUEUED
+    return Change(
+        task_id,
+        EventKind.STATUS,
+        _status(target),
+        to=target,
+        only_from=source,
+        values={"cancel_requested": True, "finished_at": NOW},
+    )
+
+
+def cancel_requested(task_id: uuid.UUID, attempt: int) -> Change:
+    """cancelTask on a running `attempt`: flag it (no move; its worker stops the body, which
+    then ends `cancelled`). Only while the task is still that attempt: the cancel message
+    names it."""
+    return Change(
+        task_id,
+        EventKind.LOG,
+        {"level": "info", "line": "cancel requested"},
+        values={"cancel_requested": True},
+        expect_attempt=attempt,
+    )
+
+
+def retried(task_id: uuid.UUID) -> Change:
+    """FAILED | CANCELLED -> QUEUED (retryTask), as a new attempt: the last attempt's
+    outcome is cleared from the row (its events stay)."""
+    return Change(
+        task_id,
+        EventKind.STATUS,
+        _status(TaskStatus.QUEUED),
+        to=TaskStatus.QUEUED,
+        retry_request=True,
+        values={
+            "due_at": None,
+            "finished_at": None,
+            "cancel_requested": False,
+            "error_code": None,
+            "error_message": None,
+            "result": None,
+            "progress": None,
+            "progress_message": None,
+            "worker_id": None,
+        },
+    )
