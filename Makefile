@@ -107,7 +107,7 @@ $(DASHBOARD)/dist/index.html: $(DASHBOARD_DEPS) $(DASHBOARD_SOURCES)
 
 dashboard: $(DASHBOARD)/dist/index.html
 
-# Debian's chromium, which tests/test_dashboard.py drives headless with playwright (no
+# Debian's chromium, which tests/e2e/test_dashboard.py drives headless with playwright (no
 # browser download). Installed only when missing.
 CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)

@@ -18,7 +18,7 @@ from taskrunner.queries import require
 from taskrunner.states import TERMINAL, TaskStatus
 
 # A test seam: when set, `cancel` awaits it between reading the task and writing the
-# cancellation, so a test can start the task in that window (tests/test_cancel_race.py).
+# cancellation, so a test can start the task in that window (tests/workers/test_cancel_race.py).
 before_cancel_write: Callable[[uuid.UUID, TaskStatus], Awaitable[None]] | None = None
 
 

@@ -12,6 +12,6 @@ strawberry's per-result pipeline, without changing a byte a client or an extensi
 - `websocket`: uvicorn's websocket protocol with coalesced writes and `send_text_now`.
 
 It subclasses strawberry-graphql and uvicorn internals: README.md here lists each, and
-tests/test_fanout_internals.py fails by name when an upgrade changes one. Nothing here
+tests/api/test_fanout_internals.py fails by name when an upgrade changes one. Nothing here
 imports `api.schema`.
 """

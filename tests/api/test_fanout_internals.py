@@ -517,5 +517,5 @@ def test_the_readme_names_the_internal(owner: str, name: str) -> None:
         (not owner or owner in line) and f"{'.' if owner else ''}{name}" in line for line in lines
     ), (
         f"api/fanout/README.md does not name {owner + '.' if owner else ''}{name}, "
-        "an internal tests/test_fanout_internals.py checks: add it to the README's list"
+        "an internal tests/api/test_fanout_internals.py checks: add it to the README's list"
     )
