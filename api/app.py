@@ -242,7 +242,7 @@ async def artifact_upload(request: Request) -> Response:
 
 
 async def limits(request: Request) -> Response:
-    """Seed 002's `GET /limits`: the effective limits (the `limits` query, as JSON)."""
+    """`GET /limits`: the effective limits (what the `limits` query answers), as JSON."""
     services: Services = request.app.state.services
     return JSONResponse(Limits.of(services.settings).as_json())
 

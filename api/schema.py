@@ -44,7 +44,7 @@ from api.types.tasks import (
     TaskOptionsInput,
     page_size,
 )
-from taskrunner import control, heartbeats, queries, streams
+from taskrunner import control, heartbeats, owner_streams, queries, streams
 from taskrunner.artifacts.quotas import Quota
 from taskrunner.artifacts.records import add_artifact, check_content_type, check_name
 from taskrunner.artifacts.uploads import begin_upload, complete_upload, find_upload
@@ -447,7 +447,7 @@ class Subscription:
         f = filter or TaskFilter()
         after_id = decode_cursor(after) if after else None
         async with info.context.subscription_slot():
-            async for event in streams.owner_events(
+            async for event in owner_streams.owner_events(
                 engine=services.engine,
                 hub=services.hub,
                 owner=info.context.scope,

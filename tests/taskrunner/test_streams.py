@@ -18,9 +18,10 @@ from taskrunner.config import Settings
 from taskrunner.db import create_engine
 from taskrunner.events import Event, EventKind, publish
 from taskrunner.hub import EventHub, FellBehind, Listener
+from taskrunner.owner_streams import owner_events
 from taskrunner.queries import TaskCriteria
 from taskrunner.states import TaskStatus
-from taskrunner.streams import owner_events, task_events
+from taskrunner.streams import task_events
 from tests.support.rows import new_task
 from tests.support.waiting import eventually
 
