@@ -21,8 +21,8 @@ import psutil
 import pytest
 from gql.transport.exceptions import TransportError
 
-from taskrunner.cli import Stop, Supervised, describe_exit, raise_stop, signals_held
 from taskrunner.embedded import free_port
+from taskrunner.supervisor import Stop, Supervised, describe_exit, raise_stop, signals_held
 from tests.support.processes import ctrl_c, dev_env, pid_alive, spawn
 from tests.support.stack import Stack
 from tests.support.tasks import BATCH
