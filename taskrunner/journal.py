@@ -359,7 +359,7 @@ def _allowed(row: _Row, change: Change) -> bool:
     )
 
 
-# One statement for a group of changes to distinct tasks whose updates have one shape
+# The one-statement path: a group of changes to distinct tasks whose updates have one shape
 # (the same columns, the same SQL for computed ones): the lock, the checks, the update and
 # the events in one round trip, atomic as a statement is. The decisions
 # `record` takes in Python are made in SQL with the same inputs: the statuses each change
@@ -371,7 +371,7 @@ NEXT = "+1"  # NEXT_ATTEMPT in a shape
 Shape = tuple[tuple[str, str | None, str | None], ...]  # (column, Sql text | NEXT, its type)
 
 
-def _shape(change: Change) -> Shape:
+def shape_of(change: Change) -> Shape:
     return tuple(
         sorted(
             (name, NEXT, None)
@@ -384,7 +384,7 @@ def _shape(change: Change) -> Shape:
     )
 
 
-def _allowed_from(change: Change) -> str:
+def allowed_from(change: Change) -> str:
     """The statuses a change may find its task in, as `a,b,c`."""
     return _statuses(
         change.to,
@@ -470,16 +470,16 @@ FROM locked l LEFT JOIN ev ON ev.task_id = l.id"""
     return statement, tuple(takes)
 
 
-def _one_shape(changes: Sequence[Change]) -> Shape | None:
+def one_shape(changes: Sequence[Change]) -> Shape | None:
     """The shape of `changes` when one statement can record them (see above)."""
-    shape = _shape(changes[0])
+    shape = shape_of(changes[0])
     ids = {change.task_id for change in changes}
-    if len(ids) < len(changes) or any(_shape(c) != shape for c in changes[1:]):
+    if len(ids) < len(changes) or any(shape_of(c) != shape for c in changes[1:]):
         return None
     return shape
 
 
-async def _record_in_one_statement(
+async def record_group(
     engine: AsyncEngine, changes: Sequence[Change], shape: Shape
 ) -> list[Outcome] | None:
     """Record `changes` (of one `shape`, distinct tasks) in one statement; None when it kept
@@ -489,7 +489,7 @@ async def _record_in_one_statement(
     try:
         args: list[list[Any]] = [
             [c.task_id for c in changes],
-            [_allowed_from(c) for c in changes],
+            [allowed_from(c) for c in changes],
             [c.expect_attempt for c in changes],
             [c.expect_worker for c in changes],
             [c.kind.value for c in changes],
@@ -572,10 +572,10 @@ async def _apply_now(
         except Exception as exc:  # before COMMIT: nothing is written, units may run alone
             raise Refused(str(exc)) from exc
 
-    shape = _one_shape(changes)
+    shape = one_shape(changes)
     outcomes = None
     if shape is not None:
-        outcomes = await _record_in_one_statement(engine, changes, shape)
+        outcomes = await record_group(engine, changes, shape)
     if outcomes is None:
         outcomes = await run_transaction(engine, work)
     try:  # committed: publishing must not fail the writers (streams re-read the table)

@@ -223,7 +223,7 @@ async def test_one_statement_writes_nothing_when_a_task_was_written_by_a_newer_t
             {"t": poisoned},
         )
     changes = [_start(poisoned), _start(other)]
-    assert journal._one_shape(changes) is not None  # the one-statement path is taken
+    assert journal.one_shape(changes) is not None  # the one-statement path is taken
     with pytest.raises(journal.XidInversion):
         await journal.apply(engine, redis, changes)
     assert [s for s, _, _ in await _seqs(engine, other)] == [1]
@@ -234,9 +234,7 @@ async def test_both_ways_of_recording_return_the_same_row_to_a_start(
     engine: AsyncEngine, redis: Redis
 ) -> None:
     a, b = await new_task(engine), await new_task(engine)
-    outcomes = await journal._record_in_one_statement(
-        engine, [_start(a)], journal._shape(_start(a))
-    )
+    outcomes = await journal.record_group(engine, [_start(a)], journal.shape_of(_start(a)))
     assert outcomes is not None
     async with journal.transaction(engine) as conn:
         (in_transaction,) = await journal.record(conn, [_start(b)])
@@ -262,7 +260,7 @@ async def test_a_computed_value_with_a_parameter_is_written_both_ways(
         values = {"due_at": journal.seconds_from_now(3600), "worker_id": None}
         return _to(task_id, TaskStatus.QUEUED, values=values)
 
-    outcomes = await journal._record_in_one_statement(engine, [later(a)], journal._shape(later(a)))
+    outcomes = await journal.record_group(engine, [later(a)], journal.shape_of(later(a)))
     assert outcomes is not None and outcomes[0].accepted
     async with journal.transaction(engine) as conn:
         (outcome,) = await journal.record(conn, [later(b)])
@@ -282,7 +280,7 @@ async def test_a_computed_value_with_a_parameter_is_written_both_ways(
 
 
 async def _in_one_statement(engine: AsyncEngine, change: journal.Change) -> journal.Outcome:
-    outcomes = await journal._record_in_one_statement(engine, [change], journal._shape(change))
+    outcomes = await journal.record_group(engine, [change], journal.shape_of(change))
     assert outcomes is not None
     return outcomes[0]
 

@@ -100,7 +100,7 @@ async def _in_a_transaction(engine: AsyncEngine, change: journal.Change) -> jour
 
 
 async def _in_one_statement(engine: AsyncEngine, change: journal.Change) -> journal.Outcome:
-    outcomes = await journal._record_in_one_statement(engine, [change], journal._shape(change))
+    outcomes = await journal.record_group(engine, [change], journal.shape_of(change))
     if outcomes is None:  # xid inversions three times in a row: apply() runs a transaction
         return await _in_a_transaction(engine, change)
     return outcomes[0]
