@@ -20,7 +20,8 @@ from arq import ArqRedis
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import journal, metrics, queue, tracing
+from taskrunner import connections, metrics, queue, tracing
+from taskrunner.changes import json_text
 from taskrunner.events import Event, EventKind, add_publishes
 from taskrunner.groupcommit import GroupCommit, Refused
 from taskrunner.logs import event
@@ -79,7 +80,7 @@ async def submit(
 async def _submit_now(
     engine: AsyncEngine, redis: Redis, pool: ArqRedis, units: list[Unit]
 ) -> list[list[TaskRecord]]:
-    async with journal.connection(engine) as conn:
+    async with connections.connection(engine) as conn:
         per_unit, events = await insert(conn, [(owner, subs) for owner, subs, _ in units])
     if any(crash for _, _, crash in units):
         os._exit(70)  # fault injection: see Settings.test_crash_after_commit
@@ -144,7 +145,7 @@ async def insert(
     conn: asyncpg.Connection, units: Sequence[tuple[str, Sequence[Submission]]]
 ) -> tuple[list[list[TaskRecord]], list[Event]]:
     """Insert every unit's tasks (a unit: an owner and its submissions) with their QUEUED
-    events, in one statement on `conn` (a `journal.connection` or `journal.transaction`).
+    events, in one statement on `conn` (a `connections.connection` or `connections.transaction`).
     Returns each unit's tasks in order, an already used idempotency key giving the owner's
     first task, and the events of the tasks created.
 
@@ -203,12 +204,12 @@ def _row(s: Submission, owner: str, now: datetime | None) -> tuple[Any, ...]:
         uuid.uuid4(),
         owner,
         s.type,
-        journal.json_text(s.input),
+        json_text(s.input),
         s.priority,
         s.max_retries,
         s.timeout_seconds,
         s.idempotency_key,
-        journal.json_text(list(s.labels)),
+        json_text(list(s.labels)),
         tracing.traceparent(),
         start,
         due,

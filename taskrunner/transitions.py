@@ -1,10 +1,10 @@
 """What each task transition writes: one builder per transition, returning the
-`journal.Change` that records it (its event, the status it moves to, the states or attempt
+`Change` that records it (its event, the status it moves to, the states or attempt
 it applies to, the columns it sets). `journal` records any Change; `states.py` says which
 moves are allowed. Schedules and workflows will add their transitions here.
 
 Builders of one transition always return Changes of one shape (the same columns, the same
-SQL for computed ones), so concurrent ones are recorded in one statement (journal's fast
+SQL for computed ones), so concurrent ones are recorded in one statement (the journal's fast
 path). The task error codes (`TaskErrorCode`) are defined here too: a failure records one
 of them and nothing else.
 """
@@ -16,8 +16,8 @@ from dataclasses import replace
 from enum import StrEnum
 from typing import Any
 
+from taskrunner.changes import NEXT_ATTEMPT, NOW, Change, seconds_from_now
 from taskrunner.events import EventKind
-from taskrunner.journal import NEXT_ATTEMPT, NOW, Change, seconds_from_now
 from taskrunner.retries import retries_left
 from taskrunner.states import CANCEL_QUEUED, TaskStatus
 

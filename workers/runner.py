@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner import journal, metrics, tracing, transitions
 from taskrunner.artifacts.tasklog import store_task_log
+from taskrunner.changes import Change, Outcome
 from taskrunner.db import retry_unavailable
 from taskrunner.events import EventKind
 from taskrunner.logs import bind, event, unbind
@@ -52,7 +53,7 @@ async def execute(ctx: WorkerContext, task_type: TaskType, task_id: str) -> str:
     change = transitions.started(tid, ctx["worker_id"])
     tries = 0
 
-    async def start_once() -> journal.Outcome:
+    async def start_once() -> Outcome:
         nonlocal tries
         tries += 1
         return await journal.apply_one(engine, redis, change)
@@ -81,7 +82,7 @@ async def execute(ctx: WorkerContext, task_type: TaskType, task_id: str) -> str:
 
 async def _attempt(
     ctx: WorkerContext, task_type: TaskType, tid: uuid.UUID, attempt: Attempt
-) -> journal.Change | None:
+) -> Change | None:
     """Run the body, decide the outcome (retry, memory kill), record it with its metrics.
     None: the attempt was fenced (it moved on while the body ran), nothing recorded."""
     memory = ctx["memory"]
@@ -130,12 +131,12 @@ async def _attempt(
         unbind("task_id", "task_type", "attempt")
 
 
-async def _record_final(ctx: WorkerContext, task_id: uuid.UUID, final: journal.Change) -> None:
+async def _record_final(ctx: WorkerContext, task_id: uuid.UUID, final: Change) -> None:
     """Write the attempt's outcome, again with backoff while PostgreSQL cannot be reached
     (a try that failed with the connection and did commit makes the next one refused:
     the outcome is written once). Refused otherwise: the attempt moved on meanwhile."""
 
-    async def write() -> journal.Outcome:
+    async def write() -> Outcome:
         return await journal.apply_one(ctx["engine"], ctx["redis"], final)
 
     outcome = await retry_unavailable(
@@ -146,7 +147,7 @@ async def _record_final(ctx: WorkerContext, task_id: uuid.UUID, final: journal.C
         event("task_fenced", logging.WARNING, found=found)
 
 
-def _report(task_type: str, final: journal.Change, run_seconds: float, killed: str | None) -> None:
+def _report(task_type: str, final: Change, run_seconds: float, killed: str | None) -> None:
     """Prometheus and the named log events for an attempt's end."""
     status = final.to.value if final.to else "?"
     metrics.TASK_DURATION.labels(task_type).observe(run_seconds)
@@ -172,8 +173,8 @@ async def _retry_later(
     task_type: TaskType,
     task_id: uuid.UUID,
     attempt: Attempt,
-    failure: journal.Change,
-) -> journal.Change:
+    failure: Change,
+) -> Change:
     """Turn a failure into RUNNING -> QUEUED (`transitions.requeued`), due after the type's
     backoff."""
     delay = backoff(task_type.retry, attempt.number)
@@ -263,7 +264,7 @@ async def _load(
 
 async def _run_body(
     ctx: WorkerContext, task_type: TaskType, task_id: uuid.UUID, attempt: Attempt, fence: Fence
-) -> journal.Change:
+) -> Change:
     """Run the task's coroutine and turn how it ended into the final change. The attempt
     stays in `ctx["running"]` after the body: `_attempt` removes it once its outcome is
     written."""
@@ -340,7 +341,7 @@ async def _run_body(
 
 async def _raised(
     ctx: WorkerContext, task_id: uuid.UUID, attempt: int, exc: BaseException
-) -> journal.Change:
+) -> Change:
     """The body raised `exc`: its traceback goes to the attempt's log, and the attempt
     fails with the exception's code (transitions.error_of)."""
     await _log(ctx, task_id, attempt, "error", "".join(traceback.format_exception(exc)))
@@ -365,7 +366,7 @@ async def _log(ctx: WorkerContext, task_id: uuid.UUID, attempt: int, level: str,
     ctx["logged"].add(task_id)
     change = transitions.log_line(task_id, attempt, level, line)
 
-    async def write() -> journal.Outcome:
+    async def write() -> Outcome:
         return await journal.apply_one(ctx["engine"], ctx["redis"], change)
 
     await retry_unavailable(

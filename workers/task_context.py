@@ -32,6 +32,7 @@ from taskrunner.artifacts.quotas import ArtifactQuotaExceeded, Quota
 from taskrunner.artifacts.records import add_artifact
 from taskrunner.artifacts.storage import ArtifactStore
 from taskrunner.artifacts.streams import ArtifactData, ArtifactTooLarge
+from taskrunner.changes import Change
 from taskrunner.config import Settings
 from taskrunner.db import unavailable
 from taskrunner.errors import Conflict
@@ -83,8 +84,8 @@ class TaskContext:
     redis: Redis
     store: ArtifactStore
     fence: Fence = field(default_factory=Fence)
-    _outbox: list[journal.Change] = field(default_factory=list)
-    _pending_progress: journal.Change | None = None
+    _outbox: list[Change] = field(default_factory=list)
+    _pending_progress: Change | None = None
     _last_progress: float = 0.0
     _lines: int = 0
     _dropped: int = 0
@@ -204,7 +205,7 @@ class TaskContext:
                 self.fence.trip()
             return True
 
-    def _keep(self, changes: list[journal.Change]) -> bool:
+    def _keep(self, changes: list[Change]) -> bool:
         """Put back what PostgreSQL did not take, ahead of what came meanwhile (the newest
         progress wins); give it up once it waited WORKER_WRITE_RETRY_SECONDS."""
         now = time.monotonic()

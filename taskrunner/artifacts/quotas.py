@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import journal
+from taskrunner import connections
 from taskrunner.config import Settings
 from taskrunner.errors import LimitExceeded
 
@@ -118,7 +118,7 @@ async def room_for(engine: AsyncEngine, task_id: uuid.UUID, quota: Quota) -> int
     """Before streaming: the bytes a new artifact of the task may have (its owner's room),
     or ArtifactQuotaExceeded at once rather than after sending it all. The final word is
     the check in the transaction that records it."""
-    async with journal.connection(engine) as conn:
+    async with connections.connection(engine) as conn:
         owner = await conn.fetchval(TASK_OWNER, task_id)
         if owner is None:
             return quota.owner_max_bytes  # no such task: recording it refuses it

@@ -28,6 +28,7 @@ from taskrunner.artifacts.quotas import (
 )
 from taskrunner.artifacts.storage import ArtifactStore, object_key
 from taskrunner.artifacts.streams import ArtifactData, ArtifactTooLarge, Stored
+from taskrunner.changes import Change, Outcome
 from taskrunner.errors import BadInput, Conflict, NotFound
 from taskrunner.events import EventKind, publish
 from taskrunner.models import Artifact, artifact_table
@@ -159,9 +160,9 @@ async def record_artifact(
         "sha256": stored.sha256,
         "key": key,
     }
-    change = journal.Change(task_id, EventKind.ARTIFACT, meta, expect_attempt=expect_attempt)
+    change = Change(task_id, EventKind.ARTIFACT, meta, expect_attempt=expect_attempt)
 
-    async def work(conn: asyncpg.Connection) -> tuple[Artifact | None, list[journal.Outcome]]:
+    async def work(conn: asyncpg.Connection) -> tuple[Artifact | None, list[Outcome]]:
         if upload_id is not None and await conn.fetchval(TAKE_UPLOAD, upload_id) is None:
             raise _UploadGone
         if quota is not None:

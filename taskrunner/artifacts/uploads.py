@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import journal
+from taskrunner import connections, journal
 from taskrunner.artifacts.quotas import QUOTA_LOCK, TASK_OWNER, Quota, read_usage
 from taskrunner.artifacts.records import check_content_type, check_name, record_artifact
 from taskrunner.artifacts.storage import ArtifactStore, object_key
@@ -101,7 +101,7 @@ async def begin_upload(
 
 async def find_upload(engine: AsyncEngine, upload_id: uuid.UUID) -> Upload | None:
     """The open (not expired) grant `upload_id`, or None."""
-    async with journal.connection(engine) as conn:
+    async with connections.connection(engine) as conn:
         row = await conn.fetchrow(FIND_UPLOAD, upload_id)
     return Upload(**dict(row)) if row else None
 
@@ -189,7 +189,7 @@ async def expire_uploads(engine: AsyncEngine, store: ArtifactStore, limit: int =
     cut off, an incomplete multipart upload), then the rows; a crash in between leaves rows
     whose folder is gone, deleted on the next pass. An expired grant cannot be completed or
     PUT to any more, so nothing writes to its folder behind the sweep's back."""
-    async with journal.connection(engine) as conn:
+    async with connections.connection(engine) as conn:
         rows = await conn.fetch(EXPIRED_UPLOADS, limit)
     for row in rows:
         await store.discard(f"{row['task_id']}/{row['id']}/")

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.app import create_app
 from taskrunner import journal
+from taskrunner.changes import Change
 from taskrunner.config import Settings
 from taskrunner.embedded import free_port
 from taskrunner.errors import LimitExceeded
@@ -174,7 +175,7 @@ async def test_a_subscriber_that_falls_behind_gets_limit_exceeded_and_resumes_wi
     try:
         task_id = await new_task(engine)
         await journal.apply(engine, redis, [
-            journal.Change(task_id, EventKind.STATUS, {"status": "RUNNING"},
+            Change(task_id, EventKind.STATUS, {"status": "RUNNING"},
                            to=TaskStatus.RUNNING)
         ])  # fmt: skip
         stream = task_events(engine=engine, hub=hub, task_id=task_id, after_id=None,
@@ -182,7 +183,7 @@ async def test_a_subscriber_that_falls_behind_gets_limit_exceeded_and_resumes_wi
         got = [await anext(stream), await anext(stream)]  # QUEUED, RUNNING; then it stalls
         await asyncio.sleep(0.3)
         for n in range(30):  # more than its buffer of 20, published while it does not read
-            line = journal.Change(task_id, EventKind.LOG, {"level": "info", "line": str(n)})
+            line = Change(task_id, EventKind.LOG, {"level": "info", "line": str(n)})
             await journal.apply(engine, redis, [line])
         await asyncio.sleep(0.2)
         with pytest.raises(LimitExceeded) as err:

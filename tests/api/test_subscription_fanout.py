@@ -22,6 +22,7 @@ from api.context import Context
 from api.fanout.events import shared_events
 from api.fanout.executor import share_key
 from taskrunner import journal
+from taskrunner.changes import Change
 from taskrunner.config import Settings
 from taskrunner.events import Event, EventKind
 from taskrunner.hub import EventHub
@@ -229,11 +230,11 @@ async def test_concurrent_streams_of_a_task_read_its_backlog_once_and_stay_exact
 
     try:
         task_id = await new_task(engine)
-        running = journal.Change(task_id, EventKind.STATUS, {"status": "RUNNING"},
+        running = Change(task_id, EventKind.STATUS, {"status": "RUNNING"},
                                  to=TaskStatus.RUNNING)  # fmt: skip
         await journal.apply(engine, redis, [running])
         for n in range(3):
-            line = journal.Change(task_id, EventKind.LOG, {"level": "info", "line": str(n)})
+            line = Change(task_id, EventKind.LOG, {"level": "info", "line": str(n)})
             await journal.apply(engine, redis, [line])
         streams = [
             task_events(engine=engine, hub=hub, task_id=task_id, after_id=None, quiet_seconds=30)
@@ -249,7 +250,7 @@ async def test_concurrent_streams_of_a_task_read_its_backlog_once_and_stay_exact
         for stream, events in zip(streams, got, strict=True):
             while len(events) < 5:
                 events.append(await asyncio.wait_for(anext(stream), 5))
-        done = journal.Change(task_id, EventKind.STATUS, {"status": "SUCCEEDED"},
+        done = Change(task_id, EventKind.STATUS, {"status": "SUCCEEDED"},
                               to=TaskStatus.SUCCEEDED)  # fmt: skip
         await journal.apply(engine, redis, [done])
         for stream, events in zip(streams, got, strict=True):

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from gql.transport.exceptions import TransportQueryError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import journal
+from taskrunner import connections
 from taskrunner.queries import TaskCriteria, list_tasks
 from taskrunner.submissions import Submission, insert
 from tests.support.stack import Stack
@@ -163,7 +163,7 @@ async def test_one_insert_keeps_order_labels_and_first_tasks_of_keys(engine: Asy
         )
         for i in range(5)
     ]
-    async with journal.transaction(engine) as conn:
+    async with connections.transaction(engine) as conn:
         (tasks,), events = await insert(conn, [("o", submissions)])
     assert [t.input["message"] for t in tasks] == ["0", "1", "2", "1", "4"]
     assert tasks[3] == tasks[1]
@@ -184,7 +184,7 @@ async def test_a_label_filter_pages_newest_first_through_every_match(
         Submission("echo", {"message": str(i)}, 60, labels=("page",) if i % 3 else ())
         for i in range(12)
     ]
-    async with journal.transaction(engine) as conn:
+    async with connections.transaction(engine) as conn:
         await insert(conn, [("o", submissions[:6])])
         await insert(conn, [("o", submissions[6:])])
         await insert(conn, [("someone-else", submissions)])

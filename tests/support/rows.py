@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import journal
+from taskrunner import connections
 from taskrunner.submissions import Submission, insert
 
 
@@ -24,7 +24,7 @@ async def new_task(
     """A QUEUED task of `owner` (with its QUEUED event), committed and never enqueued: no
     worker takes it."""
     submission = Submission(type, input if input is not None else {"message": "x"}, 60)
-    async with journal.transaction(engine) as conn:
+    async with connections.transaction(engine) as conn:
         ((task,),), _ = await insert(conn, [(owner, [submission])])
     return task.id
 

@@ -14,7 +14,8 @@ import sqlalchemy as sa
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import journal
+from taskrunner import connections, fastpath, journal
+from taskrunner.changes import NEXT_ATTEMPT, NOW, Change, Outcome, seconds_from_now
 from taskrunner.config import Settings
 from taskrunner.events import EventKind
 from taskrunner.states import TaskStatus
@@ -28,13 +29,13 @@ async def redis(settings: Settings) -> Redis:
     await client.aclose()
 
 
-def _log(task_id: uuid.UUID, n: int) -> journal.Change:
-    return journal.Change(task_id, EventKind.LOG, {"level": "info", "line": str(n)})
+def _log(task_id: uuid.UUID, n: int) -> Change:
+    return Change(task_id, EventKind.LOG, {"level": "info", "line": str(n)})
 
 
-def _to(task_id: uuid.UUID, status: TaskStatus, **options: Any) -> journal.Change:
+def _to(task_id: uuid.UUID, status: TaskStatus, **options: Any) -> Change:
     """A status change; `options` are further fields of the Change (values, want_row ...)."""
-    return journal.Change(task_id, EventKind.STATUS, {"status": status.value}, to=status, **options)
+    return Change(task_id, EventKind.STATUS, {"status": status.value}, to=status, **options)
 
 
 async def _seqs(engine: AsyncEngine, task_id: uuid.UUID) -> list[tuple[int, int, int]]:
@@ -83,7 +84,7 @@ async def test_older_transaction_behind_a_newer_writer_is_rerun_with_a_fresh_xid
     t1_has_xid = asyncio.Event()
     t2_locked = asyncio.Event()
 
-    async def t1(conn: asyncpg.Connection) -> list[journal.Outcome]:
+    async def t1(conn: asyncpg.Connection) -> list[Outcome]:
         nonlocal runs
         runs += 1
         await conn.execute("SELECT pg_current_xact_id()")
@@ -94,7 +95,7 @@ async def test_older_transaction_behind_a_newer_writer_is_rerun_with_a_fresh_xid
 
     async def t2() -> None:
         await t1_has_xid.wait()
-        async with journal.transaction(engine) as conn:
+        async with connections.transaction(engine) as conn:
             await journal.record(conn, [_log(task_id, 2)])
             t2_locked.set()
             await asyncio.sleep(0.2)  # T1 now queues for the row lock
@@ -111,7 +112,7 @@ async def test_a_write_for_a_replaced_attempt_is_refused(engine: AsyncEngine, re
     task_id = await new_task(engine)
     start = _to(task_id, TaskStatus.RUNNING, values={"attempts": 2, "worker_id": "w-new"})
     assert (await journal.apply_one(engine, redis, start)).accepted
-    stale = journal.Change(
+    stale = Change(
         task_id,
         EventKind.STATUS,
         {"status": "SUCCEEDED"},
@@ -119,7 +120,7 @@ async def test_a_write_for_a_replaced_attempt_is_refused(engine: AsyncEngine, re
         expect_attempt=1,  # the attempt a lost worker was running
     )
     assert not (await journal.apply_one(engine, redis, stale)).accepted
-    wrong_worker = journal.Change(
+    wrong_worker = Change(
         task_id, EventKind.LOG, {"level": "info", "line": "x"}, expect_worker="w-old"
     )
     assert not (await journal.apply_one(engine, redis, wrong_worker)).accepted
@@ -137,7 +138,7 @@ async def test_concurrent_writers_share_transactions_and_keep_every_rule(
         await journal.apply_one(engine, redis, _to(task_id, TaskStatus.RUNNING))
     xids_before = await _xid(engine)
 
-    async def writer(task_id: uuid.UUID, n: int) -> journal.Outcome:
+    async def writer(task_id: uuid.UUID, n: int) -> Outcome:
         return await journal.apply_one(engine, redis, _log(task_id, n))
 
     outcomes = await asyncio.gather(
@@ -162,13 +163,13 @@ async def test_a_failing_writer_fails_alone(engine: AsyncEngine, redis: Redis) -
     good, bad = await new_task(engine), await new_task(engine)
     await journal.apply_one(engine, redis, _to(good, TaskStatus.RUNNING))
     await journal.apply_one(engine, redis, _to(bad, TaskStatus.RUNNING))
-    broken = journal.Change(bad, EventKind.PROGRESS, {"progress": 0.5}, values={"progress": "x"})
+    broken = Change(bad, EventKind.PROGRESS, {"progress": 0.5}, values={"progress": "x"})
     results = await asyncio.gather(
         *(journal.apply_one(engine, redis, _log(good, n)) for n in range(5)),
         journal.apply_one(engine, redis, broken),
         return_exceptions=True,
     )
-    assert all(isinstance(r, journal.Outcome) and r.accepted for r in results[:5]), results
+    assert all(isinstance(r, Outcome) and r.accepted for r in results[:5]), results
     assert isinstance(results[5], Exception)
     assert [s for s, _, _ in await _seqs(engine, good)] == [1, 2, 3, 4, 5, 6, 7]
     assert [s for s, _, _ in await _seqs(engine, bad)] == [1, 2]
@@ -192,10 +193,8 @@ async def test_a_row_returned_to_a_change_includes_the_earlier_changes_of_its_gr
     cancel = _to(task_id, TaskStatus.CANCELLED, values={"cancel_requested": True})
     await journal.apply_one(engine, redis, cancel)
     retry = _to(task_id, TaskStatus.QUEUED, retry_request=True, values={"cancel_requested": False})
-    start = _to(
-        task_id, TaskStatus.RUNNING, values={"attempts": journal.NEXT_ATTEMPT}, want_row=True
-    )
-    async with journal.transaction(engine) as conn:
+    start = _to(task_id, TaskStatus.RUNNING, values={"attempts": NEXT_ATTEMPT}, want_row=True)
+    async with connections.transaction(engine) as conn:
         outcomes = await journal.record(conn, [retry, start])
     assert all(o.accepted for o in outcomes)
     row = outcomes[1].row
@@ -204,8 +203,8 @@ async def test_a_row_returned_to_a_change_includes_the_earlier_changes_of_its_gr
     assert row["attempts"] == 0 and row["event_seq"] == 3
 
 
-def _start(task_id: uuid.UUID) -> journal.Change:
-    values = {"attempts": journal.NEXT_ATTEMPT, "started_at": journal.NOW, "worker_id": "w"}
+def _start(task_id: uuid.UUID) -> Change:
+    values = {"attempts": NEXT_ATTEMPT, "started_at": NOW, "worker_id": "w"}
     return _to(task_id, TaskStatus.RUNNING, values=values, want_row=True)
 
 
@@ -223,7 +222,7 @@ async def test_one_statement_writes_nothing_when_a_task_was_written_by_a_newer_t
             {"t": poisoned},
         )
     changes = [_start(poisoned), _start(other)]
-    assert journal.one_shape(changes) is not None  # the one-statement path is taken
+    assert fastpath.one_shape(changes) is not None  # the one-statement path is taken
     with pytest.raises(journal.XidInversion):
         await journal.apply(engine, redis, changes)
     assert [s for s, _, _ in await _seqs(engine, other)] == [1]
@@ -234,9 +233,9 @@ async def test_both_ways_of_recording_return_the_same_row_to_a_start(
     engine: AsyncEngine, redis: Redis
 ) -> None:
     a, b = await new_task(engine), await new_task(engine)
-    outcomes = await journal.record_group(engine, [_start(a)], journal.shape_of(_start(a)))
+    outcomes = await fastpath.record_group(engine, [_start(a)], fastpath.shape_of(_start(a)))
     assert outcomes is not None
-    async with journal.transaction(engine) as conn:
+    async with connections.transaction(engine) as conn:
         (in_transaction,) = await journal.record(conn, [_start(b)])
     in_statement = outcomes[0].row
     assert in_statement is not None and in_transaction.row is not None
@@ -256,13 +255,13 @@ async def test_a_computed_value_with_a_parameter_is_written_both_ways(
     for task_id in (a, b):
         assert (await journal.apply_one(engine, redis, _start(task_id))).accepted
 
-    def later(task_id: uuid.UUID) -> journal.Change:
-        values = {"due_at": journal.seconds_from_now(3600), "worker_id": None}
+    def later(task_id: uuid.UUID) -> Change:
+        values = {"due_at": seconds_from_now(3600), "worker_id": None}
         return _to(task_id, TaskStatus.QUEUED, values=values)
 
-    outcomes = await journal.record_group(engine, [later(a)], journal.shape_of(later(a)))
+    outcomes = await fastpath.record_group(engine, [later(a)], fastpath.shape_of(later(a)))
     assert outcomes is not None and outcomes[0].accepted
-    async with journal.transaction(engine) as conn:
+    async with connections.transaction(engine) as conn:
         (outcome,) = await journal.record(conn, [later(b)])
     assert outcome.accepted
     async with engine.connect() as conn:
@@ -279,14 +278,14 @@ async def test_a_computed_value_with_a_parameter_is_written_both_ways(
     assert {r.status for r in found} == {"QUEUED"}
 
 
-async def _in_one_statement(engine: AsyncEngine, change: journal.Change) -> journal.Outcome:
-    outcomes = await journal.record_group(engine, [change], journal.shape_of(change))
+async def _in_one_statement(engine: AsyncEngine, change: Change) -> Outcome:
+    outcomes = await fastpath.record_group(engine, [change], fastpath.shape_of(change))
     assert outcomes is not None
     return outcomes[0]
 
 
-async def _in_a_transaction(engine: AsyncEngine, change: journal.Change) -> journal.Outcome:
-    async with journal.transaction(engine) as conn:
+async def _in_a_transaction(engine: AsyncEngine, change: Change) -> Outcome:
+    async with connections.transaction(engine) as conn:
         (outcome,) = await journal.record(conn, [change])
     return outcome
 
@@ -320,9 +319,9 @@ async def test_a_late_write_of_an_attempt_never_lands_on_the_requeued_task(
     recovered = _to(task_id, TaskStatus.QUEUED, values={"worker_id": None}, expect_attempt=1)
     assert (await journal.apply_one(engine, redis, recovered)).accepted
     late = (
-        _to(task_id, TaskStatus.CANCELLED, values={"finished_at": journal.NOW}, expect_attempt=1)
+        _to(task_id, TaskStatus.CANCELLED, values={"finished_at": NOW}, expect_attempt=1)
         if kind == "cancelled"
-        else journal.Change(task_id, EventKind.ARTIFACT, {"name": "task.log"}, expect_attempt=1)
+        else Change(task_id, EventKind.ARTIFACT, {"name": "task.log"}, expect_attempt=1)
     )
     outcome = await WAYS[way](engine, late)
     assert not outcome.accepted and outcome.found is TaskStatus.QUEUED

@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import journal
+from taskrunner import fastpath, journal
+from taskrunner.changes import Change, Outcome
 from taskrunner.events import EventKind
 from taskrunner.states import (
     NARROW,
@@ -45,15 +46,15 @@ def _narrow(target: TaskStatus | str, narrow: bool) -> TaskStatus | None:
     return next((s for s, t in NARROW if t == target), None) if narrow else None
 
 
-def _change(task_id: uuid.UUID, attempt: Attempt) -> journal.Change:
+def _change(task_id: uuid.UUID, attempt: Attempt) -> Change:
     target, retry, narrow, bound = attempt
     expect = 0 if bound else None
     if target in ("log", "artifact"):
         kind = EventKind.LOG if target == "log" else EventKind.ARTIFACT
-        return journal.Change(task_id, kind, {"bound": bound}, expect_attempt=expect)
+        return Change(task_id, kind, {"bound": bound}, expect_attempt=expect)
     status = TaskStatus(target)
     only_from = _narrow(status, narrow)
-    return journal.Change(
+    return Change(
         task_id,
         EventKind.STATUS,
         {"status": status.value, "retry": retry, "only_from": only_from, "bound": bound},
@@ -91,16 +92,16 @@ async def _history(engine: AsyncEngine, task_id: uuid.UUID) -> tuple[list[sa.Row
     return list(events), str(status)
 
 
-async def _in_a_transaction(engine: AsyncEngine, change: journal.Change) -> journal.Outcome:
-    async def work(conn: asyncpg.Connection) -> list[journal.Outcome]:
+async def _in_a_transaction(engine: AsyncEngine, change: Change) -> Outcome:
+    async def work(conn: asyncpg.Connection) -> list[Outcome]:
         return await journal.record(conn, [change])
 
     (outcome,) = await journal.run_transaction(engine, work)
     return outcome
 
 
-async def _in_one_statement(engine: AsyncEngine, change: journal.Change) -> journal.Outcome:
-    outcomes = await journal.record_group(engine, [change], journal.shape_of(change))
+async def _in_one_statement(engine: AsyncEngine, change: Change) -> Outcome:
+    outcomes = await fastpath.record_group(engine, [change], fastpath.shape_of(change))
     if outcomes is None:  # xid inversions three times in a row: apply() runs a transaction
         return await _in_a_transaction(engine, change)
     return outcomes[0]

@@ -13,7 +13,8 @@ import sqlalchemy as sa
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import journal
+from taskrunner import connections, journal
+from taskrunner.changes import Change
 from taskrunner.config import Settings
 from taskrunner.db import create_engine
 from taskrunner.events import Event, EventKind, publish
@@ -41,15 +42,15 @@ async def hub(redis: Redis) -> AsyncIterator[EventHub]:
     await hub.stop()
 
 
-def _change(task_id: uuid.UUID, to: TaskStatus | None = None, line: str = "") -> journal.Change:
+def _change(task_id: uuid.UUID, to: TaskStatus | None = None, line: str = "") -> Change:
     if to is None:
-        return journal.Change(task_id, EventKind.LOG, {"level": "info", "line": line})
-    return journal.Change(task_id, EventKind.STATUS, {"status": to.value}, to=to)
+        return Change(task_id, EventKind.LOG, {"level": "info", "line": line})
+    return Change(task_id, EventKind.STATUS, {"status": to.value}, to=to)
 
 
-async def _commit_without_publish(engine: AsyncEngine, change: journal.Change) -> Event:
+async def _commit_without_publish(engine: AsyncEngine, change: Change) -> Event:
     """What a process that dies between commit and publish leaves behind."""
-    async with journal.transaction(engine) as conn:
+    async with connections.transaction(engine) as conn:
         (outcome,) = await journal.record(conn, [change])
     assert outcome.event is not None
     return outcome.event

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 import taskrunner
-from taskrunner import fetch, journal, search, transitions
+from taskrunner import fastpath, fetch, search, transitions
 from taskrunner.artifacts.quotas import ArtifactQuotaExceeded
 from taskrunner.artifacts.streams import ArtifactTooLarge
+from taskrunner.changes import NEXT_ATTEMPT, Change, Sql
 from taskrunner.config import Settings
 from taskrunner.errors import (
     BadInput,
@@ -28,7 +29,6 @@ from taskrunner.errors import (
 )
 from taskrunner.events import EventKind
 from taskrunner.fetch import FetchRefused
-from taskrunner.journal import NEXT_ATTEMPT, Change, Sql
 from taskrunner.search import SearchProviderError
 from taskrunner.states import TaskStatus
 from taskrunner.transitions import TaskErrorCode
@@ -258,7 +258,7 @@ def test_each_builder_returns_its_exact_change(name: str) -> None:
 @pytest.mark.parametrize("name", BUILDERS)
 def test_each_transition_applies_only_from_its_states(name: str) -> None:
     built, _, allowed = BUILDERS[name]
-    assert journal.allowed_from(built) == allowed
+    assert fastpath.allowed_from(built) == allowed
 
 
 def test_codes_are_stored_as_plain_text() -> None:
@@ -297,7 +297,7 @@ SAME_SHAPE: dict[str, tuple[Change, Change]] = {
 
 @pytest.mark.parametrize("name", SAME_SHAPE)
 def test_changes_of_one_transition_share_one_statement(name: str) -> None:
-    assert journal.one_shape(SAME_SHAPE[name]) is not None
+    assert fastpath.one_shape(SAME_SHAPE[name]) is not None
 
 
 def test_metrics_ride_on_the_final_event_and_change_nothing_else() -> None:
@@ -323,7 +323,7 @@ def test_metrics_ride_on_the_final_event_and_change_nothing_else() -> None:
             },
         },
     )
-    assert journal.shape_of(measured) == journal.shape_of(final)
+    assert fastpath.shape_of(measured) == fastpath.shape_of(final)
 
 
 # --- task error codes ----------------------------------------------------------------------

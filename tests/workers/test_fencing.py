@@ -19,6 +19,7 @@ from arq import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner import heartbeats, journal, queue, reconciler, submissions
+from taskrunner.changes import NEXT_ATTEMPT, Change, Sql
 from taskrunner.config import Settings
 from taskrunner.events import EventKind
 from taskrunner.models import task_table
@@ -143,15 +144,15 @@ async def _start_as(engine: AsyncEngine, pool: ArqRedis, worker_id: str) -> uuid
     """A task RUNNING on `worker_id` since a minute (long past any grace period); never
     enqueued, so no real worker takes it."""
     task_id = await new_task(engine, owner="tester", type="sleep", input={"seconds": 60})
-    start = journal.Change(
+    start = Change(
         task_id,
         EventKind.STATUS,
         {"status": TaskStatus.RUNNING.value},
         to=TaskStatus.RUNNING,
         values={
-            "attempts": journal.NEXT_ATTEMPT,
+            "attempts": NEXT_ATTEMPT,
             "worker_id": worker_id,
-            "started_at": journal.Sql("clock_timestamp() - interval '1 minute'"),
+            "started_at": Sql("clock_timestamp() - interval '1 minute'"),
         },
     )
     assert (await journal.apply_one(engine, pool, start)).accepted

@@ -1,0 +1,111 @@
+"""A change to a task as the journal records it (`Change`: an event, perhaps a new status,
+the columns to set, the conditions it applies under), its `Outcome`, and how its values
+render to SQL (plain values, or `Sql` that PostgreSQL computes, such as `NOW`).
+
+`transitions.py` builds the Changes; `journal.py` and `fastpath.py` record them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from taskrunner import jsonx
+from taskrunner.events import Event, EventKind
+from taskrunner.states import TaskStatus
+
+NEXT_ATTEMPT: Any = object()
+"""A value for `attempts` in Change.values: the locked row's attempts + 1."""
+
+
+@dataclass(frozen=True)
+class Sql:
+    """A value for Change.values that PostgreSQL computes in the UPDATE: `text`, where `$`
+    stands for `param` (if any), of SQL type `param_type`."""
+
+    text: str
+    param: Any = None
+    param_type: str = "float8"
+
+
+NOW = Sql("clock_timestamp()")
+
+
+def seconds_from_now(seconds: float) -> Sql:
+    return Sql("clock_timestamp() + make_interval(secs => $)", float(seconds))
+
+
+CURRENT_XID = "pg_current_xact_id()::text::bigint"
+
+
+JSONB_COLUMNS = frozenset({"input", "result"})  # of `task`; so is task_event.data
+
+
+@dataclass(frozen=True)
+class Change:
+    """One event to record for a task; with `to`, also a status change."""
+
+    task_id: uuid.UUID
+    kind: EventKind
+    data: Mapping[str, Any]
+    to: TaskStatus | None = None
+    retry_request: bool = False
+    # With `to`: only from this status (a narrow move of states.NARROW, e.g. CANCEL_QUEUED).
+    only_from: TaskStatus | None = None
+    values: Mapping[str, Any] = field(default_factory=dict)
+    # Only while the row is still this attempt (and, if given, this worker's): a worker
+    # that was declared lost must not write over the attempt that replaced it.
+    expect_attempt: int | None = None
+    expect_worker: str | None = None
+    # Also return the task's row as it was found under the lock (Outcome.row): a worker
+    # starting an attempt needs it, and reading it here saves a query.
+    want_row: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    change: Change
+    found: TaskStatus | None  # the status under lock; None: no such task
+    event: Event | None  # None: rejected
+    row: Mapping[str, Any] | None = None  # with Change.want_row: the task as found
+
+    @property
+    def accepted(self) -> bool:
+        return self.event is not None
+
+
+def json_text(value: Any) -> str | None:
+    """A JSONB parameter as `transaction` connections take it (None: SQL NULL)."""
+    return None if value is None else jsonx.dumps(value).decode()
+
+
+def plain_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The values that are data, not SQL to evaluate (NOW, a time from now ...)."""
+    return {k: v for k, v in values.items() if not isinstance(v, Sql)}
+
+
+def takes_parameter(text: str | None) -> bool:
+    """Whether a column set to a plain value (None) or to `Sql` text needs a parameter."""
+    return text is None or "$" in text
+
+
+def assignment(column: str, text: str | None, parameter: str) -> str:
+    """`column = ...` for a plain value (None) or `Sql` text, `parameter` standing for the
+    value or the Sql's param."""
+    return f"{column} = " + (text or "$").replace("$", parameter)
+
+
+def param(column: str, value: Any) -> Any:
+    if isinstance(value, Sql):
+        return value.param
+    return json_text(value) if column in JSONB_COLUMNS else value
+
+
+ROW_COLUMNS = (
+    "input, timeout_seconds, max_retries, cancel_requested, trace_parent, created_at, "
+    "scheduled_for, clock_timestamp() AS locked_at"
+)
+
+
+LOCKED_COLUMNS = "id, status, event_seq, last_xid, owner, attempts, worker_id"

@@ -1,0 +1,213 @@
+"""The journal's fast path: a group of changes to distinct tasks whose updates have one
+shape (the same columns, the same SQL for computed ones) is recorded by one statement:
+the lock, the checks, the update and the events in one round trip, atomic as a
+statement is.
+
+The decisions `journal.record` takes in Python are made here in SQL with the same inputs:
+the statuses each change may start from (from states.py), expect_attempt/expect_worker,
+and the xid check, which writes nothing at all when it fails (the caller then records
+the group in a transaction). Several changes to one task, or mixed shapes, go through
+`journal.record`."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from taskrunner.changes import (
+    CURRENT_XID,
+    LOCKED_COLUMNS,
+    NEXT_ATTEMPT,
+    ROW_COLUMNS,
+    Change,
+    Outcome,
+    Sql,
+    assignment,
+    json_text,
+    param,
+    takes_parameter,
+)
+from taskrunner.connections import connection
+from taskrunner.events import Event, EventKind
+from taskrunner.groupcommit import Refused
+from taskrunner.models import task_table
+from taskrunner.states import (
+    TaskStatus,
+    accepts_artifacts,
+    accepts_events,
+    attempt_runs,
+    can_move,
+)
+
+NEXT = "+1"  # NEXT_ATTEMPT in a shape
+
+
+Shape = tuple[tuple[str, str | None, str | None], ...]  # (column, Sql text | NEXT, its type)
+
+
+def shape_of(change: Change) -> Shape:
+    return tuple(
+        sorted(
+            (name, NEXT, None)
+            if value is NEXT_ATTEMPT
+            else (name, value.text, value.param_type)
+            if isinstance(value, Sql)
+            else (name, None, None)
+            for name, value in change.values.items()
+        )
+    )
+
+
+def allowed_from(change: Change) -> str:
+    """The statuses a change may find its task in, as `a,b,c`."""
+    return _statuses(
+        change.to,
+        change.kind,
+        change.retry_request,
+        change.only_from,
+        change.expect_attempt is not None,
+    )
+
+
+@functools.cache
+def _statuses(
+    to: TaskStatus | None,
+    kind: EventKind,
+    retry_request: bool,
+    only_from: TaskStatus | None,
+    attempt_bound: bool,
+) -> str:
+    def allowed(s: TaskStatus) -> bool:
+        if attempt_bound and not attempt_runs(s):
+            return False
+        if to is None:
+            return accepts_artifacts(s) if kind is EventKind.ARTIFACT else accepts_events(s)
+        return can_move(s, to, retry_request=retry_request, only_from=only_from)
+
+    return ",".join(s.value for s in TaskStatus if allowed(s))
+
+
+@functools.cache
+def _column_type(column: str) -> str:
+    dialect: Any = postgresql.dialect
+    return str(task_table.c[column].type.compile(dialect=dialect()))
+
+
+@functools.cache
+def _statement(shape: Shape, full: bool) -> tuple[str, tuple[str, ...]]:
+    """The statement for changes of `shape`, and the columns whose values (or Sql params)
+    are its parameters after the first seven (one array each)."""
+    arrays = ["uuid", "text", "int", "text", "text", "jsonb", "text"]
+    names = ["id", "allowed", "expect_attempt", "expect_worker", "kind", "data", "to_status"]
+    sets = [
+        "event_seq = t.event_seq + 1",
+        f"last_xid = {CURRENT_XID}",
+        "status = coalesce(ok.to_status, t.status)",
+    ]
+    takes: list[str] = []
+    for column, text, param_type in shape:
+        if text == NEXT:
+            sets.append(f"{column} = t.{column} + 1")
+        else:
+            if takes_parameter(text):
+                takes.append(column)
+                arrays.append(param_type or _column_type(column))
+                names.append(f"v_{column}")
+            sets.append(assignment(column, text, f"ok.v_{column}"))
+    unnest = ", ".join(f"${i}::{a}[]" for i, a in enumerate(arrays, start=1))
+    extra = "".join(f", t.{c.strip()}" for c in ROW_COLUMNS.split(",")) if full else ""
+    extra = extra.replace("t.clock_timestamp()", "clock_timestamp()")
+    locked = ", ".join(f"t.{c}" for c in LOCKED_COLUMNS.split(", "))
+    statement = f"""
+WITH c AS (SELECT * FROM unnest({unnest}) AS c({", ".join(names)})),
+locked AS (
+  SELECT {locked}, {CURRENT_XID} AS xid{extra}
+  FROM task t WHERE t.id = ANY($1::uuid[]) ORDER BY t.id FOR UPDATE
+),
+ok AS (
+  SELECT c.*, l.owner FROM locked l JOIN c ON c.id = l.id
+  WHERE l.status = ANY(string_to_array(c.allowed, ','))
+    AND (c.expect_attempt IS NULL OR l.attempts = c.expect_attempt)
+    AND (c.expect_worker IS NULL OR l.worker_id = c.expect_worker)
+    AND NOT EXISTS (SELECT FROM locked x WHERE x.last_xid > x.xid)
+),
+upd AS (
+  UPDATE task t SET {", ".join(sets)} FROM ok WHERE t.id = ok.id RETURNING t.id, t.event_seq
+),
+ev AS (
+  INSERT INTO task_event (task_id, seq, owner, kind, data)
+  SELECT upd.id, upd.event_seq, ok.owner, ok.kind, ok.data FROM upd JOIN ok ON ok.id = upd.id
+  RETURNING id, task_id, seq, xid, at, data
+)
+SELECT l.*, ev.id AS e_id, ev.seq AS e_seq, ev.xid AS e_xid, ev.at AS e_at, ev.data AS e_data
+FROM locked l LEFT JOIN ev ON ev.task_id = l.id"""
+    return statement, tuple(takes)
+
+
+def one_shape(changes: Sequence[Change]) -> Shape | None:
+    """The shape of `changes` when one statement can record them (see above)."""
+    shape = shape_of(changes[0])
+    ids = {change.task_id for change in changes}
+    if len(ids) < len(changes) or any(shape_of(c) != shape for c in changes[1:]):
+        return None
+    return shape
+
+
+async def record_group(
+    engine: AsyncEngine, changes: Sequence[Change], shape: Shape
+) -> list[Outcome] | None:
+    """Record `changes` (of one `shape`, distinct tasks) in one statement; None when it kept
+    meeting xid inversions (the caller then runs a transaction, which retries longer)."""
+    full = any(c.want_row for c in changes)
+    statement, takes = _statement(shape, full)
+    try:
+        args: list[list[Any]] = [
+            [c.task_id for c in changes],
+            [allowed_from(c) for c in changes],
+            [c.expect_attempt for c in changes],
+            [c.expect_worker for c in changes],
+            [c.kind.value for c in changes],
+            [json_text(dict(c.data)) for c in changes],
+            [c.to.value if c.to else None for c in changes],
+            *([param(column, c.values[column]) for c in changes] for column in takes),
+        ]
+    except Exception as exc:  # a value that cannot be encoded
+        raise Refused(str(exc)) from exc
+    for _ in range(3):
+        try:
+            async with connection(engine) as conn:
+                rows = {r["id"]: r for r in await conn.fetch(statement, *args)}
+        except (asyncpg.PostgresError, ValueError) as exc:  # refused: nothing was written
+            raise Refused(str(exc)) from exc
+        if not any(r["last_xid"] > r["xid"] for r in rows.values()):
+            break
+    else:
+        return None
+    outcomes = []
+    for change in changes:
+        row = rows.get(change.task_id)
+        if row is None:
+            outcomes.append(Outcome(change, None, None))
+            continue
+        event = None
+        if row["e_id"] is not None:
+            event = Event(
+                id=row["e_id"],
+                task_id=change.task_id,
+                seq=row["e_seq"],
+                xid=row["e_xid"],
+                owner=row["owner"],
+                kind=change.kind,
+                at=row["e_at"],
+                data=row["e_data"],
+            )
+        snapshot = None
+        if change.want_row:
+            snapshot = {k: v for k, v in row.items() if not k.startswith("e_")}
+        outcomes.append(Outcome(change, TaskStatus(row["status"]), event, snapshot))
+    return outcomes
