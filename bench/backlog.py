@@ -35,7 +35,7 @@ from taskrunner.db import create_engine, migrate
 from taskrunner.embedded import EmbeddedPostgres, EmbeddedRedis
 from taskrunner.logs import configure_logging
 from taskrunner.submissions import Submission, submit
-from workers.settings import TaskWorker, worker_options
+from workers.settings import task_worker
 
 IDLE_POLL_SECONDS = 30.0
 BATCH = 100  # submissions per submit() call
@@ -65,8 +65,9 @@ async def drain(
                 submissions=work[start : start + BATCH],
             )
         log(f"[backlog] {n} tasks queued; one worker with {slots} slots starts")
-        options = {**worker_options(settings), "handle_signals": False, "max_jobs": slots}
-        worker = TaskWorker(**options, idle_poll_seconds=IDLE_POLL_SECONDS)
+        worker = task_worker(
+            settings, handle_signals=False, max_jobs=slots, idle_poll_seconds=IDLE_POLL_SECONDS
+        )
         running = asyncio.create_task(worker.async_run())
         began = time.monotonic()
         try:

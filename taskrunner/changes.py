@@ -104,7 +104,7 @@ def param(column: str, value: Any) -> Any:
 
 ROW_COLUMNS = (
     "input, timeout_seconds, max_retries, cancel_requested, trace_parent, created_at, "
-    "scheduled_for, clock_timestamp() AS locked_at"
+    "scheduled_for, concurrency_key, clock_timestamp() AS locked_at"
 )
 
 

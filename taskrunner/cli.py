@@ -126,12 +126,10 @@ def dev_key(database_url: str, data: Path) -> str:
 def cmd_worker(settings: Settings) -> int:
     import uvloop
 
-    from workers.settings import TaskWorker, worker_options
+    from workers.settings import task_worker
 
     asyncio.set_event_loop(uvloop.new_event_loop())  # arq's Worker takes the current loop
-    TaskWorker(
-        **worker_options(settings), idle_poll_seconds=settings.worker_idle_poll_seconds
-    ).run()
+    task_worker(settings).run()
     return 0
 
 
@@ -225,7 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("dev", help="run the whole stack locally (embedded PostgreSQL and Redis)")
     sub.add_parser("api", help="serve the GraphQL API (uvicorn)")
-    sub.add_parser("worker", help="run an arq worker")
+    worker = sub.add_parser("worker", help="run an arq worker")
+    worker.add_argument(
+        "--queues",
+        help="comma-separated named queues to serve (default: WORKER_QUEUES, or `default`)",
+    )
     sub.add_parser("migrate", help="apply database migrations (alembic upgrade head)")
     export = sub.add_parser("export-schema", help="write schema.graphql from the code")
     export.add_argument("-o", "--output", help="file to write, '-' for stdout")
@@ -246,7 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "export-schema":
             return cmd_export_schema(args.output)
-        settings = load_settings()
+        overrides = {}
+        if args.command == "worker" and args.queues:
+            overrides["worker_queues"] = args.queues
+        settings = load_settings(**overrides)
     except ConfigError as exc:
         print(f"taskrunner: {exc}", file=sys.stderr)
         return 2

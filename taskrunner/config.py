@@ -11,6 +11,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from taskrunner.errors import ConfigError
 
+QUEUE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+QUEUE_NAME_RULE = "1 to 63 of a-z, 0-9, '_', '.', '-', starting with a letter or digit"
+
 
 class Settings(BaseSettings):
     """Every knob of the service. Names follow the seeds (see README's table)."""
@@ -252,7 +255,40 @@ class Settings(BaseSettings):
         description="Comma-separated packages of your own task types (modules with NAME, "
         "Input and run), added to the built-in ones.",
     )
-    queue_name: str = Field(default="taskrunner:queue", description="arq queue (a Redis key).")
+    queue_name: str = Field(
+        default="taskrunner:queue",
+        description="arq queue of the `default` named queue (a Redis key); another named "
+        "queue is `<QUEUE_NAME>:<name>`.",
+    )
+    worker_queues: str = Field(
+        default="default",
+        description="Comma-separated named queues a worker serves (`taskrunner worker "
+        "--queues` overrides it). Under the arq CLI: one queue per process.",
+    )
+    worker_queues_strict: bool = Field(
+        default=False,
+        description="Refuse `options.queue` names that are not `default`, a task type's "
+        "queue, listed in WORKER_QUEUES, or served by a live worker (catches typos).",
+    )
+    max_schedules_per_owner: int = Field(
+        default=100, ge=1, description="Most schedules one owner may have."
+    )
+    schedule_max_catchup: int = Field(
+        default=100,
+        ge=1,
+        description="Most missed ticks a schedule with `catchup: ALL` fires after downtime.",
+    )
+    schedule_interval_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="Longest a worker sleeps between looks for due schedules (it wakes for the "
+        "next due tick sooner).",
+    )
+    max_bulk_action: int = Field(
+        default=1000,
+        ge=1,
+        description="Most tasks one cancelTasks or retryTasks call may change.",
+    )
     log_level: str = Field(default="INFO", description="Log level of every process.")
     log_format: str = Field(
         default="json",
@@ -289,6 +325,21 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis:// (e.g. redis://127.0.0.1:6379/0)")
         return value
+
+    @field_validator("worker_queues")
+    @classmethod
+    def _queues(cls, value: str) -> str:
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        if not names:
+            raise ValueError("name at least one queue, e.g. default")
+        for name in names:
+            if not QUEUE_NAME.match(name):
+                raise ValueError(f"{name!r} is not a queue name: use {QUEUE_NAME_RULE}")
+        return ",".join(dict.fromkeys(names))
+
+    def queues(self) -> list[str]:
+        """WORKER_QUEUES as a list."""
+        return self.worker_queues.split(",")
 
     @field_validator("log_format")
     @classmethod

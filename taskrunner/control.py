@@ -51,7 +51,7 @@ async def cancel(
         outcome = await journal.apply_one(engine, redis, change)
         if outcome.accepted:
             if status is TaskStatus.QUEUED:
-                await queue.remove(pool, task_id)
+                await queue.remove(pool, task_id, task.queue)
             else:
                 await redis.publish(CANCEL_CHANNEL, cancel_message(task_id, task.attempts))
             return await require(engine=engine, task_id=task_id, owner=owner)
@@ -67,5 +67,5 @@ async def retry(
     if not outcome.accepted:
         found = outcome.found.value if outcome.found else "gone"
         raise Conflict(f"task {task_id} is {found}; only FAILED or CANCELLED tasks can be retried")
-    await queue.enqueue(pool, [queue.Job(task.type, task.id, task.priority)])
+    await queue.enqueue(pool, [queue.job_of(task)])
     return await require(engine=engine, task_id=task_id, owner=owner)

@@ -38,6 +38,7 @@ class WorkerInfo(BaseModel):
     started_at: datetime
     last_heartbeat_at: datetime
     running: list[uuid.UUID]
+    queues: list[str] = ["default"]  # the named queues it serves
 
 
 @dataclass

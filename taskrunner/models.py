@@ -45,7 +45,41 @@ class TaskTable(SQLModel, table=True):
             "ix_task_ready",
             sa.text("priority DESC"),
             "created_at",
-            postgresql_where=sa.text("status = 'QUEUED' AND due_at IS NULL"),
+            postgresql_where=sa.text("status = 'QUEUED' AND due_at IS NULL AND waiting IS NULL"),
+        ),
+        # `queues`: what waits and runs on each named queue
+        sa.Index(
+            "ix_task_queue_active",
+            "queue",
+            "status",
+            "created_at",
+            postgresql_where=sa.text("status IN ('QUEUED', 'RUNNING')"),
+        ),
+        # concurrency keys: the running tasks of a key, and those held back for a slot
+        sa.Index(
+            "ix_task_concurrency",
+            "owner",
+            "concurrency_key",
+            "status",
+            postgresql_where=sa.text(
+                "concurrency_key IS NOT NULL AND status IN ('QUEUED', 'RUNNING')"
+            ),
+        ),
+        # exactly one task per tick of a schedule
+        sa.Index(
+            "ux_task_schedule_tick",
+            "schedule_id",
+            "scheduled_for",
+            unique=True,
+            postgresql_where=sa.text("schedule_id IS NOT NULL"),
+        ),
+        # Schedule.tasks, newest first
+        sa.Index(
+            "ix_task_schedule_created",
+            "schedule_id",
+            "created_at",
+            "id",
+            postgresql_where=sa.text("schedule_id IS NOT NULL"),
         ),
         sa.Index("ix_task_running", "worker_id", postgresql_where=sa.text("status = 'RUNNING'")),
         sa.Index("ix_task_labels", "labels", postgresql_using="gin"),
@@ -98,6 +132,22 @@ class TaskTable(SQLModel, table=True):
     cancel_requested: bool = Field(default=False, sa_column_kwargs={"server_default": "false"})
     worker_id: str | None = None
     trace_parent: str | None = None  # W3C traceparent of the submitting request
+    queue: str = Field(
+        default="default",
+        sa_column=sa.Column(sa.Text, nullable=False, server_default="default"),
+        description="The named queue it waits on; workers serve the queues they are given.",
+    )
+    concurrency_key: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    concurrency_limit: int | None = None
+    waiting: str | None = Field(
+        default=None,
+        sa_column=sa.Column(sa.Text),
+        description="QUEUED but held back from the queue: 'concurrency' while as many tasks "
+        "of its concurrency key run as its limit allows.",
+    )
+    schedule_id: uuid.UUID | None = Field(
+        default=None, sa_column=sa.Column(sa.Uuid), description="The schedule that fired it."
+    )
     event_seq: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     last_xid: int = Field(
         sa_column=sa.Column(sa.BigInteger, nullable=False, server_default=CURRENT_XID)
@@ -215,11 +265,77 @@ class TaskRecord:
     cancel_requested: bool
     worker_id: str | None
     trace_parent: str | None
+    queue: str
+    concurrency_key: str | None
+    concurrency_limit: int | None
+    waiting: str | None
+    schedule_id: uuid.UUID | None
     event_seq: int
     last_xid: int
 
 
 event_table: sa.Table = TaskEventTable.__table__  # type: ignore[attr-defined]
+
+
+class ScheduleTable(SQLModel, table=True):
+    """The `schedule` table: a task spec fired on a cron expression or a fixed interval
+    (taskrunner.schedules). Each tick fires one task (task.schedule_id, task.scheduled_for:
+    unique), however many workers look at it."""
+
+    __tablename__ = "schedule"
+    __table_args__ = (
+        sa.Index("ix_schedule_owner_created", "owner", "created_at", "id"),
+        sa.Index("ix_schedule_due", "next_run_at", postgresql_where=sa.text("NOT paused")),
+    )
+
+    id: uuid.UUID = Field(primary_key=True)
+    owner: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    key_id: uuid.UUID | None = Field(
+        default=None, sa_column=sa.Column(sa.Uuid), description="The API key that made it."
+    )
+    name: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    cron: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    every_seconds: float | None = Field(default=None, sa_column=sa.Column(sa.Float))
+    timezone: str = Field(sa_column=sa.Column(sa.Text, nullable=False, server_default="UTC"))
+    task_type: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    task_input: dict[str, Any] = Field(sa_column=sa.Column(JSONB, nullable=False))
+    options: dict[str, Any] = Field(sa_column=sa.Column(JSONB, nullable=False))
+    overlap: str = Field(sa_column=sa.Column(sa.Text, nullable=False, server_default="ALLOW"))
+    catchup: str = Field(sa_column=sa.Column(sa.Text, nullable=False, server_default="ONE"))
+    paused: bool = Field(default=False, sa_column_kwargs={"server_default": "false"})
+    next_run_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
+    )
+    last_run_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
+    )
+    last_task_id: uuid.UUID | None = Field(default=None, sa_column=sa.Column(sa.Uuid))
+    skipped: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    last_skipped_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
+    )
+    created_at: datetime = Field(
+        sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False, server_default=NOW)
+    )
+
+
+schedule_table: sa.Table = ScheduleTable.__table__  # type: ignore[attr-defined]
+
+
+class QueueState(SQLModel, table=True):
+    """The `queue_state` table: named queues an admin paused (pauseQueue). A queue without
+    a row is not paused."""
+
+    __tablename__ = "queue_state"
+
+    name: str = Field(sa_column=sa.Column(sa.Text, primary_key=True))
+    paused: bool = Field(default=False, sa_column_kwargs={"server_default": "false"})
+    changed_at: datetime = Field(
+        sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False, server_default=NOW)
+    )
+
+
+queue_state_table: sa.Table = QueueState.__table__  # type: ignore[attr-defined]
 
 
 class ApiKey(SQLModel, table=True):

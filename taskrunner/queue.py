@@ -5,6 +5,11 @@ arq reads its queue, a Redis sorted set, in score order among members whose scor
 in the future. We give every job a score in the past that encodes its priority: a higher
 priority is an older score, and within one priority the enqueue time keeps FIFO order.
 Tasks that must wait (runAt, retry backoff) wait in PostgreSQL and are enqueued when due.
+
+Named queues: each is its own sorted set, `<QUEUE_NAME>` for `default` and
+`<QUEUE_NAME>:<name>` for the others, and workers read the sets of the queues they serve.
+A paused queue has the key `<its set>:paused` (written from PostgreSQL's `queue_state`,
+which decides); workers claim nothing from it meanwhile.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from arq import ArqRedis, create_pool
 from arq.connections import RedisSettings
@@ -20,19 +26,49 @@ from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.jobs import serialize_job
 from redis.asyncio.client import Pipeline
 
+from taskrunner.config import QUEUE_NAME, QUEUE_NAME_RULE  # noqa: F401  (the rule of names)
+
 PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
 PRIORITY_STEP_MS = 10**11  # ~3 years: one priority level outranks any wait in the queue
 JOB_EXPIRES_MS = 7 * 24 * 3600 * 1000  # a job still waiting after this is dropped by arq;
 # the reconciler then enqueues it again from PostgreSQL
 
 
+DEFAULT_QUEUE = "default"
+
+
 @dataclass(frozen=True)
 class Job:
-    """A task to deliver: the arq function is the task type, the only argument the id."""
+    """A task to deliver: the arq function is the task type, its argument the id (and
+    `limited`, for a task with a concurrency key: its start checks for a free slot)."""
 
     task_type: str
     task_id: uuid.UUID
     priority: int = 0
+    queue: str = DEFAULT_QUEUE
+    limited: bool = False
+
+
+def job_of(task: Any) -> Job:
+    """The job of a task row (a TaskRecord, or a row with type, id, priority, queue and
+    concurrency_key)."""
+    return Job(
+        task.type,
+        task.id,
+        task.priority,
+        getattr(task, "queue", DEFAULT_QUEUE) or DEFAULT_QUEUE,
+        getattr(task, "concurrency_key", None) is not None,
+    )
+
+
+def key(base: str, queue: str) -> str:
+    """The Redis sorted set of the named `queue` (`base`: QUEUE_NAME, the default's)."""
+    return base if queue == DEFAULT_QUEUE else f"{base}:{queue}"
+
+
+def paused_key(queue_key: str) -> str:
+    """Set while the queue is paused: workers claim nothing from it."""
+    return f"{queue_key}:paused"
 
 
 def score(priority: int, enqueued_ms: int) -> int:
@@ -65,17 +101,22 @@ async def enqueue(pool: ArqRedis, jobs: Sequence[Job]) -> None:
         await pipe.execute()
 
 
-def add_enqueues(pipe: Pipeline, queue_name: str, jobs: Sequence[Job]) -> None:
-    """Queue the commands of `enqueue` on a pipeline."""
+def add_enqueues(pipe: Pipeline, base: str, jobs: Sequence[Job]) -> None:
+    """Queue the commands of `enqueue` on a pipeline (`base`: the default queue's key)."""
     if not jobs:
         return
     now = int(time.time() * 1000)
+    keys: dict[str, None] = {}
     for job in jobs:
         job_id = str(job.task_id)
-        payload = serialize_job(job.task_type, (job_id,), {}, None, now)
+        args: tuple[Any, ...] = (job_id, True) if job.limited else (job_id,)
+        payload = serialize_job(job.task_type, args, {}, None, now)
+        queue_key = key(base, job.queue)
+        keys[queue_key] = None
         pipe.set(job_key_prefix + job_id, payload, px=JOB_EXPIRES_MS, nx=True)
-        pipe.zadd(queue_name, {job_id: score(job.priority, now)}, nx=True)
-    pipe.publish(wake_channel(queue_name), b"")
+        pipe.zadd(queue_key, {job_id: score(job.priority, now)}, nx=True)
+    for queue_key in keys:
+        pipe.publish(wake_channel(queue_key), b"")
 
 
 async def redeliver(pool: ArqRedis, jobs: Sequence[Job]) -> None:
@@ -88,29 +129,25 @@ async def redeliver(pool: ArqRedis, jobs: Sequence[Job]) -> None:
     await enqueue(pool, jobs)
 
 
-async def missing(pool: ArqRedis, task_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
-    """The ids among `task_ids` that Redis does not hold as a job (lost, flushed)."""
-    if not task_ids:
+async def missing(pool: ArqRedis, jobs: Sequence[Job]) -> list[Job]:
+    """The jobs that Redis does not hold (lost, flushed) on their queue."""
+    if not jobs:
         return []
     async with pool.pipeline(transaction=False) as pipe:
-        for task_id in task_ids:
-            pipe.exists(job_key_prefix + str(task_id))
-            pipe.zscore(pool.default_queue_name, str(task_id))
+        for job in jobs:
+            pipe.exists(job_key_prefix + str(job.task_id))
+            pipe.zscore(key(pool.default_queue_name, job.queue), str(job.task_id))
         found = await pipe.execute()
-    return [
-        task_id
-        for i, task_id in enumerate(task_ids)
-        if not found[2 * i] or found[2 * i + 1] is None
-    ]
+    return [job for i, job in enumerate(jobs) if not found[2 * i] or found[2 * i + 1] is None]
 
 
-async def remove(pool: ArqRedis, task_id: uuid.UUID) -> None:
+async def remove(pool: ArqRedis, task_id: uuid.UUID, queue: str = DEFAULT_QUEUE) -> None:
     """Drop a waiting job (a cancelled task). A worker that already took it re-reads the
     row and skips it, so losing this race is harmless."""
     job_id = str(task_id)
     if await pool.exists(in_progress_key_prefix + job_id):
         return
     async with pool.pipeline(transaction=True) as pipe:
-        pipe.zrem(pool.default_queue_name, job_id)
+        pipe.zrem(key(pool.default_queue_name, queue), job_id)
         pipe.delete(job_key_prefix + job_id)
         await pipe.execute()

@@ -21,7 +21,7 @@ from arq import ArqRedis
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import journal, queue, transitions
+from taskrunner import concurrency, journal, queue, transitions
 from taskrunner.artifacts.storage import ArtifactStore
 from taskrunner.artifacts.tasklog import store_task_log
 from taskrunner.heartbeats import SUSPECTS
@@ -37,11 +37,11 @@ async def enqueue_due(engine: AsyncEngine, pool: ArqRedis, limit: int = BATCH) -
         "WITH due AS (SELECT id FROM task WHERE due_at <= clock_timestamp() "
         "AND status = 'QUEUED' ORDER BY due_at LIMIT :limit FOR UPDATE SKIP LOCKED) "
         "UPDATE task SET due_at = NULL FROM due WHERE task.id = due.id "
-        "RETURNING task.id, task.type, task.priority"
+        "RETURNING task.id, task.type, task.priority, task.queue, task.concurrency_key"
     )
     async with engine.begin() as conn:
         rows = (await conn.execute(claim, {"limit": limit})).all()
-    await queue.enqueue(pool, [queue.Job(r.type, r.id, r.priority) for r in rows])
+    await queue.enqueue(pool, [queue.job_of(r) for r in rows])
     return len(rows)
 
 
@@ -53,10 +53,11 @@ async def requeue_lost(
     its commit and its enqueue they are in neither place, and that is no loss)."""
     t = task_table.c
     query = (
-        sa.select(t.id, t.type, t.priority)
+        sa.select(t.id, t.type, t.priority, t.queue, t.concurrency_key)
         .where(
             t.status == TaskStatus.QUEUED.value,
             t.due_at.is_(None),
+            t.waiting.is_(None),
             t.created_at < sa.func.clock_timestamp() - timedelta(seconds=grace_seconds),
         )
         .order_by(t.priority.desc(), t.created_at)
@@ -64,18 +65,21 @@ async def requeue_lost(
     )
     async with engine.connect() as conn:
         rows = {r.id: r for r in (await conn.execute(query)).all()}
-    lost = await queue.missing(pool, list(rows))
+    lost = await queue.missing(pool, [queue.job_of(r) for r in rows.values()])
     if lost:  # a worker may have finished some meanwhile: keep those still waiting
         async with engine.connect() as conn:
             still = set(
                 await conn.scalars(
                     sa.select(t.id).where(
-                        t.id.in_(lost), t.status == TaskStatus.QUEUED.value, t.due_at.is_(None)
+                        t.id.in_([j.task_id for j in lost]),
+                        t.status == TaskStatus.QUEUED.value,
+                        t.due_at.is_(None),
+                        t.waiting.is_(None),
                     )
                 )
             )
-        lost = [i for i in lost if i in still]
-    await queue.enqueue(pool, [queue.Job(rows[i].type, i, rows[i].priority) for i in lost])
+        lost = [j for j in lost if j.task_id in still]
+    await queue.enqueue(pool, lost)
     return len(lost)
 
 
@@ -86,7 +90,16 @@ async def find_orphans(
     (its worker died, or lost track of it after an error)."""
     t = task_table.c
     query = sa.select(
-        t.id, t.type, t.priority, t.attempts, t.max_retries, t.cancel_requested, t.worker_id
+        t.id,
+        t.type,
+        t.priority,
+        t.attempts,
+        t.max_retries,
+        t.cancel_requested,
+        t.worker_id,
+        t.owner,
+        t.queue,
+        t.concurrency_key,
     ).where(
         t.status == TaskStatus.RUNNING.value,
         t.started_at < sa.func.clock_timestamp() - timedelta(seconds=grace_seconds),
@@ -166,9 +179,16 @@ async def recover_orphans(
                 )
     outcomes = await journal.apply(engine, pool, changes)
     again = [
-        queue.Job(r.type, r.id, r.priority)
+        queue.job_of(r)
         for r, o in zip(orphans, outcomes, strict=True)
         if o.accepted and o.change.to is TaskStatus.QUEUED
     ]
     await queue.redeliver(pool, again)
+    # their concurrency slots are free again: start what waited for them
+    freed = [
+        (r.owner, key)
+        for r, o in zip(orphans, outcomes, strict=True)
+        if o.accepted and (key := getattr(r, "concurrency_key", None)) is not None
+    ]
+    await concurrency.release(engine, pool, freed)
     return sum(o.accepted for o in outcomes)

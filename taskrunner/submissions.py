@@ -43,6 +43,10 @@ class Submission:
     delay_seconds: int | None = None  # delaySeconds: counted from the insert, on the DB clock
     idempotency_key: str | None = None
     labels: tuple[str, ...] = ()
+    queue: str = "default"
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
+    schedule_id: uuid.UUID | None = None  # fired by this schedule, for its tick scheduled_for
 
 
 MAX_GROUP_REQUESTS = 100  # submit() calls (up to MAX_BATCH_SIZE tasks each) in one transaction
@@ -93,7 +97,7 @@ async def _submit_now(
                 metrics.TASKS_SUBMITTED.labels(task.type).inc()
                 event("task_submitted", task_id=str(task.id), task_type=task.type, owner=owner)
                 if not task.due_at:
-                    jobs.append(queue.Job(task.type, task.id, task.priority))
+                    jobs.append(queue.job_of(task))
     try:  # publish and enqueue in one round trip
         async with pool.pipeline(transaction=False) as pipe:
             add_publishes(pipe, events)
@@ -112,17 +116,19 @@ INSERT_TASKS = f"""
 WITH s AS (
   SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int[], $6::int[],
                        $7::int[], $8::text[], $9::jsonb[], $10::text[], $11::timestamptz[],
-                       $12::timestamptz[])
+                       $12::timestamptz[], $13::text[], $14::text[], $15::int[], $16::uuid[])
     AS s(id, owner, type, input, priority, max_retries, timeout_seconds, idempotency_key,
-         labels, trace_parent, scheduled_for, due_at)
+         labels, trace_parent, scheduled_for, due_at, queue, concurrency_key,
+         concurrency_limit, schedule_id)
 ),
 t AS (
   INSERT INTO task (id, owner, type, status, input, priority, max_retries, timeout_seconds,
-                    idempotency_key, labels, trace_parent, scheduled_for, due_at, event_seq,
-                    created_at)
+                    idempotency_key, labels, trace_parent, scheduled_for, due_at, queue,
+                    concurrency_key, concurrency_limit, schedule_id, event_seq, created_at)
   SELECT id, owner, type, 'QUEUED', input, priority, max_retries, timeout_seconds,
          idempotency_key, ARRAY(SELECT jsonb_array_elements_text(labels)), trace_parent,
-         scheduled_for, due_at, 1, coalesce($13::timestamptz, clock_timestamp())
+         scheduled_for, due_at, queue, concurrency_key, concurrency_limit, schedule_id, 1,
+         coalesce($17::timestamptz, clock_timestamp())
   FROM s
   ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
   RETURNING *
@@ -213,4 +219,8 @@ def _row(s: Submission, owner: str, now: datetime | None) -> tuple[Any, ...]:
         tracing.traceparent(),
         start,
         due,
+        s.queue,
+        s.concurrency_key,
+        s.concurrency_limit,
+        s.schedule_id,
     )

@@ -79,7 +79,12 @@ def started(task_id: uuid.UUID, worker_id: str) -> Change:
         EventKind.STATUS,
         _status(TaskStatus.RUNNING),
         to=TaskStatus.RUNNING,
-        values={"started_at": NOW, "attempts": NEXT_ATTEMPT, "worker_id": worker_id},
+        values={
+            "started_at": NOW,
+            "attempts": NEXT_ATTEMPT,
+            "worker_id": worker_id,
+            "waiting": None,
+        },
         want_row=True,
     )
 
@@ -304,5 +309,6 @@ def retried(task_id: uuid.UUID) -> Change:
             "progress": None,
             "progress_message": None,
             "worker_id": None,
+            "waiting": None,
         },
     )

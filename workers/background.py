@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from taskrunner import heartbeats, reconciler
+from taskrunner import concurrency, heartbeats, queues, reconciler
 from taskrunner.artifacts.records import delete_expired
 from taskrunner.artifacts.uploads import expire_uploads
 from taskrunner.config import Settings
@@ -112,6 +112,7 @@ def worker_info(ctx: WorkerContext, started_at: datetime) -> heartbeats.WorkerIn
         started_at=started_at,
         last_heartbeat_at=datetime.now(UTC),
         running=held(ctx),  # also attempts whose final status is still being written
+        queues=ctx["settings"].queues(),
     )
 
 
@@ -122,6 +123,13 @@ async def beat(ctx: WorkerContext) -> None:
         ctx["settings"].heartbeat_interval_seconds,
         ctx["pulse"],  # while beats fail, the worker takes no new task (TaskWorker)
     )
+
+
+async def sync_paused(ctx: WorkerContext) -> None:
+    """Write the paused flags of the queues (from PostgreSQL, which decides) into Redis,
+    where claims read them: repairs a flag lost with Redis, or not written by a pauseQueue
+    whose process died between the two."""
+    await queues.sync_paused(ctx["engine"], ctx["redis"])
 
 
 async def check_memory(ctx: WorkerContext) -> None:
@@ -148,6 +156,7 @@ async def reconcile(ctx: WorkerContext) -> None:
     grace = settings.heartbeat_interval_seconds * heartbeats.MISSED_BEATS
     candidates = await reconciler.find_orphans(ctx["engine"], live, grace_seconds=grace)
     due = await reconciler.due_orphans(ctx["redis"], candidates, grace_seconds=grace)
+    await concurrency.release_all(ctx["engine"], ctx["redis"])  # releases lost to a crash
     orphans = await reconciler.recover_orphans(
         ctx["engine"],
         ctx["redis"],
@@ -208,6 +217,7 @@ def start(ctx: WorkerContext) -> list[asyncio.Task[None]]:
     s = ctx["settings"]
     loops = [
         (s.heartbeat_interval_seconds, beat, "heartbeat"),
+        (s.heartbeat_interval_seconds, sync_paused, "paused-queues"),
         (s.scheduler_interval_seconds, enqueue_due, "scheduler"),
         (s.memory_check_interval_seconds, check_memory, "memory"),
         (s.reconcile_interval_seconds, reconcile, "reconciler"),

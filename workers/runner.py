@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import journal, metrics, tracing, transitions
+from taskrunner import concurrency, journal, metrics, tracing, transitions
 from taskrunner.artifacts.tasklog import store_task_log
 from taskrunner.changes import Change, Outcome
 from taskrunner.db import retry_unavailable
@@ -46,21 +46,28 @@ from workers.worker_context import Running, WorkerContext
 log = logging.getLogger(__name__)
 
 
-async def execute(ctx: WorkerContext, task_type: TaskType, task_id: str) -> str:
-    """The arq job body for every task type; returns a short note for arq's log."""
+async def execute(
+    ctx: WorkerContext, task_type: TaskType, task_id: str, limited: bool = False
+) -> str:
+    """The arq job body for every task type; returns a short note for arq's log.
+    `limited`: the task has a concurrency key, and starts only with a free slot."""
     engine, redis = ctx["engine"], ctx["redis"]
     tid = uuid.UUID(task_id)
     change = transitions.started(tid, ctx["worker_id"])
     tries = 0
 
-    async def start_once() -> Outcome:
+    async def start_once() -> Outcome | None:
         nonlocal tries
         tries += 1
+        if limited:
+            return await concurrency.start(engine, redis, change)
         return await journal.apply_one(engine, redis, change)
 
     start = await retry_unavailable(
         start_once, within=ctx["settings"].worker_write_retry_seconds, what=f"start {tid}"
     )
+    if start is None:  # its key has no free slot: held back until one frees
+        return "held back: waiting for a concurrency slot"
     attempt: Attempt | None = None
     if start.accepted and start.row is not None:
         # Only its creation event before this start: it waited since it was created (or its
@@ -122,6 +129,10 @@ async def _attempt(
         if attempt.number > 1 or final.to is not TaskStatus.SUCCEEDED or tid in ctx["logged"]:
             await _store_log(ctx, tid, attempt.number)
         await _record_final(ctx, tid, final)
+        if attempt.concurrency_key is not None:  # its slot is free: start what waits for it
+            await concurrency.release(
+                ctx["engine"], ctx["redis"], [(attempt.owner, attempt.concurrency_key)]
+            )
         return final
     finally:
         ctx["logged"].discard(tid)
@@ -202,6 +213,8 @@ class Attempt:
     cancel_requested: bool
     trace_parent: str | None
     queue_wait_seconds: float
+    owner: str = ""
+    concurrency_key: str | None = None
 
 
 def _first_attempt(row: Mapping[str, Any]) -> Attempt:
@@ -216,6 +229,8 @@ def _first_attempt(row: Mapping[str, Any]) -> Attempt:
         row["cancel_requested"],
         row["trace_parent"],
         max(0.0, (row["locked_at"] - ready_at).total_seconds()),
+        row["owner"],
+        row["concurrency_key"],
     )
 
 
@@ -244,6 +259,8 @@ async def _load(
         t.cancel_requested,
         t.trace_parent,
         sa.func.extract("epoch", t.started_at - ready_at).label("queue_wait"),
+        t.owner,
+        t.concurrency_key,
     ).where(t.id == task_id)
     if worker_id is not None:
         query = query.where(t.status == TaskStatus.RUNNING.value, t.worker_id == worker_id)
@@ -259,6 +276,8 @@ async def _load(
         row.cancel_requested,
         row.trace_parent,
         max(0.0, float(row.queue_wait or 0)),
+        row.owner,
+        row.concurrency_key,
     )
 
 

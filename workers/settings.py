@@ -28,6 +28,7 @@ from taskrunner import heartbeats, metrics, queue, tracing
 from taskrunner.artifacts.storage import make_store
 from taskrunner.config import Settings, get_settings
 from taskrunner.db import create_engine
+from taskrunner.errors import ConfigError
 from taskrunner.logs import configure_logging
 from workers import background
 from workers.catalog import TaskType, catalog
@@ -44,8 +45,8 @@ log = logging.getLogger(__name__)
 def arq_function(task_type: TaskType) -> Function:
     """The arq function that runs `task_type`'s tasks (named for the type: the job name)."""
 
-    async def job(ctx: dict[str, Any], task_id: str) -> str:
-        return await execute(cast(WorkerContext, ctx), task_type, task_id)
+    async def job(ctx: dict[str, Any], task_id: str, limited: bool = False) -> str:
+        return await execute(cast(WorkerContext, ctx), task_type, task_id, limited)
 
     job.__qualname__ = f"run_{task_type.name}"
     return func(job, name=task_type.name, max_tries=1000)
@@ -86,27 +87,38 @@ async def _shutdown(ctx: dict[str, Any]) -> None:
         await engine.dispose()
 
 
-# One poll: read the due jobs of the queue (KEYS[1]) in score order, 100 at a time and at
-# most ARGV[4], and claim up to ARGV[3] that no worker runs yet by setting their in-progress
-# key (ARGV[5] .. id, for ARGV[2] ms), as arq's WATCH/MULTI does one job at a time. Jobs
-# other workers run stay in the queue until they end, so reading on past them matters.
-# Returns id, score, id, score ... of the claimed jobs. (The in-progress keys are built
-# here, not passed as KEYS: fine on one Redis, which is what arq supports.)
+# One poll: read the due jobs of the queues (KEYS, from the ARGV[6]th on, round the list:
+# each poll starts at the next one, so a busy queue does not starve the others), skipping a
+# paused one (its key .. ':paused' exists), in score order, 100 at a time and at most
+# ARGV[4] a queue, and claim up to ARGV[3] that no worker runs yet by setting their
+# in-progress key (ARGV[5] .. id, for ARGV[2] ms), as arq's WATCH/MULTI does one job at a
+# time. Jobs other workers run stay in the queue until they end, so reading on past them
+# matters. Returns id, score, queue index (1-based) for each claimed job. (The in-progress
+# and paused keys are built here, not passed as KEYS: fine on one Redis, which is what arq
+# supports.)
 CLAIM_JOBS = """
 local claimed, limit, most = {}, tonumber(ARGV[3]), tonumber(ARGV[4])
-local offset = 0
-while #claimed < 2 * limit and offset < most do
-  local ready = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES',
-                           'LIMIT', offset, 100)
-  for i = 1, #ready, 2 do
-    if #claimed >= 2 * limit then break end
-    if redis.call('SET', ARGV[5] .. ready[i], '1', 'PX', ARGV[2], 'NX') then
-      claimed[#claimed + 1] = ready[i]
-      claimed[#claimed + 1] = ready[i + 1]
+local first = tonumber(ARGV[6])
+for n = 0, #KEYS - 1 do
+  if #claimed >= 3 * limit then break end
+  local q = (first - 1 + n) % #KEYS + 1
+  if redis.call('EXISTS', KEYS[q] .. ':paused') == 0 then
+    local offset = 0
+    while #claimed < 3 * limit and offset < most do
+      local ready = redis.call('ZRANGEBYSCORE', KEYS[q], '-inf', ARGV[1], 'WITHSCORES',
+                               'LIMIT', offset, 100)
+      for i = 1, #ready, 2 do
+        if #claimed >= 3 * limit then break end
+        if redis.call('SET', ARGV[5] .. ready[i], '1', 'PX', ARGV[2], 'NX') then
+          claimed[#claimed + 1] = ready[i]
+          claimed[#claimed + 1] = ready[i + 1]
+          claimed[#claimed + 1] = q
+        end
+      end
+      if #ready < 200 then break end
+      offset = offset + 100
     end
   end
-  if #ready < 200 then break end
-  offset = offset + 100
 end
 return claimed
 """
@@ -129,9 +141,15 @@ class TaskWorker(Worker):
     the same checks, atomically. (No burst mode and no arq-style abort: tasks are
     cancelled through the task's own cancel channel.)"""
 
-    def __init__(self, *, idle_poll_seconds: float, **options: Any) -> None:
+    def __init__(
+        self, *, idle_poll_seconds: float, queue_keys: list[str] | None = None, **options: Any
+    ) -> None:
         self.idle_poll_seconds = idle_poll_seconds
         super().__init__(**{**options, "poll_delay": 0})
+        # the sorted sets of the named queues it serves (queue_name: the first one's)
+        self.queue_keys = queue_keys or [self.queue_name]
+        self._origin: dict[str, str] = {}  # job id -> its queue's key, if not queue_name
+        self._next_queue = 0
         self._wake = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
         self._claim: AsyncScript | None = None
@@ -171,23 +189,43 @@ class TaskWorker(Worker):
     async def _claim_jobs(self, free: int) -> None:
         if self._claim is None:
             self._claim = self.pool.register_script(CLAIM_JOBS)  # sent by its SHA1 after
+        self._next_queue = self._next_queue % len(self.queue_keys) + 1
         claimed = await self._claim(
-            keys=[self.queue_name],
+            keys=self.queue_keys,
             args=[
                 timestamp_ms(),
                 int(self.in_progress_timeout_s * 1000),
                 free,
                 self.queue_read_limit,
                 in_progress_key_prefix,
+                self._next_queue,
             ],
         )
-        self._backlog = len(claimed) // 2 >= free
-        for job_id, score in zip(claimed[::2], claimed[1::2], strict=True):
+        self._backlog = len(claimed) // 3 >= free
+        for raw_id, score, index in zip(claimed[::3], claimed[1::3], claimed[2::3], strict=True):
+            job_id = raw_id.decode()
+            origin = self.queue_keys[int(index) - 1]
+            if origin != self.queue_name:
+                self._origin[job_id] = origin
             await self.sem.acquire()  # never waits: there is a free slot for each
             self.job_counter += 1
-            task = self.loop.create_task(self.run_job(job_id.decode(), int(float(score))))
+            task = self.loop.create_task(self.run_job(job_id, int(float(score))))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job_id.decode()] = task
+            self.tasks[job_id] = task
+
+    async def finish_job(self, job_id: str, finish: bool, *args: Any) -> None:
+        """arq's, which drops the job from `queue_name`; a job of another queue this worker
+        serves is dropped from that one too."""
+        await super().finish_job(job_id, finish, *args)
+        origin = self._origin.pop(job_id, None)
+        if origin is not None and finish:
+            await self.pool.zrem(origin, job_id)
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        await super().finish_failed_job(job_id, result_data)
+        origin = self._origin.pop(job_id, None)
+        if origin is not None:
+            await self.pool.zrem(origin, job_id)
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
@@ -200,7 +238,7 @@ class TaskWorker(Worker):
         while True:
             try:
                 async with self.pool.pubsub() as pubsub:
-                    await pubsub.subscribe(queue.wake_channel(self.queue_name))
+                    await pubsub.subscribe(*(queue.wake_channel(k) for k in self.queue_keys))
                     async for message in pubsub.listen():
                         if message["type"] == "message":
                             self._wake.set()
@@ -219,12 +257,17 @@ class TaskWorker(Worker):
         await super().close()
 
 
+def queue_keys(settings: Settings) -> list[str]:
+    """The sorted sets of the named queues WORKER_QUEUES lists."""
+    return [queue.key(settings.queue_name, name) for name in settings.queues()]
+
+
 def worker_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for `arq.Worker` (also the attributes of WorkerSettings)."""
     return {
         "functions": [arq_function(t) for t in catalog().values()],
         "redis_settings": queue.redis_settings(settings.require_redis_url()),
-        "queue_name": settings.queue_name,
+        "queue_name": queue_keys(settings)[0],
         "on_startup": functools.partial(_startup, settings),
         "on_shutdown": _shutdown,
         "max_jobs": settings.worker_concurrency,
@@ -238,9 +281,27 @@ def worker_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+def task_worker(settings: Settings, **overrides: Any) -> TaskWorker:
+    """The worker `taskrunner worker` runs: serving WORKER_QUEUES, woken up by enqueues."""
+    options = {
+        **worker_options(settings),
+        "idle_poll_seconds": settings.worker_idle_poll_seconds,
+        "queue_keys": queue_keys(settings),
+        **overrides,
+    }
+    return TaskWorker(**options)
+
+
 def __getattr__(name: str) -> Any:
     if name == "WorkerSettings":
         settings = get_settings()
         configure_logging(settings.log_level, settings.log_format)
+        if len(settings.queues()) > 1:
+            raise ConfigError(
+                f"WORKER_QUEUES: the arq CLI serves one queue per process (arq's Worker reads "
+                f"one Redis key), got {settings.worker_queues!r}; run one `arq "
+                "workers.settings.WorkerSettings` per queue with WORKER_QUEUES=<that queue>, "
+                "or `taskrunner worker --queues a,b`, which serves several"
+            )
         return type("WorkerSettings", (), worker_options(settings))
     raise AttributeError(name)

@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from api.app import create_app, uvicorn_options
 from taskrunner.config import Settings
 from taskrunner.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
-from workers.settings import TaskWorker, worker_options
+from workers.settings import TaskWorker, task_worker
 
 
 @dataclass
@@ -56,8 +56,7 @@ async def run_api(settings: Settings, app: Starlette | None = None) -> AsyncIter
 @contextlib.asynccontextmanager
 async def run_worker(settings: Settings, **overrides: Any) -> AsyncIterator[TaskWorker]:
     """A real arq worker with our settings, in this event loop."""
-    options = {**worker_options(settings), "handle_signals": False, **overrides}
-    worker = TaskWorker(**options, idle_poll_seconds=settings.worker_idle_poll_seconds)
+    worker = task_worker(settings, handle_signals=False, **overrides)
     running = asyncio.create_task(worker.async_run())
     try:
         yield worker

@@ -52,6 +52,7 @@ CLEARED = {
     "progress": None,
     "progress_message": None,
     "worker_id": None,
+    "waiting": None,
 }
 
 # (built, expected Change, the statuses it may find its task in)
@@ -63,7 +64,12 @@ BUILDERS: dict[str, tuple[Change, Change, str]] = {
             EventKind.STATUS,
             {"status": "RUNNING"},
             to=TaskStatus.RUNNING,
-            values={"started_at": NOW, "attempts": NEXT_ATTEMPT, "worker_id": "w1"},
+            values={
+                "started_at": NOW,
+                "attempts": NEXT_ATTEMPT,
+                "worker_id": "w1",
+                "waiting": None,
+            },
             want_row=True,
         ),
         "QUEUED",

@@ -1,0 +1,109 @@
+"""Named queues: their state (paused or not, in `queue_state`), pausing and resuming them,
+and what `queues` reports of each (tasks waiting and running, workers serving it).
+
+PostgreSQL decides whether a queue is paused; Redis carries it to the workers as a flag
+beside the queue's sorted set (`queue.paused_key`), which their claim reads. pauseQueue
+writes the row, then the flag; a worker re-writes every flag from the table each heartbeat
+interval (`sync_paused`). A task a worker took just before the flag was set still starts:
+a pause stops what starts after it returns, and running tasks finish."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from arq import ArqRedis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from taskrunner import heartbeats, queue
+from taskrunner.connections import connection
+
+SET_PAUSED = """
+INSERT INTO queue_state (name, paused, changed_at) VALUES ($1, $2, clock_timestamp())
+ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, changed_at = excluded.changed_at
+"""
+
+
+async def set_paused(engine: AsyncEngine, pool: ArqRedis, name: str, paused: bool) -> None:
+    """Pause (or resume) the named queue: the row first (it decides), then the flag the
+    workers read; a resume wakes them up."""
+    async with connection(engine) as conn:
+        await conn.execute(SET_PAUSED, name, paused)
+    queue_key = queue.key(pool.default_queue_name, name)
+    if paused:
+        await pool.set(queue.paused_key(queue_key), b"1")
+    else:
+        async with pool.pipeline(transaction=False) as pipe:
+            pipe.delete(queue.paused_key(queue_key))
+            pipe.publish(queue.wake_channel(queue_key), b"")
+            await pipe.execute()
+
+
+async def sync_paused(engine: AsyncEngine, pool: ArqRedis) -> None:
+    """Make the Redis flags say what `queue_state` says."""
+    async with connection(engine) as conn:
+        rows = await conn.fetch("SELECT name, paused FROM queue_state")
+    if not rows:
+        return
+    async with pool.pipeline(transaction=False) as pipe:
+        for row in rows:
+            flag = queue.paused_key(queue.key(pool.default_queue_name, row["name"]))
+            if row["paused"]:
+                pipe.set(flag, b"1")
+            else:
+                pipe.delete(flag)
+        await pipe.execute()
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    name: str
+    paused: bool
+    queued: int
+    running: int
+    oldest_queued_at: datetime | None
+    workers: int
+
+
+# Per queue: tasks QUEUED and RUNNING (of `owner`, or all when null) and the oldest QUEUED
+# one's creation, from the partial index of active tasks.
+ACTIVE = """
+SELECT queue,
+       count(*) FILTER (WHERE status = 'QUEUED') AS queued,
+       count(*) FILTER (WHERE status = 'RUNNING') AS running,
+       min(created_at) FILTER (WHERE status = 'QUEUED') AS oldest
+FROM task
+WHERE status IN ('QUEUED', 'RUNNING') AND ($1::text IS NULL OR owner = $1)
+GROUP BY queue
+"""
+
+
+async def describe(
+    engine: AsyncEngine, pool: ArqRedis, owner: str | None, known: list[str]
+) -> list[QueueInfo]:
+    """Every queue that has tasks waiting or running (of `owner`; None: everyone's), is
+    paused, is served by a live worker, or is in `known`; by name."""
+    async with connection(engine) as conn:
+        active = {r["queue"]: r for r in await conn.fetch(ACTIVE, owner)}
+        paused = {r["name"]: r["paused"] for r in await conn.fetch("SELECT * FROM queue_state")}
+    serving: dict[str, int] = {}
+    for worker in await heartbeats.live_workers(pool):
+        for name in worker.queues:
+            serving[name] = serving.get(name, 0) + 1
+    names = sorted({*active, *(n for n, p in paused.items() if p), *serving, *known})
+    return [
+        QueueInfo(
+            name=name,
+            paused=paused.get(name, False),
+            queued=active[name]["queued"] if name in active else 0,
+            running=active[name]["running"] if name in active else 0,
+            oldest_queued_at=active[name]["oldest"] if name in active else None,
+            workers=serving.get(name, 0),
+        )
+        for name in names
+    ]
+
+
+async def served(pool: ArqRedis) -> set[str]:
+    """The queues live workers serve."""
+    return {name for w in await heartbeats.live_workers(pool) for name in w.queues}
