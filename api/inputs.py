@@ -15,7 +15,7 @@ from strawberry.experimental.pydantic import input as pydantic_input
 
 from api.types.tasks import TaskOptionsInput
 from taskrunner import jsonx
-from taskrunner.config import Settings
+from taskrunner.config import QUEUE_NAME, QUEUE_NAME_RULE, Settings
 from taskrunner.errors import BadInput, LimitExceeded
 from taskrunner.queue import PRIORITY_MAX, PRIORITY_MIN
 from taskrunner.submissions import Submission
@@ -113,6 +113,7 @@ def _submission(
     except ValidationError as exc:
         raise _pydantic_errors(exc, f"{path}.{name}") from None
     opts = options or TaskOptionsInput()
+    key, limit = _concurrency(opts, task_type, model)
     return Submission(
         type=name,
         input=model.model_dump(mode="json"),
@@ -130,7 +131,51 @@ def _submission(
         delay_seconds=_delay(opts),
         idempotency_key=_idempotency_key(opts, settings),
         labels=_labels(opts, settings),
+        queue=_queue(opts, task_type),
+        concurrency_key=key,
+        concurrency_limit=limit,
     )
+
+
+MAX_CONCURRENCY_KEY_LENGTH = 200
+
+
+def _queue(opts: TaskOptionsInput, task_type: TaskType) -> str:
+    if opts.queue is None:
+        return task_type.queue
+    if not QUEUE_NAME.match(opts.queue):
+        raise BadInput(
+            f"options.queue: {opts.queue!r} is not a queue name; use {QUEUE_NAME_RULE}",
+            field="options.queue",
+        )
+    return opts.queue
+
+
+def _concurrency(
+    opts: TaskOptionsInput, task_type: TaskType, model: Any
+) -> tuple[str | None, int | None]:
+    """The concurrency key and limit: the options', else the task type's default."""
+    key, limit = opts.concurrency_key, opts.concurrency_limit
+    if limit is not None and limit < 1:
+        raise BadInput(
+            f"options.concurrencyLimit: must be 1 or more, got {limit}",
+            field="options.concurrencyLimit",
+        )
+    if key is None:
+        if limit is not None:
+            raise BadInput(
+                "options.concurrencyLimit: give concurrencyKey too (the tasks the limit counts "
+                "are those with the same key)",
+                field="options.concurrencyLimit",
+            )
+        default = task_type.concurrency(model) if task_type.concurrency else None
+        return default if default is not None else (None, None)
+    if not 1 <= len(key) <= MAX_CONCURRENCY_KEY_LENGTH:
+        raise BadInput(
+            f"options.concurrencyKey: must be 1 to {MAX_CONCURRENCY_KEY_LENGTH} characters",
+            field="options.concurrencyKey",
+        )
+    return key, limit or 1
 
 
 def _labels(opts: TaskOptionsInput, settings: Settings) -> tuple[str, ...]:

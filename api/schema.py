@@ -31,7 +31,15 @@ from api.types.events import (
     ProgressReported,
     StatusChanged,
     TaskEvent,
+    TickSkipped,
     event_type,
+)
+from api.types.orchestration import (
+    Queue,
+    Schedule,
+    ScheduleConnection,
+    ScheduleEdge,
+    ScheduleInput,
 )
 from api.types.service import Limits, TaskType, Worker
 from api.types.tasks import (
@@ -44,17 +52,29 @@ from api.types.tasks import (
     TaskOptionsInput,
     page_size,
 )
-from taskrunner import control, heartbeats, owner_streams, queries, streams
+from taskrunner import (
+    control,
+    cron,
+    heartbeats,
+    owner_streams,
+    queries,
+    queues,
+    schedules,
+    streams,
+)
 from taskrunner.artifacts.quotas import Quota
 from taskrunner.artifacts.records import add_artifact, check_content_type, check_name
 from taskrunner.artifacts.uploads import begin_upload, complete_upload, find_upload
-from taskrunner.errors import BadInput, LimitExceeded, NotFound, RateLimited
+from taskrunner.config import QUEUE_NAME, QUEUE_NAME_RULE
+from taskrunner.errors import BadInput, Forbidden, LimitExceeded, NotFound, RateLimited
 from taskrunner.events import decode_cursor
 from taskrunner.logs import event
 from taskrunner.models import TaskRecord
 from taskrunner.states import TaskStatus
-from taskrunner.submissions import submit
+from taskrunner.submissions import Submission, submit
 from workers.catalog import catalog
+
+MAX_SCHEDULE_NAME = 200
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +122,68 @@ async def _take_rate(info: Info, tasks: int) -> None:
             context.response.status_code = 429
             context.response.headers["Retry-After"] = str(exc.retry_after)
         raise
+
+
+async def _check_queues(info: Info, submissions: list[Submission], prefix: str = "") -> None:
+    """With WORKER_QUEUES_STRICT: refuse a queue that is not `default`, a task type's,
+    listed in WORKER_QUEUES, or served by a live worker (a typo would wait forever)."""
+    settings = info.context.settings
+    if not settings.worker_queues_strict:
+        return
+    known = {"default", *(t.queue for t in catalog().values()), *settings.queues()}
+    unknown = [(i, s.queue) for i, s in enumerate(submissions) if s.queue not in known]
+    if not unknown:
+        return
+    served = await queues.served(info.context.services.redis)
+    for i, name in unknown:
+        if name not in served:
+            where = f"{prefix.format(i=i)}options.queue"
+            raise BadInput(
+                f"{where}: no worker serves queue {name!r} and WORKER_QUEUES_STRICT is on; "
+                f"use one of {', '.join(sorted(known | served))}, or start a worker with "
+                f"--queues {name}",
+                field=where,
+            )
+
+
+def _schedule_id(value: strawberry.ID) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise BadInput(
+            f"id: {value!r} is not a schedule id; ids are UUIDs returned by createSchedule",
+            field="id",
+        ) from None
+
+
+def _schedule_spec(info: Info, given: ScheduleInput) -> schedules.ScheduleSpec:
+    """Validate a ScheduleInput: its cadence, and its task as submitTask would (BAD_INPUT
+    naming the field, nothing stored)."""
+    name = given.name.strip()
+    if not 1 <= len(name) <= MAX_SCHEDULE_NAME:
+        raise BadInput(
+            f"schedule.name: give 1 to {MAX_SCHEDULE_NAME} characters", field="schedule.name"
+        )
+    cadence = cron.cadence(given.cron, given.every_seconds, given.timezone)
+    template = to_submission(given.task, given.options, info.context.settings, prefix="schedule.")
+    schedules.check_template(template)
+    return schedules.ScheduleSpec(
+        name=name,
+        cadence=cadence,
+        template=template,
+        overlap=given.overlap.value,
+        catchup=given.catchup.value,
+        paused=given.paused,
+    )
+
+
+def _require_admin(info: Info, operation: str) -> None:
+    caller = info.context.caller
+    if not caller.admin and not info.context.settings.auth_disabled:
+        raise Forbidden(
+            f"{operation} acts on a queue every owner shares, so it needs an admin key "
+            "(`taskrunner keys create NAME --admin`)"
+        )
 
 
 def _aware(name: str, value: datetime | None) -> datetime | None:
@@ -221,6 +303,48 @@ class Query:
             for w in sorted(found, key=lambda w: w.started_at)
         ]
 
+    @strawberry.field(description="One of your schedules by id; null when there is none.")
+    async def schedule(self, info: Info, id: strawberry.ID) -> Schedule | None:
+        try:
+            schedule_id = uuid.UUID(str(id))
+        except ValueError:
+            return None
+        found = await schedules.get(
+            engine=info.context.services.engine, scope=info.context.scope, schedule_id=schedule_id
+        )
+        return Schedule.from_record(found) if found else None
+
+    @strawberry.field(description="Your schedules, newest first.")
+    async def schedules(
+        self, info: Info, first: int | None = 20, after: str | None = None
+    ) -> ScheduleConnection:
+        size = page_size(first, info.context.settings)
+        page = await schedules.list_schedules(
+            engine=info.context.services.engine, scope=info.context.scope, first=size, after=after
+        )
+        edges = [
+            ScheduleEdge(cursor=page.cursor_of(s), node=Schedule.from_record(s))
+            for s in page.schedules
+        ]
+        return ScheduleConnection(
+            edges=edges,
+            page_info=PageInfo(
+                has_next_page=page.has_next_page,
+                end_cursor=edges[-1].cursor if edges else None,
+            ),
+        )
+
+    @strawberry.field(
+        description="The named queues: `default`, those of the task types, those with tasks "
+        "waiting or running, paused ones and those live workers serve; by name. Counts are "
+        "of your tasks (of all, for admins)."
+    )
+    async def queues(self, info: Info) -> list[Queue]:
+        services = info.context.services
+        known = ["default", *(t.queue for t in catalog().values())]
+        found = await queues.describe(services.engine, services.redis, info.context.scope, known)
+        return [Queue.from_info(q) for q in found]
+
 
 @strawberry.type
 class Mutation:
@@ -230,6 +354,7 @@ class Mutation:
     ) -> Task:
         services = info.context.services
         submission = to_submission(task, options, services.settings)
+        await _check_queues(info, [submission])
         await _take_rate(info, 1)
         (row,) = await submit(
             engine=services.engine,
@@ -257,6 +382,7 @@ class Mutation:
             to_submission(item.task, item.options, services.settings, prefix=f"tasks[{i}].")
             for i, item in enumerate(tasks)
         ]
+        await _check_queues(info, submissions, "tasks[{i}].")
         await _take_rate(info, len(submissions))
         rows = await submit(
             engine=services.engine,
@@ -282,6 +408,135 @@ class Mutation:
         _task_id(id)  # a malformed id is BAD_INPUT before it costs anything
         await _take_rate(info, 1)  # a retry runs the task again: as costly as a new one
         return await _change_task(info, id, control.retry)
+
+    @strawberry.mutation(
+        description="Cancel every QUEUED or RUNNING task of yours that `filter` matches, at "
+        "most MAX_BULK_ACTION (more: LIMIT_EXCEEDED, nothing cancelled); returns how many."
+    )
+    async def cancel_tasks(self, info: Info, filter: TaskFilter) -> int:
+        services = info.context.services
+        return await control.cancel_many(
+            engine=services.engine,
+            redis=services.redis,
+            pool=services.redis,
+            owner=info.context.scope,
+            filter=_domain_filter(filter),
+            most=services.settings.max_bulk_action,
+        )
+
+    @strawberry.mutation(
+        description="Retry every FAILED or CANCELLED task of yours that `filter` matches, at "
+        "most MAX_BULK_ACTION (more: LIMIT_EXCEEDED, nothing retried); returns how many. "
+        "Counts against TASKS_PER_MINUTE."
+    )
+    async def retry_tasks(self, info: Info, filter: TaskFilter) -> int:
+        services = info.context.services
+        criteria = _domain_filter(filter)
+        most = services.settings.max_bulk_action
+        matched = await queries.matching_tasks(
+            engine=services.engine,
+            owner=info.context.scope,
+            filter=criteria,
+            statuses=(TaskStatus.FAILED, TaskStatus.CANCELLED),
+            most=most + 1,
+        )
+        if matched and len(matched) <= most:
+            await _take_rate(info, len(matched))
+        return await control.retry_many(
+            engine=services.engine,
+            redis=services.redis,
+            pool=services.redis,
+            owner=info.context.scope,
+            filter=criteria,
+            most=most,
+        )
+
+    @strawberry.mutation(
+        description="Pause a named queue (admin keys): running tasks finish, nothing new "
+        "starts from it until resumeQueue."
+    )
+    async def pause_queue(self, info: Info, name: str) -> Queue:
+        return await _set_queue_paused(info, name, True)
+
+    @strawberry.mutation(description="Resume a paused queue (admin keys): its tasks start.")
+    async def resume_queue(self, info: Info, name: str) -> Queue:
+        return await _set_queue_paused(info, name, False)
+
+    @strawberry.mutation(
+        description="Create a schedule: its task is validated now, as submitTask would. At "
+        "most MAX_SCHEDULES_PER_OWNER (see `limits`)."
+    )
+    async def create_schedule(self, info: Info, schedule: ScheduleInput) -> Schedule:
+        services = info.context.services
+        spec = _schedule_spec(info, schedule)
+        await _check_queues(info, [spec.template], "schedule.")
+        created = await schedules.create(
+            services.engine,
+            owner=info.context.owner,
+            key_id=info.context.caller.key_id,
+            spec=spec,
+            most=services.settings.max_schedules_per_owner,
+        )
+        return Schedule.from_record(created)
+
+    @strawberry.mutation(
+        description="Replace a schedule's definition; its next tick is computed from now."
+    )
+    async def update_schedule(
+        self, info: Info, id: strawberry.ID, schedule: ScheduleInput
+    ) -> Schedule:
+        schedule_id = _schedule_id(id)
+        spec = _schedule_spec(info, schedule)
+        await _check_queues(info, [spec.template], "schedule.")
+        updated = await schedules.update(
+            info.context.services.engine,
+            scope=info.context.scope,
+            schedule_id=schedule_id,
+            spec=spec,
+        )
+        return Schedule.from_record(updated)
+
+    @strawberry.mutation(description="Stop a schedule from firing until resumeSchedule.")
+    async def pause_schedule(self, info: Info, id: strawberry.ID) -> Schedule:
+        found = await schedules.set_paused(
+            info.context.services.engine,
+            scope=info.context.scope,
+            schedule_id=_schedule_id(id),
+            paused=True,
+        )
+        return Schedule.from_record(found)
+
+    @strawberry.mutation(
+        description="Fire a paused schedule again, from its next tick after now (ticks that "
+        "fell while it was paused do not fire)."
+    )
+    async def resume_schedule(self, info: Info, id: strawberry.ID) -> Schedule:
+        found = await schedules.set_paused(
+            info.context.services.engine,
+            scope=info.context.scope,
+            schedule_id=_schedule_id(id),
+            paused=False,
+        )
+        return Schedule.from_record(found)
+
+    @strawberry.mutation(description="Delete a schedule; the tasks it fired stay.")
+    async def delete_schedule(self, info: Info, id: strawberry.ID) -> bool:
+        return await schedules.delete(
+            info.context.services.engine, scope=info.context.scope, schedule_id=_schedule_id(id)
+        )
+
+    @strawberry.mutation(
+        description="Run a schedule's task now, outside its cadence (scheduledFor: now). "
+        "Counts against TASKS_PER_MINUTE."
+    )
+    async def trigger_schedule(self, info: Info, id: strawberry.ID) -> Task:
+        services = info.context.services
+        schedule_id = _schedule_id(id)
+        await _take_rate(info, 1)
+        row = await schedules.trigger(
+            services.engine, services.redis, scope=info.context.scope, schedule_id=schedule_id
+        )
+        return Task.from_row(row)
 
     @strawberry.mutation(
         description="Attach a file to a QUEUED or RUNNING task (at most TASK_MAX_ARTIFACT_MB)."
@@ -458,6 +713,16 @@ class Subscription:
                 yield event_type(event)
 
 
+async def _set_queue_paused(info: Info, name: str, paused: bool) -> Queue:
+    _require_admin(info, "pauseQueue" if paused else "resumeQueue")
+    if not QUEUE_NAME.match(name):
+        raise BadInput(f"name: {name!r} is not a queue name; use {QUEUE_NAME_RULE}", field="name")
+    services = info.context.services
+    await queues.set_paused(services.engine, services.redis, name, paused)
+    found = await queues.describe(services.engine, services.redis, info.context.scope, [name])
+    return Queue.from_info(next(q for q in found if q.name == name))
+
+
 class TaskrunnerSchema(FanoutSchema):
     def process_errors(self, errors: Any, execution_context: Any = None) -> None:
         """Expected errors are answers, not incidents; `api.errors` logs the unexpected."""
@@ -472,7 +737,7 @@ def build_schema() -> TaskrunnerSchema:
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
-        types=[StatusChanged, ProgressReported, LogAppended, ArtifactAdded],
+        types=[StatusChanged, ProgressReported, LogAppended, ArtifactAdded, TickSkipped],
         # the caches spare re-parsing and re-validating a query text already seen
         extensions=[
             ErrorCodes,

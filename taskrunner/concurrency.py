@@ -17,6 +17,7 @@ reconciler runs each round.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 
 import asyncpg
@@ -77,3 +78,17 @@ async def release_all(engine: AsyncEngine, pool: ArqRedis) -> int:
             WAITING,
         )
     return await release(engine, pool, [(r["owner"], r["concurrency_key"]) for r in rows])
+
+
+async def enqueue_if_released(engine: AsyncEngine, pool: ArqRedis, task_id: uuid.UUID) -> None:
+    """Enqueue the task if it is ready (QUEUED, released, due) and Redis lacks its job."""
+    async with transaction(engine) as conn:
+        row = await conn.fetchrow(
+            "SELECT id, type, priority, queue FROM task WHERE id = $1 AND status = 'QUEUED' "
+            "AND waiting IS NULL AND due_at IS NULL",
+            task_id,
+        )
+    if row is None:
+        return
+    job = queue.Job(row["type"], row["id"], row["priority"], row["queue"], True)
+    await queue.enqueue(pool, await queue.missing(pool, [job]))

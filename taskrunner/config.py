@@ -261,9 +261,10 @@ class Settings(BaseSettings):
         "queue is `<QUEUE_NAME>:<name>`.",
     )
     worker_queues: str = Field(
-        default="default",
+        default="",
         description="Comma-separated named queues a worker serves (`taskrunner worker "
-        "--queues` overrides it). Under the arq CLI: one queue per process.",
+        "--queues` overrides it). Empty: `default` and every queue a task type declares. "
+        "Under the arq CLI: one queue per process.",
     )
     worker_queues_strict: bool = Field(
         default=False,
@@ -330,16 +331,14 @@ class Settings(BaseSettings):
     @classmethod
     def _queues(cls, value: str) -> str:
         names = [n.strip() for n in value.split(",") if n.strip()]
-        if not names:
-            raise ValueError("name at least one queue, e.g. default")
         for name in names:
             if not QUEUE_NAME.match(name):
                 raise ValueError(f"{name!r} is not a queue name: use {QUEUE_NAME_RULE}")
         return ",".join(dict.fromkeys(names))
 
     def queues(self) -> list[str]:
-        """WORKER_QUEUES as a list."""
-        return self.worker_queues.split(",")
+        """WORKER_QUEUES as a list (empty: not set)."""
+        return [n for n in self.worker_queues.split(",") if n]
 
     @field_validator("log_format")
     @classmethod

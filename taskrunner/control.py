@@ -1,4 +1,5 @@
-"""cancelTask and retryTask: a client's changes to a task it submitted, each a conditional
+"""cancelTask and retryTask (and cancelTasks, retryTasks: the same for every task a filter
+matches): a client's changes to a task it submitted, each a conditional
 transition (transitions.py) recorded by the journal, then the queue and the workers told."""
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner import journal, queue, transitions
-from taskrunner.errors import Conflict
+from taskrunner.errors import Conflict, LimitExceeded
 from taskrunner.events import CANCEL_CHANNEL, cancel_message
 from taskrunner.models import TaskRecord
-from taskrunner.queries import require
+from taskrunner.queries import TaskCriteria, matching_tasks, require
 from taskrunner.states import TERMINAL, TaskStatus
 
 # A test seam: when set, `cancel` awaits it between reading the task and writing the
@@ -69,3 +70,101 @@ async def retry(
         raise Conflict(f"task {task_id} is {found}; only FAILED or CANCELLED tasks can be retried")
     await queue.enqueue(pool, [queue.job_of(task)])
     return await require(engine=engine, task_id=task_id, owner=owner)
+
+
+# --- bulk actions: cancelTasks and retryTasks -----------------------------------------
+
+
+async def _bulk(
+    engine: AsyncEngine,
+    owner: str | None,
+    filter: TaskCriteria,
+    statuses: tuple[TaskStatus, ...],
+    most: int,
+    action: str,
+) -> list[TaskRecord]:
+    """The tasks a bulk action takes: at most `most`, or LIMIT_EXCEEDED (nothing done)."""
+    wanted = tuple(s for s in statuses if not filter.status or s in filter.status)
+    if not wanted:
+        return []
+    tasks = await matching_tasks(
+        engine=engine, owner=owner, filter=filter, statuses=wanted, most=most + 1
+    )
+    if len(tasks) > most:
+        raise LimitExceeded(
+            f"filter: more than MAX_BULK_ACTION ({most}) tasks match; {action} acts on at "
+            "most that many per call: narrow the filter (status, type, label, createdAfter, "
+            "createdBefore) and call it again",
+            field="filter",
+        )
+    return tasks
+
+
+async def cancel_many(
+    *,
+    engine: AsyncEngine,
+    redis: Redis,
+    pool: ArqRedis,
+    owner: str | None,
+    filter: TaskCriteria,
+    most: int,
+) -> int:
+    """cancelTask for each matching QUEUED or RUNNING task, at most `most` (else
+    LIMIT_EXCEEDED, nothing done); returns how many were cancelled (or, running, asked to
+    stop). A task that moved on meanwhile (finished, or started: then it is asked to stop
+    as a running one in a second round) is counted only if the cancel took."""
+    tasks = await _bulk(
+        engine, owner, filter, (TaskStatus.QUEUED, TaskStatus.RUNNING), most, "cancelTasks"
+    )
+    done = 0
+    for _ in range(2):  # a task started between the read and the write: once more, running
+        queued = [t for t in tasks if t.status == TaskStatus.QUEUED.value]
+        running = [t for t in tasks if t.status == TaskStatus.RUNNING.value]
+        changes = [transitions.cancelled_while_queued(t.id) for t in queued]
+        changes += [transitions.cancel_requested(t.id, t.attempts) for t in running]
+        outcomes = await journal.apply(engine, redis, changes)
+        by_id = {t.id: t for t in tasks}
+        again: list[uuid.UUID] = []
+        async with pool.pipeline(transaction=False) as pipe:
+            for outcome in outcomes:
+                task = by_id[outcome.change.task_id]
+                if outcome.accepted:
+                    done += 1
+                    if outcome.change.to is TaskStatus.CANCELLED:
+                        pipe.zrem(queue.key(pool.default_queue_name, task.queue), str(task.id))
+                    else:
+                        pipe.publish(CANCEL_CHANNEL, cancel_message(task.id, task.attempts))
+                elif outcome.found is TaskStatus.RUNNING:
+                    again.append(task.id)
+            await pipe.execute()
+        if not again:
+            break
+        tasks = await matching_tasks(
+            engine=engine,
+            owner=owner,
+            filter=TaskCriteria(),
+            statuses=(TaskStatus.RUNNING,),
+            most=len(again),
+            ids=again,
+        )
+    return done
+
+
+async def retry_many(
+    *,
+    engine: AsyncEngine,
+    redis: Redis,
+    pool: ArqRedis,
+    owner: str | None,
+    filter: TaskCriteria,
+    most: int,
+) -> int:
+    """retryTask for each matching FAILED or CANCELLED task, at most `most` (else
+    LIMIT_EXCEEDED, nothing done); returns how many run again."""
+    tasks = await _bulk(
+        engine, owner, filter, (TaskStatus.FAILED, TaskStatus.CANCELLED), most, "retryTasks"
+    )
+    outcomes = await journal.apply(engine, redis, [transitions.retried(t.id) for t in tasks])
+    again = [queue.job_of(t) for t, o in zip(tasks, outcomes, strict=True) if o.accepted]
+    await queue.enqueue(pool, again)
+    return len(again)

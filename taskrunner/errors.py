@@ -46,6 +46,12 @@ class Unauthenticated(TaskrunnerError):
     code = "UNAUTHENTICATED"
 
 
+class Forbidden(TaskrunnerError):
+    """The caller's key may not do this (an admin-only operation)."""
+
+    code = "FORBIDDEN"
+
+
 class RetryLater(TaskrunnerError):
     """A refusal that passes with time: `retry_after` (seconds) reaches clients as
     `extensions.retryAfterSeconds`."""

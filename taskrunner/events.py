@@ -33,6 +33,7 @@ class EventKind(StrEnum):
     PROGRESS = "progress"
     LOG = "log"
     ARTIFACT = "artifact"
+    SCHEDULE = "schedule"  # a schedule's note on a task: a tick skipped while it is unfinished
 
 
 class Event(BaseModel):

@@ -86,7 +86,9 @@ def _statuses(
         if attempt_bound and not attempt_runs(s):
             return False
         if to is None:
-            return accepts_artifacts(s) if kind is EventKind.ARTIFACT else accepts_events(s)
+            if kind in (EventKind.ARTIFACT, EventKind.SCHEDULE):
+                return accepts_artifacts(s)
+            return accepts_events(s)
         return can_move(s, to, retry_request=retry_request, only_from=only_from)
 
     return ",".join(s.value for s in TaskStatus if allowed(s))

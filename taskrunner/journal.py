@@ -233,7 +233,7 @@ def _allowed(row: _Row, change: Change) -> bool:
     if change.expect_worker is not None and row.worker_id != change.expect_worker:
         return False
     if change.to is None:
-        if change.kind is EventKind.ARTIFACT:
+        if change.kind in (EventKind.ARTIFACT, EventKind.SCHEDULE):
             return accepts_artifacts(row.status)
         return accepts_events(row.status)
     return can_move(

@@ -65,20 +65,12 @@ class TaskTable(SQLModel, table=True):
                 "concurrency_key IS NOT NULL AND status IN ('QUEUED', 'RUNNING')"
             ),
         ),
-        # exactly one task per tick of a schedule
+        # exactly one task per tick of a schedule; Schedule.tasks, newest tick first
         sa.Index(
             "ux_task_schedule_tick",
             "schedule_id",
             "scheduled_for",
             unique=True,
-            postgresql_where=sa.text("schedule_id IS NOT NULL"),
-        ),
-        # Schedule.tasks, newest first
-        sa.Index(
-            "ix_task_schedule_created",
-            "schedule_id",
-            "created_at",
-            "id",
             postgresql_where=sa.text("schedule_id IS NOT NULL"),
         ),
         sa.Index("ix_task_running", "worker_id", postgresql_where=sa.text("status = 'RUNNING'")),

@@ -77,8 +77,10 @@ async def require(*, engine: AsyncEngine, task_id: uuid.UUID, owner: str | None)
     return task
 
 
-def encode_page_cursor(task: TaskRecord) -> str:
-    raw = f"{task.created_at.isoformat()}|{task.id}".encode()
+def encode_page_cursor(task: TaskRecord, *, by_tick: bool = False) -> str:
+    """A page's cursor: (created_at, id), or with `by_tick` (scheduled_for, id)."""
+    at = task.scheduled_for if by_tick and task.scheduled_for else task.created_at
+    raw = f"{at.isoformat()}|{task.id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -94,22 +96,69 @@ def decode_page_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         ) from None
 
 
+def matching(owner: str | None, filter: TaskCriteria) -> list[sa.ColumnElement[bool]]:
+    """The conditions of the tasks `owner` may see that meet `filter`."""
+    t = task_table.c
+    where = [visible_to(owner)]
+    if filter.status:
+        where.append(t.status.in_([s.value for s in filter.status]))
+    if filter.type:
+        where.append(t.type.in_(list(filter.type)))
+    if filter.label is not None:
+        where.append(t.labels.contains([filter.label]))
+    if filter.created_after is not None:
+        where.append(t.created_at > filter.created_after)
+    if filter.created_before is not None:
+        where.append(t.created_at < filter.created_before)
+    return where
+
+
+async def matching_tasks(
+    *,
+    engine: AsyncEngine,
+    owner: str | None,
+    filter: TaskCriteria,
+    statuses: Sequence[TaskStatus],
+    most: int,
+    ids: Sequence[uuid.UUID] = (),
+) -> list[TaskRecord]:
+    """Up to `most` tasks of `owner` that meet `filter` and are in one of `statuses` (and,
+    if given, among `ids`), oldest first (a bulk action's tasks)."""
+    t = task_table.c
+    query = (
+        sa.select(task_table)
+        .where(*matching(owner, filter), t.status.in_([s.value for s in statuses]))
+        .order_by(t.created_at, t.id)
+        .limit(most)
+    )
+    if ids:
+        query = query.where(t.id.in_(list(ids)))
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).mappings().all()
+    return [_task(r) for r in rows]
+
+
+async def schedule_tasks(
+    *, engine: AsyncEngine, schedule_id: uuid.UUID, first: int, after: str | None
+) -> TaskPage:
+    """The tasks a schedule fired, newest tick first (paged on (scheduled_for, id))."""
+    t = task_table.c
+    query = sa.select(task_table).where(t.schedule_id == schedule_id)
+    if after:
+        tick, task_id = decode_page_cursor(after)
+        query = query.where(sa.tuple_(t.scheduled_for, t.id) < sa.tuple_(tick, task_id))
+    query = query.order_by(t.scheduled_for.desc(), t.id.desc()).limit(first + 1)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).mappings().all()
+    return TaskPage(tasks=[_task(r) for r in rows[:first]], has_next_page=len(rows) > first)
+
+
 async def list_tasks(
     *, engine: AsyncEngine, owner: str | None, filter: TaskCriteria, first: int, after: str | None
 ) -> TaskPage:
     """Newest first, keyset-paged on (created_at, id): pages stay stable as tasks arrive."""
     t = task_table.c
-    query = sa.select(task_table).where(visible_to(owner))
-    if filter.status:
-        query = query.where(t.status.in_([s.value for s in filter.status]))
-    if filter.type:
-        query = query.where(t.type.in_(list(filter.type)))
-    if filter.label is not None:
-        query = query.where(t.labels.contains([filter.label]))
-    if filter.created_after is not None:
-        query = query.where(t.created_at > filter.created_after)
-    if filter.created_before is not None:
-        query = query.where(t.created_at < filter.created_before)
+    query = sa.select(task_table).where(*matching(owner, filter))
     if after:
         created, task_id = decode_page_cursor(after)
         query = query.where(sa.tuple_(t.created_at, t.id) < sa.tuple_(created, task_id))
@@ -161,14 +210,18 @@ async def attempt_metrics(
         return [(str(r[0]), r[1], dict(r[2])) for r in await conn.execute(query)]
 
 
-async def queue_position(*, engine: AsyncEngine, priority: int, created_at: datetime) -> int:
-    """For a ready QUEUED task: 1 + the ready tasks that start before it (higher priority,
-    or same priority and older). Approximate: a retried task waits behind those enqueued
-    before its retry."""
+async def queue_position(
+    *, engine: AsyncEngine, priority: int, created_at: datetime, queue: str = "default"
+) -> int:
+    """For a ready QUEUED task: 1 + the ready tasks of its queue that start before it
+    (higher priority, or same priority and older). Approximate: a retried task waits behind
+    those enqueued before its retry."""
     t = task_table.c
     ahead = sa.select(sa.func.count()).where(
         t.status == TaskStatus.QUEUED.value,
         t.due_at.is_(None),
+        t.waiting.is_(None),
+        t.queue == queue,
         sa.or_(
             t.priority > priority,
             sa.and_(t.priority == priority, t.created_at < created_at),

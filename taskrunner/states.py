@@ -91,5 +91,6 @@ def accepts_events(current: TaskStatus) -> bool:
 
 
 def accepts_artifacts(current: TaskStatus) -> bool:
-    """Artifacts are added until the task ends (clients may attach inputs while it waits)."""
+    """Artifacts are added until the task ends (clients may attach inputs while it waits);
+    so are a schedule's notes on it (a tick skipped because it is unfinished)."""
     return current in ACTIVE

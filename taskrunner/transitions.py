@@ -42,6 +42,7 @@ class TaskErrorCode(StrEnum):
     NOT_FOUND = "NOT_FOUND"
     CONFLICT = "CONFLICT"
     UNAUTHENTICATED = "UNAUTHENTICATED"
+    FORBIDDEN = "FORBIDDEN"
     RATE_LIMITED = "RATE_LIMITED"
     UNAVAILABLE = "UNAVAILABLE"
     INTERNAL = "INTERNAL"
@@ -257,6 +258,19 @@ def lost(
         },
         expect_attempt=attempt,
         expect_worker=worker_id,
+    )
+
+
+# --- schedules ----------------------------------------------------------------------------
+
+
+def tick_skipped(task_id: uuid.UUID, schedule_id: uuid.UUID, scheduled_for: str) -> Change:
+    """A schedule with `overlap: SKIP` skipped its tick `scheduled_for` (ISO time) because
+    this task, its last run, is unfinished (no move; only while it is QUEUED or RUNNING)."""
+    return Change(
+        task_id,
+        EventKind.SCHEDULE,
+        {"skipped": True, "schedule_id": str(schedule_id), "scheduled_for": scheduled_for},
     )
 
 

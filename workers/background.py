@@ -19,12 +19,13 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from taskrunner import concurrency, heartbeats, queues, reconciler
+from taskrunner import concurrency, heartbeats, queues, reconciler, schedules
 from taskrunner.artifacts.records import delete_expired
 from taskrunner.artifacts.uploads import expire_uploads
 from taskrunner.config import Settings
 from taskrunner.events import CANCEL_CHANNEL, parse_cancel_message
 from taskrunner.models import task_table
+from taskrunner.ratelimit import RateLimiter
 from workers.worker_context import WorkerContext, held
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def worker_info(ctx: WorkerContext, started_at: datetime) -> heartbeats.WorkerIn
         started_at=started_at,
         last_heartbeat_at=datetime.now(UTC),
         running=held(ctx),  # also attempts whose final status is still being written
-        queues=ctx["settings"].queues(),
+        queues=ctx["queues"],
     )
 
 
@@ -200,6 +201,32 @@ async def expire_artifact_uploads(ctx: WorkerContext) -> None:
         pass
 
 
+async def fire_schedules(ctx: WorkerContext) -> None:
+    """Fire due schedules, forever: right after a round that fired a full batch, else at
+    the next due tick or after SCHEDULE_INTERVAL_SECONDS, whichever is sooner. Every worker
+    runs it; the rows are claimed with SKIP LOCKED, so each tick fires once."""
+    settings = ctx["settings"]
+    limiter = RateLimiter(ctx["redis"], settings.tasks_per_minute)
+    longest = settings.schedule_interval_seconds
+    while True:
+        try:
+            fired, next_due = await schedules.fire_due(
+                ctx["engine"],
+                ctx["redis"],
+                limiter,
+                most_catchup=settings.schedule_max_catchup,
+            )
+            if fired >= schedules.BATCH:
+                continue
+            wait = schedules.seconds_until(next_due, longest)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("schedules failed; trying again in %.1fs", longest)
+            wait = longest
+        await asyncio.sleep(wait)
+
+
 async def every(seconds: float, step: Callable[[], Awaitable[None]], name: str) -> None:
     """Run `step` every `seconds` forever; an error is logged and the loop goes on."""
     while True:
@@ -229,4 +256,5 @@ def start(ctx: WorkerContext) -> list[asyncio.Task[None]]:
         for sec, fn, name in loops
     ]
     tasks.append(asyncio.create_task(watch_cancellations(ctx), name="cancellations"))
+    tasks.append(asyncio.create_task(fire_schedules(ctx), name="schedules"))
     return tasks

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from pydantic import BaseModel
 
-from taskrunner.config import get_settings
+from taskrunner.config import QUEUE_NAME, QUEUE_NAME_RULE, Settings, get_settings
 from taskrunner.errors import ConfigError
 from taskrunner.retries import RetryPolicy
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from workers.task_context import TaskContext
 
 TASKS_PACKAGE = "workers.tasks"  # the built-in task types
+DEFAULT_QUEUE = "default"
 
 RunFn: TypeAlias = "Callable[[TaskContext, Any], Coroutine[Any, Any, Any]]"
 
@@ -37,6 +38,9 @@ class TaskType:
     input_model: type[BaseModel]
     run: RunFn
     retry: RetryPolicy = field(default_factory=RetryPolicy)  # the module's RETRY, if any
+    queue: str = DEFAULT_QUEUE  # the module's QUEUE: the named queue its tasks default to
+    # the module's `concurrency(input) -> (key, limit) | None`: a default concurrency key
+    concurrency: Callable[[Any], tuple[str, int] | None] | None = None
 
 
 def _load(module_name: str) -> TaskType:
@@ -51,8 +55,22 @@ def _load(module_name: str) -> TaskType:
     retry = getattr(module, "RETRY", RetryPolicy())
     if not isinstance(retry, RetryPolicy):
         raise TypeError(f"{module.__name__}: RETRY must be a taskrunner.retries.RetryPolicy")
+    queue = getattr(module, "QUEUE", DEFAULT_QUEUE)
+    if not isinstance(queue, str) or not QUEUE_NAME.match(queue):
+        raise TypeError(f"{module.__name__}: QUEUE must be a queue name ({QUEUE_NAME_RULE})")
+    concurrency = getattr(module, "concurrency", None)
+    if concurrency is not None and not callable(concurrency):
+        raise TypeError(f"{module.__name__}: concurrency must be a function of the input")
     description = inspect.cleandoc(module.__doc__ or name).split("\n\n")[0]
-    return TaskType(name=name, description=description, input_model=model, run=run, retry=retry)
+    return TaskType(
+        name=name,
+        description=description,
+        input_model=model,
+        run=run,
+        retry=retry,
+        queue=queue,
+        concurrency=concurrency,
+    )
 
 
 def packages() -> list[str]:
@@ -92,3 +110,12 @@ def catalog() -> dict[str, TaskType]:
                 )
             found[task_type.name] = (module_name, task_type)
     return {name: found[name][1] for name in sorted(found)}
+
+
+def served_queues(settings: Settings) -> list[str]:
+    """The named queues a worker serves: WORKER_QUEUES, or when it is empty `default` and
+    every queue a task type declares (a plain `taskrunner worker` runs every task type)."""
+    if settings.worker_queues:
+        return settings.queues()
+    declared = sorted({t.queue for t in catalog().values()} - {DEFAULT_QUEUE})
+    return [DEFAULT_QUEUE, *declared]

@@ -22,7 +22,7 @@ import traceback
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from pydantic import ValidationError
@@ -67,6 +67,7 @@ async def execute(
         start_once, within=ctx["settings"].worker_write_retry_seconds, what=f"start {tid}"
     )
     if start is None:  # its key has no free slot: held back until one frees
+        cast(dict[str, Any], ctx)[HELD_BACK] = tid  # see after_held_back
         return "held back: waiting for a concurrency slot"
     attempt: Attempt | None = None
     if start.accepted and start.row is not None:
@@ -85,6 +86,20 @@ async def execute(
     with tracing.task_span(attempt.trace_parent, task_type.name, task_id, attempt.number):
         final = await _attempt(ctx, task_type, tid, attempt)
     return str(final.to.value if final and final.to else "fenced")
+
+
+HELD_BACK = "held_back"  # in a job's ctx: the task its start held back
+
+
+async def after_held_back(ctx: dict[str, Any]) -> None:
+    """arq's after_job_end. A held-back task's slot may have been released while arq was
+    still finishing the job that held it back: the release's enqueue then found the job's
+    keys still there (a no-op), and arq's finish deleted them. So once arq is done, a task
+    that is ready again but not in Redis is enqueued (NX: a no-op when it is there)."""
+    task_id = ctx.get(HELD_BACK)
+    if task_id is None:
+        return
+    await concurrency.enqueue_if_released(ctx["engine"], ctx["redis"], task_id)
 
 
 async def _attempt(

@@ -31,9 +31,9 @@ from taskrunner.db import create_engine
 from taskrunner.errors import ConfigError
 from taskrunner.logs import configure_logging
 from workers import background
-from workers.catalog import TaskType, catalog
+from workers.catalog import TaskType, catalog, served_queues
 from workers.memory import MemoryWatchdog
-from workers.runner import execute
+from workers.runner import after_held_back, execute
 from workers.task_context import install_log_capture
 from workers.worker_context import WorkerContext
 
@@ -52,8 +52,9 @@ def arq_function(task_type: TaskType) -> Function:
     return func(job, name=task_type.name, max_tries=1000)
 
 
-async def _startup(settings: Settings, ctx: dict[str, Any]) -> None:
+async def _startup(settings: Settings, served: list[str], ctx: dict[str, Any]) -> None:
     ctx["settings"] = settings
+    ctx["queues"] = served
     tracing.setup("taskrunner-worker", settings)
     ctx["engine"] = create_engine(settings.require_database_url())
     tracing.instrument_engine(ctx["engine"])
@@ -258,8 +259,8 @@ class TaskWorker(Worker):
 
 
 def queue_keys(settings: Settings) -> list[str]:
-    """The sorted sets of the named queues WORKER_QUEUES lists."""
-    return [queue.key(settings.queue_name, name) for name in settings.queues()]
+    """The sorted sets of the named queues the worker serves (catalog.served_queues)."""
+    return [queue.key(settings.queue_name, name) for name in served_queues(settings)]
 
 
 def worker_options(settings: Settings) -> dict[str, Any]:
@@ -268,8 +269,9 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "functions": [arq_function(t) for t in catalog().values()],
         "redis_settings": queue.redis_settings(settings.require_redis_url()),
         "queue_name": queue_keys(settings)[0],
-        "on_startup": functools.partial(_startup, settings),
+        "on_startup": functools.partial(_startup, settings, served_queues(settings)),
         "on_shutdown": _shutdown,
+        "after_job_end": after_held_back,
         "max_jobs": settings.worker_concurrency,
         "poll_delay": settings.worker_poll_delay_seconds,
         "queue_read_limit": max(1000, settings.worker_concurrency * 20),
@@ -296,12 +298,30 @@ def __getattr__(name: str) -> Any:
     if name == "WorkerSettings":
         settings = get_settings()
         configure_logging(settings.log_level, settings.log_format)
-        if len(settings.queues()) > 1:
-            raise ConfigError(
-                f"WORKER_QUEUES: the arq CLI serves one queue per process (arq's Worker reads "
-                f"one Redis key), got {settings.worker_queues!r}; run one `arq "
-                "workers.settings.WorkerSettings` per queue with WORKER_QUEUES=<that queue>, "
-                "or `taskrunner worker --queues a,b`, which serves several"
-            )
-        return type("WorkerSettings", (), worker_options(settings))
+        return type("WorkerSettings", (), arq_cli_options(settings))
     raise AttributeError(name)
+
+
+def arq_cli_options(settings: Settings) -> dict[str, Any]:
+    """WorkerSettings for the arq CLI, which runs arq's own Worker: it reads one queue, so
+    WORKER_QUEUES names at most one there (unset: `default`)."""
+    served = settings.queues() or [queue.DEFAULT_QUEUE]
+    if len(served) > 1:
+        raise ConfigError(
+            f"WORKER_QUEUES: the arq CLI serves one queue per process (arq's Worker reads "
+            f"one Redis key), got {settings.worker_queues!r}; run one `arq "
+            "workers.settings.WorkerSettings` per queue with WORKER_QUEUES=<that queue>, "
+            "or `taskrunner worker --queues a,b`, which serves several"
+        )
+    unserved = sorted({t.queue for t in catalog().values()} - set(served))
+    if unserved:
+        log.warning(
+            "this arq worker serves the queue %s only; task types on %s need their own: "
+            "WORKER_QUEUES=<queue> arq workers.settings.WorkerSettings",
+            served[0],
+            ", ".join(unserved),
+        )
+    options = worker_options(settings)
+    options["queue_name"] = queue.key(settings.queue_name, served[0])
+    options["on_startup"] = functools.partial(_startup, settings, served)
+    return options

@@ -34,6 +34,7 @@ class WorkerContext(TypedDict):
 
     redis: ArqRedis  # arq's own pool
     settings: Settings
+    queues: list[str]  # the named queues it serves
     engine: AsyncEngine
     worker_id: str
     started_at: datetime

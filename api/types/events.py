@@ -47,6 +47,15 @@ class ArtifactAdded(TaskEvent):
     artifact: Artifact
 
 
+@strawberry.type(
+    description="A schedule skipped its tick `scheduledFor` because this task, its last run, "
+    "is unfinished (overlap: SKIP)."
+)
+class TickSkipped(TaskEvent):
+    schedule_id: strawberry.ID
+    scheduled_for: datetime
+
+
 def event_type(event: Event) -> TaskEvent:
     """The GraphQL object for one stored event."""
     common: dict[str, Any] = {
@@ -75,6 +84,12 @@ def event_type(event: Event) -> TaskEvent:
                 created_at=event.at,
                 key=data["key"],
             ),
+        )
+    if event.kind is EventKind.SCHEDULE:
+        return TickSkipped(
+            **common,
+            schedule_id=strawberry.ID(data["schedule_id"]),
+            scheduled_for=datetime.fromisoformat(data["scheduled_for"]),
         )
     if event.kind is EventKind.PROGRESS:
         return ProgressReported(**common, progress=data["progress"], message=data.get("message"))

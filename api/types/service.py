@@ -102,6 +102,16 @@ class Limits:
     search_source_allowlist: list[str] = strawberry.field(description="Sources search may query.")
     search_max_results: int = strawberry.field(description="Most results of one search.")
 
+    max_schedules_per_owner: int = strawberry.field(
+        description="Most schedules one owner may have."
+    )
+    schedule_max_catchup: int = strawberry.field(
+        description="Most missed ticks a schedule with catchup ALL fires after downtime."
+    )
+    max_bulk_action: int = strawberry.field(
+        description="Most tasks one cancelTasks or retryTasks changes."
+    )
+
     @classmethod
     def of(cls, settings: Settings) -> Limits:
         return cls(
@@ -132,6 +142,9 @@ class Limits:
             fetch_domain_allowlist=_csv(settings.fetch_domain_allowlist),
             search_source_allowlist=_csv(settings.search_source_allowlist),
             search_max_results=settings.search_max_results,
+            max_schedules_per_owner=settings.max_schedules_per_owner,
+            schedule_max_catchup=settings.schedule_max_catchup,
+            max_bulk_action=settings.max_bulk_action,
         )
 
     def as_json(self) -> dict[str, Any]:

@@ -88,16 +88,35 @@ class Task:
         description="While QUEUED and waiting (runAt, or the backoff before a retry): when it "
         "is handed to the workers."
     )
+    queue: str = strawberry.field(description="The named queue it runs from.")
+    concurrency_key: str | None = strawberry.field(
+        description="At most concurrencyLimit of your tasks with this key run at once."
+    )
+    concurrency_limit: int | None
+    waiting_for_slot: bool = strawberry.field(
+        description="QUEUED and held back: as many tasks of its concurrencyKey run as its "
+        "concurrencyLimit allows; it starts when one of them ends."
+    )
+    schedule_id: strawberry.ID | None = strawberry.field(
+        description="The schedule that fired it (scheduledFor is then its tick)."
+    )
 
     @strawberry.field(
         description="While QUEUED and ready: its place among ready tasks (1 starts next). "
         "Approximate."
     )
     async def queue_position(self, info: Info) -> int | None:
-        if self.status is not TaskStatus.QUEUED or self.next_attempt_at is not None:
+        if (
+            self.status is not TaskStatus.QUEUED
+            or self.next_attempt_at is not None
+            or self.waiting_for_slot
+        ):
             return None
         return await queries.queue_position(
-            engine=info.context.services.engine, priority=self.priority, created_at=self.created_at
+            engine=info.context.services.engine,
+            priority=self.priority,
+            created_at=self.created_at,
+            queue=self.queue,
         )
 
     @strawberry.field(description="The files the task stored, oldest first.")
@@ -181,6 +200,11 @@ class Task:
             cancel_requested=row.cancel_requested,
             worker_id=row.worker_id if row.status == TaskStatus.RUNNING.value else None,
             next_attempt_at=row.due_at if row.status == TaskStatus.QUEUED.value else None,
+            queue=row.queue,
+            concurrency_key=row.concurrency_key,
+            concurrency_limit=row.concurrency_limit,
+            waiting_for_slot=row.waiting is not None and row.status == TaskStatus.QUEUED.value,
+            schedule_id=strawberry.ID(str(row.schedule_id)) if row.schedule_id else None,
         )
 
 
@@ -263,4 +287,18 @@ class TaskOptionsInput:
         default=None,
         description="Free-form labels to filter by: at most MAX_LABELS_PER_TASK, each 1 to "
         "MAX_LABEL_LENGTH characters.",
+    )
+    queue: str | None = strawberry.field(
+        default=None,
+        description="The named queue to run it from (default: the task type's queue, else "
+        "`default`); workers serve the queues they are started with (WORKER_QUEUES).",
+    )
+    concurrency_key: str | None = strawberry.field(
+        default=None,
+        description="At most concurrencyLimit of your tasks with this key RUNNING at once, "
+        "across all workers; the others wait QUEUED (no attempt used). Default: the task "
+        "type's (webScrape: one per domain).",
+    )
+    concurrency_limit: int | None = strawberry.field(
+        default=None, description="With concurrencyKey: 1 or more (default 1)."
     )

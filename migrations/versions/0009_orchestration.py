@@ -114,12 +114,6 @@ def upgrade() -> None:
         unique=True,
         postgresql_where=sa.text("schedule_id IS NOT NULL"),
     )
-    op.create_index(
-        "ix_task_schedule_created",
-        "task",
-        ["schedule_id", "created_at", "id"],
-        postgresql_where=sa.text("schedule_id IS NOT NULL"),
-    )
     op.create_table(
         "schedule",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -175,7 +169,6 @@ def downgrade() -> None:
     op.drop_index("ix_schedule_due", table_name="schedule")
     op.drop_index("ix_schedule_owner_created", table_name="schedule")
     op.drop_table("schedule")
-    op.drop_index("ix_task_schedule_created", table_name="task")
     op.drop_index("ux_task_schedule_tick", table_name="task")
     op.drop_index("ix_task_concurrency", table_name="task")
     op.drop_index("ix_task_queue_active", table_name="task")

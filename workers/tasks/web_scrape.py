@@ -21,6 +21,9 @@ from taskrunner.fetch import fetch
 from workers.task_context import TaskContext
 
 NAME = "webScrape"
+# Its own queue: slow, network-bound pages do not hold up other work, and scraping can be
+# given workers of its own (`taskrunner worker --queues scrape`).
+QUEUE = "scrape"
 
 
 class Input(BaseModel):
@@ -29,6 +32,12 @@ class Input(BaseModel):
         default=2_000_000, ge=1, le=20_000_000, description="Largest body to read, in bytes."
     )
     follow_redirects: bool = Field(default=True, description="Follow up to 5 redirects.")
+
+
+def concurrency(input: Input) -> tuple[str, int]:
+    """The default concurrency key and limit: one key per domain, two pages of a site at
+    once (options.concurrencyKey and concurrencyLimit override it)."""
+    return f"domain:{input.url.host}", 2
 
 
 def _text(node: LexborNode) -> str:

@@ -1,0 +1,519 @@
+"""Schedules: a task spec fired on a cron expression or a fixed interval.
+
+Truth is the `schedule` row and the tasks it fired. Every worker looks for due schedules
+(`fire_due`); a due row is claimed with FOR UPDATE SKIP LOCKED, its ticks are fired as
+tasks and its `next_run_at` moves on, in one transaction. A tick's task carries
+`schedule_id` and `scheduled_for` (the tick), unique together, so a tick fires exactly one
+task however many workers look and however they crash: a crash before the commit leaves
+the row due for the next look, one after it is past the tick.
+
+Ticks that were due while nothing looked (every worker down) follow the schedule's
+`catchup`: the current tick (the latest one, if it is at most `ON_TIME_SECONDS` late)
+always fires; of the missed ones before it NONE fires none, ONE the latest, ALL each (the
+latest SCHEDULE_MAX_CATCHUP). With `overlap: SKIP` nothing fires while the task of the last
+tick is unfinished: the skip is counted on the schedule and noted on that task (a
+TickSkipped event, `transitions.tick_skipped`).
+
+Fired tasks use the schedule's owner and count against the rate limit of the API key that
+made it (TASKS_PER_MINUTE); a tick over that limit is skipped and counted as such.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from arq import ArqRedis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from taskrunner import cron, journal, metrics, queue, submissions, transitions
+from taskrunner.changes import json_text
+from taskrunner.connections import connection, transaction
+from taskrunner.cron import Cadence
+from taskrunner.errors import BadInput, LimitExceeded, NotFound, RateLimited
+from taskrunner.events import add_publishes
+from taskrunner.logs import event
+from taskrunner.models import TaskRecord
+from taskrunner.ratelimit import RateLimiter
+from taskrunner.submissions import Submission
+
+log = logging.getLogger(__name__)
+
+ON_TIME_SECONDS = 5.0  # a tick found this late still counts as the current one, not missed
+BATCH = 100  # schedules claimed in one transaction
+OVERLAP = ("ALLOW", "SKIP")
+CATCHUP = ("NONE", "ONE", "ALL")
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """A validated createSchedule/updateSchedule input. `template` is the task each tick
+    submits (its scheduled_for and schedule_id are set per tick)."""
+
+    name: str
+    cadence: Cadence
+    template: Submission
+    overlap: str = "ALLOW"
+    catchup: str = "ONE"
+    paused: bool = False
+
+
+@dataclass(frozen=True)
+class ScheduleRecord:
+    """A `schedule` row as read."""
+
+    id: uuid.UUID
+    owner: str
+    key_id: uuid.UUID | None
+    name: str
+    cron: str | None
+    every_seconds: float | None
+    timezone: str
+    task_type: str
+    task_input: dict[str, Any]
+    options: dict[str, Any]
+    overlap: str
+    catchup: str
+    paused: bool
+    next_run_at: datetime | None
+    last_run_at: datetime | None
+    last_task_id: uuid.UUID | None
+    skipped: int
+    last_skipped_at: datetime | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Any) -> ScheduleRecord:
+        return cls(**{name: row[name] for name in cls.__dataclass_fields__})
+
+    @property
+    def cadence(self) -> Cadence:
+        return Cadence(self.cron, self.every_seconds, self.timezone)
+
+    def submission(self, tick: datetime) -> Submission:
+        """The task of one tick."""
+        options = dict(self.options)
+        options["labels"] = tuple(options.get("labels") or ())
+        return Submission(
+            type=self.task_type,
+            input=self.task_input,
+            scheduled_for=tick,
+            schedule_id=self.id,
+            **options,
+        )
+
+
+# The template's fields stored in `options` (the rest: type, input; never per-tick ones).
+OPTION_FIELDS = (
+    "timeout_seconds",
+    "priority",
+    "max_retries",
+    "labels",
+    "queue",
+    "concurrency_key",
+    "concurrency_limit",
+)
+
+
+def _options(template: Submission) -> dict[str, Any]:
+    values = asdict(template)
+    options = {name: values[name] for name in OPTION_FIELDS}
+    options["labels"] = list(template.labels)
+    return options
+
+
+def check_template(template: Submission, prefix: str = "schedule.options.") -> None:
+    """Options a schedule cannot take: each tick is its own task, fired at its tick."""
+    for name, given in (
+        ("runAt", template.scheduled_for is not None),
+        ("delaySeconds", template.delay_seconds is not None),
+        ("idempotencyKey", template.idempotency_key is not None),
+    ):
+        if given:
+            raise BadInput(
+                f"{prefix}{name}: a schedule fires one task per tick, at its tick; leave "
+                f"{name} out (each task carries scheduleId and scheduledFor instead)",
+                field=f"{prefix}{name}",
+            )
+
+
+COLUMNS = ", ".join(ScheduleRecord.__dataclass_fields__)
+
+
+def _first_tick(cadence: Cadence, now: datetime, anchor: datetime) -> datetime:
+    return cron.next_tick(cadence, now, anchor)
+
+
+async def create(
+    engine: AsyncEngine,
+    *,
+    owner: str,
+    key_id: uuid.UUID | None,
+    spec: ScheduleSpec,
+    most: int,
+) -> ScheduleRecord:
+    """Store a new schedule; at most `most` (MAX_SCHEDULES_PER_OWNER) per owner."""
+    check_template(spec.template)
+    async with transaction(engine) as conn:
+        # one owner's creations queue up here, so two at once cannot both pass the bound
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 11))", owner)
+        count = await conn.fetchval("SELECT count(*) FROM schedule WHERE owner = $1", owner)
+        if count >= most:
+            raise LimitExceeded(
+                f"schedule: you have {count} schedules, the most MAX_SCHEDULES_PER_OWNER "
+                f"({most}) allows; delete one first (deleteSchedule)",
+                field="schedule",
+            )
+        now: datetime = await conn.fetchval("SELECT clock_timestamp()")
+        row = await conn.fetchrow(
+            f"""INSERT INTO schedule (id, owner, key_id, name, cron, every_seconds, timezone,
+                    task_type, task_input, options, overlap, catchup, paused, next_run_at,
+                    created_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10::jsonb, $11, $12, $13,
+                        $14, $15)
+                RETURNING {COLUMNS}""",
+            uuid.uuid4(),
+            owner,
+            key_id,
+            spec.name,
+            spec.cadence.cron,
+            spec.cadence.every_seconds,
+            spec.cadence.timezone,
+            spec.template.type,
+            json_text(spec.template.input),
+            json_text(_options(spec.template)),
+            spec.overlap,
+            spec.catchup,
+            spec.paused,
+            _first_tick(spec.cadence, now, now),
+            now,
+        )
+    return ScheduleRecord.of(row)
+
+
+async def update(
+    engine: AsyncEngine, *, scope: str | None, schedule_id: uuid.UUID, spec: ScheduleSpec
+) -> ScheduleRecord:
+    """Replace a schedule's definition; its next tick is computed again from now (its
+    fired tasks and counts stay)."""
+    check_template(spec.template)
+    async with transaction(engine) as conn:
+        current = await _locked(conn, scope, schedule_id)
+        now: datetime = await conn.fetchval("SELECT clock_timestamp()")
+        row = await conn.fetchrow(
+            f"""UPDATE schedule SET name = $2, cron = $3, every_seconds = $4, timezone = $5,
+                    task_type = $6, task_input = $7::jsonb, options = $8::jsonb, overlap = $9,
+                    catchup = $10, paused = $11, next_run_at = $12
+                WHERE id = $1 RETURNING {COLUMNS}""",
+            schedule_id,
+            spec.name,
+            spec.cadence.cron,
+            spec.cadence.every_seconds,
+            spec.cadence.timezone,
+            spec.template.type,
+            json_text(spec.template.input),
+            json_text(_options(spec.template)),
+            spec.overlap,
+            spec.catchup,
+            spec.paused,
+            _first_tick(spec.cadence, now, current.created_at),
+        )
+    return ScheduleRecord.of(row)
+
+
+async def set_paused(
+    engine: AsyncEngine, *, scope: str | None, schedule_id: uuid.UUID, paused: bool
+) -> ScheduleRecord:
+    """Pause (no tick fires) or resume (the next tick from now on fires: ticks that fell
+    while paused are not missed ticks, and never fire)."""
+    async with transaction(engine) as conn:
+        current = await _locked(conn, scope, schedule_id)
+        now: datetime = await conn.fetchval("SELECT clock_timestamp()")
+        next_run = current.next_run_at
+        if not paused and current.paused:
+            next_run = _first_tick(current.cadence, now, current.created_at)
+        row = await conn.fetchrow(
+            f"UPDATE schedule SET paused = $2, next_run_at = $3 WHERE id = $1 RETURNING {COLUMNS}",
+            schedule_id,
+            paused,
+            next_run,
+        )
+    return ScheduleRecord.of(row)
+
+
+async def delete(engine: AsyncEngine, *, scope: str | None, schedule_id: uuid.UUID) -> bool:
+    """Delete a schedule (the tasks it fired stay, with their scheduleId)."""
+    async with transaction(engine) as conn:
+        await _locked(conn, scope, schedule_id)
+        await conn.execute("DELETE FROM schedule WHERE id = $1", schedule_id)
+    return True
+
+
+async def get(
+    engine: AsyncEngine, *, scope: str | None, schedule_id: uuid.UUID
+) -> ScheduleRecord | None:
+    async with connection(engine) as conn:
+        row = await conn.fetchrow(
+            f"SELECT {COLUMNS} FROM schedule WHERE id = $1 AND ($2::text IS NULL OR owner = $2)",
+            schedule_id,
+            scope,
+        )
+    return ScheduleRecord.of(row) if row else None
+
+
+async def _locked(
+    conn: asyncpg.Connection, scope: str | None, schedule_id: uuid.UUID
+) -> ScheduleRecord:
+    row = await conn.fetchrow(
+        f"SELECT {COLUMNS} FROM schedule WHERE id = $1 AND ($2::text IS NULL OR owner = $2) "
+        "FOR UPDATE",
+        schedule_id,
+        scope,
+    )
+    if row is None:
+        raise NotFound(f"id: no schedule {schedule_id}", field="id")
+    return ScheduleRecord.of(row)
+
+
+@dataclass(frozen=True)
+class SchedulePage:
+    schedules: list[ScheduleRecord]
+    has_next_page: bool
+
+    @staticmethod
+    def cursor_of(s: ScheduleRecord) -> str:
+        raw = f"{s.created_at.isoformat()}|{s.id}".encode()
+        return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode(after: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        at, _, sid = base64.urlsafe_b64decode(after.encode()).decode().partition("|")
+        return datetime.fromisoformat(at), uuid.UUID(sid)
+    except ValueError:
+        raise BadInput(
+            "after: not a cursor of `schedules`; pass an edge's cursor as given", field="after"
+        ) from None
+
+
+async def list_schedules(
+    engine: AsyncEngine, *, scope: str | None, first: int, after: str | None
+) -> SchedulePage:
+    """The owner's schedules, newest first."""
+    at, sid = _decode(after) if after else (None, None)
+    async with connection(engine) as conn:
+        rows = await conn.fetch(
+            f"""SELECT {COLUMNS} FROM schedule
+                WHERE ($1::text IS NULL OR owner = $1)
+                  AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
+                ORDER BY created_at DESC, id DESC LIMIT $4""",
+            scope,
+            at,
+            sid,
+            first + 1,
+        )
+    found = [ScheduleRecord.of(r) for r in rows]
+    return SchedulePage(found[:first], len(found) > first)
+
+
+# --- firing ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one claimed schedule does this round."""
+
+    schedule: ScheduleRecord
+    fire: list[datetime]  # the ticks to fire, oldest first
+    skipped: int  # ticks skipped (overlap SKIP, rate limit)
+    next_run_at: datetime
+    skip_note: datetime | None = None  # the tick to note on the unfinished last task
+    reason: str = ""  # why ticks were skipped
+
+
+def plan(s: ScheduleRecord, now: datetime, last_unfinished: bool, most: int) -> Plan:
+    """Decide a due schedule's round: its ticks up to `now`, by catchup and overlap."""
+    due = [s.next_run_at] if s.next_run_at and s.next_run_at <= now else []
+    if due:
+        due += cron.ticks_between(s.cadence, due[0], now, s.created_at, max(most, 1) + 1)
+    next_run = cron.next_tick(s.cadence, now, s.created_at)
+    current = due[-1] if due and (now - due[-1]).total_seconds() <= ON_TIME_SECONDS else None
+    missed = due[:-1] if current is not None else due
+    chosen: list[datetime] = []
+    if s.catchup == "ONE" and missed:
+        chosen.append(missed[-1])
+    elif s.catchup == "ALL":
+        chosen.extend(missed[-most:])
+    if current is not None:
+        chosen.append(current)
+    if s.overlap == "SKIP":
+        if last_unfinished and chosen:
+            return Plan(s, [], len(chosen), next_run, chosen[-1], "its last run is unfinished")
+        if len(chosen) > 1:  # runs of one round would overlap each other: only the latest
+            return Plan(s, chosen[-1:], len(chosen) - 1, next_run, None, "overlap SKIP")
+    return Plan(s, chosen, 0, next_run)
+
+
+CLAIM = f"""
+SELECT {", ".join(f"s.{c}" for c in ScheduleRecord.__dataclass_fields__)},
+       clock_timestamp() AS now,
+       lt.status IN ('QUEUED', 'RUNNING') AS last_unfinished
+FROM schedule s LEFT JOIN task lt ON lt.id = s.last_task_id
+WHERE NOT s.paused AND s.next_run_at <= clock_timestamp()
+ORDER BY s.next_run_at
+LIMIT $1
+FOR UPDATE OF s SKIP LOCKED
+"""
+
+SAVE = """
+UPDATE schedule SET next_run_at = v.next_run_at,
+    last_run_at = coalesce(v.last_run_at, schedule.last_run_at),
+    last_task_id = coalesce(v.last_task_id, schedule.last_task_id),
+    skipped = schedule.skipped + v.skipped,
+    last_skipped_at = CASE WHEN v.skipped > 0 THEN v.now ELSE schedule.last_skipped_at END
+FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::uuid[], $5::int[],
+            $6::timestamptz[]) AS v(id, next_run_at, last_run_at, last_task_id, skipped, now)
+WHERE schedule.id = v.id
+"""
+
+NEXT_DUE = "SELECT min(next_run_at) FROM schedule WHERE NOT paused"
+
+
+async def fire_due(
+    engine: AsyncEngine,
+    pool: ArqRedis,
+    limiter: RateLimiter | None,
+    *,
+    most_catchup: int,
+    limit: int = BATCH,
+) -> tuple[int, datetime | None]:
+    """Fire the due ticks of up to `limit` schedules; returns how many tasks were fired and
+    when the next schedule is due (None: none is)."""
+    async with transaction(engine) as conn:
+        rows = await conn.fetch(CLAIM, limit)
+        if not rows:
+            next_due: datetime | None = await conn.fetchval(NEXT_DUE)
+            return 0, next_due
+        now: datetime = rows[0]["now"]
+        plans = [
+            plan(ScheduleRecord.of(r), r["now"], bool(r["last_unfinished"]), most_catchup)
+            for r in rows
+        ]
+        plans = await _within_rates(plans, limiter)
+        units = [(p.schedule.owner, [p.schedule.submission(t) for t in p.fire]) for p in plans]
+        per_unit, events = await submissions.insert(conn, units)
+        last = [tasks[-1].id if tasks else None for tasks in per_unit]
+        await conn.execute(
+            SAVE,
+            [p.schedule.id for p in plans],
+            [p.next_run_at for p in plans],
+            [now if p.fire else None for p in plans],
+            last,
+            [p.skipped for p in plans],
+            [now] * len(plans),
+        )
+        notes = [
+            transitions.tick_skipped(
+                p.schedule.last_task_id, p.schedule.id, p.skip_note.isoformat()
+            )
+            for p in plans
+            if p.skip_note is not None and p.schedule.last_task_id is not None
+        ]
+        noted = await journal.record(conn, notes) if notes else []
+        next_due = await conn.fetchval(NEXT_DUE)
+    fired = [task for tasks in per_unit for task in tasks]
+    await _announce(pool, fired, [*events, *(o.event for o in noted if o.event)])
+    for p in plans:
+        if p.skipped:
+            event(
+                "schedule_skipped",
+                logging.INFO,
+                schedule_id=str(p.schedule.id),
+                ticks=p.skipped,
+                reason=p.reason,
+            )
+    return len(fired), next_due
+
+
+async def _within_rates(plans: list[Plan], limiter: RateLimiter | None) -> list[Plan]:
+    """Count each API key's ticks against its TASKS_PER_MINUTE, one check per key; a key
+    over its limit fires nothing this round (its ticks are skipped, counted as such)."""
+    if limiter is None:
+        return plans
+    by_key: dict[str, int] = {}
+    for p in plans:
+        if p.fire:
+            who = str(p.schedule.key_id or "-")
+            by_key[who] = by_key.get(who, 0) + len(p.fire)
+    refused: set[str] = set()
+    for who, count in by_key.items():
+        try:
+            await limiter.take(who, count)
+        except (RateLimited, LimitExceeded):
+            refused.add(who)
+    return [
+        replace(p, fire=[], skipped=p.skipped + len(p.fire), reason="rate limited")
+        if str(p.schedule.key_id or "-") in refused and p.fire
+        else p
+        for p in plans
+    ]
+
+
+async def _announce(pool: ArqRedis, tasks: Sequence[TaskRecord], events: Sequence[Any]) -> None:
+    """After the commit: publish the events and enqueue the fired tasks (one round trip).
+    A failure is repaired: streams re-read PostgreSQL, the reconciler enqueues."""
+    for task in tasks:
+        metrics.TASKS_SUBMITTED.labels(task.type).inc()
+        event(
+            "task_submitted",
+            task_id=str(task.id),
+            task_type=task.type,
+            owner=task.owner,
+            schedule_id=str(task.schedule_id),
+            scheduled_for=task.scheduled_for.isoformat() if task.scheduled_for else None,
+        )
+    jobs = [queue.job_of(t) for t in tasks if not t.due_at]
+    try:
+        async with pool.pipeline(transaction=False) as pipe:
+            add_publishes(pipe, events)
+            queue.add_enqueues(pipe, pool.default_queue_name, jobs)
+            await pipe.execute()
+    except Exception as exc:
+        log.warning("could not enqueue %d fired tasks (%s); the reconciler will", len(jobs), exc)
+
+
+async def trigger(
+    engine: AsyncEngine,
+    pool: ArqRedis,
+    *,
+    scope: str | None,
+    schedule_id: uuid.UUID,
+) -> TaskRecord:
+    """Fire the schedule now, outside its cadence (its next tick stays): a task whose
+    scheduledFor is now. Works on a paused schedule too."""
+    async with transaction(engine) as conn:
+        s = await _locked(conn, scope, schedule_id)
+        now: datetime = await conn.fetchval("SELECT clock_timestamp()")
+        (tasks,), events = await submissions.insert(conn, [(s.owner, [s.submission(now)])])
+        await conn.execute(
+            "UPDATE schedule SET last_run_at = $2, last_task_id = $3 WHERE id = $1",
+            schedule_id,
+            now,
+            tasks[0].id,
+        )
+    await _announce(pool, tasks, events)
+    return tasks[0]
+
+
+def seconds_until(next_due: datetime | None, longest: float) -> float:
+    """How long the firing loop may sleep: until the next due tick, at most `longest`."""
+    if next_due is None:
+        return longest
+    wait = (next_due - datetime.now(UTC)).total_seconds()
+    return min(longest, max(0.005, wait))
