@@ -385,6 +385,17 @@ WHERE schedule.id = v.id
 NEXT_DUE = "SELECT min(next_run_at) FROM schedule WHERE NOT paused"
 
 
+@dataclass(frozen=True)
+class Round:
+    """What one firing transaction did."""
+
+    plans: list[Plan]
+    per_unit: list[list[TaskRecord]]
+    events: list[Any]
+    noted: list[Any]
+    next_due: datetime | None
+
+
 async def fire_due(
     engine: AsyncEngine,
     pool: ArqRedis,
@@ -395,11 +406,11 @@ async def fire_due(
 ) -> tuple[int, datetime | None]:
     """Fire the due ticks of up to `limit` schedules; returns how many tasks were fired and
     when the next schedule is due (None: none is)."""
-    async with transaction(engine) as conn:
+
+    async def work(conn: asyncpg.Connection) -> Round:
         rows = await conn.fetch(CLAIM, limit)
         if not rows:
-            next_due: datetime | None = await conn.fetchval(NEXT_DUE)
-            return 0, next_due
+            return Round([], [], [], [], await conn.fetchval(NEXT_DUE))
         now: datetime = rows[0]["now"]
         plans = [
             plan(ScheduleRecord.of(r), r["now"], bool(r["last_unfinished"]), most_catchup)
@@ -426,7 +437,18 @@ async def fire_due(
             if p.skip_note is not None and p.schedule.last_task_id is not None
         ]
         noted = await journal.record(conn, notes) if notes else []
-        next_due = await conn.fetchval(NEXT_DUE)
+        return Round(plans, per_unit, events, noted, await conn.fetchval(NEXT_DUE))
+
+    # again with a fresh transaction when a noted task was written by a newer one (the
+    # journal's xid order, see journal.run_transaction)
+    done = await journal.run_transaction(engine, work)
+    plans, per_unit, events, noted, next_due = (
+        done.plans,
+        done.per_unit,
+        done.events,
+        done.noted,
+        done.next_due,
+    )
     fired = [task for tasks in per_unit for task in tasks]
     await _announce(pool, fired, [*events, *(o.event for o in noted if o.event)])
     for p in plans:
