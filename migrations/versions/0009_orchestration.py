@@ -75,7 +75,7 @@ BEGIN
             AND t.waiting = 'concurrency'
           ORDER BY t.priority DESC, t.created_at LIMIT greatest(l - n, 0)) AS held
     WHERE task.id = held.id
-    RETURNING task.id, task.type, task.priority, task.queue;
+    RETURNING task.id, task.type::text, task.priority, task.queue;
 END $$;
 """
 

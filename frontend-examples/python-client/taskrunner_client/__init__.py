@@ -12,6 +12,7 @@ from .models import (
     TaskError,
     TaskEvent,
     TaskStatus,
+    TickSkipped,
 )
 from .operations import Operations, SchemaMismatch, check_models, load_schema
 
@@ -28,6 +29,7 @@ __all__ = [
     "TaskError",
     "TaskEvent",
     "TaskStatus",
+    "TickSkipped",
     "TaskrunnerClient",
     "TaskrunnerError",
     "check_models",

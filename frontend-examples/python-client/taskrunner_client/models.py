@@ -88,6 +88,14 @@ class ArtifactAdded(TaskEventBase):
     artifact: Artifact
 
 
+class TickSkipped(TaskEventBase):
+    """A schedule skipped a tick because this task, its last run, is unfinished."""
+
+    typename: Literal["TickSkipped"] = Field(alias="__typename")
+    schedule_id: str
+    scheduled_for: datetime
+
+
 class OtherEvent(TaskEventBase):
     """An event of a kind this client does not know yet (the server added one)."""
 
@@ -99,6 +107,7 @@ EVENT_MODELS: tuple[type[TaskEventBase], ...] = (
     ProgressReported,
     LogAppended,
     ArtifactAdded,
+    TickSkipped,
 )
 _KNOWN = {model.__name__ for model in EVENT_MODELS}
 
