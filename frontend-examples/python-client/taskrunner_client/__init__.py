@@ -29,9 +29,9 @@ __all__ = [
     "TaskError",
     "TaskEvent",
     "TaskStatus",
-    "TickSkipped",
     "TaskrunnerClient",
     "TaskrunnerError",
+    "TickSkipped",
     "check_models",
     "load_schema",
 ]
