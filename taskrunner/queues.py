@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner import heartbeats, queue
 from taskrunner.connections import connection
+from taskrunner.logs import event
 
 SET_PAUSED = """
 INSERT INTO queue_state (name, paused, changed_at) VALUES ($1, $2, clock_timestamp())
@@ -37,6 +38,8 @@ async def set_paused(engine: AsyncEngine, pool: ArqRedis, name: str, paused: boo
             pipe.delete(queue.paused_key(queue_key))
             pipe.publish(queue.wake_channel(queue_key), b"")
             await pipe.execute()
+    # no event stream carries a queue's changes (`queues` shows its state): the log does
+    event("queue_paused" if paused else "queue_resumed", queue=name)
 
 
 async def sync_paused(engine: AsyncEngine, pool: ArqRedis) -> None:
