@@ -61,6 +61,9 @@ class Change:
     # Also return the task's row as it was found under the lock (Outcome.row): a worker
     # starting an attempt needs it, and reading it here saves a query.
     want_row: bool = False
+    # A start of a task with a concurrency key: only with a free slot, else the task is
+    # held back (Outcome.held_back; see taskrunner.concurrency).
+    take_slot: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class Outcome:
     found: TaskStatus | None  # the status under lock; None: no such task
     event: Event | None  # None: rejected
     row: Mapping[str, Any] | None = None  # with Change.want_row: the task as found
+    held_back: bool = False  # a take_slot change without a free slot: the task waits
 
     @property
     def accepted(self) -> bool:

@@ -101,9 +101,15 @@ def _column_type(column: str) -> str:
 
 
 @functools.cache
-def _statement(shape: Shape, full: bool) -> tuple[str, tuple[str, ...]]:
+def _statement(shape: Shape, full: bool, slots: bool = False) -> tuple[str, tuple[str, ...]]:
     """The statement for changes of `shape`, and the columns whose values (or Sql params)
-    are its parameters after the first seven (one array each)."""
+    are its parameters after the first seven (one array each; with `slots`, the last
+    parameter is the ids of the starts that take a concurrency slot).
+
+    With `slots`, `taskrunner_take_slots` runs first (an InitPlan of `locked`, evaluated
+    before its first row is locked): the tasks it holds back are left out of the group, and
+    every row of the result carries their ids (`held_ids`; the result has one row even when
+    every task was held back)."""
     arrays = ["uuid", "text", "int", "text", "text", "jsonb", "text"]
     names = ["id", "allowed", "expect_attempt", "expect_worker", "kind", "data", "to_status"]
     sets = [
@@ -122,14 +128,22 @@ def _statement(shape: Shape, full: bool) -> tuple[str, tuple[str, ...]]:
                 names.append(f"v_{column}")
             sets.append(assignment(column, text, f"ok.v_{column}"))
     unnest = ", ".join(f"${i}::{a}[]" for i, a in enumerate(arrays, start=1))
+    held, not_held, held_from = "", "", "FROM locked l LEFT JOIN ev ON ev.task_id = l.id"
+    held_ids = ""
+    if slots:
+        slot_ids = f"${len(arrays) + 1}::uuid[]"
+        held = f"held AS MATERIALIZED (SELECT taskrunner_take_slots({slot_ids}) AS ids),\n"
+        not_held = " AND t.id <> ALL(coalesce((SELECT ids FROM held), '{}'))"
+        held_from = "FROM held h LEFT JOIN (locked l LEFT JOIN ev ON ev.task_id = l.id) ON true"
+        held_ids = ", h.ids AS held_ids"
     extra = "".join(f", t.{c.strip()}" for c in ROW_COLUMNS.split(",")) if full else ""
     extra = extra.replace("t.clock_timestamp()", "clock_timestamp()")
     locked = ", ".join(f"t.{c}" for c in LOCKED_COLUMNS.split(", "))
     statement = f"""
-WITH c AS (SELECT * FROM unnest({unnest}) AS c({", ".join(names)})),
+WITH {held}c AS (SELECT * FROM unnest({unnest}) AS c({", ".join(names)})),
 locked AS (
   SELECT {locked}, {CURRENT_XID} AS xid{extra}
-  FROM task t WHERE t.id = ANY($1::uuid[]) ORDER BY t.id FOR UPDATE
+  FROM task t WHERE t.id = ANY($1::uuid[]){not_held} ORDER BY t.id FOR UPDATE
 ),
 ok AS (
   SELECT c.*, l.owner FROM locked l JOIN c ON c.id = l.id
@@ -146,8 +160,9 @@ ev AS (
   SELECT upd.id, upd.event_seq, ok.owner, ok.kind, ok.data FROM upd JOIN ok ON ok.id = upd.id
   RETURNING id, task_id, seq, xid, at, data
 )
-SELECT l.*, ev.id AS e_id, ev.seq AS e_seq, ev.xid AS e_xid, ev.at AS e_at, ev.data AS e_data
-FROM locked l LEFT JOIN ev ON ev.task_id = l.id"""
+SELECT l.*, ev.id AS e_id, ev.seq AS e_seq, ev.xid AS e_xid, ev.at AS e_at,
+       ev.data AS e_data{held_ids}
+{held_from}"""
     return statement, tuple(takes)
 
 
@@ -166,7 +181,8 @@ async def record_group(
     """Record `changes` (of one `shape`, distinct tasks) in one statement; None when it kept
     meeting xid inversions (the caller then runs a transaction, which retries longer)."""
     full = any(c.want_row for c in changes)
-    statement, takes = _statement(shape, full)
+    limited = [c.task_id for c in changes if c.take_slot]
+    statement, takes = _statement(shape, full, bool(limited))
     try:
         args: list[list[Any]] = [
             [c.task_id for c in changes],
@@ -178,20 +194,27 @@ async def record_group(
             [c.to.value if c.to else None for c in changes],
             *([param(column, c.values[column]) for c in changes] for column in takes),
         ]
+        if limited:
+            args.append(limited)
     except Exception as exc:  # a value that cannot be encoded
         raise Refused(str(exc)) from exc
     for _ in range(3):
         try:
             async with connection(engine) as conn:
-                rows = {r["id"]: r for r in await conn.fetch(statement, *args)}
+                found = await conn.fetch(statement, *args)
         except (asyncpg.PostgresError, ValueError) as exc:  # refused: nothing was written
             raise Refused(str(exc)) from exc
+        rows = {r["id"]: r for r in found if r["id"] is not None}
+        held = set(found[0]["held_ids"] or ()) if limited and found else set()
         if not any(r["last_xid"] > r["xid"] for r in rows.values()):
             break
     else:
         return None
     outcomes = []
     for change in changes:
+        if change.task_id in held:
+            outcomes.append(Outcome(change, TaskStatus.QUEUED, None, held_back=True))
+            continue
         row = rows.get(change.task_id)
         if row is None:
             outcomes.append(Outcome(change, None, None))
@@ -210,6 +233,6 @@ async def record_group(
             )
         snapshot = None
         if change.want_row:
-            snapshot = {k: v for k, v in row.items() if not k.startswith("e_")}
+            snapshot = {k: v for k, v in row.items() if not k.startswith("e_") and k != "held_ids"}
         outcomes.append(Outcome(change, TaskStatus(row["status"]), event, snapshot))
     return outcomes

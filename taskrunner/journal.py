@@ -24,7 +24,7 @@ import logging
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import asyncpg
@@ -92,6 +92,7 @@ async def run_transaction(
         return await fn(conn)
 
 
+TAKE_SLOTS = "SELECT taskrunner_take_slots($1::uuid[])"  # migration 0009
 LOCK = (
     f"SELECT {LOCKED_COLUMNS}, {CURRENT_XID} AS xid{{extra}} "
     "FROM task WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE"
@@ -134,7 +135,20 @@ async def insert_events(conn: asyncpg.Connection, rows: list[dict[str, Any]]) ->
 
 
 async def record(conn: asyncpg.Connection, changes: Sequence[Change]) -> list[Outcome]:
-    """Apply `changes` in order inside the caller's transaction; rejected ones write nothing."""
+    """Apply `changes` in order inside the caller's transaction; rejected ones write nothing.
+    Starts that take a concurrency slot (Change.take_slot) are checked first, before any
+    row is locked (as in the one-statement path); those without one are held back."""
+    limited = [c.task_id for c in changes if c.take_slot]
+    if limited:
+        held = set(await conn.fetchval(TAKE_SLOTS, limited) or ())
+        rest = [replace(c, take_slot=False) for c in changes if c.task_id not in held]
+        kept = iter(await record(conn, rest))
+        return [
+            Outcome(c, TaskStatus.QUEUED, None, held_back=True)
+            if c.task_id in held
+            else replace(next(kept), change=c)
+            for c in changes
+        ]
     rows = await lock_tasks(
         conn, [c.task_id for c in changes], full=any(c.want_row for c in changes)
     )

@@ -72,9 +72,10 @@ def _error(code: TaskErrorCode, message: str) -> dict[str, str]:
 # --- a worker's attempt: QUEUED -> RUNNING -> its outcome -----------------------------------
 
 
-def started(task_id: uuid.UUID, worker_id: str) -> Change:
+def started(task_id: uuid.UUID, worker_id: str, *, limited: bool = False) -> Change:
     """QUEUED -> RUNNING on `worker_id`, as the next attempt; the row as found comes back
-    (Outcome.row) for the runner."""
+    (Outcome.row) for the runner. `limited`: the task has a concurrency key, and starts only
+    with a free slot (else it is held back: Outcome.held_back)."""
     return Change(
         task_id,
         EventKind.STATUS,
@@ -87,6 +88,7 @@ def started(task_id: uuid.UUID, worker_id: str) -> Change:
             "waiting": None,
         },
         want_row=True,
+        take_slot=limited,
     )
 
 

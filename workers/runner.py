@@ -53,20 +53,18 @@ async def execute(
     `limited`: the task has a concurrency key, and starts only with a free slot."""
     engine, redis = ctx["engine"], ctx["redis"]
     tid = uuid.UUID(task_id)
-    change = transitions.started(tid, ctx["worker_id"])
+    change = transitions.started(tid, ctx["worker_id"], limited=limited)
     tries = 0
 
-    async def start_once() -> Outcome | None:
+    async def start_once() -> Outcome:
         nonlocal tries
         tries += 1
-        if limited:
-            return await concurrency.start(engine, redis, change)
         return await journal.apply_one(engine, redis, change)
 
     start = await retry_unavailable(
         start_once, within=ctx["settings"].worker_write_retry_seconds, what=f"start {tid}"
     )
-    if start is None:  # its key has no free slot: held back until one frees
+    if start.held_back:  # its key has no free slot: held back until one frees
         cast(dict[str, Any], ctx)[HELD_BACK] = tid  # see after_held_back
         return "held back: waiting for a concurrency slot"
     attempt: Attempt | None = None

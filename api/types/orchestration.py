@@ -41,7 +41,9 @@ class ScheduleInput:
         '"*/5 * * * *", in `timezone`. Give cron or everySeconds.',
     )
     every_seconds: float | None = strawberry.field(
-        default=None, description="Fire every this many seconds (1 or more) from its creation."
+        default=None,
+        description="Fire every this many seconds (1 to 316224000, i.e. 10 years) from its "
+        "creation.",
     )
     timezone: str = strawberry.field(
         default="UTC",

@@ -6,7 +6,8 @@
   that fired it; `scheduled_for` is then its tick, unique per schedule).
 - schedule: cron or interval schedules that fire tasks.
 - queue_state: queues paused by pauseQueue.
-- taskrunner_take_slot(task): the concurrency check of a start, in one statement.
+- taskrunner_take_slots(ids): the concurrency check of a group of starts, one statement;
+  taskrunner_release_slots(owner, key): what a freed slot starts.
 
 Revision ID: 0009
 Revises: 0008
@@ -24,28 +25,42 @@ down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Whether one more of the owner's tasks with the task's concurrency key may run; when not,
-# the task is held back (waiting = 'concurrency') until one of them ends (concurrency.py).
-# Volatile plpgsql: each statement below takes a new snapshot, so the count, made under the
-# key's transaction lock, sees every start committed before it.
-TAKE_SLOT = """
-CREATE OR REPLACE FUNCTION taskrunner_take_slot(task_id uuid) RETURNS boolean
+# The concurrency check of a group of starts, in the statement that starts them
+# (taskrunner/fastpath.py) or first in their transaction (journal.record): of the tasks
+# `ids` that have a concurrency key, hold back (waiting = 'concurrency') each whose key
+# already has as many tasks RUNNING, or granted earlier in this call, as its limit allows;
+# returns the ids held back. Keys are locked (transaction advisory locks) in one order, the
+# lock's hash, so concurrent calls never deadlock. Volatile plpgsql: each statement below
+# takes a new snapshot, so a count made under a key's lock sees every start committed
+# before it.
+TAKE_SLOTS = """
+CREATE OR REPLACE FUNCTION taskrunner_take_slots(ids uuid[]) RETURNS uuid[]
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-  o text; k text; l int; n int;
+  r record; n int; granted uuid[] := '{}'; held uuid[] := '{}';
 BEGIN
-  SELECT owner, concurrency_key, concurrency_limit INTO o, k, l FROM task WHERE id = task_id;
-  IF k IS NULL THEN
-    RETURN true;
+  IF ids IS NULL OR cardinality(ids) = 0 THEN
+    RETURN held;
   END IF;
-  PERFORM pg_advisory_xact_lock(hashtextextended(o || '/' || k, 7));
-  SELECT count(*) INTO n FROM task
-    WHERE owner = o AND concurrency_key = k AND status = 'RUNNING';
-  IF n < l THEN
-    RETURN true;
-  END IF;
-  UPDATE task SET waiting = 'concurrency' WHERE id = task_id AND status = 'QUEUED';
-  RETURN false;
+  FOR r IN
+    SELECT t.id, t.owner, t.concurrency_key AS k, t.concurrency_limit AS l,
+           hashtextextended(t.owner || '/' || t.concurrency_key, 7) AS h
+    FROM task t
+    WHERE t.id = ANY(ids) AND t.concurrency_key IS NOT NULL AND t.status = 'QUEUED'
+    ORDER BY h, t.priority DESC, t.created_at
+  LOOP
+    PERFORM pg_advisory_xact_lock(r.h);
+    SELECT count(*) INTO n FROM task
+      WHERE owner = r.owner AND concurrency_key = r.k
+        AND (status = 'RUNNING' OR id = ANY(granted));
+    IF n < r.l THEN
+      granted := granted || r.id;
+    ELSE
+      UPDATE task SET waiting = 'concurrency' WHERE id = r.id AND status = 'QUEUED';
+      held := held || r.id;
+    END IF;
+  END LOOP;
+  RETURN held;
 END $$;
 """
 
@@ -158,13 +173,13 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("name"),
     )
-    op.execute(TAKE_SLOT)
+    op.execute(TAKE_SLOTS)
     op.execute(RELEASE_SLOTS)
 
 
 def downgrade() -> None:
     op.execute("DROP FUNCTION IF EXISTS taskrunner_release_slots(text, text)")
-    op.execute("DROP FUNCTION IF EXISTS taskrunner_take_slot(uuid)")
+    op.execute("DROP FUNCTION IF EXISTS taskrunner_take_slots(uuid[])")
     op.drop_table("queue_state")
     op.drop_index("ix_schedule_due", table_name="schedule")
     op.drop_index("ix_schedule_owner_created", table_name="schedule")
