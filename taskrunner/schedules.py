@@ -150,6 +150,18 @@ def _first_tick(cadence: Cadence, now: datetime, anchor: datetime) -> datetime:
     return cron.next_tick(cadence, now, anchor)
 
 
+LAST_TICK = "SELECT max(scheduled_for) FROM task WHERE schedule_id = $1"
+
+
+async def _next_after_now(
+    conn: asyncpg.Connection, s: ScheduleRecord, cadence: Cadence, now: datetime
+) -> datetime:
+    """The next tick after now and after the last tick it fired (a clock that stepped back
+    must not make it fire a tick twice: ticks are unique per schedule)."""
+    last: datetime | None = await conn.fetchval(LAST_TICK, s.id)
+    return _first_tick(cadence, max(now, last) if last else now, s.created_at)
+
+
 async def create(
     engine: AsyncEngine,
     *,
@@ -222,7 +234,7 @@ async def update(
             spec.overlap,
             spec.catchup,
             spec.paused,
-            _first_tick(spec.cadence, now, current.created_at),
+            await _next_after_now(conn, current, spec.cadence, now),
         )
     return ScheduleRecord.of(row)
 
@@ -237,7 +249,7 @@ async def set_paused(
         now: datetime = await conn.fetchval("SELECT clock_timestamp()")
         next_run = current.next_run_at
         if not paused and current.paused:
-            next_run = _first_tick(current.cadence, now, current.created_at)
+            next_run = await _next_after_now(conn, current, current.cadence, now)
         row = await conn.fetchrow(
             f"UPDATE schedule SET paused = $2, next_run_at = $3 WHERE id = $1 RETURNING {COLUMNS}",
             schedule_id,
