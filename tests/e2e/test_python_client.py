@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
 from types import ModuleType
+from typing import Any
 
 import pytest
 from gql.transport.exceptions import TransportClosed
@@ -104,8 +105,19 @@ async def test_the_client_resumes_after_a_dropped_connection(
         followed = [event async for event in tasks.follow(task.id)]
         history = [event async for event in subscribe(task.id)]
     assert calls == [None, history[1].cursor]
-    assert followed == history
+    assert _unsigned(followed) == _unsigned(history)
     assert followed[-1].status == client.TaskStatus.SUCCEEDED
+
+
+def _unsigned(events: list[Any]) -> list[Any]:
+    """The events without their artifacts' download URLs: a URL is signed when the event is
+    read, with an expiry counted from then, so two reads a second apart differ in it."""
+    return [
+        e.model_copy(update={"artifact": e.artifact.model_copy(update={"url": ""})})
+        if hasattr(e, "artifact")
+        else e
+        for e in events
+    ]
 
 
 async def follow(*args: str, within: float = 60) -> tuple[int, list[str], str]:
