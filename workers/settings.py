@@ -55,6 +55,10 @@ def arq_function(task_type: TaskType) -> Function:
 async def _startup(settings: Settings, served: list[str], ctx: dict[str, Any]) -> None:
     ctx["settings"] = settings
     ctx["queues"] = served
+    # arq made its pool with the worker's own queue (the first it serves) as the default;
+    # every key of taskrunner.queue is built from QUEUE_NAME, the `default` queue's (a
+    # worker on `alpha` must enqueue a `default` task where `default` workers read)
+    ctx["redis"].default_queue_name = settings.queue_name
     tracing.setup("taskrunner-worker", settings)
     ctx["engine"] = create_engine(settings.require_database_url())
     tracing.instrument_engine(ctx["engine"])

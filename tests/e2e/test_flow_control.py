@@ -172,6 +172,41 @@ async def test_a_paused_queue_starts_nothing_until_resumed_and_running_tasks_fin
         assert (await queue_named(user, "default") or {}).get("paused") is False
 
 
+async def test_a_worker_not_serving_default_keys_every_queue_from_queue_name(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    """A worker on `alpha` only: the keys it writes (paused flags, enqueues of the tasks it
+    fires or re-queues) are those of each task's own queue, not built on its first queue's
+    key (arq's pool has that as its default queue)."""
+    async with run_api(settings) as url, run_worker(serving(settings, "alpha")):
+        user = await Stack.keyed(url, settings)
+        admin = user.as_key(await make_key(settings, "ops", admin=True))
+        await served_by(user, "alpha")
+        await admin.execute(PAUSE, name="default")
+        await asyncio.sleep(3 * settings.heartbeat_interval_seconds)  # its flags re-written
+        on_alpha = await submit(user, {"echo": {"message": "a"}}, queue="alpha")
+        assert (await finish(user, on_alpha, within=10))[-1]["status"] == "SUCCEEDED"
+        await admin.execute(RESUME, name="default")
+        # a schedule on `default`, fired by the alpha worker: its tasks wait on `default`
+        created = await user.execute(
+            'mutation { createSchedule(schedule: {name: "d", everySeconds: 1, '
+            'task: {echo: {message: "s"}}}) { id } }'
+        )
+        schedule_id = created["createSchedule"]["id"]
+        await wait_for(
+            engine, f"SELECT count(*) > 0 FROM task WHERE schedule_id = '{schedule_id}'", True
+        )
+        async with run_worker(serving(settings, "default")):
+            await wait_for(
+                engine,
+                f"SELECT count(*) > 0 FROM task WHERE schedule_id = '{schedule_id}' "
+                "AND status = 'SUCCEEDED'",
+                True,
+                within=10,
+            )
+        await user.execute("mutation($id: ID!) { deleteSchedule(id: $id) }", id=schedule_id)
+
+
 # --- concurrency keys ---------------------------------------------------------------------
 
 
