@@ -19,9 +19,15 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from arq.constants import in_progress_key_prefix
-from arq.utils import timestamp_ms
-from arq.worker import Function, Worker, func
+from arq.constants import (
+    abort_jobs_ss,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+from arq.utils import timestamp_ms, to_ms
+from arq.worker import Function, Retry, Worker, func
 from redis.commands.core import AsyncScript
 
 from taskrunner import heartbeats, metrics, queue, tracing
@@ -42,10 +48,18 @@ ARQ_TIMEOUT_MARGIN_SECONDS = 30
 log = logging.getLogger(__name__)
 
 
-def arq_function(task_type: TaskType) -> Function:
-    """The arq function that runs `task_type`'s tasks (named for the type: the job name)."""
+PAUSED_RECHECK_SECONDS = 1.0
+
+
+def arq_function(task_type: TaskType, paused_flag: str | None = None) -> Function:
+    """The arq function that runs `task_type`'s tasks (named for the type: the job name).
+    `paused_flag`: for arq's own Worker (the arq CLI), which claims jobs without reading
+    its queue's paused flag: while it is set, the job goes back to the queue (arq's Retry,
+    no attempt of the task used) and is looked at again a second later."""
 
     async def job(ctx: dict[str, Any], task_id: str, limited: bool = False) -> str:
+        if paused_flag is not None and await ctx["redis"].exists(paused_flag):
+            raise Retry(defer=PAUSED_RECHECK_SECONDS)
         return await execute(cast(WorkerContext, ctx), task_type, task_id, limited)
 
     job.__qualname__ = f"run_{task_type.name}"
@@ -218,19 +232,56 @@ class TaskWorker(Worker):
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
 
-    async def finish_job(self, job_id: str, finish: bool, *args: Any) -> None:
-        """arq's, which drops the job from `queue_name`; a job of another queue this worker
-        serves is dropped from that one too."""
-        await super().finish_job(job_id, finish, *args)
-        origin = self._origin.pop(job_id, None)
-        if origin is not None and finish:
-            await self.pool.zrem(origin, job_id)
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        """arq 0.28's finish_job, on the sorted set the job was claimed from (arq's uses
+        `queue_name`, the first queue served): one MULTI, so that no retry or claim lands
+        between the job's keys going and its entry leaving its queue."""
+        origin = self._origin.pop(job_id, self.queue_name)
+        in_progress = in_progress_key_prefix + job_id
+        async with self.pool.pipeline(transaction=True) as tr:
+            delete_keys = []
+            if keep_in_progress is None:
+                delete_keys.append(in_progress)
+            else:
+                tr.pexpire(in_progress, to_ms(keep_in_progress) or 0)
+            if finish:
+                if result_data:
+                    expire = None if keep_result_forever else result_timeout_s
+                    tr.set(result_key_prefix + job_id, result_data, px=to_ms(expire))
+                delete_keys += [retry_key_prefix + job_id, job_key_prefix + job_id]
+                tr.zrem(abort_jobs_ss, job_id)
+                tr.zrem(origin, job_id)
+            elif incr_score:
+                tr.zincrby(origin, incr_score, job_id)
+            if delete_keys:
+                tr.delete(*delete_keys)
+            await tr.execute()
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
-        await super().finish_failed_job(job_id, result_data)
-        origin = self._origin.pop(job_id, None)
-        if origin is not None:
-            await self.pool.zrem(origin, job_id)
+        """arq's, on the sorted set the job was claimed from (see finish_job)."""
+        origin = self._origin.pop(job_id, self.queue_name)
+        async with self.pool.pipeline(transaction=True) as tr:
+            tr.delete(
+                retry_key_prefix + job_id,
+                in_progress_key_prefix + job_id,
+                job_key_prefix + job_id,
+            )
+            tr.zrem(abort_jobs_ss, job_id)
+            tr.zrem(origin, job_id)
+            keep_result = self.keep_result_forever or self.keep_result_s > 0
+            if result_data is not None and keep_result:
+                expire = 0 if self.keep_result_forever else self.keep_result_s
+                tr.set(result_key_prefix + job_id, result_data, px=to_ms(expire))
+            await tr.execute()
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
@@ -326,6 +377,8 @@ def arq_cli_options(settings: Settings) -> dict[str, Any]:
             ", ".join(unserved),
         )
     options = worker_options(settings)
-    options["queue_name"] = queue.key(settings.queue_name, served[0])
+    options["queue_name"] = queue_key = queue.key(settings.queue_name, served[0])
+    flag = queue.paused_key(queue_key)
+    options["functions"] = [arq_function(t, flag) for t in catalog().values()]
     options["on_startup"] = functools.partial(_startup, settings, served)
     return options

@@ -12,13 +12,15 @@ from pathlib import Path
 
 from tests.support.environment import process_env, repo_root
 from tests.support.processes import spawn, stop
-from tests.support.stack import Stack
+from tests.support.stack import Stack, make_key
 from tests.support.tasks import WATCH
 
 SUBMIT_ON = (
     "mutation($q: String) "
     '{ submitTask(task: {echo: {message: "q"}}, options: {queue: $q}) { id queue } }'
 )
+
+GET = "query($id: ID!) { task(id: $id) { status attempts } }"
 
 
 async def _runs_on(api: Stack, queue: str) -> None:
@@ -39,6 +41,8 @@ async def test_taskrunner_worker_serves_the_queues_given(api: Stack) -> None:
 
 
 async def test_the_arq_cli_serves_the_one_queue_of_worker_queues(api: Stack) -> None:
+    """It runs gamma's tasks, and, although arq's Worker claims without reading the paused
+    flag, starts none while gamma is paused."""
     env = {**process_env(api.settings), "WORKER_QUEUES": "gamma"}
     arq = Path(sys.executable).parent / "arq"
     proc = await asyncio.create_subprocess_exec(
@@ -46,6 +50,18 @@ async def test_the_arq_cli_serves_the_one_queue_of_worker_queues(api: Stack) -> 
     )
     try:
         await _runs_on(api, "gamma")
+        admin = api.as_key(await make_key(api.settings, "ops", admin=True))
+        await admin.execute('mutation { pauseQueue(name: "gamma") { paused } }')
+        task = (await api.execute(SUBMIT_ON, q="gamma"))["submitTask"]
+        for _ in range(25):  # 2.5 s
+            await asyncio.sleep(0.1)
+            found = await api.execute(GET, id=task["id"])
+            assert found["task"]["status"] == "QUEUED"
+            assert found["task"]["attempts"] == 0
+        await admin.execute('mutation { resumeQueue(name: "gamma") { paused } }')
+        async with asyncio.timeout(30):
+            events = await api.subscribe(WATCH, id=task["id"])
+        assert events[-1]["taskUpdates"]["status"] == "SUCCEEDED"
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
