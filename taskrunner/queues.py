@@ -22,40 +22,59 @@ from taskrunner.logs import event
 SET_PAUSED = """
 INSERT INTO queue_state (name, paused, changed_at) VALUES ($1, $2, clock_timestamp())
 ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, changed_at = excluded.changed_at
+RETURNING changed_at
 """
+
+# Write paused flags, each only if its version (the row's changed_at, in microseconds) is
+# not older than the one written last (kept at <flag>:at): a worker's re-sync that read
+# the table before a pause must not delete the flag the pause set after it.
+# KEYS: the flags; ARGV: '1' (paused) or '0', version, for each flag in turn.
+WRITE_FLAGS = """
+for i, flag in ipairs(KEYS) do
+  local paused, version = ARGV[2 * i - 1], tonumber(ARGV[2 * i])
+  local last = tonumber(redis.call('GET', flag .. ':at') or '0')
+  if version >= last then
+    redis.call('SET', flag .. ':at', ARGV[2 * i])
+    if paused == '1' then
+      redis.call('SET', flag, '1')
+    else
+      redis.call('DEL', flag)
+    end
+  end
+end
+return 0
+"""
+
+
+def _version(changed_at: datetime) -> str:
+    return str(int(changed_at.timestamp() * 1_000_000))
+
+
+async def write_flags(pool: ArqRedis, rows: list[tuple[str, bool, datetime]]) -> None:
+    flags = [queue.paused_key(queue.key(pool.default_queue_name, name)) for name, _, _ in rows]
+    args = [a for _, paused, at in rows for a in ("1" if paused else "0", _version(at))]
+    await pool.eval(WRITE_FLAGS, len(flags), *flags, *args)  # type: ignore[misc]
 
 
 async def set_paused(engine: AsyncEngine, pool: ArqRedis, name: str, paused: bool) -> None:
     """Pause (or resume) the named queue: the row first (it decides), then the flag the
     workers read; a resume wakes them up."""
     async with connection(engine) as conn:
-        await conn.execute(SET_PAUSED, name, paused)
-    queue_key = queue.key(pool.default_queue_name, name)
-    if paused:
-        await pool.set(queue.paused_key(queue_key), b"1")
-    else:
-        async with pool.pipeline(transaction=False) as pipe:
-            pipe.delete(queue.paused_key(queue_key))
-            pipe.publish(queue.wake_channel(queue_key), b"")
-            await pipe.execute()
+        changed_at: datetime = await conn.fetchval(SET_PAUSED, name, paused)
+    await write_flags(pool, [(name, paused, changed_at)])
+    if not paused:
+        await pool.publish(queue.wake_channel(queue.key(pool.default_queue_name, name)), b"")
     # no event stream carries a queue's changes (`queues` shows its state): the log does
     event("queue_paused" if paused else "queue_resumed", queue=name)
 
 
 async def sync_paused(engine: AsyncEngine, pool: ArqRedis) -> None:
-    """Make the Redis flags say what `queue_state` says."""
+    """Make the Redis flags say what `queue_state` says (never going back on a newer
+    write: see WRITE_FLAGS)."""
     async with connection(engine) as conn:
-        rows = await conn.fetch("SELECT name, paused FROM queue_state")
-    if not rows:
-        return
-    async with pool.pipeline(transaction=False) as pipe:
-        for row in rows:
-            flag = queue.paused_key(queue.key(pool.default_queue_name, row["name"]))
-            if row["paused"]:
-                pipe.set(flag, b"1")
-            else:
-                pipe.delete(flag)
-        await pipe.execute()
+        rows = await conn.fetch("SELECT name, paused, changed_at FROM queue_state")
+    if rows:
+        await write_flags(pool, [(r["name"], r["paused"], r["changed_at"]) for r in rows])
 
 
 @dataclass(frozen=True)
