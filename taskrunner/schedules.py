@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -378,10 +378,15 @@ SELECT {", ".join(f"s.{c}" for c in ScheduleRecord.__dataclass_fields__)},
        lt.status IN ('QUEUED', 'RUNNING') AS last_unfinished
 FROM schedule s LEFT JOIN task lt ON lt.id = s.last_task_id
 WHERE NOT s.paused AND s.next_run_at <= clock_timestamp()
+  AND ($2::uuid IS NULL OR s.id = $2)
 ORDER BY s.next_run_at
 LIMIT $1
 FOR UPDATE OF s SKIP LOCKED
 """
+
+# A schedule whose round failed on its own: its due ticks are given up (logged), so that
+# it does not fail every round of every worker.
+GIVE_UP = "UPDATE schedule SET next_run_at = $2, skipped = skipped + 1 WHERE id = $1"
 
 SAVE = """
 UPDATE schedule SET next_run_at = v.next_run_at,
@@ -419,10 +424,14 @@ async def fire_due(
     """Fire the due ticks of up to `limit` schedules; returns how many tasks were fired and
     when the next schedule is due (None: none is)."""
 
-    async def work(conn: asyncpg.Connection) -> Round:
-        rows = await conn.fetch(CLAIM, limit)
+    claimed: list[uuid.UUID] = []
+
+    async def work(conn: asyncpg.Connection, only: uuid.UUID | None = None) -> Round:
+        rows = await conn.fetch(CLAIM, 1 if only else limit, only)
         if not rows:
             return Round([], [], [], [], await conn.fetchval(NEXT_DUE))
+        if only is None:
+            claimed[:] = [r["id"] for r in rows]
         now: datetime = rows[0]["now"]
         plans = [
             plan(ScheduleRecord.of(r), r["now"], bool(r["last_unfinished"]), most_catchup)
@@ -453,14 +462,19 @@ async def fire_due(
 
     # again with a fresh transaction when a noted task was written by a newer one (the
     # journal's xid order, see journal.run_transaction)
-    done = await journal.run_transaction(engine, work)
-    plans, per_unit, events, noted, next_due = (
-        done.plans,
-        done.per_unit,
-        done.events,
-        done.noted,
-        done.next_due,
-    )
+    try:
+        rounds = [await journal.run_transaction(engine, work)]
+    except Exception:
+        if not claimed:
+            raise
+        # one schedule must not stop the others: each alone, giving up on one that fails
+        log.exception("firing %d schedules failed; firing them one at a time", len(claimed))
+        rounds = [await _alone(engine, work, sid) for sid in claimed]
+    plans = [p for r in rounds for p in r.plans]
+    per_unit = [tasks for r in rounds for tasks in r.per_unit]
+    events = [e for r in rounds for e in r.events]
+    noted = [o for r in rounds for o in r.noted]
+    next_due = min((r.next_due for r in rounds if r.next_due), default=None)
     fired = [task for tasks in per_unit for task in tasks]
     await _announce(pool, fired, [*events, *(o.event for o in noted if o.event)])
     for p in plans:
@@ -473,6 +487,30 @@ async def fire_due(
                 reason=p.reason,
             )
     return len(fired), next_due
+
+
+async def _alone(
+    engine: AsyncEngine,
+    work: Callable[[asyncpg.Connection, uuid.UUID | None], Awaitable[Round]],
+    schedule_id: uuid.UUID,
+) -> Round:
+    """Fire one schedule in a transaction of its own; when that fails too, give up on its
+    due ticks (its next tick is the next one after now) and log why."""
+    try:
+        return await journal.run_transaction(engine, lambda conn: work(conn, schedule_id))
+    except Exception:
+        log.exception("schedule %s failed to fire; its due ticks are skipped", schedule_id)
+    async with transaction(engine) as conn:
+        row = await conn.fetchrow(
+            f"SELECT {COLUMNS}, clock_timestamp() AS now FROM schedule WHERE id = $1 FOR UPDATE",
+            schedule_id,
+        )
+        if row is not None:
+            s = ScheduleRecord.of(row)
+            await conn.execute(
+                GIVE_UP, schedule_id, cron.next_tick(s.cadence, row["now"], s.created_at)
+            )
+    return Round([], [], [], [], None)
 
 
 async def _within_rates(plans: list[Plan], limiter: RateLimiter | None) -> list[Plan]:

@@ -7,10 +7,11 @@ hands a freed slot to the oldest held-back task."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 import sqlalchemy as sa
-from redis.asyncio import Redis
+from arq import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner import concurrency, connections, journal, queue, transitions
@@ -20,9 +21,9 @@ from taskrunner.submissions import Submission, insert
 
 
 @pytest.fixture
-async def pool(settings: Settings) -> Redis:
+async def pool(settings: Settings) -> AsyncIterator[ArqRedis]:
     client = await queue.connect(settings.require_redis_url(), settings.queue_name)
-    yield client  # type: ignore[misc]
+    yield client
     await client.aclose()
 
 
@@ -36,7 +37,9 @@ async def keyed_tasks(engine: AsyncEngine, n: int, key: str, limit: int) -> list
     return [t.id for t in tasks]
 
 
-async def rows(engine: AsyncEngine, ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[str, str]]:
+async def rows(
+    engine: AsyncEngine, ids: list[uuid.UUID]
+) -> dict[uuid.UUID, tuple[str, str | None]]:
     async with engine.connect() as conn:
         found = await conn.execute(
             sa.text("SELECT id, status, waiting FROM task WHERE id = ANY(:ids)"), {"ids": ids}
@@ -46,7 +49,7 @@ async def rows(engine: AsyncEngine, ids: list[uuid.UUID]) -> dict[uuid.UUID, tup
 
 @pytest.mark.parametrize("path", ["one statement", "transaction"])
 async def test_starts_over_the_limit_are_held_back(
-    engine: AsyncEngine, pool: Redis, path: str
+    engine: AsyncEngine, pool: ArqRedis, path: str
 ) -> None:
     key = f"k-{uuid.uuid4().hex[:6]}"
     ids = await keyed_tasks(engine, 3, key, 2)
@@ -85,7 +88,7 @@ async def test_starts_over_the_limit_are_held_back(
     assert await concurrency.release(engine, pool, [("slots", key)]) == 0
 
 
-async def test_a_start_without_a_key_ignores_slots(engine: AsyncEngine, pool: Redis) -> None:
+async def test_a_start_without_a_key_ignores_slots(engine: AsyncEngine, pool: ArqRedis) -> None:
     async with connections.transaction(engine) as conn:
         (tasks,), _ = await insert(conn, [("slots", [Submission("echo", {"message": "x"}, 60)])])
     (outcome,) = await journal.apply(

@@ -4,6 +4,7 @@ pause set after it."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -15,9 +16,9 @@ from taskrunner.config import Settings
 
 
 @pytest.fixture
-async def pool(settings: Settings) -> ArqRedis:
+async def pool(settings: Settings) -> AsyncIterator[ArqRedis]:
     client = await queue.connect(settings.require_redis_url(), settings.queue_name)
-    yield client  # type: ignore[misc]
+    yield client
     await client.aclose()
 
 
