@@ -144,6 +144,25 @@ def check_template(template: Submission, prefix: str = "schedule.options.") -> N
 
 
 COLUMNS = ", ".join(ScheduleRecord.__dataclass_fields__)
+# The columns a ScheduleSpec sets, in the order of `_spec_values`.
+SPEC_COLUMNS = (
+    "name, cron, every_seconds, timezone, task_type, task_input, options, overlap, catchup, paused"
+)
+
+
+def _spec_values(spec: ScheduleSpec) -> tuple[Any, ...]:
+    return (
+        spec.name,
+        spec.cadence.cron,
+        spec.cadence.every_seconds,
+        spec.cadence.timezone,
+        spec.template.type,
+        json_text(spec.template.input),
+        json_text(_options(spec.template)),
+        spec.overlap,
+        spec.catchup,
+        spec.paused,
+    )
 
 
 def _first_tick(cadence: Cadence, now: datetime, anchor: datetime) -> datetime:
@@ -184,25 +203,14 @@ async def create(
             )
         now: datetime = await conn.fetchval("SELECT clock_timestamp()")
         row = await conn.fetchrow(
-            f"""INSERT INTO schedule (id, owner, key_id, name, cron, every_seconds, timezone,
-                    task_type, task_input, options, overlap, catchup, paused, next_run_at,
-                    created_at)
+            f"""INSERT INTO schedule (id, owner, key_id, {SPEC_COLUMNS}, next_run_at, created_at)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10::jsonb, $11, $12, $13,
                         $14, $15)
                 RETURNING {COLUMNS}""",
             uuid.uuid4(),
             owner,
             key_id,
-            spec.name,
-            spec.cadence.cron,
-            spec.cadence.every_seconds,
-            spec.cadence.timezone,
-            spec.template.type,
-            json_text(spec.template.input),
-            json_text(_options(spec.template)),
-            spec.overlap,
-            spec.catchup,
-            spec.paused,
+            *_spec_values(spec),
             _first_tick(spec.cadence, now, now),
             now,
         )
@@ -219,21 +227,11 @@ async def update(
         current = await _locked(conn, scope, schedule_id)
         now: datetime = await conn.fetchval("SELECT clock_timestamp()")
         row = await conn.fetchrow(
-            f"""UPDATE schedule SET name = $2, cron = $3, every_seconds = $4, timezone = $5,
-                    task_type = $6, task_input = $7::jsonb, options = $8::jsonb, overlap = $9,
-                    catchup = $10, paused = $11, next_run_at = $12
+            f"""UPDATE schedule SET ({SPEC_COLUMNS}, next_run_at)
+                    = ($2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9, $10, $11, $12)
                 WHERE id = $1 RETURNING {COLUMNS}""",
             schedule_id,
-            spec.name,
-            spec.cadence.cron,
-            spec.cadence.every_seconds,
-            spec.cadence.timezone,
-            spec.template.type,
-            json_text(spec.template.input),
-            json_text(_options(spec.template)),
-            spec.overlap,
-            spec.catchup,
-            spec.paused,
+            *_spec_values(spec),
             await _next_after_now(conn, current, spec.cadence, now),
         )
     return ScheduleRecord.of(row)
