@@ -125,18 +125,20 @@ async def cancel_many(
         outcomes = await journal.apply(engine, redis, changes)
         by_id = {t.id: t for t in tasks}
         again: list[uuid.UUID] = []
+        removed: list[tuple[uuid.UUID, str]] = []
         async with pool.pipeline(transaction=False) as pipe:
             for outcome in outcomes:
                 task = by_id[outcome.change.task_id]
                 if outcome.accepted:
                     done += 1
                     if outcome.change.to is TaskStatus.CANCELLED:
-                        pipe.zrem(queue.key(pool.default_queue_name, task.queue), str(task.id))
+                        removed.append((task.id, task.queue))
                     else:
                         pipe.publish(CANCEL_CHANNEL, cancel_message(task.id, task.attempts))
                 elif outcome.found is TaskStatus.RUNNING:
                     again.append(task.id)
             await pipe.execute()
+        await queue.remove_many(pool, removed)  # as cancelTask: its job is dropped
         if not again:
             break
         tasks = await matching_tasks(

@@ -141,6 +141,22 @@ async def missing(pool: ArqRedis, jobs: Sequence[Job]) -> list[Job]:
     return [job for i, job in enumerate(jobs) if not found[2 * i] or found[2 * i + 1] is None]
 
 
+async def remove_many(pool: ArqRedis, tasks: Sequence[tuple[uuid.UUID, str]]) -> None:
+    """`remove` for many (task id, queue) pairs, in two round trips."""
+    if not tasks:
+        return
+    async with pool.pipeline(transaction=False) as pipe:
+        for task_id, _ in tasks:
+            pipe.exists(in_progress_key_prefix + str(task_id))
+        taken = await pipe.execute()
+    async with pool.pipeline(transaction=False) as pipe:
+        for (task_id, queue), busy in zip(tasks, taken, strict=True):
+            if not busy:
+                pipe.zrem(key(pool.default_queue_name, queue), str(task_id))
+                pipe.delete(job_key_prefix + str(task_id))
+        await pipe.execute()
+
+
 async def remove(pool: ArqRedis, task_id: uuid.UUID, queue: str = DEFAULT_QUEUE) -> None:
     """Drop a waiting job (a cancelled task). A worker that already took it re-reads the
     row and skips it, so losing this race is harmless."""
