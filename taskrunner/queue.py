@@ -26,8 +26,6 @@ from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.jobs import serialize_job
 from redis.asyncio.client import Pipeline
 
-from taskrunner.config import QUEUE_NAME, QUEUE_NAME_RULE  # noqa: F401  (the rule of names)
-
 PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
 PRIORITY_STEP_MS = 10**11  # ~3 years: one priority level outranks any wait in the queue
 JOB_EXPIRES_MS = 7 * 24 * 3600 * 1000  # a job still waiting after this is dropped by arq;

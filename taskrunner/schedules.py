@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -32,12 +32,11 @@ import asyncpg
 from arq import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import cron, journal, metrics, queue, submissions, transitions
+from taskrunner import cron, journal, submissions, transitions
 from taskrunner.changes import json_text
 from taskrunner.connections import connection, transaction
 from taskrunner.cron import Cadence
 from taskrunner.errors import BadInput, LimitExceeded, NotFound, RateLimited
-from taskrunner.events import add_publishes
 from taskrunner.logs import event
 from taskrunner.models import TaskRecord
 from taskrunner.ratelimit import RateLimiter
@@ -474,7 +473,7 @@ async def fire_due(
     noted = [o for r in rounds for o in r.noted]
     next_due = min((r.next_due for r in rounds if r.next_due), default=None)
     fired = [task for tasks in per_unit for task in tasks]
-    await _announce(pool, fired, [*events, *(o.event for o in noted if o.event)])
+    await submissions.announce(pool, fired, [*events, *(o.event for o in noted if o.event)])
     for p in plans:
         if p.skipped:
             event(
@@ -535,29 +534,6 @@ async def _within_rates(plans: list[Plan], limiter: RateLimiter | None) -> list[
     ]
 
 
-async def _announce(pool: ArqRedis, tasks: Sequence[TaskRecord], events: Sequence[Any]) -> None:
-    """After the commit: publish the events and enqueue the fired tasks (one round trip).
-    A failure is repaired: streams re-read PostgreSQL, the reconciler enqueues."""
-    for task in tasks:
-        metrics.TASKS_SUBMITTED.labels(task.type).inc()
-        event(
-            "task_submitted",
-            task_id=str(task.id),
-            task_type=task.type,
-            owner=task.owner,
-            schedule_id=str(task.schedule_id),
-            scheduled_for=task.scheduled_for.isoformat() if task.scheduled_for else None,
-        )
-    jobs = [queue.job_of(t) for t in tasks if not t.due_at]
-    try:
-        async with pool.pipeline(transaction=False) as pipe:
-            add_publishes(pipe, events)
-            queue.add_enqueues(pipe, pool.default_queue_name, jobs)
-            await pipe.execute()
-    except Exception as exc:
-        log.warning("could not enqueue %d fired tasks (%s); the reconciler will", len(jobs), exc)
-
-
 async def trigger(
     engine: AsyncEngine,
     pool: ArqRedis,
@@ -577,7 +553,7 @@ async def trigger(
             now,
             tasks[0].id,
         )
-    await _announce(pool, tasks, events)
+    await submissions.announce(pool, tasks, events)
     return tasks[0]
 
 

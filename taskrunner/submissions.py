@@ -89,23 +89,45 @@ async def _submit_now(
     if any(crash for _, _, crash in units):
         os._exit(70)  # fault injection: see Settings.test_crash_after_commit
     created = {e.task_id for e in events}  # each new task once, whoever else reused its key
-    jobs = []
-    for (owner, _, _), tasks in zip(units, per_unit, strict=True):
+    new = []
+    for tasks in per_unit:
         for task in tasks:
             if task.id in created:
                 created.discard(task.id)
-                metrics.TASKS_SUBMITTED.labels(task.type).inc()
-                event("task_submitted", task_id=str(task.id), task_type=task.type, owner=owner)
-                if not task.due_at:
-                    jobs.append(queue.job_of(task))
-    try:  # publish and enqueue in one round trip
+                new.append(task)
+    await announce(pool, new, events)
+    return per_unit
+
+
+async def announce(pool: ArqRedis, tasks: Sequence[TaskRecord], events: Sequence[Event]) -> None:
+    """Once the tasks `insert` created are committed: count and log them, then publish
+    `events` and enqueue the tasks that are due, in one round trip. Never fails: a task
+    left out of the queue is enqueued by the reconciler, and streams re-read PostgreSQL."""
+    jobs = []
+    for task in tasks:
+        metrics.TASKS_SUBMITTED.labels(task.type).inc()
+        fired: dict[str, Any] = {}
+        if task.schedule_id is not None and task.scheduled_for is not None:
+            fired = {
+                "schedule_id": str(task.schedule_id),
+                "scheduled_for": task.scheduled_for.isoformat(),
+            }
+        event(
+            "task_submitted",
+            task_id=str(task.id),
+            task_type=task.type,
+            owner=task.owner,
+            **fired,
+        )
+        if not task.due_at:
+            jobs.append(queue.job_of(task))
+    try:
         async with pool.pipeline(transaction=False) as pipe:
             add_publishes(pipe, events)
             queue.add_enqueues(pipe, pool.default_queue_name, jobs)
             await pipe.execute()
     except Exception as exc:  # committed: the reconciler enqueues it, never fail or lose it
         log.warning("could not enqueue %d tasks (%s); the reconciler will", len(jobs), exc)
-    return per_unit
 
 
 TASK_COLUMNS = tuple(c.name for c in task_table.c)

@@ -65,6 +65,14 @@ def _status(to: TaskStatus, **data: Any) -> dict[str, Any]:
     return {"status": to.value, **data}
 
 
+def _move(
+    task_id: uuid.UUID, to: TaskStatus, data: dict[str, Any] | None = None, **change: Any
+) -> Change:
+    """A status change to `to`: its StatusChanged event (with `data`: result, error) and the
+    move; `change`: the rest of the Change (values, conditions)."""
+    return Change(task_id, EventKind.STATUS, _status(to, **(data or {})), to=to, **change)
+
+
 def _error(code: TaskErrorCode, message: str) -> dict[str, str]:
     return {"code": TaskErrorCode(code).value, "message": message}
 
@@ -76,11 +84,9 @@ def started(task_id: uuid.UUID, worker_id: str, *, limited: bool = False) -> Cha
     """QUEUED -> RUNNING on `worker_id`, as the next attempt; the row as found comes back
     (Outcome.row) for the runner. `limited`: the task has a concurrency key, and starts only
     with a free slot (else it is held back: Outcome.held_back)."""
-    return Change(
+    return _move(
         task_id,
-        EventKind.STATUS,
-        _status(TaskStatus.RUNNING),
-        to=TaskStatus.RUNNING,
+        TaskStatus.RUNNING,
         values={
             "started_at": NOW,
             "attempts": NEXT_ATTEMPT,
@@ -95,11 +101,10 @@ def started(task_id: uuid.UUID, worker_id: str, *, limited: bool = False) -> Cha
 def succeeded(task_id: uuid.UUID, attempt: int, result: Any) -> Change:
     """RUNNING -> SUCCEEDED with `result` (JSON), progress complete, any earlier error of a
     retried attempt cleared."""
-    return Change(
+    return _move(
         task_id,
-        EventKind.STATUS,
-        _status(TaskStatus.SUCCEEDED, result=result),
-        to=TaskStatus.SUCCEEDED,
+        TaskStatus.SUCCEEDED,
+        {"result": result},
         values={
             "finished_at": NOW,
             "result": result,
@@ -114,11 +119,10 @@ def succeeded(task_id: uuid.UUID, attempt: int, result: Any) -> Change:
 def failed(task_id: uuid.UUID, attempt: int, code: TaskErrorCode, message: str) -> Change:
     """RUNNING -> FAILED: the attempt ended with an error and no retry is left."""
     error = _error(code, message)
-    return Change(
+    return _move(
         task_id,
-        EventKind.STATUS,
-        _status(TaskStatus.FAILED, error=error),
-        to=TaskStatus.FAILED,
+        TaskStatus.FAILED,
+        {"error": error},
         values={"finished_at": NOW, "error_code": error["code"], "error_message": message},
         expect_attempt=attempt,
     )
@@ -130,11 +134,10 @@ def requeued(
     """RUNNING -> QUEUED after a failure with retries left: waits in PostgreSQL until
     `delay_seconds` from now (the backoff), carrying the error until a later attempt."""
     error = _error(code, message)
-    return Change(
+    return _move(
         task_id,
-        EventKind.STATUS,
-        _status(TaskStatus.QUEUED, error=error),
-        to=TaskStatus.QUEUED,
+        TaskStatus.QUEUED,
+        {"error": error},
         values={
             "due_at": seconds_from_now(delay_seconds),
             "worker_id": None,
@@ -147,11 +150,10 @@ def requeued(
 
 def cancelled(task_id: uuid.UUID, attempt: int) -> Change:
     """RUNNING -> CANCELLED: the attempt's body was cancelled (cancelTask) and has ended."""
-    return Change(
+    return _move(
         task_id,
-        EventKind.STATUS,
-        _status(TaskStatus.CANCELLED, result=None),
-        to=TaskStatus.CANCELLED,
+        TaskStatus.CANCELLED,
+        {"result": None},
         values={"finished_at": NOW},
         expect_attempt=attempt,
     )
@@ -160,11 +162,9 @@ def cancelled(task_id: uuid.UUID, attempt: int) -> Change:
 def handed_back(task_id: uuid.UUID, attempt: int) -> Change:
     """RUNNING -> QUEUED by a stopping worker, for another worker to run (no error, no
     wait)."""
-    return Change(
+    return _move(
         task_id,
-        EventKind.STATUS,
-        _status(TaskStatus.QUEUED),
-        to=TaskStatus.QUEUED,
+        TaskStatus.QUEUED,
         values={"worker_id": None},
         expect_attempt=attempt,
     )
@@ -223,22 +223,19 @@ def lost(
     cancel was requested, else QUEUED again if retries are left, else FAILED; the last two
     with WORKER_LOST. Only while the task is still that attempt of that worker."""
     if cancel_requested:
-        return Change(
+        return _move(
             task_id,
-            EventKind.STATUS,
-            _status(TaskStatus.CANCELLED),
-            to=TaskStatus.CANCELLED,
+            TaskStatus.CANCELLED,
             values={"finished_at": NOW, "worker_id": None},
             expect_attempt=attempt,
             expect_worker=worker_id,
         )
     error = _error(TaskErrorCode.WORKER_LOST, "the worker running this task stopped responding")
     if retries_left(max_retries, attempt):
-        return Change(
+        return _move(
             task_id,
-            EventKind.STATUS,
-            _status(TaskStatus.QUEUED, error=error),
-            to=TaskStatus.QUEUED,
+            TaskStatus.QUEUED,
+            {"error": error},
             values={
                 "worker_id": None,
                 "error_code": error["code"],
@@ -247,11 +244,10 @@ def lost(
             expect_attempt=attempt,
             expect_worker=worker_id,
         )
-    return Change(
+    return _move(
         task_id,
-        EventKind.STATUS,
-        _status(TaskStatus.FAILED, error=error),
-        to=TaskStatus.FAILED,
+        TaskStatus.FAILED,
+        {"error": error},
         values={
             "finished_at": NOW,
             "worker_id": None,
@@ -283,11 +279,9 @@ def cancelled_while_queued(task_id: uuid.UUID) -> Change:
     """QUEUED -> CANCELLED (cancelTask before it started): it never runs. Only from QUEUED
     (states.CANCEL_QUEUED): a task a worker started meanwhile is cancelled as a running one."""
     source, target = CANCEL_QUEUED
-    return Change(
+    return _move(
         task_id,
-        EventKind.STATUS,
-        _status(target),
-        to=target,
+        target,
         only_from=source,
         values={"cancel_requested": True, "finished_at": NOW},
     )
@@ -309,11 +303,9 @@ def cancel_requested(task_id: uuid.UUID, attempt: int) -> Change:
 def retried(task_id: uuid.UUID) -> Change:
     """FAILED | CANCELLED -> QUEUED (retryTask), as a new attempt: the last attempt's
     outcome is cleared from the row (its events stay)."""
-    return Change(
+    return _move(
         task_id,
-        EventKind.STATUS,
-        _status(TaskStatus.QUEUED),
-        to=TaskStatus.QUEUED,
+        TaskStatus.QUEUED,
         retry_request=True,
         values={
             "due_at": None,

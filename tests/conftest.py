@@ -15,10 +15,12 @@ import pytest
 # the helpers' asserts explain themselves as the tests' own do
 pytest.register_assert_rewrite("tests.support")
 
+from arq import ArqRedis  # noqa: E402
 from moto.server import ThreadedMotoServer  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 from sqlalchemy.ext.asyncio import AsyncEngine  # noqa: E402
 
+from taskrunner import queue  # noqa: E402
 from taskrunner.config import Settings, load_settings  # noqa: E402
 from taskrunner.db import create_engine, migrate  # noqa: E402
 from taskrunner.embedded import EmbeddedPostgres, EmbeddedRedis, free_port  # noqa: E402
@@ -86,6 +88,14 @@ def settings(database_url: str, redis_url: str, tmp_path: Path) -> Settings:
         **FAST,
         _env_file=None,
     )
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[ArqRedis]:
+    """An arq pool (redis-py client) on the test's Redis, as the api and workers make it."""
+    client = await queue.connect(settings.require_redis_url(), settings.queue_name)
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture

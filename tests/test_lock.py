@@ -93,7 +93,6 @@ def _make(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
 def test_make_installs_from_the_lock_and_again_when_it_changes(tmp_path: Path) -> None:
     for name in ("Makefile", "pyproject.toml", DEV_LOCK.name, BENCH_LOCK.name):
         shutil.copy(ROOT / name, tmp_path / name)

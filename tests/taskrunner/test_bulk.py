@@ -5,24 +5,14 @@ a task a worker took meanwhile keeps its job."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
-import pytest
 from arq import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner import control, queue
-from taskrunner.config import Settings
 from taskrunner.queries import TaskCriteria
 from taskrunner.submissions import Submission, submit
-
-
-@pytest.fixture
-async def pool(settings: Settings) -> AsyncIterator[ArqRedis]:
-    client = await queue.connect(settings.require_redis_url(), settings.queue_name)
-    yield client
-    await client.aclose()
 
 
 async def test_cancel_many_drops_the_jobs_of_the_tasks_it_cancels(

@@ -7,24 +7,15 @@ hands a freed slot to the oldest held-back task."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 import sqlalchemy as sa
 from arq import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import concurrency, connections, journal, queue, transitions
-from taskrunner.config import Settings
+from taskrunner import concurrency, connections, journal, transitions
 from taskrunner.states import TaskStatus
 from taskrunner.submissions import Submission, insert
-
-
-@pytest.fixture
-async def pool(settings: Settings) -> AsyncIterator[ArqRedis]:
-    client = await queue.connect(settings.require_redis_url(), settings.queue_name)
-    yield client
-    await client.aclose()
 
 
 async def keyed_tasks(engine: AsyncEngine, n: int, key: str, limit: int) -> list[uuid.UUID]:

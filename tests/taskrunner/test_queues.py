@@ -4,22 +4,12 @@ pause set after it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
-import pytest
 from arq import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner import queue, queues
-from taskrunner.config import Settings
-
-
-@pytest.fixture
-async def pool(settings: Settings) -> AsyncIterator[ArqRedis]:
-    client = await queue.connect(settings.require_redis_url(), settings.queue_name)
-    yield client
-    await client.aclose()
 
 
 async def test_a_stale_resync_does_not_undo_a_pause(engine: AsyncEngine, pool: ArqRedis) -> None:

@@ -5,23 +5,13 @@ the failing one gives up its due ticks (logged) instead of failing every round."
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-import pytest
 from arq import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import cron, queue, schedules
-from taskrunner.config import Settings
+from taskrunner import cron, schedules
 from taskrunner.submissions import Submission
-
-
-@pytest.fixture
-async def pool(settings: Settings) -> AsyncIterator[ArqRedis]:
-    client = await queue.connect(settings.require_redis_url(), settings.queue_name)
-    yield client
-    await client.aclose()
 
 
 def spec(name: str) -> schedules.ScheduleSpec:

@@ -9,7 +9,6 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +17,7 @@ import sqlalchemy as sa
 from arq import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import heartbeats, journal, queue, reconciler, submissions
+from taskrunner import heartbeats, journal, reconciler, submissions
 from taskrunner.changes import NEXT_ATTEMPT, Change, Sql
 from taskrunner.config import Settings
 from taskrunner.events import EventKind
@@ -30,13 +29,6 @@ from tests.support.rows import new_task
 from tests.support.servers import run_worker
 from tests.support.waiting import eventually
 from workers.background import RECONCILE_LOCK
-
-
-@pytest.fixture
-async def pool(settings: Settings) -> AsyncIterator[ArqRedis]:
-    client = await queue.connect(settings.require_redis_url(), settings.queue_name)
-    yield client
-    await client.aclose()
 
 
 async def _submit(
