@@ -9,6 +9,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
+import orjson
 import strawberry
 from pydantic import ValidationError
 from strawberry.experimental.pydantic import input as pydantic_input
@@ -62,10 +63,10 @@ class TaskSubmissionInput:
     options: TaskOptionsInput | None = None
 
 
-def _pydantic_errors(exc: ValidationError, prefix: str) -> BadInput:
+def _pydantic_errors(errors: Any, prefix: str) -> BadInput:
     parts: list[str] = []
     first_field = prefix
-    for err in exc.errors():
+    for err in errors:
         where = ".".join([prefix, *(_camel(str(p)) for p in err["loc"])])
         first_field = first_field if parts else where
         parts.append(f"{where}: {err['msg']}")
@@ -73,26 +74,41 @@ def _pydantic_errors(exc: ValidationError, prefix: str) -> BadInput:
 
 
 def to_submission(
-    spec: Any, options: TaskOptionsInput | None, settings: Settings, *, prefix: str = ""
+    spec: Any,
+    options: TaskOptionsInput | None,
+    settings: Settings,
+    *,
+    prefix: str = "",
+    bound: frozenset[str] = frozenset(),
 ) -> Submission:
     """Validate one spec and its options against the catalog and the limits; errors name
-    the field below `prefix` (e.g. "tasks[3]." in a batch)."""
+    the field below `prefix` (e.g. "tasks[3]." in a batch). `bound`: input fields a
+    workflow sets later from its parents' results (their errors now are not errors)."""
     try:
-        return _submission(spec, options, settings, f"{prefix}task")
+        return _submission(spec, options, settings, f"{prefix}task", bound)
     except BadInput as exc:
         if not prefix or exc.message.startswith(prefix):
             raise
         raise BadInput(f"{prefix}{exc.message}", field=f"{prefix}{exc.field or ''}") from None
 
 
-def _submission(
-    spec: Any, options: TaskOptionsInput | None, settings: Settings, path: str
-) -> Submission:
+def chosen_type(spec: Any, path: str) -> tuple[str, Any]:
+    """The task type a TaskSpecInput names, and its input."""
     inputs = build_task_inputs()
     chosen = [(name, getattr(spec, name)) for name in inputs if getattr(spec, name)]
     if len(chosen) != 1:  # @oneOf makes this unreachable from GraphQL; kept for direct calls
         raise BadInput(f"{path}: give exactly one of {', '.join(inputs)}", field=path)
-    name, value = chosen[0]
+    return chosen[0]
+
+
+def _submission(
+    spec: Any,
+    options: TaskOptionsInput | None,
+    settings: Settings,
+    path: str,
+    bound: frozenset[str] = frozenset(),
+) -> Submission:
+    name, value = chosen_type(spec, path)
     task_type = catalog()[name]
     raw = strawberry.asdict(value)
     size = len(jsonx.dumps(raw))
@@ -102,6 +118,7 @@ def _submission(
             f"({settings.max_task_input_bytes}); pass large data as an artifact or a URL",
             field=f"{path}.{name}",
         )
+    model: Any = None
     try:
         model = task_type.input_model.model_validate(
             raw,
@@ -111,12 +128,17 @@ def _submission(
             },
         )
     except ValidationError as exc:
-        raise _pydantic_errors(exc, f"{path}.{name}") from None
+        errors = [e for e in exc.errors() if not e["loc"] or e["loc"][0] not in bound]
+        if errors:
+            raise _pydantic_errors(errors, f"{path}.{name}") from None
     opts = options or TaskOptionsInput()
     key, limit = _concurrency(opts, task_type, model)
     return Submission(
         type=name,
-        input=model.model_dump(mode="json"),
+        # with fields still to bind, as given: the worker checks the bound input
+        input=model.model_dump(mode="json")
+        if model is not None
+        else orjson.loads(jsonx.dumps(raw)),
         priority=_ranged("priority", opts.priority, 0, PRIORITY_MIN, PRIORITY_MAX),
         max_retries=_ranged(
             "maxRetries",
@@ -168,7 +190,7 @@ def _concurrency(
                 "are those with the same key)",
                 field="options.concurrencyLimit",
             )
-        default = task_type.concurrency(model) if task_type.concurrency else None
+        default = task_type.concurrency(model) if task_type.concurrency and model else None
         return default if default is not None else (None, None)
     if not 1 <= len(key) <= MAX_CONCURRENCY_KEY_LENGTH:
         raise BadInput(

@@ -30,8 +30,11 @@ from api.types.events import (
     LogAppended,
     ProgressReported,
     StatusChanged,
+    StepReady,
     TaskEvent,
     TickSkipped,
+    WorkflowStatus,
+    WorkflowStatusChanged,
     event_type,
 )
 from api.types.orchestration import (
@@ -52,6 +55,8 @@ from api.types.tasks import (
     TaskOptionsInput,
     page_size,
 )
+from api.types.workflows import Workflow, WorkflowConnection, WorkflowEdge, WorkflowInput
+from api.workflow_inputs import to_workflow_spec
 from taskrunner import (
     control,
     cron,
@@ -61,6 +66,7 @@ from taskrunner import (
     queues,
     schedules,
     streams,
+    workflows,
 )
 from taskrunner.artifacts.quotas import Quota
 from taskrunner.artifacts.records import add_artifact, check_content_type, check_name
@@ -175,6 +181,16 @@ def _schedule_spec(info: Info, given: ScheduleInput) -> schedules.ScheduleSpec:
         catchup=given.catchup.value,
         paused=given.paused,
     )
+
+
+def _workflow_id(value: strawberry.ID) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise BadInput(
+            f"id: {value!r} is not a workflow id; ids are UUIDs returned by submitWorkflow",
+            field="id",
+        ) from None
 
 
 def _require_admin(info: Info, operation: str) -> None:
@@ -334,6 +350,47 @@ class Query:
             ),
         )
 
+    @strawberry.field(description="One of your workflows by id; null when there is none.")
+    async def workflow(self, info: Info, id: strawberry.ID) -> Workflow | None:
+        try:
+            workflow_id = uuid.UUID(str(id))
+        except ValueError:
+            return None
+        found = await workflows.get(
+            engine=info.context.services.engine, workflow_id=workflow_id, owner=info.context.scope
+        )
+        return Workflow.from_record(found) if found else None
+
+    @strawberry.field(description="Your workflows, newest first; of a status, with a label.")
+    async def workflows(
+        self,
+        info: Info,
+        first: int | None = 20,
+        after: str | None = None,
+        status: list[WorkflowStatus] | None = None,
+        label: str | None = None,
+    ) -> WorkflowConnection:
+        size = page_size(first, info.context.settings)
+        page = await workflows.list_workflows(
+            engine=info.context.services.engine,
+            owner=info.context.scope,
+            first=size,
+            after=after,
+            status=[s.value for s in status or ()],
+            label=label,
+        )
+        edges = [
+            WorkflowEdge(cursor=page.cursor_of(w), node=Workflow.from_record(w))
+            for w in page.workflows
+        ]
+        return WorkflowConnection(
+            edges=edges,
+            page_info=PageInfo(
+                has_next_page=page.has_next_page,
+                end_cursor=edges[-1].cursor if edges else None,
+            ),
+        )
+
     @strawberry.field(
         description="The named queues: `default`, those of the task types, those with tasks "
         "waiting or running, paused ones and those live workers serve; by name. Counts are "
@@ -393,6 +450,61 @@ class Mutation:
             crash_after_commit=services.settings.test_crash_after_commit,
         )
         return [Task.from_row(r) for r in rows]
+
+    @strawberry.mutation(
+        description="Submit a workflow: a DAG of steps, checked whole and created in one "
+        "transaction (all or none). Steps without dependsOn start; the others wait QUEUED "
+        "until every step they depend on SUCCEEDED. Counts each step against TASKS_PER_MINUTE."
+    )
+    async def submit_workflow(self, info: Info, workflow: WorkflowInput) -> Workflow:
+        services = info.context.services
+        spec = to_workflow_spec(workflow, services.settings)
+        await _check_queues(info, [s.submission for s in spec.steps], "workflow.steps[{i}].task.")
+        await _take_rate(info, len(spec.steps))
+        found = await workflows.submit(
+            engine=services.engine,
+            pool=services.redis,
+            owner=info.context.owner,
+            spec=spec,
+            key_id=info.context.caller.key_id,
+        )
+        return Workflow.from_record(found)
+
+    @strawberry.mutation(
+        description="Cancel every unfinished step of a RUNNING workflow (running ones are "
+        "interrupted); it ends CANCELLED. A finished workflow: CONFLICT."
+    )
+    async def cancel_workflow(self, info: Info, id: strawberry.ID) -> Workflow:
+        services = info.context.services
+        found = await workflows.cancel(
+            engine=services.engine,
+            redis=services.redis,
+            workflow_id=_workflow_id(id),
+            owner=info.context.scope,
+        )
+        return Workflow.from_record(found)
+
+    @strawberry.mutation(
+        description="Run a FAILED or CANCELLED workflow's FAILED and CANCELLED steps again "
+        "(and their dependents once ready); SUCCEEDED steps keep their results. Counts those "
+        "steps against TASKS_PER_MINUTE."
+    )
+    async def retry_workflow(self, info: Info, id: strawberry.ID) -> Workflow:
+        services = info.context.services
+        workflow_id = _workflow_id(id)
+        await workflows.require(
+            engine=services.engine, workflow_id=workflow_id, owner=info.context.scope
+        )
+        cost = await workflows.retry_cost(services.engine, workflow_id)
+        if cost:
+            await _take_rate(info, cost)
+        found = await workflows.retry(
+            engine=services.engine,
+            redis=services.redis,
+            workflow_id=workflow_id,
+            owner=info.context.scope,
+        )
+        return Workflow.from_record(found)
 
     @strawberry.mutation(
         description="Cancel a QUEUED task (it never runs) or a RUNNING one (it is interrupted)."
@@ -712,6 +824,34 @@ class Subscription:
             ):
                 yield event_type(event)
 
+    @strawberry.subscription(
+        description="Every event of a workflow's steps, its own WorkflowStatusChanged among "
+        "them, in commit order: from the first without `after`, after that cursor with it "
+        "(no gap, no repeat); completes after the event that ends the workflow."
+    )
+    async def workflow_updates(
+        self,
+        info: Info,
+        id: strawberry.ID,
+        after: Annotated[
+            str | None, strawberry.argument(description="The cursor of the last event you got.")
+        ] = None,
+    ) -> AsyncGenerator[TaskEvent, None]:
+        services = info.context.services
+        found = await workflows.require(
+            engine=services.engine, workflow_id=_workflow_id(id), owner=info.context.scope
+        )
+        after_id = decode_cursor(after) if after else None
+        async with info.context.subscription_slot():
+            async for event in workflows.events(
+                engine=services.engine,
+                hub=services.hub,
+                workflow=found,
+                after_id=after_id,
+                quiet_seconds=services.settings.stream_quiet_seconds,
+            ):
+                yield event_type(event)
+
 
 async def _set_queue_paused(info: Info, name: str, paused: bool) -> Queue:
     _require_admin(info, "pauseQueue" if paused else "resumeQueue")
@@ -737,7 +877,15 @@ def build_schema() -> TaskrunnerSchema:
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
-        types=[StatusChanged, ProgressReported, LogAppended, ArtifactAdded, TickSkipped],
+        types=[
+            StatusChanged,
+            ProgressReported,
+            LogAppended,
+            ArtifactAdded,
+            TickSkipped,
+            StepReady,
+            WorkflowStatusChanged,
+        ],
         # the caches spare re-parsing and re-validating a query text already seen
         extensions=[
             ErrorCodes,

@@ -112,4 +112,7 @@ ROW_COLUMNS = (
 )
 
 
-LOCKED_COLUMNS = "id, status, event_seq, last_xid, owner, attempts, worker_id"
+# `workflow_id`: a step that ends is settled in the transaction that ends it (its workflow's
+# next steps, taskrunner.workflows); `waiting`: a step waiting for its parents never starts.
+LOCKED_COLUMNS = "id, status, event_seq, last_xid, owner, attempts, worker_id, workflow_id, waiting"
+WAITING_PARENTS = "parents"  # task.waiting of a workflow step whose parents have not all SUCCEEDED

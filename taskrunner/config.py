@@ -290,6 +290,11 @@ class Settings(BaseSettings):
         ge=1,
         description="Most tasks one cancelTasks or retryTasks call may change.",
     )
+    max_workflow_steps: int = Field(
+        default=1000,
+        ge=1,
+        description="Most steps one workflow may have (submitWorkflow).",
+    )
     log_level: str = Field(default="INFO", description="Log level of every process.")
     log_format: str = Field(
         default="json",

@@ -34,6 +34,8 @@ class EventKind(StrEnum):
     LOG = "log"
     ARTIFACT = "artifact"
     SCHEDULE = "schedule"  # a schedule's note on a task: a tick skipped while it is unfinished
+    STEP_READY = "step_ready"  # a workflow step's parents all SUCCEEDED: it is enqueued
+    WORKFLOW = "workflow"  # its workflow's status changed (on the step whose change did it)
 
 
 class Event(BaseModel):

@@ -24,6 +24,7 @@ from taskrunner.changes import (
     LOCKED_COLUMNS,
     NEXT_ATTEMPT,
     ROW_COLUMNS,
+    WAITING_PARENTS,
     Change,
     Outcome,
     Sql,
@@ -37,6 +38,7 @@ from taskrunner.events import Event, EventKind
 from taskrunner.groupcommit import Refused
 from taskrunner.models import task_table
 from taskrunner.states import (
+    TERMINAL,
     TaskStatus,
     accepts_artifacts,
     accepts_events,
@@ -45,6 +47,7 @@ from taskrunner.states import (
 )
 
 NEXT = "+1"  # NEXT_ATTEMPT in a shape
+TERMINAL_LIST = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL))
 
 
 Shape = tuple[tuple[str, str | None, str | None], ...]  # (column, Sql text | NEXT, its type)
@@ -150,6 +153,9 @@ ok AS (
   WHERE l.status = ANY(string_to_array(c.allowed, ','))
     AND (c.expect_attempt IS NULL OR l.attempts = c.expect_attempt)
     AND (c.expect_worker IS NULL OR l.worker_id = c.expect_worker)
+    AND NOT (coalesce(c.to_status, '') = 'RUNNING'
+             AND l.waiting IS NOT DISTINCT FROM '{WAITING_PARENTS}')
+    AND NOT (l.workflow_id IS NOT NULL AND coalesce(c.to_status, '') IN ({TERMINAL_LIST}))
     AND NOT EXISTS (SELECT FROM locked x WHERE x.last_xid > x.xid)
 ),
 upd AS (
@@ -166,8 +172,14 @@ SELECT l.*, ev.id AS e_id, ev.seq AS e_seq, ev.xid AS e_xid, ev.at AS e_at,
     return statement, tuple(takes)
 
 
+ONLY_IN_TRANSACTIONS = frozenset({EventKind.STEP_READY, EventKind.WORKFLOW})
+
+
 def one_shape(changes: Sequence[Change]) -> Shape | None:
-    """The shape of `changes` when one statement can record them (see above)."""
+    """The shape of `changes` when one statement can record them (see above). A workflow's
+    own changes (dag.settle) are made in transactions only."""
+    if any(c.kind in ONLY_IN_TRANSACTIONS for c in changes):
+        return None
     shape = shape_of(changes[0])
     ids = {change.task_id for change in changes}
     if len(ids) < len(changes) or any(shape_of(c) != shape for c in changes[1:]):
@@ -177,9 +189,12 @@ def one_shape(changes: Sequence[Change]) -> Shape | None:
 
 async def record_group(
     engine: AsyncEngine, changes: Sequence[Change], shape: Shape
-) -> list[Outcome] | None:
+) -> list[Outcome | None] | None:
     """Record `changes` (of one `shape`, distinct tasks) in one statement; None when it kept
-    meeting xid inversions (the caller then runs a transaction, which retries longer)."""
+    meeting xid inversions (the caller then runs a transaction, which retries longer).
+
+    The end of a workflow step is not recorded here (its outcome is None): it is settled
+    in the transaction that records it (journal.record, dag.settle)."""
     full = any(c.want_row for c in changes)
     limited = [c.task_id for c in changes if c.take_slot]
     statement, takes = _statement(shape, full, bool(limited))
@@ -210,7 +225,7 @@ async def record_group(
             break
     else:
         return None
-    outcomes = []
+    outcomes: list[Outcome | None] = []
     for change in changes:
         if change.task_id in held:
             outcomes.append(Outcome(change, TaskStatus.QUEUED, None, held_back=True))
@@ -218,6 +233,9 @@ async def record_group(
         row = rows.get(change.task_id)
         if row is None:
             outcomes.append(Outcome(change, None, None))
+            continue
+        if row["workflow_id"] is not None and change.to in TERMINAL and row["e_id"] is None:
+            outcomes.append(None)  # a step's end: the caller records it in a transaction
             continue
         event = None
         if row["e_id"] is not None:

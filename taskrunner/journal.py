@@ -28,14 +28,17 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import asyncpg
+from arq import ArqRedis
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from taskrunner import dag, queue
 from taskrunner.changes import (
     CURRENT_XID,
     LOCKED_COLUMNS,
     NEXT_ATTEMPT,
     ROW_COLUMNS,
+    WAITING_PARENTS,
     Change,
     Outcome,
     Sql,
@@ -46,13 +49,16 @@ from taskrunner.changes import (
     takes_parameter,
 )
 from taskrunner.connections import transaction
+from taskrunner.dag import AfterCommit
 from taskrunner.events import Event, EventKind, publish
 from taskrunner.fastpath import one_shape, record_group
 from taskrunner.groupcommit import GroupCommit, Refused
 from taskrunner.states import (
+    TERMINAL,
     TaskStatus,
     accepts_artifacts,
     accepts_events,
+    accepts_step_ready,
     attempt_runs,
     can_move,
 )
@@ -74,19 +80,27 @@ class _Row:
     attempts: int
     worker_id: str | None
     found: Mapping[str, Any]
+    workflow_id: uuid.UUID | None = None
+    waiting: str | None = None
     values: dict[str, Any] = field(default_factory=dict)
     changed: bool = False
+
+
+# Run again: an xid inversion, or a deadlock (a workflow's settling locks its steps after
+# the rows its transaction changed; PostgreSQL breaks the rare cycle by aborting one side)
+AGAIN = (XidInversion, asyncpg.DeadlockDetectedError)
 
 
 async def run_transaction(
     engine: AsyncEngine, fn: Callable[[asyncpg.Connection], Awaitable[T]]
 ) -> T:
-    """Run `fn` in a transaction, again (bounded) when it hit an xid inversion."""
+    """Run `fn` in a transaction, again (bounded) when it hit an xid inversion or a
+    deadlock."""
     for _ in range(MAX_TRANSACTION_RUNS - 1):
         try:
             async with transaction(engine) as conn:
                 return await fn(conn)
-        except XidInversion:
+        except AGAIN:
             continue
     async with transaction(engine) as conn:
         return await fn(conn)
@@ -121,6 +135,8 @@ async def lock_tasks(
             row["attempts"],
             row["worker_id"],
             dict(row) if full else {},
+            row["workflow_id"],
+            row["waiting"],
         )
     return rows
 
@@ -134,15 +150,27 @@ async def insert_events(conn: asyncpg.Connection, rows: list[dict[str, Any]]) ->
     return [Event.from_row(r) for r in await conn.fetchmany(INSERT_EVENT, args)]
 
 
-async def record(conn: asyncpg.Connection, changes: Sequence[Change]) -> list[Outcome]:
+async def record(
+    conn: asyncpg.Connection,
+    changes: Sequence[Change],
+    after: AfterCommit | None = None,
+    *,
+    settle: bool = True,
+) -> list[Outcome]:
     """Apply `changes` in order inside the caller's transaction; rejected ones write nothing.
     Starts that take a concurrency slot (Change.take_slot) are checked first, before any
-    row is locked (as in the one-statement path); those without one are held back."""
+    row is locked (as in the one-statement path); those without one are held back.
+
+    A workflow step that ends is settled here, in the same transaction (`settle`:
+    dag.settle): its workflow's steps that became ready, or are cancelled by its
+    failure, and the workflow's own end. What that needs once committed (their events'
+    publishing, the ready steps' enqueueing) is added to `after` (None: left to the
+    streams' re-reads and the reconciler)."""
     limited = [c.task_id for c in changes if c.take_slot]
     if limited:
         held = set(await conn.fetchval(TAKE_SLOTS, limited) or ())
         rest = [replace(c, take_slot=False) for c in changes if c.task_id not in held]
-        kept = iter(await record(conn, rest))
+        kept = iter(await record(conn, rest, after, settle=settle))
         return [
             Outcome(c, TaskStatus.QUEUED, None, held_back=True)
             if c.task_id in held
@@ -196,6 +224,17 @@ async def record(conn: asyncpg.Connection, changes: Sequence[Change]) -> list[Ou
 
     await _update_rows(conn, rows)
     events = await insert_events(conn, pending)
+    if settle:
+        ended = {  # a workflow, and a step of it that ended here
+            row.workflow_id: change.task_id
+            for change, row, _, index in decided
+            if index is not None
+            and row is not None
+            and row.workflow_id is not None
+            and change.to in TERMINAL
+        }
+        if ended:
+            await dag.settle(conn, ended, after or AfterCommit(), record)
     return [
         Outcome(
             change,
@@ -246,7 +285,13 @@ def _allowed(row: _Row, change: Change) -> bool:
         return False
     if change.expect_worker is not None and row.worker_id != change.expect_worker:
         return False
+    if change.to is TaskStatus.RUNNING and row.waiting == WAITING_PARENTS:
+        return False  # a step starts only once its parents SUCCEEDED
     if change.to is None:
+        if change.kind is EventKind.WORKFLOW:
+            return True
+        if change.kind is EventKind.STEP_READY:
+            return accepts_step_ready(row.status) and row.waiting == WAITING_PARENTS
         if change.kind in (EventKind.ARTIFACT, EventKind.SCHEDULE):
             return accepts_artifacts(row.status)
         return accepts_events(row.status)
@@ -293,30 +338,73 @@ async def _apply_now(
     """Record every unit's changes in one transaction, publish the accepted events, and
     split the outcomes back per unit."""
     changes = [change for unit in units for change in unit]
+    after = AfterCommit()
 
-    async def work(conn: asyncpg.Connection) -> list[Outcome]:
-        try:
-            return await record(conn, changes)
-        except XidInversion:
-            raise
-        except Exception as exc:  # before COMMIT: nothing is written, units may run alone
-            raise Refused(str(exc)) from exc
+    async def in_transaction(todo: Sequence[Change]) -> list[Outcome]:
+        async def work(conn: asyncpg.Connection) -> list[Outcome]:
+            after.clear()  # a run again starts over
+            try:
+                return await record(conn, todo, after)
+            except AGAIN:
+                raise
+            except Exception as exc:  # before COMMIT: nothing is written, units may run alone
+                raise Refused(str(exc)) from exc
+
+        return await run_transaction(engine, work)
 
     shape = one_shape(changes)
-    outcomes = None
+    found = None
     if shape is not None:
-        outcomes = await record_group(engine, changes, shape)
-    if outcomes is None:
-        outcomes = await run_transaction(engine, work)
-    try:  # committed: publishing must not fail the writers (streams re-read the table)
-        await publish(redis, [o.event for o in outcomes if o.event is not None])
-    except Exception:
-        log.exception("could not publish %d committed changes", len(changes))
+        found = await record_group(engine, changes, shape)
+    if found is None:
+        outcomes = await in_transaction(changes)
+    else:
+        # the ends of workflow steps were left out of the statement: they are settled in a
+        # transaction (dag.settle)
+        deferred = [c for c, o in zip(changes, found, strict=True) if o is None]
+        settled = iter(await in_transaction(deferred) if deferred else [])
+        outcomes = [o if o is not None else next(settled) for o in found]
+    await after_commit(redis, [o.event for o in outcomes if o.event is not None], after)
     split, start = [], 0
     for unit in units:
         split.append(outcomes[start : start + len(unit)])
         start += len(unit)
     return split
+
+
+async def after_commit(redis: Redis, events: Sequence[Event], after: AfterCommit) -> None:
+    """Once committed: publish the events (and those of what settling did), enqueue the
+    workflow steps that became ready. Never fails: streams re-read the table, and the
+    reconciler enqueues a ready step that Redis lacks."""
+    try:
+        await publish(redis, [*events, *after.events])
+    except Exception:
+        log.exception("could not publish %d committed changes", len(events) + len(after.events))
+    if after.jobs and isinstance(redis, ArqRedis):
+        try:
+            await queue.enqueue(redis, after.jobs)
+        except Exception as exc:
+            log.warning(
+                "could not enqueue %d ready steps (%s); the reconciler will", len(after.jobs), exc
+            )
+
+
+async def transact(
+    engine: AsyncEngine,
+    redis: Redis,
+    fn: Callable[[asyncpg.Connection, AfterCommit], Awaitable[T]],
+) -> T:
+    """Run `fn` in a transaction (again on an xid inversion or a deadlock), handing it an
+    `AfterCommit` to fill; once committed, do what it holds (`after_commit`)."""
+    after = AfterCommit()
+
+    async def work(conn: asyncpg.Connection) -> T:
+        after.clear()
+        return await fn(conn, after)
+
+    result = await run_transaction(engine, work)
+    await after_commit(redis, [], after)
+    return result
 
 
 async def apply(engine: AsyncEngine, redis: Redis, changes: Sequence[Change]) -> list[Outcome]:

@@ -74,6 +74,10 @@ class TaskTable(SQLModel, table=True):
             postgresql_where=sa.text("schedule_id IS NOT NULL"),
         ),
         sa.Index("ix_task_running", "worker_id", postgresql_where=sa.text("status = 'RUNNING'")),
+        # a workflow's steps
+        sa.Index(
+            "ix_task_workflow", "workflow_id", postgresql_where=sa.text("workflow_id IS NOT NULL")
+        ),
         sa.Index("ix_task_labels", "labels", postgresql_using="gin"),
         sa.Index(
             "ux_task_owner_idempotency",
@@ -135,10 +139,17 @@ class TaskTable(SQLModel, table=True):
         default=None,
         sa_column=sa.Column(sa.Text),
         description="QUEUED but held back from the queue: 'concurrency' while as many tasks "
-        "of its concurrency key run as its limit allows.",
+        "of its concurrency key run as its limit allows; 'parents' while a workflow step "
+        "waits for the steps it depends on.",
     )
     schedule_id: uuid.UUID | None = Field(
         default=None, sa_column=sa.Column(sa.Uuid), description="The schedule that fired it."
+    )
+    workflow_id: uuid.UUID | None = Field(
+        default=None, sa_column=sa.Column(sa.Uuid), description="The workflow it is a step of."
+    )
+    step_key: str | None = Field(
+        default=None, sa_column=sa.Column(sa.Text), description="Its key in that workflow."
     )
     event_seq: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     last_xid: int = Field(
@@ -262,6 +273,8 @@ class TaskRecord:
     concurrency_limit: int | None
     waiting: str | None
     schedule_id: uuid.UUID | None
+    workflow_id: uuid.UUID | None
+    step_key: str | None
     event_seq: int
     last_xid: int
 
@@ -312,6 +325,85 @@ class ScheduleTable(SQLModel, table=True):
 
 
 schedule_table: sa.Table = ScheduleTable.__table__  # type: ignore[attr-defined]
+
+
+class WorkflowTable(SQLModel, table=True):
+    """The `workflow` table: a DAG of step tasks (taskrunner.workflows). Its status is
+    derived from its steps' and changed only under this row's lock."""
+
+    __tablename__ = "workflow"
+    __table_args__ = (
+        sa.Index("ix_workflow_owner_created", "owner", "created_at", "id"),
+        # the reconciler's look at unfinished workflows
+        sa.Index(
+            "ix_workflow_running", "created_at", postgresql_where=sa.text("status = 'RUNNING'")
+        ),
+        sa.Index(
+            "ux_workflow_owner_idempotency",
+            "owner",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+        ),
+    )
+
+    id: uuid.UUID = Field(primary_key=True)
+    owner: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    key_id: uuid.UUID | None = Field(default=None, sa_column=sa.Column(sa.Uuid))
+    name: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    status: str = Field(sa_column=sa.Column(sa.Text, nullable=False, server_default="RUNNING"))
+    on_step_failure: str = Field(
+        sa_column=sa.Column(sa.Text, nullable=False, server_default="FAIL_WORKFLOW")
+    )
+    labels: list[str] = Field(
+        default_factory=list,
+        sa_column=sa.Column(ARRAY(sa.Text), nullable=False, server_default="{}"),
+    )
+    idempotency_key: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    step_count: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    cancel_requested: bool = Field(default=False, sa_column_kwargs={"server_default": "false"})
+    schedule_id: uuid.UUID | None = Field(default=None, sa_column=sa.Column(sa.Uuid))
+    scheduled_for: datetime | None = Field(
+        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
+    )
+    created_at: datetime = Field(
+        sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False, server_default=NOW)
+    )
+    finished_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
+    )
+
+
+class WorkflowStep(SQLModel, table=True):
+    """The `workflow_step` table: a step task's place in its workflow."""
+
+    __tablename__ = "workflow_step"
+    __table_args__ = (sa.UniqueConstraint("workflow_id", "key", name="ux_workflow_step_key"),)
+
+    task_id: uuid.UUID = Field(
+        sa_column=sa.Column(sa.Uuid, sa.ForeignKey("task.id", ondelete="CASCADE"), primary_key=True)
+    )
+    workflow_id: uuid.UUID = Field(
+        sa_column=sa.Column(
+            sa.Uuid, sa.ForeignKey("workflow.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    key: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    position: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    depends_on: list[str] = Field(
+        default_factory=list,
+        sa_column=sa.Column(ARRAY(sa.Text), nullable=False, server_default="{}"),
+    )
+    bindings: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=sa.Column(JSONB, nullable=False, server_default="[]")
+    )
+    input: dict[str, Any] = Field(
+        sa_column=sa.Column(JSONB, nullable=False), description="The input as submitted."
+    )
+
+
+workflow_table: sa.Table = WorkflowTable.__table__  # type: ignore[attr-defined]
+workflow_step_table: sa.Table = WorkflowStep.__table__  # type: ignore[attr-defined]
 
 
 class QueueState(SQLModel, table=True):

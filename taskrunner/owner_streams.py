@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
@@ -79,15 +80,20 @@ async def start_position(engine: AsyncEngine, after_id: int | None) -> Position:
 
 
 async def _read_owner_page(
-    engine: AsyncEngine, owner: str | None, position: Position
+    engine: AsyncEngine,
+    owner: str | None,
+    position: Position,
+    task_ids: frozenset[uuid.UUID] | None = None,
 ) -> list[tuple[Event, dict[str, Any]]]:
-    """The owner's next events after `position`, from finished transactions only."""
+    """The owner's next events after `position`, from finished transactions only (only
+    those of `task_ids`, if given)."""
     e, t = event_table.c, task_table.c
     query = (
         sa.select(event_table, t.type.label("task_type"), t.labels, t.created_at)
         .join(task_table, t.id == e.task_id)
         .where(
             sa.true() if owner is None else e.owner == owner,
+            sa.true() if task_ids is None else e.task_id.in_(sorted(task_ids)),
             sa.tuple_(e.xid, e.id) > sa.tuple_(position[0], position[1]),
             e.xid < sa.text("pg_snapshot_xmin(pg_current_snapshot())::text::bigint"),
         )
@@ -113,33 +119,43 @@ async def owner_events(
     after_id: int | None,
     filter: TaskCriteria,
     quiet_seconds: float,
+    task_ids: frozenset[uuid.UUID] | None = None,
 ) -> AsyncIterator[Event]:
     """Every event of the owner's tasks that passes `filter`, after `after_id`, in (xid, id)
     order, each once (every owner's when `owner` is None); it never ends by itself.
+
+    With `task_ids` (a workflow's steps), only their events, and without `after_id` from
+    their first event on, not from now.
 
     The owner's feed in this process (`_OwnerFeed`) reads PostgreSQL for all the owner's
     streams and hands each its events; a stream reads the table itself only to catch up: from
     `after_id`, or after its inbox overflowed in a burst. Its order holds across processes
     and reconnects: everything comes from PostgreSQL, in (xid, id) order."""
     last_cursor = encode_cursor(after_id) if after_id is not None else None
+    from_start = after_id is None and task_ids is not None
+    position: Position = (0, -1)  # from_start: before every event
     if after_id is not None:  # an unknown cursor is refused before anything else
         position = await start_position(engine, after_id)
+
+    def wanted(event: Event, task: dict[str, Any]) -> bool:
+        return (task_ids is None or event.task_id in task_ids) and passes(filter, event, task)
+
     async with _joined(engine, hub, owner, quiet_seconds) as inbox:
-        if after_id is None:
+        if after_id is None and not from_start:
             # Now, read after joining: at or after where the feed was when this joined (see
             # `_OwnerFeed`), so the feed hands over everything from here on.
             position, _ = await _starts(
                 (engine, None), functools.partial(start_position, engine, None)
             )
-        caught_up = after_id is None
+        caught_up = after_id is None and not from_start
         try:
             while True:
                 if not caught_up:  # its own read: from its cursor, to where the feed is
-                    page = await _read_owner_page(engine, owner, position)
+                    page = await _read_owner_page(engine, owner, position, task_ids)
                     inbox.last_take = time.monotonic()  # reading: not a stalled consumer
                     for event, task in page:
                         position = (event.xid, event.id)
-                        if passes(filter, event, task):
+                        if wanted(event, task):
                             yield event
                             last_cursor = event.cursor
                     if len(page) == PAGE:
@@ -153,7 +169,7 @@ async def owner_events(
                 if (event.xid, event.id) <= position:
                     continue  # read already
                 position = (event.xid, event.id)
-                if passes(filter, event, task):
+                if wanted(event, task):
                     yield event
                     last_cursor = event.cursor
         except FellBehind:

@@ -29,6 +29,7 @@ ALLOWED: frozenset[tuple[TaskStatus, TaskStatus]] = frozenset(
     {
         (TaskStatus.QUEUED, TaskStatus.RUNNING),  # a worker picks it up
         (TaskStatus.QUEUED, TaskStatus.CANCELLED),  # cancelled before it ran: it never runs
+        (TaskStatus.QUEUED, TaskStatus.FAILED),  # refused before it ran (REFUSE_QUEUED)
         (TaskStatus.RUNNING, TaskStatus.SUCCEEDED),
         (TaskStatus.RUNNING, TaskStatus.FAILED),  # an error, a timeout, a lost worker
         (TaskStatus.RUNNING, TaskStatus.CANCELLED),
@@ -54,7 +55,10 @@ RETRY_ONLY: frozenset[tuple[TaskStatus, TaskStatus]] = frozenset(
 # while its body runs (that task is cancelled as a running one: its body is stopped, and
 # the worker records CANCELLED once the body has ended).
 CANCEL_QUEUED: tuple[TaskStatus, TaskStatus] = (TaskStatus.QUEUED, TaskStatus.CANCELLED)
-NARROW: frozenset[tuple[TaskStatus, TaskStatus]] = frozenset({CANCEL_QUEUED})
+# A task that fails before it starts: a workflow step whose input cannot be bound from its
+# parents' results. Only from QUEUED, as a cancel before it started.
+REFUSE_QUEUED: tuple[TaskStatus, TaskStatus] = (TaskStatus.QUEUED, TaskStatus.FAILED)
+NARROW: frozenset[tuple[TaskStatus, TaskStatus]] = frozenset({CANCEL_QUEUED, REFUSE_QUEUED})
 
 
 def can_move(
@@ -88,6 +92,12 @@ def attempt_runs(current: TaskStatus) -> bool:
 def accepts_events(current: TaskStatus) -> bool:
     """Progress and log lines are recorded only while the task runs."""
     return current is TaskStatus.RUNNING
+
+
+def accepts_step_ready(current: TaskStatus) -> bool:
+    """A workflow step is made ready (enqueued once its parents SUCCEEDED) only while it
+    waits, QUEUED."""
+    return current is TaskStatus.QUEUED
 
 
 def accepts_artifacts(current: TaskStatus) -> bool:

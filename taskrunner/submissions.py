@@ -47,6 +47,9 @@ class Submission:
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
     schedule_id: uuid.UUID | None = None  # fired by this schedule, for its tick scheduled_for
+    workflow_id: uuid.UUID | None = None  # a step of this workflow (taskrunner.workflows)
+    step_key: str | None = None
+    waiting: str | None = None  # 'parents': a step that waits for the steps it depends on
 
 
 MAX_GROUP_REQUESTS = 100  # submit() calls (up to MAX_BATCH_SIZE tasks each) in one transaction
@@ -119,7 +122,7 @@ async def announce(pool: ArqRedis, tasks: Sequence[TaskRecord], events: Sequence
             owner=task.owner,
             **fired,
         )
-        if not task.due_at:
+        if not task.due_at and task.waiting is None:
             jobs.append(queue.job_of(task))
     try:
         async with pool.pipeline(transaction=False) as pipe:
@@ -138,19 +141,21 @@ INSERT_TASKS = f"""
 WITH s AS (
   SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int[], $6::int[],
                        $7::int[], $8::text[], $9::jsonb[], $10::text[], $11::timestamptz[],
-                       $12::timestamptz[], $13::text[], $14::text[], $15::int[], $16::uuid[])
+                       $12::timestamptz[], $13::text[], $14::text[], $15::int[], $16::uuid[],
+                       $17::uuid[], $18::text[], $19::text[])
     AS s(id, owner, type, input, priority, max_retries, timeout_seconds, idempotency_key,
          labels, trace_parent, scheduled_for, due_at, queue, concurrency_key,
-         concurrency_limit, schedule_id)
+         concurrency_limit, schedule_id, workflow_id, step_key, waiting)
 ),
 t AS (
   INSERT INTO task (id, owner, type, status, input, priority, max_retries, timeout_seconds,
                     idempotency_key, labels, trace_parent, scheduled_for, due_at, queue,
-                    concurrency_key, concurrency_limit, schedule_id, event_seq, created_at)
+                    concurrency_key, concurrency_limit, schedule_id, workflow_id, step_key,
+                    waiting, event_seq, created_at)
   SELECT id, owner, type, 'QUEUED', input, priority, max_retries, timeout_seconds,
          idempotency_key, ARRAY(SELECT jsonb_array_elements_text(labels)), trace_parent,
-         scheduled_for, due_at, queue, concurrency_key, concurrency_limit, schedule_id, 1,
-         coalesce($17::timestamptz, clock_timestamp())
+         scheduled_for, due_at, queue, concurrency_key, concurrency_limit, schedule_id,
+         workflow_id, step_key, waiting, 1, coalesce($20::timestamptz, clock_timestamp())
   FROM s
   ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
   RETURNING *
@@ -245,4 +250,7 @@ def _row(s: Submission, owner: str, now: datetime | None) -> tuple[Any, ...]:
         s.concurrency_key,
         s.concurrency_limit,
         s.schedule_id,
+        s.workflow_id,
+        s.step_key,
+        s.waiting,
     )

@@ -16,10 +16,10 @@ from dataclasses import replace
 from enum import StrEnum
 from typing import Any
 
-from taskrunner.changes import NEXT_ATTEMPT, NOW, Change, seconds_from_now
+from taskrunner.changes import NEXT_ATTEMPT, NOW, WAITING_PARENTS, Change, seconds_from_now
 from taskrunner.events import EventKind
 from taskrunner.retries import retries_left
-from taskrunner.states import CANCEL_QUEUED, TaskStatus
+from taskrunner.states import CANCEL_QUEUED, REFUSE_QUEUED, TaskStatus
 
 
 class TaskErrorCode(StrEnum):
@@ -43,6 +43,9 @@ class TaskErrorCode(StrEnum):
     CONFLICT = "CONFLICT"
     UNAUTHENTICATED = "UNAUTHENTICATED"
     FORBIDDEN = "FORBIDDEN"
+    # workflow steps (taskrunner.workflows):
+    DEPENDENCY_FAILED = "DEPENDENCY_FAILED"  # a step it depends on FAILED or was CANCELLED
+    WORKFLOW_FAILED = "WORKFLOW_FAILED"  # another step FAILED under FAIL_WORKFLOW
     RATE_LIMITED = "RATE_LIMITED"
     UNAVAILABLE = "UNAVAILABLE"
     INTERNAL = "INTERNAL"
@@ -270,6 +273,77 @@ def tick_skipped(task_id: uuid.UUID, schedule_id: uuid.UUID, scheduled_for: str)
         EventKind.SCHEDULE,
         {"skipped": True, "schedule_id": str(schedule_id), "scheduled_for": scheduled_for},
     )
+
+
+# --- workflows (taskrunner.workflows): a step's moves decided by its workflow ----------------
+
+
+def step_ready(
+    task_id: uuid.UUID, workflow_id: uuid.UUID, step_key: str, bound_input: Any | None
+) -> Change:
+    """A waiting step whose parents all SUCCEEDED is ready (no move: it stays QUEUED, out
+    of `waiting`, and is enqueued once committed); `bound_input`: its input with the
+    bindings from its parents' results applied (None: it has no bindings)."""
+    values: dict[str, Any] = {"waiting": None}
+    if bound_input is not None:
+        values["input"] = bound_input
+    return Change(
+        task_id,
+        EventKind.STEP_READY,
+        {"workflow_id": str(workflow_id), "step_key": step_key},
+        values=values,
+    )
+
+
+def step_refused(task_id: uuid.UUID, code: TaskErrorCode, message: str) -> Change:
+    """QUEUED -> FAILED without running (only from QUEUED): a step whose input cannot be
+    bound from its parents' results. No retry: the results will not change."""
+    error = _error(code, message)
+    source, target = REFUSE_QUEUED
+    return _move(
+        task_id,
+        target,
+        {"error": error},
+        only_from=source,
+        values={
+            "finished_at": NOW,
+            "waiting": None,
+            "error_code": error["code"],
+            "error_message": message,
+        },
+    )
+
+
+def step_cancelled(task_id: uuid.UUID, code: TaskErrorCode | None, message: str) -> Change:
+    """QUEUED -> CANCELLED (only from QUEUED) by its workflow: a step it depends on failed,
+    another step failed (FAIL_WORKFLOW), or cancelWorkflow (no code)."""
+    source, target = CANCEL_QUEUED
+    data: dict[str, Any] = {}
+    values: dict[str, Any] = {"finished_at": NOW, "waiting": None, "cancel_requested": True}
+    if code is not None:
+        data["error"] = _error(code, message)
+        values.update(error_code=code.value, error_message=message)
+    return _move(task_id, target, data, only_from=source, values=values)
+
+
+def step_retried(task_id: uuid.UUID, submitted_input: Any, *, waits: bool) -> Change:
+    """FAILED | CANCELLED -> QUEUED (retryWorkflow), as `retried`, with the input as it
+    was submitted (its bindings are applied again when it is ready); `waits`: a parent has
+    not SUCCEEDED, so it waits for it (out of the queue)."""
+    change = retried(task_id)
+    return replace(
+        change,
+        values={
+            **change.values,
+            "input": submitted_input,
+            "waiting": WAITING_PARENTS if waits else None,
+        },
+    )
+
+
+def workflow_changed(task_id: uuid.UUID, workflow_id: uuid.UUID, status: str) -> Change:
+    """The workflow's status changed (no move), noted on the step whose change did it."""
+    return Change(task_id, EventKind.WORKFLOW, {"workflow_id": str(workflow_id), "status": status})
 
 
 # --- the api: cancelTask and retryTask ------------------------------------------------------

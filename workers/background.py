@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from taskrunner import concurrency, heartbeats, queues, reconciler, schedules
+from taskrunner import concurrency, heartbeats, queues, reconciler, schedules, workflows
 from taskrunner.artifacts.records import delete_expired
 from taskrunner.artifacts.uploads import expire_uploads
 from taskrunner.config import Settings
@@ -165,8 +165,15 @@ async def reconcile(ctx: WorkerContext) -> None:
         ctx["store"],
         int(settings.task_max_artifact_mb * 1024 * 1024),
     )
-    if lost or orphans:
-        log.warning("reconciler: re-enqueued %d lost tasks, recovered %d orphans", lost, orphans)
+    settled = await workflows.repair(ctx["engine"], ctx["redis"])  # settlings lost
+    if lost or orphans or settled:
+        log.warning(
+            "reconciler: re-enqueued %d lost tasks, recovered %d orphans, settled %d stalled "
+            "workflows",
+            lost,
+            orphans,
+            settled,
+        )
 
 
 RETENTION_LOCK = "taskrunner:retention"

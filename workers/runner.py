@@ -21,7 +21,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import concurrency, journal, metrics, tracing, transitions
+from taskrunner import concurrency, journal, metrics, tracing, transitions, workflows
 from taskrunner.artifacts.tasklog import store_task_log
 from taskrunner.changes import Change, Outcome
 from taskrunner.db import retry_unavailable
@@ -81,6 +81,8 @@ async def execute(
         attempt = await _load(engine, tid, worker_id=ctx["worker_id"])
     if attempt is None:  # cancelled, already run, or a duplicate
         return f"skipped: task is {start.found.value if start.found else 'gone'}"
+    if attempt.workflow_id is not None:
+        attempt = replace(attempt, parent_results=await workflows.parent_results(engine, tid))
     with tracing.task_span(attempt.trace_parent, task_type.name, task_id, attempt.number):
         final = await _attempt(ctx, task_type, tid, attempt)
     return str(final.to.value if final and final.to else "fenced")
@@ -126,7 +128,11 @@ async def _attempt(
         if killed is not None:  # however the body ended, it was over the budget: no retry
             await _log(ctx, tid, attempt.number, "error", f"task_killed: {killed}")
             final = transitions.failed(tid, attempt.number, TaskErrorCode.LIMIT_EXCEEDED, killed)
-        elif final.to is TaskStatus.FAILED and retries_left(attempt.max_retries, attempt.number):
+        elif (
+            final.to is TaskStatus.FAILED
+            and final.data["error"]["code"] != TaskErrorCode.BAD_INPUT  # it will not change
+            and retries_left(attempt.max_retries, attempt.number)
+        ):
             final = await _retry_later(ctx, task_type, tid, attempt, final)
         final = transitions.with_metrics(
             final,
@@ -228,6 +234,8 @@ class Attempt:
     queue_wait_seconds: float
     owner: str = ""
     concurrency_key: str | None = None
+    workflow_id: uuid.UUID | None = None  # a workflow's step: ctx.parent_results is read
+    parent_results: dict[str, Any] = field(default_factory=dict)
 
 
 def _first_attempt(row: Mapping[str, Any]) -> Attempt:
@@ -244,6 +252,7 @@ def _first_attempt(row: Mapping[str, Any]) -> Attempt:
         max(0.0, (row["locked_at"] - ready_at).total_seconds()),
         row["owner"],
         row["concurrency_key"],
+        row["workflow_id"],
     )
 
 
@@ -253,13 +262,19 @@ async def _load(
     """The attempt the task's row shows (with `worker_id`: only if it runs on that worker,
     else None)."""
     t, e = task_table.c, event_table.c
-    # The task waited since it last became QUEUED (or its runAt, if later).
+    # The task waited since it last became QUEUED, or (a workflow's step) ready, or its
+    # runAt, if later.
     queued_at = (
         sa.select(sa.func.max(e.at))
         .where(
             e.task_id == task_id,
-            e.kind == EventKind.STATUS.value,
-            e.data["status"].astext == TaskStatus.QUEUED.value,
+            sa.or_(
+                sa.and_(
+                    e.kind == EventKind.STATUS.value,
+                    e.data["status"].astext == TaskStatus.QUEUED.value,
+                ),
+                e.kind == EventKind.STEP_READY.value,
+            ),
         )
         .scalar_subquery()
     )
@@ -274,6 +289,7 @@ async def _load(
         sa.func.extract("epoch", t.started_at - ready_at).label("queue_wait"),
         t.owner,
         t.concurrency_key,
+        t.workflow_id,
     ).where(t.id == task_id)
     if worker_id is not None:
         query = query.where(t.status == TaskStatus.RUNNING.value, t.worker_id == worker_id)
@@ -291,6 +307,7 @@ async def _load(
         max(0.0, float(row.queue_wait or 0)),
         row.owner,
         row.concurrency_key,
+        row.workflow_id,
     )
 
 
@@ -311,6 +328,8 @@ async def _run_body(
         )
     except ValidationError as exc:
         message = f"stored input no longer valid: {exc}"
+        if attempt.workflow_id is not None:
+            message = f"input (with its bindings from its parents' results) is not valid: {exc}"
         return transitions.failed(task_id, attempt.number, TaskErrorCode.BAD_INPUT, message)
     tctx = TaskContext(
         task_id,
@@ -320,6 +339,7 @@ async def _run_body(
         ctx["redis"],
         store=ctx["store"],
         fence=fence,
+        parent_results=attempt.parent_results,
     )
     memory = ctx["memory"]
     body = asyncio.create_task(

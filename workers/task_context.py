@@ -84,6 +84,8 @@ class TaskContext:
     redis: Redis
     store: ArtifactStore
     fence: Fence = field(default_factory=Fence)
+    # a workflow's step: its parents' results, by step key (empty for other tasks)
+    parent_results: dict[str, Any] = field(default_factory=dict)
     _outbox: list[Change] = field(default_factory=list)
     _pending_progress: Change | None = None
     _last_progress: float = 0.0

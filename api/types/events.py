@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import strawberry
@@ -56,6 +57,34 @@ class TickSkipped(TaskEvent):
     scheduled_for: datetime
 
 
+@strawberry.enum(description="A workflow's status, derived from its steps'.")
+class WorkflowStatus(StrEnum):
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+@strawberry.type(
+    description="Every step this workflow step depends on SUCCEEDED: its bindings are "
+    "applied and it is in the queue."
+)
+class StepReady(TaskEvent):
+    workflow_id: strawberry.ID
+    step_key: str
+
+
+@strawberry.type(
+    description="The workflow moved to `status` (noted on the step whose change did it): "
+    "it ended, or retryWorkflow runs it again."
+)
+class WorkflowStatusChanged(TaskEvent):
+    workflow_id: strawberry.ID
+    workflow_status: WorkflowStatus = strawberry.field(
+        description="(Not `status`: a selection may hold StatusChanged's beside it.)"
+    )
+
+
 def event_type(event: Event) -> TaskEvent:
     """The GraphQL object for one stored event."""
     common: dict[str, Any] = {
@@ -90,6 +119,16 @@ def event_type(event: Event) -> TaskEvent:
             **common,
             schedule_id=strawberry.ID(data["schedule_id"]),
             scheduled_for=datetime.fromisoformat(data["scheduled_for"]),
+        )
+    if event.kind is EventKind.STEP_READY:
+        return StepReady(
+            **common, workflow_id=strawberry.ID(data["workflow_id"]), step_key=data["step_key"]
+        )
+    if event.kind is EventKind.WORKFLOW:
+        return WorkflowStatusChanged(
+            **common,
+            workflow_id=strawberry.ID(data["workflow_id"]),
+            workflow_status=WorkflowStatus(data["status"]),
         )
     if event.kind is EventKind.PROGRESS:
         return ProgressReported(**common, progress=data["progress"], message=data.get("message"))

@@ -111,6 +111,7 @@ class Limits:
     max_bulk_action: int = strawberry.field(
         description="Most tasks one cancelTasks or retryTasks changes."
     )
+    max_workflow_steps: int = strawberry.field(description="Most steps one workflow may have.")
 
     @classmethod
     def of(cls, settings: Settings) -> Limits:
@@ -145,6 +146,7 @@ class Limits:
             max_schedules_per_owner=settings.max_schedules_per_owner,
             schedule_max_catchup=settings.schedule_max_catchup,
             max_bulk_action=settings.max_bulk_action,
+            max_workflow_steps=settings.max_workflow_steps,
         )
 
     def as_json(self) -> dict[str, Any]:

@@ -13,8 +13,10 @@ from api.context import Info
 from api.types.artifacts import Artifact
 from api.types.events import TaskEvent, event_type
 from api.types.status import TaskError
-from taskrunner import queries
+from taskrunner import queries, workflows
 from taskrunner.artifacts.records import list_artifacts
+from taskrunner.changes import WAITING_PARENTS
+from taskrunner.concurrency import WAITING as WAITING_SLOT
 from taskrunner.config import Settings
 from taskrunner.errors import BadInput
 from taskrunner.events import decode_cursor
@@ -97,9 +99,28 @@ class Task:
         description="QUEUED and held back: as many tasks of its concurrencyKey run as its "
         "concurrencyLimit allows; it starts when one of them ends."
     )
+    waiting_for_parents: bool = strawberry.field(
+        description="A workflow step, QUEUED and out of the queue until every step it "
+        "depends on SUCCEEDED (see waitingOn)."
+    )
     schedule_id: strawberry.ID | None = strawberry.field(
         description="The schedule that fired it (scheduledFor is then its tick)."
     )
+    workflow_id: strawberry.ID | None = strawberry.field(
+        description="The workflow it is a step of."
+    )
+    step_key: str | None = strawberry.field(description="Its step's key in that workflow.")
+
+    @strawberry.field(
+        description="A workflow step's parents that have not SUCCEEDED yet (empty for other "
+        "tasks). While it is non-empty the step waits QUEUED, out of the queue."
+    )
+    async def waiting_on(self, info: Info) -> list[Task]:
+        if self.workflow_id is None:
+            return []
+        task_id = uuid.UUID(str(self.id))
+        found = await workflows.waiting_on(engine=info.context.services.engine, task_ids=[task_id])
+        return [Task.from_row(t) for t in found[task_id]]
 
     @strawberry.field(
         description="While QUEUED and ready: its place among ready tasks (1 starts next). "
@@ -110,6 +131,7 @@ class Task:
             self.status is not TaskStatus.QUEUED
             or self.next_attempt_at is not None
             or self.waiting_for_slot
+            or self.waiting_for_parents
         ):
             return None
         return await queries.queue_position(
@@ -203,8 +225,12 @@ class Task:
             queue=row.queue,
             concurrency_key=row.concurrency_key,
             concurrency_limit=row.concurrency_limit,
-            waiting_for_slot=row.waiting is not None and row.status == TaskStatus.QUEUED.value,
+            waiting_for_slot=row.waiting == WAITING_SLOT and row.status == TaskStatus.QUEUED.value,
             schedule_id=strawberry.ID(str(row.schedule_id)) if row.schedule_id else None,
+            workflow_id=strawberry.ID(str(row.workflow_id)) if row.workflow_id else None,
+            step_key=row.step_key,
+            waiting_for_parents=row.waiting == WAITING_PARENTS
+            and row.status == TaskStatus.QUEUED.value,
         )
 
 

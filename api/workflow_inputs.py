@@ -1,0 +1,107 @@
+"""Validation of a WorkflowInput into a `workflows.WorkflowSpec`: every step's task as
+submitTask checks it (bound fields excepted), its bindings against its task type's input,
+and the graph whole (taskrunner.dag.check_graph). All or none: nothing is written before
+every check passed."""
+
+from __future__ import annotations
+
+import re
+
+from api.inputs import _idempotency_key, _labels, chosen_type, to_submission
+from api.types.tasks import TaskOptionsInput
+from api.types.workflows import WorkflowInput, WorkflowStepInput
+from taskrunner.config import Settings
+from taskrunner.dag import Binding, Node, StepFailurePolicy, check_graph
+from taskrunner.errors import BadInput
+from taskrunner.workflows import StepSpec, WorkflowSpec
+from workers.catalog import catalog
+
+STEP_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+MAX_WORKFLOW_NAME = 200
+PREFIX = "workflow.steps"
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p.title() for p in rest)
+
+
+def to_workflow_spec(given: WorkflowInput, settings: Settings) -> WorkflowSpec:
+    """Check the whole workflow; BAD_INPUT names the step and field at fault."""
+    name = given.name.strip() if given.name is not None else None
+    if name is not None and not 1 <= len(name) <= MAX_WORKFLOW_NAME:
+        raise BadInput(
+            f"workflow.name: give 1 to {MAX_WORKFLOW_NAME} characters", field="workflow.name"
+        )
+    nodes = [
+        Node(s.key, tuple(s.depends_on), tuple(_binding(s, i, j) for j in range(len(s.bind))))
+        for i, s in enumerate(given.steps)
+    ]
+    # keys and shape first (a huge or cyclic graph costs no input validation)
+    for i, step in enumerate(given.steps):
+        if not STEP_KEY.match(step.key):
+            raise BadInput(
+                f"{PREFIX}[{i}].key: {step.key!r} is not a step key; use 1 to 100 letters, "
+                "digits, '_', '.', ':' or '-'",
+                field=f"{PREFIX}[{i}].key",
+            )
+    check_graph(nodes, most=settings.max_workflow_steps, prefix=PREFIX)
+    steps = tuple(
+        _step(step, node, i, settings)
+        for i, (step, node) in enumerate(zip(given.steps, nodes, strict=True))
+    )
+    opts = TaskOptionsInput(labels=given.labels, idempotency_key=given.idempotency_key)
+    return WorkflowSpec(
+        steps=steps,
+        name=name,
+        on_step_failure=StepFailurePolicy(given.on_step_failure.value),
+        labels=_labels(opts, settings),
+        idempotency_key=_idempotency_key(opts, settings),
+    )
+
+
+def _binding(step: WorkflowStepInput, i: int, j: int) -> Binding:
+    """A binding as given, its field in the GraphQL spelling (checked by `_step`)."""
+    b = step.bind[j]
+    field, append = (b.field[:-2], True) if b.field.endswith("[]") else (b.field, False)
+    return Binding(field, b.step, b.path or None, append)
+
+
+def _step(step: WorkflowStepInput, node: Node, i: int, settings: Settings) -> StepSpec:
+    where = f"{PREFIX}[{i}]."
+    type_name, _ = chosen_type(step.task, f"{where}task")
+    fields = catalog()[type_name].input_model.model_fields
+    by_name = {_camel(f): f for f in fields} | {f: f for f in fields}
+    bindings = []
+    for j, b in enumerate(node.bindings):
+        if b.field not in by_name:
+            raise BadInput(
+                f"{where}bind[{j}].field: {b.field!r} is not an input field of {type_name} "
+                f"(its fields: {', '.join(_camel(f) for f in fields)})",
+                field=f"{where}bind[{j}].field",
+            )
+        bindings.append(Binding(by_name[b.field], b.step, b.path, b.append))
+    opts = step.options or TaskOptionsInput()
+    for option, value in (
+        ("runAt", opts.run_at),
+        ("delaySeconds", opts.delay_seconds),
+        ("idempotencyKey", opts.idempotency_key),
+    ):
+        if value is not None:
+            hint = (
+                "give the workflow an idempotencyKey"
+                if option == "idempotencyKey"
+                else "a step starts when its parents have SUCCEEDED"
+            )
+            raise BadInput(
+                f"{where}options.{option}: not for a workflow step; {hint}",
+                field=f"{where}options.{option}",
+            )
+    submission = to_submission(
+        step.task,
+        step.options,
+        settings,
+        prefix=where,
+        bound=frozenset(b.field for b in bindings),
+    )
+    return StepSpec(node.key, submission, node.depends_on, tuple(bindings))

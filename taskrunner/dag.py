@@ -1,0 +1,443 @@
+"""A workflow's graph and what a step's end does to it.
+
+- `check_graph`: a submitted graph is checked whole (duplicate and unknown keys, cycles,
+  bindings to steps that are not parents) before anything is written.
+- `plan` and `outcome` (pure): given every step's state, which waiting steps are ready,
+  which are cancelled by a failure (onStepFailure), and whether the workflow has ended.
+- `settle`: run by the journal in the transaction that ends a step (journal.record), under
+  the workflow row's lock, so the settlings of one workflow's steps follow one another: the
+  one that sees the last parent SUCCEEDED (its own change, or one committed before it took
+  the lock) makes the child ready, exactly once, in the same transaction. Ready steps are
+  enqueued once it commits (`AfterCommit`); a ready step Redis lost is enqueued by the
+  reconciler like any QUEUED task.
+
+A step is an ordinary task: its moves are transitions (`step_ready`, `step_cancelled`,
+`step_refused`, `workflow_changed`), each a conditional change plus an event.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import asyncpg
+
+from taskrunner import queue, transitions
+from taskrunner.changes import WAITING_PARENTS, Change, Outcome
+from taskrunner.errors import BadInput
+from taskrunner.events import Event, EventKind
+from taskrunner.states import TaskStatus
+from taskrunner.transitions import TaskErrorCode
+
+
+class WorkflowStatus(StrEnum):
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+class StepFailurePolicy(StrEnum):
+    FAIL_WORKFLOW = "FAIL_WORKFLOW"  # a failed step cancels every step not started
+    CONTINUE = "CONTINUE"  # only the failed step's dependents are cancelled
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Set the input field `field` (appending to it: `append`) from the result of the
+    parent step `step`, or from `path` into it (dotted: `total`, `items.0.url`)."""
+
+    field: str
+    step: str
+    path: str | None = None
+    append: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"field": self.field, "step": self.step, "path": self.path, "append": self.append}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Binding:
+        return cls(data["field"], data["step"], data.get("path"), bool(data.get("append")))
+
+
+@dataclass
+class AfterCommit:
+    """What a transaction that settled steps needs once committed: its events published,
+    its ready steps enqueued."""
+
+    events: list[Event] = field(default_factory=list)
+    jobs: list[queue.Job] = field(default_factory=list)
+
+    def clear(self) -> None:
+        self.events.clear()
+        self.jobs.clear()
+
+
+# --- the graph, checked when submitted ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Node:
+    key: str
+    depends_on: tuple[str, ...] = ()
+    bindings: tuple[Binding, ...] = ()
+
+
+def check_graph(nodes: Sequence[Node], *, most: int, prefix: str = "workflow.steps") -> None:
+    """BAD_INPUT naming the step, for: no step, more than `most` (MAX_WORKFLOW_STEPS), a
+    duplicate key, a dependsOn naming no step (or the step itself), a binding from a step
+    that is not a parent, and a cycle (named)."""
+    if not nodes:
+        raise BadInput(f"{prefix}: give at least one step", field=prefix)
+    if len(nodes) > most:
+        raise BadInput(
+            f"{prefix}: {len(nodes)} steps, over MAX_WORKFLOW_STEPS ({most}); split the workflow",
+            field=prefix,
+        )
+    seen: dict[str, int] = {}
+    for i, node in enumerate(nodes):
+        where = f"{prefix}[{i}]"
+        if not node.key:
+            raise BadInput(f"{where}.key: give a key", field=f"{where}.key")
+        if node.key in seen:
+            raise BadInput(
+                f"{where}.key: {node.key!r} is the key of steps[{seen[node.key]}] too; keys "
+                "are unique in a workflow",
+                field=f"{where}.key",
+            )
+        seen[node.key] = i
+    for i, node in enumerate(nodes):
+        where = f"{prefix}[{i}]"
+        for parent in node.depends_on:
+            if parent == node.key:
+                raise BadInput(
+                    f"{where}.dependsOn: step {node.key!r} depends on itself",
+                    field=f"{where}.dependsOn",
+                )
+            if parent not in seen:
+                raise BadInput(
+                    f"{where}.dependsOn: {parent!r} is not a step of this workflow (its "
+                    f"keys: {', '.join(sorted(seen))})",
+                    field=f"{where}.dependsOn",
+                )
+        for j, binding in enumerate(node.bindings):
+            if binding.step not in node.depends_on:
+                raise BadInput(
+                    f"{where}.bind[{j}].step: {binding.step!r} is not in dependsOn of step "
+                    f"{node.key!r}; a binding reads the result of a step it depends on",
+                    field=f"{where}.bind[{j}].step",
+                )
+    cycle = find_cycle({n.key: n.depends_on for n in nodes})
+    if cycle is not None:
+        first = seen[cycle[0]]
+        raise BadInput(
+            f"{prefix}[{first}].dependsOn: the steps depend on each other in a cycle: "
+            f"{' -> '.join(cycle)}",
+            field=f"{prefix}[{first}].dependsOn",
+        )
+
+
+def find_cycle(edges: Mapping[str, Sequence[str]]) -> list[str] | None:
+    """A cycle of `edges` (key -> keys it depends on), as [a, b, ..., a]; None without one."""
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+    for start in edges:
+        if start in state:
+            continue
+        path: list[str] = [start]
+        stack = [iter(edges[start])]
+        state[start] = 1
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            elif nxt not in state:
+                state[nxt] = 1
+                path.append(nxt)
+                stack.append(iter(edges.get(nxt, ())))
+    return None
+
+
+# --- bindings ---------------------------------------------------------------------------------
+
+
+class BindError(Exception):
+    """A binding cannot be applied: the parent's result lacks the path."""
+
+
+def resolve(result: Any, path: str | None, step: str) -> Any:
+    """The value at `path` (dotted: keys of objects, indexes of lists) in `result`."""
+    value = result
+    if not path:
+        return value
+    walked: list[str] = []
+    for part in path.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif (
+            isinstance(value, list)
+            and part.lstrip("-").isdigit()
+            and -len(value) <= int(part) < len(value)
+        ):
+            value = value[int(part)]
+        else:
+            at = ".".join(walked) or "the result"
+            has = (
+                f"its keys: {', '.join(map(str, value))}"
+                if isinstance(value, dict)
+                else f"it is a list of {len(value)}"
+                if isinstance(value, list)
+                else f"it is {type(value).__name__} {value!r}"[:120]
+            )
+            raise BindError(f"step {step!r}: {at} has no {part!r} ({has})")
+        walked.append(part)
+    return value
+
+
+def bind(
+    submitted: Mapping[str, Any], bindings: Sequence[Binding], results: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The step's input: `submitted` with each binding applied in order (a field set, or
+    with `append`, the value added at the end of the list the field holds)."""
+    out = dict(submitted)
+    for b in bindings:
+        value = resolve(results.get(b.step), b.path, b.step)
+        if b.append:
+            current = out.get(b.field)
+            if current is None:
+                current = []
+            if not isinstance(current, list):
+                raise BindError(f"{b.field}[]: the input's {b.field!r} is not a list")
+            out[b.field] = [*current, value]
+        else:
+            out[b.field] = value
+    return out
+
+
+# --- the plan (pure) ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepState:
+    status: TaskStatus
+    waiting: bool  # QUEUED, waiting for its parents
+    depends_on: tuple[str, ...] = ()
+
+
+@dataclass
+class Plan:
+    ready: list[str] = field(default_factory=list)
+    # key -> the error code it is cancelled with (None: cancelWorkflow) and its message
+    cancel: dict[str, tuple[TaskErrorCode | None, str]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.ready or self.cancel)
+
+
+BROKEN = (TaskStatus.FAILED, TaskStatus.CANCELLED)
+
+
+def plan(states: Mapping[str, StepState], policy: str, cancel_requested: bool) -> Plan:
+    """What the steps' states call for now (`states` in the workflow's step order)."""
+    queued = [k for k, s in states.items() if s.status is TaskStatus.QUEUED]
+    if cancel_requested:
+        return Plan(cancel={k: (None, "cancelWorkflow cancelled its workflow") for k in queued})
+    broken = [k for k, s in states.items() if s.status in BROKEN]
+    if broken and policy == StepFailurePolicy.FAIL_WORKFLOW:
+        failed = [k for k in broken if states[k].status is TaskStatus.FAILED]
+        cause = (failed or broken)[0]
+        message = (
+            f"step {cause!r} ended {states[cause].status.value}, and the workflow's "
+            "onStepFailure is FAIL_WORKFLOW: the steps that had not started are cancelled"
+        )
+        return Plan(cancel={k: (TaskErrorCode.WORKFLOW_FAILED, message) for k in queued})
+    doomed: dict[str, str] = {}  # a waiting step -> the broken step it cannot run without
+    changed = True
+    while changed:
+        changed = False
+        for key, s in states.items():
+            if key in doomed or not (s.status is TaskStatus.QUEUED and s.waiting):
+                continue
+            for parent in s.depends_on:
+                if states[parent].status in BROKEN:
+                    doomed[key] = parent
+                elif parent in doomed:
+                    doomed[key] = doomed[parent]
+                else:
+                    continue
+                changed = True
+                break
+    result = Plan()
+    for key, cause in doomed.items():
+        via = "" if cause in states[key].depends_on else " (through the steps between them)"
+        result.cancel[key] = (
+            TaskErrorCode.DEPENDENCY_FAILED,
+            f"step {cause!r}, which it depends on{via}, ended {states[cause].status.value}",
+        )
+    result.ready = [
+        k
+        for k, s in states.items()
+        if s.status is TaskStatus.QUEUED
+        and s.waiting
+        and k not in doomed
+        and all(states[p].status is TaskStatus.SUCCEEDED for p in s.depends_on)
+    ]
+    return result
+
+
+def outcome(states: Mapping[str, StepState], cancel_requested: bool) -> WorkflowStatus | None:
+    """The workflow's end once every step has ended (None before): CANCELLED after
+    cancelWorkflow, else FAILED if a step FAILED, else CANCELLED if one was, else
+    SUCCEEDED."""
+    found = {s.status for s in states.values()}
+    if found & {TaskStatus.QUEUED, TaskStatus.RUNNING}:
+        return None
+    if cancel_requested:
+        return WorkflowStatus.CANCELLED
+    if TaskStatus.FAILED in found:
+        return WorkflowStatus.FAILED
+    if TaskStatus.CANCELLED in found:
+        return WorkflowStatus.CANCELLED
+    return WorkflowStatus.SUCCEEDED
+
+
+# --- settling, in the transaction that ended a step -------------------------------------------
+
+Record = Callable[..., Awaitable[list[Outcome]]]  # journal.record
+MAX_ROUNDS = 8
+
+LOCK_WORKFLOW = (
+    "SELECT id, owner, status, on_step_failure, cancel_requested FROM workflow "
+    "WHERE id = $1 FOR UPDATE"
+)
+READ_STEPS = """
+SELECT s.key, s.task_id, s.depends_on, s.bindings <> '[]'::jsonb AS binds, t.status,
+       t.waiting, t.type, t.priority, t.queue, t.concurrency_key
+FROM workflow_step s JOIN task t ON t.id = s.task_id
+WHERE s.workflow_id = $1 ORDER BY s.position"""
+READ_BINDINGS = "SELECT task_id, bindings, input FROM workflow_step WHERE task_id = ANY($1)"
+READ_RESULTS = (
+    "SELECT s.key, t.result FROM workflow_step s JOIN task t ON t.id = s.task_id "
+    "WHERE s.workflow_id = $1 AND s.key = ANY($2::text[])"
+)
+FINISH = (
+    "UPDATE workflow SET status = $2, finished_at = clock_timestamp() WHERE id = $1 "
+    "AND status = 'RUNNING'"
+)
+
+
+def states_of(rows: Sequence[Any]) -> dict[str, StepState]:
+    return {
+        r["key"]: StepState(
+            TaskStatus(r["status"]), r["waiting"] == WAITING_PARENTS, tuple(r["depends_on"])
+        )
+        for r in rows
+    }
+
+
+async def settle(
+    conn: asyncpg.Connection,
+    ended: Mapping[uuid.UUID, uuid.UUID],
+    after: AfterCommit,
+    record: Record,
+) -> None:
+    """For each workflow of `ended` (workflow id -> a step of it that ended in this
+    transaction): under its row's lock, make ready the steps whose parents all SUCCEEDED,
+    cancel what a failure calls for, and end the workflow once every step has ended (its
+    WorkflowStatusChanged event on that step)."""
+    for workflow_id in sorted(ended):
+        workflow = await conn.fetchrow(LOCK_WORKFLOW, workflow_id)
+        if workflow is None or workflow["status"] != WorkflowStatus.RUNNING:
+            continue
+        await settle_locked(conn, workflow, ended[workflow_id], after, record)
+
+
+async def settle_locked(
+    conn: asyncpg.Connection,
+    workflow: Any,
+    noted_on: uuid.UUID | None,
+    after: AfterCommit,
+    record: Record,
+) -> WorkflowStatus | None:
+    """`settle` for one workflow whose row this transaction has locked; returns its end,
+    if it ended now. `noted_on`: the step its WorkflowStatusChanged goes on (None: its
+    last step)."""
+    workflow_id = workflow["id"]
+    rows: list[asyncpg.Record] = []
+    for _ in range(MAX_ROUNDS):
+        rows = await conn.fetch(READ_STEPS, workflow_id)
+        states = states_of(rows)
+        todo = plan(states, workflow["on_step_failure"], workflow["cancel_requested"])
+        if not todo:
+            break
+        by_key = {r["key"]: r for r in rows}
+        changes: list[Change] = [
+            transitions.step_cancelled(by_key[k]["task_id"], code, message)
+            for k, (code, message) in todo.cancel.items()
+        ]
+        ready = [by_key[k] for k in todo.ready]
+        changes += await _readied(conn, workflow_id, ready)
+        outcomes = await record(conn, changes, after, settle=False)
+        after.events.extend(o.event for o in outcomes if o.event is not None)
+        jobs = {
+            r["task_id"]: queue.Job(
+                r["type"], r["task_id"], r["priority"], r["queue"], r["concurrency_key"] is not None
+            )
+            for r in ready
+        }
+        after.jobs.extend(
+            jobs[o.change.task_id]
+            for o in outcomes
+            if o.accepted and o.change.kind is EventKind.STEP_READY
+        )
+    else:
+        return None  # moving under it still: the next settling (or the reconciler) ends it
+    end = outcome(states_of(rows), workflow["cancel_requested"])
+    if end is None or not rows:
+        return None
+    if await conn.fetchval(FINISH + " RETURNING id", workflow_id, end.value) is None:
+        return None
+    note = transitions.workflow_changed(noted_on or rows[-1]["task_id"], workflow_id, end.value)
+    outcomes = await record(conn, [note], after, settle=False)
+    after.events.extend(o.event for o in outcomes if o.event is not None)
+    return end
+
+
+async def _readied(
+    conn: asyncpg.Connection, workflow_id: uuid.UUID, ready: Sequence[Any]
+) -> list[Change]:
+    """The changes making `ready` steps ready: their bindings applied to their submitted
+    input (a binding that cannot be applied fails the step: BAD_INPUT, no retry)."""
+    binding = [r["task_id"] for r in ready if r["binds"]]
+    specs: dict[uuid.UUID, tuple[list[Binding], dict[str, Any]]] = {}
+    results: dict[str, Any] = {}
+    if binding:
+        for r in await conn.fetch(READ_BINDINGS, binding):
+            specs[r["task_id"]] = ([Binding.from_json(b) for b in r["bindings"]], r["input"])
+        parents = sorted({b.step for bs, _ in specs.values() for b in bs})
+        results = {
+            r["key"]: r["result"] for r in await conn.fetch(READ_RESULTS, workflow_id, parents)
+        }
+    changes = []
+    for r in ready:
+        bound = None
+        if r["task_id"] in specs:
+            bindings, submitted = specs[r["task_id"]]
+            try:
+                bound = bind(submitted, bindings, results)
+            except BindError as exc:
+                changes.append(
+                    transitions.step_refused(
+                        r["task_id"],
+                        TaskErrorCode.BAD_INPUT,
+                        f"bind: {exc}; the step's input cannot be made from its parents' results",
+                    )
+                )
+                continue
+        changes.append(transitions.step_ready(r["task_id"], workflow_id, r["key"], bound))
+    return changes

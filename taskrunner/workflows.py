@@ -1,0 +1,507 @@
+"""Workflows: a DAG of steps, each an ordinary task (submitWorkflow, cancelWorkflow,
+retryWorkflow, the queries and workflowUpdates).
+
+A workflow's steps are inserted with its row in one transaction; steps without parents are
+enqueued once it commits, the others wait QUEUED (`waiting = 'parents'`) out of the queue.
+What a step's end does (its children made ready, a failure's cancellations, the
+workflow's end) is decided in the transaction that ends it: `taskrunner.dag.settle`. A
+workflow's own status changes are events too (WorkflowStatusChanged), recorded on the step
+whose change caused them, so `workflowUpdates` is the union of its steps' events, in the
+(xid, id) order `tasksUpdates` keeps.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from arq import ArqRedis
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from taskrunner import journal, owner_streams, queue, submissions, transitions
+from taskrunner.changes import WAITING_PARENTS, json_text
+from taskrunner.connections import connection
+from taskrunner.dag import (
+    LOCK_WORKFLOW,
+    AfterCommit,
+    Binding,
+    StepFailurePolicy,
+    WorkflowStatus,
+    settle_locked,
+)
+from taskrunner.errors import BadInput, Conflict, NotFound
+from taskrunner.events import CANCEL_CHANNEL, Event, EventKind, cancel_message
+from taskrunner.hub import EventHub
+from taskrunner.models import TaskRecord, task_table
+from taskrunner.queries import TaskCriteria
+from taskrunner.submissions import Submission
+
+TASK_COLUMNS = ", ".join(f"t.{c.name}" for c in task_table.c)
+ENDED = frozenset(s.value for s in WorkflowStatus if s is not WorkflowStatus.RUNNING)
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """A validated step: its key, its task (as submitTask would run it), the keys of the
+    steps it depends on, and its bindings."""
+
+    key: str
+    submission: Submission
+    depends_on: tuple[str, ...] = ()
+    bindings: tuple[Binding, ...] = ()
+
+
+@dataclass(frozen=True)
+class WorkflowSpec:
+    steps: tuple[StepSpec, ...]
+    name: str | None = None
+    on_step_failure: StepFailurePolicy = StepFailurePolicy.FAIL_WORKFLOW
+    labels: tuple[str, ...] = ()
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkflowRecord:
+    id: uuid.UUID
+    owner: str
+    name: str | None
+    status: str
+    on_step_failure: str
+    labels: list[str]
+    idempotency_key: str | None
+    step_count: int
+    cancel_requested: bool
+    schedule_id: uuid.UUID | None
+    scheduled_for: datetime | None
+    created_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, row: Any) -> WorkflowRecord:
+        return cls(**{name: row[name] for name in cls.__dataclass_fields__})
+
+
+COLUMNS = ", ".join(WorkflowRecord.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
+class Step:
+    """A step as read: its key, the keys it depends on, its task."""
+
+    key: str
+    depends_on: list[str]
+    task: TaskRecord
+
+
+# --- submitWorkflow -----------------------------------------------------------------------
+
+INSERT_WORKFLOW = f"""
+INSERT INTO workflow (id, owner, key_id, name, on_step_failure, labels, idempotency_key,
+                      step_count, schedule_id, scheduled_for)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING {COLUMNS}"""
+INSERT_STEP = (
+    "INSERT INTO workflow_step (task_id, workflow_id, key, position, depends_on, bindings, "
+    "input) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+)
+
+
+async def submit(
+    *,
+    engine: AsyncEngine,
+    pool: ArqRedis,
+    owner: str,
+    spec: WorkflowSpec,
+    key_id: uuid.UUID | None = None,
+) -> WorkflowRecord:
+    """Create the workflow and every step's task (with its QUEUED event) in one transaction;
+    once committed, enqueue the steps without parents. A repeated `idempotency_key` of the
+    owner returns the first workflow, unchanged."""
+    workflow_id = uuid.uuid4()
+
+    async def work(
+        conn: asyncpg.Connection,
+    ) -> tuple[WorkflowRecord, list[TaskRecord], list[Event]]:
+        row = await conn.fetchrow(
+            INSERT_WORKFLOW,
+            workflow_id,
+            owner,
+            key_id,
+            spec.name,
+            spec.on_step_failure.value,
+            list(spec.labels),
+            spec.idempotency_key,
+            len(spec.steps),
+            None,
+            None,
+        )
+        if row is None:  # the key was used: the first workflow
+            first = await conn.fetchrow(
+                f"SELECT {COLUMNS} FROM workflow WHERE owner = $1 AND idempotency_key = $2",
+                owner,
+                spec.idempotency_key,
+            )
+            return WorkflowRecord.of(first), [], []
+        subs = [
+            replace(
+                step.submission,
+                workflow_id=workflow_id,
+                step_key=step.key,
+                waiting=WAITING_PARENTS if step.depends_on else None,
+            )
+            for step in spec.steps
+        ]
+        (tasks,), events = await submissions.insert(conn, [(owner, subs)])
+        await conn.executemany(
+            INSERT_STEP,
+            [
+                (
+                    task.id,
+                    workflow_id,
+                    step.key,
+                    i,
+                    list(step.depends_on),
+                    json_text([b.to_json() for b in step.bindings]),
+                    json_text(step.submission.input),
+                )
+                for i, (step, task) in enumerate(zip(spec.steps, tasks, strict=True))
+            ],
+        )
+        return WorkflowRecord.of(row), tasks, events
+
+    record, tasks, events = await journal.run_transaction(engine, work)
+    if tasks:
+        await submissions.announce(pool, tasks, events)
+    return record
+
+
+# --- queries --------------------------------------------------------------------------------
+
+
+async def get(
+    *, engine: AsyncEngine, workflow_id: uuid.UUID, owner: str | None
+) -> WorkflowRecord | None:
+    """The workflow, if it exists and `owner` may see it (None: any owner's)."""
+    async with connection(engine) as conn:
+        row = await conn.fetchrow(
+            f"SELECT {COLUMNS} FROM workflow WHERE id = $1 AND ($2::text IS NULL OR owner = $2)",
+            workflow_id,
+            owner,
+        )
+    return WorkflowRecord.of(row) if row else None
+
+
+async def require(
+    *, engine: AsyncEngine, workflow_id: uuid.UUID, owner: str | None
+) -> WorkflowRecord:
+    found = await get(engine=engine, workflow_id=workflow_id, owner=owner)
+    if found is None:
+        raise NotFound(
+            f"no workflow with id {workflow_id}; check the id returned by submitWorkflow"
+        )
+    return found
+
+
+async def steps(
+    *, engine: AsyncEngine, workflow_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[Step]]:
+    """The workflows' steps, in the order they were submitted."""
+    async with connection(engine) as conn:
+        rows = await conn.fetch(
+            f"SELECT s.workflow_id AS s_workflow, s.key AS s_key, s.depends_on AS s_depends, "
+            f"{TASK_COLUMNS} FROM workflow_step s JOIN task t ON t.id = s.task_id "
+            "WHERE s.workflow_id = ANY($1::uuid[]) ORDER BY s.workflow_id, s.position",
+            list(workflow_ids),
+        )
+    found: dict[uuid.UUID, list[Step]] = {w: [] for w in workflow_ids}
+    for r in rows:
+        task = TaskRecord(**{c.name: r[c.name] for c in task_table.c})
+        found[r["s_workflow"]].append(Step(r["s_key"], list(r["s_depends"]), task))
+    return found
+
+
+async def waiting_on(
+    *, engine: AsyncEngine, task_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[TaskRecord]]:
+    """For step tasks: their parents that have not SUCCEEDED (empty for other tasks)."""
+    async with connection(engine) as conn:
+        rows = await conn.fetch(
+            f"""SELECT c.task_id AS child, {TASK_COLUMNS}
+                FROM workflow_step c
+                JOIN workflow_step p ON p.workflow_id = c.workflow_id AND p.key = ANY(c.depends_on)
+                JOIN task t ON t.id = p.task_id
+                WHERE c.task_id = ANY($1::uuid[]) AND t.status <> 'SUCCEEDED'
+                ORDER BY p.position""",
+            list(task_ids),
+        )
+    found: dict[uuid.UUID, list[TaskRecord]] = {t: [] for t in task_ids}
+    for r in rows:
+        found[r["child"]].append(TaskRecord(**{c.name: r[c.name] for c in task_table.c}))
+    return found
+
+
+async def parent_results(engine: AsyncEngine, task_id: uuid.UUID) -> dict[str, Any]:
+    """A step's parents' results by step key (`ctx.parent_results`)."""
+    async with connection(engine) as conn:
+        rows = await conn.fetch(
+            """SELECT p.key, t.result FROM workflow_step c
+               JOIN workflow_step p ON p.workflow_id = c.workflow_id AND p.key = ANY(c.depends_on)
+               JOIN task t ON t.id = p.task_id
+               WHERE c.task_id = $1 AND t.status = 'SUCCEEDED'""",
+            task_id,
+        )
+    return {r["key"]: r["result"] for r in rows}
+
+
+@dataclass(frozen=True)
+class WorkflowPage:
+    workflows: list[WorkflowRecord]
+    has_next_page: bool
+
+    @staticmethod
+    def cursor_of(w: WorkflowRecord) -> str:
+        raw = f"{w.created_at.isoformat()}|{w.id}".encode()
+        return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode(after: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        at, _, wid = base64.urlsafe_b64decode(after.encode()).decode().partition("|")
+        return datetime.fromisoformat(at), uuid.UUID(wid)
+    except ValueError:
+        raise BadInput(
+            "after: not a cursor of `workflows`; pass an edge's cursor as given", field="after"
+        ) from None
+
+
+async def list_workflows(
+    *,
+    engine: AsyncEngine,
+    owner: str | None,
+    first: int,
+    after: str | None,
+    status: Sequence[str] = (),
+    label: str | None = None,
+) -> WorkflowPage:
+    """The owner's workflows, newest first, of the given statuses and label (if any)."""
+    at, wid = _decode(after) if after else (None, None)
+    async with connection(engine) as conn:
+        rows = await conn.fetch(
+            f"""SELECT {COLUMNS} FROM workflow
+                WHERE ($1::text IS NULL OR owner = $1)
+                  AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
+                  AND (cardinality($4::text[]) = 0 OR status = ANY($4::text[]))
+                  AND ($5::text IS NULL OR $5 = ANY(labels))
+                ORDER BY created_at DESC, id DESC LIMIT $6""",
+            owner,
+            at,
+            wid,
+            list(status),
+            label,
+            first + 1,
+        )
+    found = [WorkflowRecord.of(r) for r in rows]
+    return WorkflowPage(found[:first], len(found) > first)
+
+
+# --- cancelWorkflow and retryWorkflow -------------------------------------------------------
+
+
+async def _locked(conn: asyncpg.Connection, workflow_id: uuid.UUID) -> dict[str, Any]:
+    row = await conn.fetchrow(LOCK_WORKFLOW, workflow_id)
+    assert row is not None  # workflows are never deleted while a request reads them
+    return dict(row)
+
+
+async def cancel(
+    *, engine: AsyncEngine, redis: Redis, workflow_id: uuid.UUID, owner: str | None
+) -> WorkflowRecord:
+    """Cancel every unfinished step: QUEUED ones at once, RUNNING ones interrupted (their
+    workers record CANCELLED); the workflow ends CANCELLED once every step has ended.
+    A finished workflow: CONFLICT."""
+    await require(engine=engine, workflow_id=workflow_id, owner=owner)
+
+    async def work(conn: asyncpg.Connection, after: AfterCommit) -> list[tuple[uuid.UUID, int]]:
+        workflow = await _locked(conn, workflow_id)
+        if workflow["status"] != WorkflowStatus.RUNNING:
+            raise Conflict(
+                f"workflow {workflow_id} is already {workflow['status']}; only a RUNNING "
+                "workflow can be cancelled (retryWorkflow runs its FAILED and CANCELLED steps "
+                "again)"
+            )
+        await conn.execute("UPDATE workflow SET cancel_requested = true WHERE id = $1", workflow_id)
+        workflow["cancel_requested"] = True
+        running = await conn.fetch(
+            "SELECT id, attempts FROM task WHERE workflow_id = $1 AND status = 'RUNNING'",
+            workflow_id,
+        )
+        changes = [transitions.cancel_requested(r["id"], r["attempts"]) for r in running]
+        outcomes = await journal.record(conn, changes, after, settle=False)
+        after.events.extend(o.event for o in outcomes if o.event is not None)
+        await settle_locked(conn, workflow, None, after, journal.record)
+        return [
+            (o.change.task_id, r["attempts"])
+            for o, r in zip(outcomes, running, strict=True)
+            if o.accepted
+        ]
+
+    running = await journal.transact(engine, redis, work)
+    if running:
+        async with redis.pipeline(transaction=False) as pipe:
+            for task_id, attempt in running:
+                pipe.publish(CANCEL_CHANNEL, cancel_message(task_id, attempt))
+            await pipe.execute()
+    return await require(engine=engine, workflow_id=workflow_id, owner=owner)
+
+
+async def retry(
+    *, engine: AsyncEngine, redis: Redis, workflow_id: uuid.UUID, owner: str | None
+) -> WorkflowRecord:
+    """Run a FAILED or CANCELLED workflow's FAILED and CANCELLED steps again (each a new
+    attempt, with its input as submitted): those whose parents all SUCCEEDED at once, the
+    others once their parents have. SUCCEEDED steps keep their results. Else CONFLICT."""
+    await require(engine=engine, workflow_id=workflow_id, owner=owner)
+
+    async def work(conn: asyncpg.Connection, after: AfterCommit) -> None:
+        workflow = await _locked(conn, workflow_id)
+        if workflow["status"] not in (WorkflowStatus.FAILED, WorkflowStatus.CANCELLED):
+            raise Conflict(
+                f"workflow {workflow_id} is {workflow['status']}; only a FAILED or CANCELLED "
+                "workflow can be retried"
+            )
+        rows = await conn.fetch(
+            "SELECT s.task_id, s.depends_on, s.input, t.status, t.type, t.priority, t.queue, "
+            "t.concurrency_key FROM workflow_step s JOIN task t ON t.id = s.task_id "
+            "WHERE s.workflow_id = $1 ORDER BY s.position",
+            workflow_id,
+        )
+        again = [r for r in rows if r["status"] in ("FAILED", "CANCELLED")]
+        await conn.execute(
+            "UPDATE workflow SET status = 'RUNNING', finished_at = NULL, cancel_requested = false "
+            "WHERE id = $1",
+            workflow_id,
+        )
+        workflow.update(status="RUNNING", cancel_requested=False)
+        # a step with parents waits for them (and is bound again) even when they SUCCEEDED:
+        # settling below makes it ready at once then
+        changes = [
+            transitions.step_retried(r["task_id"], r["input"], waits=bool(r["depends_on"]))
+            for r in again
+        ]
+        if again:
+            changes.append(
+                transitions.workflow_changed(again[0]["task_id"], workflow_id, "RUNNING")
+            )
+        outcomes = await journal.record(conn, changes, after, settle=False)
+        after.events.extend(o.event for o in outcomes if o.event is not None)
+        after.jobs.extend(
+            queue.Job(
+                r["type"], r["task_id"], r["priority"], r["queue"], r["concurrency_key"] is not None
+            )
+            for r in again
+            if not r["depends_on"]
+        )
+        await settle_locked(conn, workflow, None, after, journal.record)
+
+    await journal.transact(engine, redis, work)
+    return await require(engine=engine, workflow_id=workflow_id, owner=owner)
+
+
+async def retry_cost(engine: AsyncEngine, workflow_id: uuid.UUID) -> int:
+    """How many steps retryWorkflow would run again now (counted against TASKS_PER_MINUTE)."""
+    async with connection(engine) as conn:
+        found = await conn.fetchval(
+            "SELECT count(*) FROM task WHERE workflow_id = $1 "
+            "AND status IN ('FAILED', 'CANCELLED')",
+            workflow_id,
+        )
+    return int(found or 0)
+
+
+# --- the reconciler's repair ----------------------------------------------------------------
+
+STALLED = """
+SELECT w.id FROM workflow w
+WHERE w.status = 'RUNNING' AND NOT EXISTS (
+  SELECT FROM task t WHERE t.workflow_id = w.id
+    AND (t.status = 'RUNNING' OR (t.status = 'QUEUED' AND t.waiting IS DISTINCT FROM $2)))
+ORDER BY w.created_at LIMIT $1"""
+
+
+async def repair(engine: AsyncEngine, redis: Redis, limit: int = 100) -> int:
+    """Settle RUNNING workflows none of whose steps runs or waits in the queue: a settling
+    lost (it always runs in the transaction that ends a step, so this finds none unless
+    something failed in between). Returns how many it settled."""
+    async with connection(engine) as conn:
+        stalled = [r["id"] for r in await conn.fetch(STALLED, limit, WAITING_PARENTS)]
+    for workflow_id in stalled:
+
+        async def work(
+            conn: asyncpg.Connection, after: AfterCommit, wid: uuid.UUID = workflow_id
+        ) -> None:
+            workflow = await conn.fetchrow(LOCK_WORKFLOW, wid)
+            if workflow is not None and workflow["status"] == WorkflowStatus.RUNNING:
+                await settle_locked(conn, workflow, None, after, journal.record)
+
+        await journal.transact(engine, redis, work)
+    return len(stalled)
+
+
+# --- workflowUpdates --------------------------------------------------------------------------
+
+
+async def events(
+    *,
+    engine: AsyncEngine,
+    hub: EventHub,
+    workflow: WorkflowRecord,
+    after_id: int | None,
+    quiet_seconds: float,
+) -> AsyncIterator[Event]:
+    """Every event of the workflow's steps (its own WorkflowStatusChanged among them) after
+    `after_id` (from the first without it), in (xid, id) order, each once; it completes
+    after the event that ended the workflow."""
+    async with connection(engine) as conn:
+        ids = [
+            r["task_id"]
+            for r in await conn.fetch(
+                "SELECT task_id FROM workflow_step WHERE workflow_id = $1", workflow.id
+            )
+        ]
+        if workflow.status in ENDED:  # resumed after its end: nothing more will come
+            last = await conn.fetchrow(
+                "SELECT xid, id FROM task_event WHERE task_id = ANY($1::uuid[]) AND kind = $2 "
+                "ORDER BY xid DESC, id DESC LIMIT 1",
+                ids,
+                EventKind.WORKFLOW.value,
+            )
+            cursor = None
+            if after_id is not None:
+                cursor = await conn.fetchrow(
+                    "SELECT xid, id FROM task_event WHERE id = $1", after_id
+                )
+            if (
+                last is not None
+                and cursor is not None
+                and (cursor["xid"], cursor["id"]) >= (last["xid"], last["id"])
+            ):
+                return
+    async for event in owner_streams.owner_events(
+        engine=engine,
+        hub=hub,
+        owner=workflow.owner,
+        after_id=after_id,
+        filter=TaskCriteria(),
+        quiet_seconds=quiet_seconds,
+        task_ids=frozenset(ids),
+    ):
+        yield event
+        if event.kind is EventKind.WORKFLOW and event.data.get("status") in ENDED:
+            return
