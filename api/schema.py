@@ -209,6 +209,15 @@ def _aware(name: str, value: datetime | None) -> datetime | None:
             f"{value.isoformat()}Z",
             field=f"filter.{name}",
         )
+    if value is not None:
+        try:
+            value.astimezone(UTC)  # PostgreSQL compares it in UTC
+        except OverflowError:
+            raise BadInput(
+                f"filter.{name}: {value.isoformat()} is before year 1 in UTC; give a later "
+                "time",
+                field=f"filter.{name}",
+            ) from None
     return value
 
 
@@ -514,7 +523,8 @@ class Mutation:
 
     @strawberry.mutation(
         description="Run a FAILED or CANCELLED task again as a new attempt; its events keep "
-        "the whole history. Counts against TASKS_PER_MINUTE like a submission."
+        "the whole history. Counts against TASKS_PER_MINUTE like a submission. A workflow's "
+        "step: CONFLICT (retryWorkflow runs it and its dependents)."
     )
     async def retry_task(self, info: Info, id: strawberry.ID) -> Task:
         _task_id(id)  # a malformed id is BAD_INPUT before it costs anything
@@ -539,7 +549,7 @@ class Mutation:
     @strawberry.mutation(
         description="Retry every FAILED or CANCELLED task of yours that `filter` matches, at "
         "most MAX_BULK_ACTION (more: LIMIT_EXCEEDED, nothing retried); returns how many. "
-        "Counts against TASKS_PER_MINUTE."
+        "Workflows' steps are left out (retryWorkflow). Counts against TASKS_PER_MINUTE."
     )
     async def retry_tasks(self, info: Info, filter: TaskFilter) -> int:
         services = info.context.services
@@ -551,6 +561,7 @@ class Mutation:
             filter=criteria,
             statuses=(TaskStatus.FAILED, TaskStatus.CANCELLED),
             most=most + 1,
+            steps=False,
         )
         if matched and len(matched) <= most:
             await _take_rate(info, len(matched))

@@ -69,6 +69,19 @@ async def test_a_filter_time_without_a_time_zone_is_bad_input(api: Stack) -> Non
     assert err.value.errors[0]["extensions"]["field"] == "filter.createdBefore"
 
 
+async def test_a_filter_time_before_year_1_in_utc_is_bad_input(api: Stack) -> None:
+    """0001-01-01T00:00+05:30 is in year 0 in UTC, which PostgreSQL's driver cannot encode:
+    BAD_INPUT on the field, not INTERNAL (found by the fuzzer in cancelTasks)."""
+    early = "0001-01-01T00:00:00+05:30"
+    for query in (
+        f'query {{ tasks(filter: {{createdAfter: "{early}"}}) {{ edges {{ cursor }} }} }}',
+        f'mutation {{ cancelTasks(filter: {{createdAfter: "{early}"}}) }}',
+    ):
+        error = await _error(api, query)
+        assert error["extensions"] == {"code": "BAD_INPUT", "field": "filter.createdAfter"}
+        assert "before year 1 in UTC" in str(error["message"])
+
+
 async def test_a_result_beyond_64_bit_integers_is_published_and_streamed(stack: Stack) -> None:
     task_id = await submit(stack, {"sum": {"numbers": [1e20]}})
     events = await stack.subscribe(WATCH, id=task_id, within=10)
