@@ -62,8 +62,15 @@ async def cancel(
 async def retry(
     *, engine: AsyncEngine, redis: Redis, pool: ArqRedis, task_id: uuid.UUID, owner: str | None
 ) -> TaskRecord:
-    """Run a FAILED or CANCELLED task again, as a new attempt (its history stays)."""
+    """Run a FAILED or CANCELLED task again, as a new attempt (its history stays). A
+    workflow's step is run again by retryWorkflow, which runs its dependents after it."""
     task = await require(engine=engine, task_id=task_id, owner=owner)
+    if task.workflow_id is not None:
+        raise Conflict(
+            f"task {task_id} is step {task.step_key!r} of workflow {task.workflow_id}; run it "
+            f"again with retryWorkflow(id: \"{task.workflow_id}\"), which also runs the steps "
+            "that depend on it"
+        )
     outcome = await journal.apply_one(engine, redis, transitions.retried(task_id))
     if not outcome.accepted:
         found = outcome.found.value if outcome.found else "gone"
@@ -82,13 +89,14 @@ async def _bulk(
     statuses: tuple[TaskStatus, ...],
     most: int,
     action: str,
+    steps: bool = True,
 ) -> list[TaskRecord]:
     """The tasks a bulk action takes: at most `most`, or LIMIT_EXCEEDED (nothing done)."""
     wanted = tuple(s for s in statuses if not filter.status or s in filter.status)
     if not wanted:
         return []
     tasks = await matching_tasks(
-        engine=engine, owner=owner, filter=filter, statuses=wanted, most=most + 1
+        engine=engine, owner=owner, filter=filter, statuses=wanted, most=most + 1, steps=steps
     )
     if len(tasks) > most:
         raise LimitExceeded(
@@ -162,9 +170,16 @@ async def retry_many(
     most: int,
 ) -> int:
     """retryTask for each matching FAILED or CANCELLED task, at most `most` (else
-    LIMIT_EXCEEDED, nothing done); returns how many run again."""
+    LIMIT_EXCEEDED, nothing done); returns how many run again. Workflows' steps are left
+    out: retryWorkflow runs them again, with their dependents."""
     tasks = await _bulk(
-        engine, owner, filter, (TaskStatus.FAILED, TaskStatus.CANCELLED), most, "retryTasks"
+        engine,
+        owner,
+        filter,
+        (TaskStatus.FAILED, TaskStatus.CANCELLED),
+        most,
+        "retryTasks",
+        steps=False,
     )
     outcomes = await journal.apply(engine, redis, [transitions.retried(t.id) for t in tasks])
     again = [queue.job_of(t) for t, o in zip(tasks, outcomes, strict=True) if o.accepted]

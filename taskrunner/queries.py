@@ -121,9 +121,11 @@ async def matching_tasks(
     statuses: Sequence[TaskStatus],
     most: int,
     ids: Sequence[uuid.UUID] = (),
+    steps: bool = True,
 ) -> list[TaskRecord]:
     """Up to `most` tasks of `owner` that meet `filter` and are in one of `statuses` (and,
-    if given, among `ids`), oldest first (a bulk action's tasks)."""
+    if given, among `ids`; without `steps`, no workflow's steps), oldest first (a bulk
+    action's tasks)."""
     t = task_table.c
     query = (
         sa.select(task_table)
@@ -133,6 +135,8 @@ async def matching_tasks(
     )
     if ids:
         query = query.where(t.id.in_(list(ids)))
+    if not steps:
+        query = query.where(t.workflow_id.is_(None))
     async with engine.connect() as conn:
         rows = (await conn.execute(query)).mappings().all()
     return [_task(r) for r in rows]
