@@ -1,0 +1,137 @@
+"""Workflow steps in the journal: a step waiting for its parents never starts (on either
+path), a step's end recorded by a group of one shape is settled in a transaction (its child
+made ready), two parents ending at once in different transactions make their child ready
+exactly once, and retryTask / retryTasks leave steps to retryWorkflow."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import sqlalchemy as sa
+from arq import ArqRedis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from taskrunner import control, journal, transitions, workflows
+from taskrunner.config import Settings
+from taskrunner.db import create_engine
+from taskrunner.dag import Binding
+from taskrunner.errors import Conflict
+from taskrunner.queries import TaskCriteria
+from taskrunner.submissions import Submission
+from taskrunner.workflows import StepSpec, WorkflowSpec
+
+
+def step(key: str, *parents: str) -> StepSpec:
+    return StepSpec(
+        key,
+        Submission("sum", {"numbers": [1]}, 60),
+        tuple(parents),
+        tuple(Binding("numbers", p, "sum", append=True) for p in parents),
+    )
+
+
+async def submit(engine: AsyncEngine, pool: ArqRedis, *steps: StepSpec) -> dict[str, uuid.UUID]:
+    """Submit a workflow of `steps` as owner `wj`; its step keys -> task ids."""
+    record = await workflows.submit(
+        engine=engine, pool=pool, owner="wj", spec=WorkflowSpec(steps=steps)
+    )
+    found = await workflows.steps(engine=engine, workflow_ids=[record.id])
+    return {s.key: s.task.id for s in found[record.id]}
+
+
+async def state(engine: AsyncEngine, task_id: uuid.UUID) -> tuple[str, str | None, int]:
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                sa.text(
+                    "SELECT status, waiting, (SELECT count(*) FROM task_event e "
+                    "WHERE e.task_id = t.id AND e.kind = 'step_ready') AS ready "
+                    "FROM task t WHERE id = :id"
+                ),
+                {"id": task_id},
+            )
+        ).one()
+    return row.status, row.waiting, row.ready
+
+
+async def run(engine: AsyncEngine, pool: ArqRedis, task_id: uuid.UUID, result: float) -> None:
+    """Start `task_id` and record its success with `{"sum": result}`."""
+    start = await journal.apply_one(engine, pool, transitions.started(task_id, "w"))
+    assert start.accepted
+    end = await journal.apply_one(engine, pool, transitions.succeeded(task_id, 1, {"sum": result}))
+    assert end.accepted
+
+
+@pytest.mark.parametrize("path", ["one statement", "transaction"])
+async def test_a_step_waiting_for_its_parents_never_starts(
+    engine: AsyncEngine, pool: ArqRedis, path: str
+) -> None:
+    ids = await submit(engine, pool, step("a"), step("b", "a"))
+    starts = [transitions.started(ids["b"], "w")]
+    if path == "transaction":  # a change of another shape: the group takes the other path
+        other = (await submit(engine, pool, step("x")))["x"]
+        starts.append(transitions.cancelled_while_queued(other))
+    outcome = (await journal.apply(engine, pool, starts))[0]
+    assert not outcome.accepted
+    assert await state(engine, ids["b"]) == ("QUEUED", "parents", 0)
+
+
+async def test_an_end_in_a_group_of_one_shape_is_settled_with_its_child_ready(
+    engine: AsyncEngine, pool: ArqRedis
+) -> None:
+    first = await submit(engine, pool, step("a"), step("b", "a"))
+    second = await submit(engine, pool, step("a"), step("b", "a"))
+    for ids in (first, second):
+        assert (await journal.apply_one(engine, pool, transitions.started(ids["a"], "w"))).accepted
+    ends = [transitions.succeeded(ids["a"], 1, {"sum": 5}) for ids in (first, second)]
+    outcomes = await journal.apply(engine, pool, ends)  # one shape: the one-statement path
+    assert all(o.accepted for o in outcomes)
+    for ids in (first, second):
+        assert await state(engine, ids["b"]) == ("QUEUED", None, 1)
+        async with engine.connect() as conn:
+            bound = await conn.scalar(
+                sa.text("SELECT input FROM task WHERE id = :id"), {"id": ids["b"]}
+            )
+        assert bound == {"numbers": [1, 5]}
+
+
+@pytest.fixture
+async def other_engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """A second engine: its writes never share a group commit with `engine`'s."""
+    engine = create_engine(settings.require_database_url(), pool_size=2)
+    yield engine
+    await engine.dispose()
+
+
+async def test_two_parents_ending_at_once_make_their_child_ready_once(
+    engine: AsyncEngine, other_engine: AsyncEngine, pool: ArqRedis
+) -> None:
+    for _ in range(15):
+        ids = await submit(engine, pool, step("a"), step("b"), step("c", "a", "b"))
+        for key in ("a", "b"):
+            start = transitions.started(ids[key], "w")
+            assert (await journal.apply_one(engine, pool, start)).accepted
+        await asyncio.gather(
+            journal.apply_one(engine, pool, transitions.succeeded(ids["a"], 1, {"sum": 1})),
+            journal.apply_one(other_engine, pool, transitions.succeeded(ids["b"], 1, {"sum": 2})),
+        )
+        assert await state(engine, ids["c"]) == ("QUEUED", None, 1)
+
+
+async def test_retry_task_and_retry_tasks_leave_steps_to_retry_workflow(
+    engine: AsyncEngine, pool: ArqRedis
+) -> None:
+    ids = await submit(engine, pool, step("a"))
+    assert (await journal.apply_one(engine, pool, transitions.started(ids["a"], "w"))).accepted
+    failed = transitions.failed(ids["a"], 1, transitions.TaskErrorCode.TASK_ERROR, "boom")
+    assert (await journal.apply_one(engine, pool, failed)).accepted
+    with pytest.raises(Conflict, match="retryWorkflow"):
+        await control.retry(engine=engine, redis=pool, pool=pool, task_id=ids["a"], owner="wj")
+    again = await control.retry_many(
+        engine=engine, redis=pool, pool=pool, owner="wj", filter=TaskCriteria(), most=10
+    )
+    assert again == 0
+    assert (await state(engine, ids["a"]))[0] == "FAILED"
