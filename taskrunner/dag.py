@@ -311,24 +311,24 @@ def outcome(states: Mapping[str, StepState], cancel_requested: bool) -> Workflow
 Record = Callable[..., Awaitable[list[Outcome]]]  # journal.record
 MAX_ROUNDS = 8
 
-LOCK_WORKFLOW = (
+LOCK_WORKFLOWS = (
     "SELECT id, owner, status, on_step_failure, cancel_requested FROM workflow "
-    "WHERE id = $1 FOR UPDATE"
+    "WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE"
 )
 READ_STEPS = """
-SELECT s.key, s.task_id, s.depends_on, s.bindings <> '[]'::jsonb AS binds, t.status,
-       t.waiting, t.type, t.priority, t.queue, t.concurrency_key
+SELECT s.workflow_id, s.key, s.task_id, s.depends_on, s.bindings <> '[]'::jsonb AS binds,
+       t.status, t.waiting, t.type, t.priority, t.queue, t.concurrency_key
 FROM workflow_step s JOIN task t ON t.id = s.task_id
-WHERE s.workflow_id = $1 ORDER BY s.position"""
+WHERE s.workflow_id = ANY($1::uuid[]) ORDER BY s.workflow_id, s.position"""
 READ_BINDINGS = "SELECT task_id, bindings, input FROM workflow_step WHERE task_id = ANY($1)"
 READ_RESULTS = (
-    "SELECT s.key, t.result FROM workflow_step s JOIN task t ON t.id = s.task_id "
-    "WHERE s.workflow_id = $1 AND s.key = ANY($2::text[])"
+    "SELECT s.workflow_id, s.key, t.result FROM workflow_step s JOIN task t ON t.id = s.task_id "
+    "WHERE s.workflow_id = ANY($1::uuid[]) AND s.key = ANY($2::text[])"
 )
-FINISH = (
-    "UPDATE workflow SET status = $2, finished_at = clock_timestamp() WHERE id = $1 "
-    "AND status = 'RUNNING'"
-)
+FINISH = """
+UPDATE workflow w SET status = f.status, finished_at = clock_timestamp()
+FROM unnest($1::uuid[], $2::text[]) AS f(id, status)
+WHERE w.id = f.id AND w.status = 'RUNNING' RETURNING w.id"""
 
 
 def states_of(rows: Sequence[Any]) -> dict[str, StepState]:
@@ -340,6 +340,11 @@ def states_of(rows: Sequence[Any]) -> dict[str, StepState]:
     }
 
 
+async def lock(conn: asyncpg.Connection, workflow_ids: Sequence[uuid.UUID]) -> list[Any]:
+    """Lock the workflows' rows (in id order); returns them."""
+    return list(await conn.fetch(LOCK_WORKFLOWS, sorted(set(workflow_ids))))
+
+
 async def settle(
     conn: asyncpg.Connection,
     ended: Mapping[uuid.UUID, uuid.UUID],
@@ -349,39 +354,51 @@ async def settle(
     """For each workflow of `ended` (workflow id -> a step of it that ended in this
     transaction): under its row's lock, make ready the steps whose parents all SUCCEEDED,
     cancel what a failure calls for, and end the workflow once every step has ended (its
-    WorkflowStatusChanged event on that step)."""
-    for workflow_id in sorted(ended):
-        workflow = await conn.fetchrow(LOCK_WORKFLOW, workflow_id)
-        if workflow is None or workflow["status"] != WorkflowStatus.RUNNING:
-            continue
-        await settle_locked(conn, workflow, ended[workflow_id], after, record)
+    WorkflowStatusChanged event on that step). All of a transaction's workflows at once:
+    a few statements however many there are."""
+    running = [w for w in await lock(conn, list(ended)) if w["status"] == WorkflowStatus.RUNNING]
+    if running:
+        await settle_locked(conn, running, ended, after, record)
 
 
 async def settle_locked(
     conn: asyncpg.Connection,
-    workflow: Any,
-    noted_on: uuid.UUID | None,
+    workflows: Sequence[Any],
+    noted_on: Mapping[uuid.UUID, uuid.UUID],
     after: AfterCommit,
     record: Record,
-) -> WorkflowStatus | None:
-    """`settle` for one workflow whose row this transaction has locked; returns its end,
-    if it ended now. `noted_on`: the step its WorkflowStatusChanged goes on (None: its
-    last step)."""
-    workflow_id = workflow["id"]
-    rows: list[asyncpg.Record] = []
+) -> dict[uuid.UUID, WorkflowStatus]:
+    """`settle` for RUNNING workflows whose rows this transaction has locked; returns those
+    that ended now, with their end. `noted_on`: the step each one's WorkflowStatusChanged
+    goes on (by default its last step)."""
+    by_id = {w["id"]: w for w in workflows}
+    todo_ids = sorted(by_id)
+    steps: dict[uuid.UUID, list[Any]] = {}
     for _ in range(MAX_ROUNDS):
-        rows = await conn.fetch(READ_STEPS, workflow_id)
-        states = states_of(rows)
-        todo = plan(states, workflow["on_step_failure"], workflow["cancel_requested"])
-        if not todo:
+        if not todo_ids:
             break
-        by_key = {r["key"]: r for r in rows}
-        changes: list[Change] = [
-            transitions.step_cancelled(by_key[k]["task_id"], code, message)
-            for k, (code, message) in todo.cancel.items()
-        ]
-        ready = [by_key[k] for k in todo.ready]
-        changes += await _readied(conn, workflow_id, ready)
+        for w in todo_ids:
+            steps[w] = []
+        for r in await conn.fetch(READ_STEPS, todo_ids):
+            steps[r["workflow_id"]].append(r)
+        changes: list[Change] = []
+        ready: list[Any] = []
+        moving = []
+        for w in todo_ids:
+            rows = steps[w]
+            todo = plan(states_of(rows), by_id[w]["on_step_failure"], by_id[w]["cancel_requested"])
+            if not todo:
+                continue
+            moving.append(w)
+            by_key = {r["key"]: r for r in rows}
+            changes += [
+                transitions.step_cancelled(by_key[k]["task_id"], code, message)
+                for k, (code, message) in todo.cancel.items()
+            ]
+            ready += [by_key[k] for k in todo.ready]
+        if not changes and not ready:
+            break
+        changes += await _readied(conn, ready)
         outcomes = await record(conn, changes, after, settle=False)
         after.events.extend(o.event for o in outcomes if o.event is not None)
         jobs = {
@@ -395,41 +412,50 @@ async def settle_locked(
             for o in outcomes
             if o.accepted and o.change.kind is EventKind.STEP_READY
         )
+        todo_ids = moving  # read again: what they did may call for more
     else:
-        return None  # moving under it still: the next settling (or the reconciler) ends it
-    end = outcome(states_of(rows), workflow["cancel_requested"])
-    if end is None or not rows:
-        return None
-    if await conn.fetchval(FINISH + " RETURNING id", workflow_id, end.value) is None:
-        return None
-    note = transitions.workflow_changed(noted_on or rows[-1]["task_id"], workflow_id, end.value)
-    outcomes = await record(conn, [note], after, settle=False)
+        return {}  # moving under it still: the next settling (or the reconciler) ends it
+    ends = {
+        w: end
+        for w, rows in steps.items()
+        if rows and (end := outcome(states_of(rows), by_id[w]["cancel_requested"])) is not None
+    }
+    if not ends:
+        return {}
+    finished = await conn.fetch(FINISH, list(ends), [e.value for e in ends.values()])
+    ended = {r["id"]: ends[r["id"]] for r in finished}
+    notes = [
+        transitions.workflow_changed(noted_on.get(w) or steps[w][-1]["task_id"], w, end.value)
+        for w, end in sorted(ended.items())
+    ]
+    outcomes = await record(conn, notes, after, settle=False)
     after.events.extend(o.event for o in outcomes if o.event is not None)
-    return end
+    return ended
 
 
-async def _readied(
-    conn: asyncpg.Connection, workflow_id: uuid.UUID, ready: Sequence[Any]
-) -> list[Change]:
+async def _readied(conn: asyncpg.Connection, ready: Sequence[Any]) -> list[Change]:
     """The changes making `ready` steps ready: their bindings applied to their submitted
     input (a binding that cannot be applied fails the step: BAD_INPUT, no retry)."""
     binding = [r["task_id"] for r in ready if r["binds"]]
     specs: dict[uuid.UUID, tuple[list[Binding], dict[str, Any]]] = {}
-    results: dict[str, Any] = {}
+    results: dict[tuple[uuid.UUID, str], Any] = {}
     if binding:
         for r in await conn.fetch(READ_BINDINGS, binding):
             specs[r["task_id"]] = ([Binding.from_json(b) for b in r["bindings"]], r["input"])
+        workflows = sorted({r["workflow_id"] for r in ready if r["task_id"] in specs})
         parents = sorted({b.step for bs, _ in specs.values() for b in bs})
         results = {
-            r["key"]: r["result"] for r in await conn.fetch(READ_RESULTS, workflow_id, parents)
+            (r["workflow_id"], r["key"]): r["result"]
+            for r in await conn.fetch(READ_RESULTS, workflows, parents)
         }
     changes = []
     for r in ready:
         bound = None
         if r["task_id"] in specs:
             bindings, submitted = specs[r["task_id"]]
+            mine = {b.step: results.get((r["workflow_id"], b.step)) for b in bindings}
             try:
-                bound = bind(submitted, bindings, results)
+                bound = bind(submitted, bindings, mine)
             except BindError as exc:
                 changes.append(
                     transitions.step_refused(
@@ -439,5 +465,5 @@ async def _readied(
                     )
                 )
                 continue
-        changes.append(transitions.step_ready(r["task_id"], workflow_id, r["key"], bound))
+        changes.append(transitions.step_ready(r["task_id"], r["workflow_id"], r["key"], bound))
     return changes

@@ -28,11 +28,11 @@ from taskrunner import journal, owner_streams, queue, submissions, transitions
 from taskrunner.changes import WAITING_PARENTS, json_text
 from taskrunner.connections import connection
 from taskrunner.dag import (
-    LOCK_WORKFLOW,
     AfterCommit,
     Binding,
     StepFailurePolicy,
     WorkflowStatus,
+    lock,
     settle_locked,
 )
 from taskrunner.errors import BadInput, Conflict, NotFound
@@ -315,8 +315,7 @@ async def list_workflows(
 
 
 async def _locked(conn: asyncpg.Connection, workflow_id: uuid.UUID) -> dict[str, Any]:
-    row = await conn.fetchrow(LOCK_WORKFLOW, workflow_id)
-    assert row is not None  # workflows are never deleted while a request reads them
+    (row,) = await lock(conn, [workflow_id])  # workflows are never deleted
     return dict(row)
 
 
@@ -345,7 +344,7 @@ async def cancel(
         changes = [transitions.cancel_requested(r["id"], r["attempts"]) for r in running]
         outcomes = await journal.record(conn, changes, after, settle=False)
         after.events.extend(o.event for o in outcomes if o.event is not None)
-        await settle_locked(conn, workflow, None, after, journal.record)
+        await settle_locked(conn, [workflow], {}, after, journal.record)
         return [
             (o.change.task_id, r["attempts"])
             for o, r in zip(outcomes, running, strict=True)
@@ -408,7 +407,7 @@ async def retry(
             for r in again
             if not r["depends_on"]
         )
-        await settle_locked(conn, workflow, None, after, journal.record)
+        await settle_locked(conn, [workflow], {}, after, journal.record)
 
     await journal.transact(engine, redis, work)
     return await require(engine=engine, workflow_id=workflow_id, owner=owner)
@@ -441,14 +440,11 @@ async def repair(engine: AsyncEngine, redis: Redis, limit: int = 100) -> int:
     something failed in between). Returns how many it settled."""
     async with connection(engine) as conn:
         stalled = [r["id"] for r in await conn.fetch(STALLED, limit, WAITING_PARENTS)]
-    for workflow_id in stalled:
+    if stalled:
 
-        async def work(
-            conn: asyncpg.Connection, after: AfterCommit, wid: uuid.UUID = workflow_id
-        ) -> None:
-            workflow = await conn.fetchrow(LOCK_WORKFLOW, wid)
-            if workflow is not None and workflow["status"] == WorkflowStatus.RUNNING:
-                await settle_locked(conn, workflow, None, after, journal.record)
+        async def work(conn: asyncpg.Connection, after: AfterCommit) -> None:
+            running = [w for w in await lock(conn, stalled) if w["status"] == "RUNNING"]
+            await settle_locked(conn, running, {}, after, journal.record)
 
         await journal.transact(engine, redis, work)
     return len(stalled)
