@@ -499,5 +499,24 @@ async def events(
         task_ids=frozenset(ids),
     ):
         yield event
-        if event.kind is EventKind.WORKFLOW and event.data.get("status") in ENDED:
+        if (
+            event.kind is EventKind.WORKFLOW
+            and event.data.get("status") in ENDED
+            and not await _later_note(engine, ids, event)  # not an end run again since
+        ):
             return
+
+
+async def _later_note(engine: AsyncEngine, ids: Sequence[uuid.UUID], event: Event) -> bool:
+    """Whether a WorkflowStatusChanged of these steps follows `event` (retryWorkflow ran the
+    workflow again after that end)."""
+    async with connection(engine) as conn:
+        found = await conn.fetchval(
+            "SELECT EXISTS (SELECT FROM task_event WHERE task_id = ANY($1::uuid[]) "
+            "AND kind = $2 AND (xid, id) > ($3, $4))",
+            list(ids),
+            EventKind.WORKFLOW.value,
+            event.xid,
+            event.id,
+        )
+    return bool(found)
