@@ -214,8 +214,7 @@ def _aware(name: str, value: datetime | None) -> datetime | None:
             value.astimezone(UTC)  # PostgreSQL compares it in UTC
         except OverflowError:
             raise BadInput(
-                f"filter.{name}: {value.isoformat()} is before year 1 in UTC; give a later "
-                "time",
+                f"filter.{name}: {value.isoformat()} is before year 1 in UTC; give a later time",
                 field=f"filter.{name}",
             ) from None
     return value
@@ -468,7 +467,7 @@ class Mutation:
     async def submit_workflow(self, info: Info, workflow: WorkflowInput) -> Workflow:
         services = info.context.services
         spec = to_workflow_spec(workflow, services.settings)
-        await _check_queues(info, [s.submission for s in spec.steps], "workflow.steps[{i}].task.")
+        await _check_queues(info, [s.submission for s in spec.steps], "workflow.steps[{i}].")
         await _take_rate(info, len(spec.steps))
         found = await workflows.submit(
             engine=services.engine,
