@@ -266,10 +266,7 @@ class Query:
         edges = [TaskEdge(cursor=page.cursor_of(t), node=Task.from_row(t)) for t in page.tasks]
         return TaskConnection(
             edges=edges,
-            page_info=PageInfo(
-                has_next_page=page.has_next_page,
-                end_cursor=edges[-1].cursor if edges else None,
-            ),
+            page_info=PageInfo.of(edges, page.has_next_page),
         )
 
     @strawberry.field(description="The kinds of task you can submit, with their input schemas.")
@@ -352,10 +349,7 @@ class Query:
         ]
         return ScheduleConnection(
             edges=edges,
-            page_info=PageInfo(
-                has_next_page=page.has_next_page,
-                end_cursor=edges[-1].cursor if edges else None,
-            ),
+            page_info=PageInfo.of(edges, page.has_next_page),
         )
 
     @strawberry.field(description="One of your workflows by id; null when there is none.")
@@ -393,10 +387,7 @@ class Query:
         ]
         return WorkflowConnection(
             edges=edges,
-            page_info=PageInfo(
-                has_next_page=page.has_next_page,
-                end_cursor=edges[-1].cursor if edges else None,
-            ),
+            page_info=PageInfo.of(edges, page.has_next_page),
         )
 
     @strawberry.field(

@@ -68,7 +68,7 @@ async def retry(
     if task.workflow_id is not None:
         raise Conflict(
             f"task {task_id} is step {task.step_key!r} of workflow {task.workflow_id}; run it "
-            f"again with retryWorkflow(id: \"{task.workflow_id}\"), which also runs the steps "
+            f'again with retryWorkflow(id: "{task.workflow_id}"), which also runs the steps '
             "that depend on it"
         )
     outcome = await journal.apply_one(engine, redis, transitions.retried(task_id))

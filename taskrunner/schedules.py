@@ -20,7 +20,6 @@ made it (TASKS_PER_MINUTE); a tick over that limit is skipped and counted as suc
 
 from __future__ import annotations
 
-import base64
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -32,7 +31,7 @@ import asyncpg
 from arq import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import cron, journal, submissions, transitions
+from taskrunner import cron, journal, paging, submissions, transitions
 from taskrunner.changes import json_text
 from taskrunner.connections import connection, transaction
 from taskrunner.cron import Cadence
@@ -297,25 +296,14 @@ class SchedulePage:
 
     @staticmethod
     def cursor_of(s: ScheduleRecord) -> str:
-        raw = f"{s.created_at.isoformat()}|{s.id}".encode()
-        return base64.urlsafe_b64encode(raw).decode()
-
-
-def _decode(after: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        at, _, sid = base64.urlsafe_b64decode(after.encode()).decode().partition("|")
-        return datetime.fromisoformat(at), uuid.UUID(sid)
-    except ValueError:
-        raise BadInput(
-            "after: not a cursor of `schedules`; pass an edge's cursor as given", field="after"
-        ) from None
+        return paging.encode(s.created_at, s.id)
 
 
 async def list_schedules(
     engine: AsyncEngine, *, scope: str | None, first: int, after: str | None
 ) -> SchedulePage:
     """The owner's schedules, newest first."""
-    at, sid = _decode(after) if after else (None, None)
+    at, sid = paging.decode(after, "schedules") if after else (None, None)
     async with connection(engine) as conn:
         rows = await conn.fetch(
             f"""SELECT {COLUMNS} FROM schedule

@@ -12,7 +12,6 @@ whose change caused them, so `workflowUpdates` is the union of its steps' events
 
 from __future__ import annotations
 
-import base64
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
@@ -24,7 +23,7 @@ from arq import ArqRedis
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import journal, owner_streams, queue, submissions, transitions
+from taskrunner import journal, owner_streams, paging, queue, submissions, transitions
 from taskrunner.changes import WAITING_PARENTS, json_text
 from taskrunner.connections import connection
 from taskrunner.dag import (
@@ -35,7 +34,7 @@ from taskrunner.dag import (
     lock,
     settle_locked,
 )
-from taskrunner.errors import BadInput, Conflict, NotFound
+from taskrunner.errors import Conflict, NotFound
 from taskrunner.events import CANCEL_CHANNEL, Event, EventKind, cancel_message
 from taskrunner.hub import EventHub
 from taskrunner.models import TaskRecord, task_table
@@ -267,18 +266,7 @@ class WorkflowPage:
 
     @staticmethod
     def cursor_of(w: WorkflowRecord) -> str:
-        raw = f"{w.created_at.isoformat()}|{w.id}".encode()
-        return base64.urlsafe_b64encode(raw).decode()
-
-
-def _decode(after: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        at, _, wid = base64.urlsafe_b64decode(after.encode()).decode().partition("|")
-        return datetime.fromisoformat(at), uuid.UUID(wid)
-    except ValueError:
-        raise BadInput(
-            "after: not a cursor of `workflows`; pass an edge's cursor as given", field="after"
-        ) from None
+        return paging.encode(w.created_at, w.id)
 
 
 async def list_workflows(
@@ -291,7 +279,7 @@ async def list_workflows(
     label: str | None = None,
 ) -> WorkflowPage:
     """The owner's workflows, newest first, of the given statuses and label (if any)."""
-    at, wid = _decode(after) if after else (None, None)
+    at, wid = paging.decode(after, "workflows") if after else (None, None)
     async with connection(engine) as conn:
         rows = await conn.fetch(
             f"""SELECT {COLUMNS} FROM workflow

@@ -101,10 +101,7 @@ class Schedule:
         ]
         return TaskConnection(
             edges=edges,
-            page_info=PageInfo(
-                has_next_page=page.has_next_page,
-                end_cursor=edges[-1].cursor if edges else None,
-            ),
+            page_info=PageInfo.of(edges, page.has_next_page),
         )
 
     @classmethod

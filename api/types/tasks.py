@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -261,6 +262,11 @@ class Processed:
 class PageInfo:
     has_next_page: bool
     end_cursor: str | None
+
+    @classmethod
+    def of(cls, edges: Sequence[Any], has_next_page: bool) -> PageInfo:
+        """A page's info: whether more follow, and its last edge's cursor."""
+        return cls(has_next_page=has_next_page, end_cursor=edges[-1].cursor if edges else None)
 
 
 @strawberry.type
