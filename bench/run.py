@@ -22,6 +22,10 @@ written to bench/results/<UTC time>.json):
 - concurrency    bench/orchestration.py --scenario concurrency: 200 sleep 0.05 s tasks on one
                  concurrency key, limit 4: start latency of a task waiting on a freed slot,
                  RUNNING never over the limit, statements a check costs
+- workflow       bench/workflows.py: --diamonds (1,000) diamond workflows of `sum` steps
+                 (4,000 steps) through submitWorkflow, 4 calls in flight, against the same
+                 4,000 tasks alone through submitTasks: completion rate of each and their
+                 ratio, a dependent's start after its last parent's finish (p50/p99)
 - list           bench/list.py: tasks(first: 50) with filters over 1,000,000 rows (its own
                  database on the same server)
 
@@ -34,7 +38,7 @@ throughput (completion_rate, tasks/s) with the baselines' drain throughput (task
 for the pairs whose figures are both there.
 
 Options: --only e2e,list   -n 5000   --concurrency 50   --rate-seconds 30   --rows 1000000
-         --subscribers 1,100,1000   --schedule-seconds 10
+         --subscribers 1,100,1000   --schedule-seconds 10   --diamonds 1000
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ SCENARIOS = (
     "subscriptions",
     "schedules",
     "concurrency",
+    "workflow",
     "list",
 )
 ALIASES = {"e2e": E2E}
@@ -296,6 +301,12 @@ def main() -> int:
         help="seconds of ticks the schedules scenario watches (default 10: with the "
         "creation, deletion and the backlog one worker leaves, it runs about 25 s)",
     )
+    parser.add_argument(
+        "--diamonds",
+        type=int,
+        default=1000,
+        help="workflows of 4 steps in the workflow scenario (default 1000: 4,000 steps)",
+    )
     args = parser.parse_args()
     asked = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = asked - set(SCENARIOS) - set(ALIASES)
@@ -307,6 +318,8 @@ def main() -> int:
         parser.error("-n and --concurrency must be at least 1, --rate-seconds positive")
     if args.schedule_seconds < 1:
         parser.error("--schedule-seconds must be at least 1")
+    if args.diamonds < 1:
+        parser.error("--diamonds must be at least 1")
     expanded = asked | {name for alias in asked & set(ALIASES) for name in ALIASES[alias]}
     chosen = [name for name in SCENARIOS if name in expanded]
     report: dict[str, Any] = {
@@ -369,6 +382,12 @@ def main() -> int:
                 "orchestration.py",
                 [*auth, *direct, "--scenario", "concurrency"],
                 300,
+                None,
+            ),
+            "workflow": (
+                "workflows.py",
+                [*auth, *direct, "--diamonds", str(args.diamonds)],
+                900,
                 None,
             ),
         }

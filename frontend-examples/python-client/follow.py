@@ -27,10 +27,13 @@ from taskrunner_client import (
     ProgressReported,
     SchemaMismatch,
     StatusChanged,
+    StepReady,
     TaskEvent,
     TaskrunnerClient,
     TaskrunnerError,
     TaskStatus,
+    TickSkipped,
+    WorkflowStatusChanged,
     load_schema,
 )
 from taskrunner_client.operations import SCHEMA_PATH
@@ -90,6 +93,12 @@ def describe(event: TaskEvent) -> str:
     elif isinstance(event, ArtifactAdded):
         artifact = event.artifact
         text = f"artifact {artifact.name} ({artifact.size} bytes) {artifact.url}"
+    elif isinstance(event, TickSkipped):
+        text = f"tick skipped: schedule {event.schedule_id} at {event.scheduled_for.isoformat()}"
+    elif isinstance(event, StepReady):
+        text = f"step {event.step_key} ready (workflow {event.workflow_id})"
+    elif isinstance(event, WorkflowStatusChanged):
+        text = f"workflow {event.workflow_id} {event.workflow_status}"
     else:
         text = f"{event.typename} (an event this client does not know)"
     return f"{at} {text}"

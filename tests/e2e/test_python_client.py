@@ -1,6 +1,7 @@
 """The Python client example, frontend-examples/python-client: its models and operations
-match schema.graphql (and a schema that drifted is caught), and follow.py submits a task
-and follows it to the end against a real api and worker."""
+match schema.graphql (and a schema that drifted is caught), follow.py submits a task and
+follows it to the end against a real api and worker, and submit_workflow with
+follow_workflow runs a diamond to its end."""
 
 from __future__ import annotations
 
@@ -39,7 +40,15 @@ def test_operations_match_the_schema(client: ModuleType) -> None:
     schema = build_ast_schema(parse(SCHEMA_TEXT))
     assert client.check_models(schema) == []
     operations = client.Operations.build(schema)
-    for request in (operations.submit_task, operations.get_task, operations.task_updates):
+    requests = (
+        operations.submit_task,
+        operations.get_task,
+        operations.task_updates,
+        operations.submit_workflow,
+        operations.get_workflow,
+        operations.workflow_updates,
+    )
+    for request in requests:
         assert validate(schema, request.document) == [], print_ast(request.document)
     # every kind of event has a model (an unknown one would still be read, as OtherEvent)
     task_event = schema.get_type("TaskEvent")
@@ -47,7 +56,25 @@ def test_operations_match_the_schema(client: ModuleType) -> None:
     kinds = {t.name for t in schema.get_implementations(task_event).objects}
     assert kinds == {model.__name__ for model in client.models.EVENT_MODELS}
     unknown = {"__typename": "TaskPaused", "cursor": "c", "taskId": "t", "at": "2026-01-01T00:00Z"}
-    assert isinstance(TypeAdapter(client.TaskEvent).validate_python(unknown), client.OtherEvent)
+    read = TypeAdapter(client.TaskEvent)
+    assert isinstance(read.validate_python(unknown), client.OtherEvent)
+    # and every known kind is read as its own model, not refused nor taken for another
+    samples: dict[str, dict[str, Any]] = {
+        "StatusChanged": {"status": "QUEUED"},
+        "ProgressReported": {"progress": 0.5},
+        "LogAppended": {"level": "INFO", "line": "hi"},
+        "ArtifactAdded": {
+            "artifact": {"id": "a", "name": "n", "contentType": "t", "size": 1, "url": "u"}
+        },
+        "TickSkipped": {"scheduleId": "s", "scheduledFor": "2026-01-01T00:00Z"},
+        "StepReady": {"workflowId": "w", "stepKey": "d"},
+        "WorkflowStatusChanged": {"workflowId": "w", "workflowStatus": "SUCCEEDED"},
+    }
+    assert set(samples) == kinds
+    for model in client.models.EVENT_MODELS:
+        name = model.__name__
+        event = read.validate_python({**unknown, "__typename": name, **samples[name]})
+        assert type(event) is model, name
     assert repo_root() / "schema.graphql" == client.operations.SCHEMA_PATH
 
 
@@ -57,8 +84,18 @@ def test_operations_match_the_schema(client: ModuleType) -> None:
         ("  progress: Float!\n", "  progress: Float\n", "ProgressReported.progress is nullable"),
         ("  line: String!\n", "  text: String!\n", "LogAppended.line (of LogAppended) is not"),
         ("  size: Int!\n", "  size: Float!\n", "Artifact.size: the schema's Float"),
-        ("  CANCELLED\n}", "  CANCELLED\n  PAUSED\n}", "is not the enum"),
-        ("  labels: [String!]!\n", "  labels: String!\n", "Task.labels: a list on one side"),
+        ("  QUEUED\n  RUNNING\n", "  QUEUED\n  PAUSED\n  RUNNING\n", "is not the enum"),
+        (
+            "  workflowStatus: WorkflowStatus!\n",
+            "  workflowStatus: String!\n",
+            "WorkflowStatusChanged.workflowStatus: the schema's String",
+        ),
+        (
+            "  idempotencyKey: String\n  labels: [String!]!\n",
+            "  idempotencyKey: String\n  labels: String!\n",
+            "Task.labels: a list on one side",
+        ),
+        ("  stepCount: Int!\n", "  stepCount: Int\n", "Workflow.stepCount is nullable"),
     ],
 )
 def test_a_drifted_schema_is_caught(
@@ -107,6 +144,76 @@ async def test_the_client_resumes_after_a_dropped_connection(
     assert calls == [None, history[1].cursor]
     assert _unsigned(followed) == _unsigned(history)
     assert followed[-1].status == client.TaskStatus.SUCCEEDED
+
+
+async def test_submit_workflow_and_follow_it_to_the_end(client: ModuleType, stack: Stack) -> None:
+    """A diamond of `sum` steps through submit_workflow: d waits for b and c; follow_workflow
+    yields the steps' events as typed models, each once, and ends with the workflow's
+    SUCCEEDED; d's bound input and result are read back with get_workflow."""
+    tasks = client.TaskrunnerClient(stack.graphql_url, stack.key)
+
+    def step(key: str, numbers: list[int], *parents: str) -> dict[str, object]:
+        return {
+            "key": key,
+            "task": {"sum": {"numbers": numbers}},
+            "dependsOn": list(parents),
+            "bind": [{"field": "numbers[]", "step": p, "path": "sum"} for p in parents],
+        }
+
+    diamond = {
+        "name": "client diamond",
+        "steps": [
+            step("a", [1, 2]),
+            step("b", [10], "a"),
+            step("c", [100], "a"),
+            step("d", [1000], "b", "c"),
+        ],
+    }
+    with pytest.raises(ValueError, match=r"WorkflowInput\.steps\.0: .* required field 'key'"):
+        await tasks.submit_workflow({"steps": [{"task": {"sum": {"numbers": [1]}}}]})
+    submitted = await tasks.submit_workflow(diamond)
+    assert isinstance(submitted, client.Workflow)
+    assert (submitted.status, submitted.step_count) == (client.WorkflowStatus.RUNNING, 4)
+    assert [(s.key, s.depends_on) for s in submitted.steps] == [
+        ("a", []),
+        ("b", ["a"]),
+        ("c", ["a"]),
+        ("d", ["b", "c"]),
+    ]
+    key_of = {s.task.id: s.key for s in submitted.steps}
+
+    async with asyncio.timeout(30):
+        events = [e async for e in tasks.follow_workflow(submitted.id)]
+    last = events[-1]
+    assert isinstance(last, client.WorkflowStatusChanged)
+    assert (last.workflow_id, last.workflow_status) == (
+        submitted.id,
+        client.WorkflowStatus.SUCCEEDED,
+    )
+    assert len({e.cursor for e in events}) == len(events), "no event twice"
+    assert not any(isinstance(e, client.OtherEvent) for e in events)
+    ready = [e for e in events if isinstance(e, client.StepReady)]
+    assert sorted(e.step_key for e in ready) == ["b", "c", "d"]
+    assert all(key_of[e.task_id] == e.step_key and e.workflow_id == submitted.id for e in ready)
+    succeeded = {
+        key_of[e.task_id]: e.result
+        for e in events
+        if isinstance(e, client.StatusChanged) and e.status == client.TaskStatus.SUCCEEDED
+    }
+    assert succeeded == {"a": {"sum": 3}, "b": {"sum": 13}, "c": {"sum": 103}, "d": {"sum": 1116}}
+
+    # resumed after the StepReady of d: only what followed it, up to the end
+    cut = events.index(next(e for e in ready if e.step_key == "d"))
+    async with asyncio.timeout(30):
+        rest = [e async for e in tasks.workflow_updates(submitted.id, events[cut].cursor)]
+    assert rest == events[cut + 1 :]
+
+    done = await tasks.get_workflow(submitted.id)
+    assert done is not None and done.status == client.WorkflowStatus.SUCCEEDED
+    assert done.finished_at is not None
+    d = next(s.task for s in done.steps if s.key == "d")
+    assert d.result == {"sum": 1116}
+    assert await tasks.get_workflow("00000000-0000-0000-0000-000000000000") is None
 
 
 def _unsigned(events: list[Any]) -> list[Any]:

@@ -8,11 +8,16 @@ from .models import (
     OtherEvent,
     ProgressReported,
     StatusChanged,
+    StepReady,
     Task,
     TaskError,
     TaskEvent,
     TaskStatus,
     TickSkipped,
+    Workflow,
+    WorkflowStatus,
+    WorkflowStatusChanged,
+    WorkflowStep,
 )
 from .operations import Operations, SchemaMismatch, check_models, load_schema
 
@@ -25,6 +30,7 @@ __all__ = [
     "ProgressReported",
     "SchemaMismatch",
     "StatusChanged",
+    "StepReady",
     "Task",
     "TaskError",
     "TaskEvent",
@@ -32,6 +38,10 @@ __all__ = [
     "TaskrunnerClient",
     "TaskrunnerError",
     "TickSkipped",
+    "Workflow",
+    "WorkflowStatus",
+    "WorkflowStatusChanged",
+    "WorkflowStep",
     "check_models",
     "load_schema",
 ]

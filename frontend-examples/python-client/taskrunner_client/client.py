@@ -4,7 +4,7 @@ graphql-transport-ws for subscriptions, the API key on both."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from typing import Any
 
@@ -18,7 +18,7 @@ from gql.transport.httpx import HTTPXAsyncTransport
 from gql.transport.websockets import WebsocketsTransport
 from pydantic import TypeAdapter
 
-from .models import StatusChanged, Task, TaskEvent
+from .models import StatusChanged, Task, TaskEvent, Workflow, WorkflowStatusChanged
 from .operations import Operations, check_input, load_schema
 
 _EVENT: TypeAdapter[TaskEvent] = TypeAdapter(TaskEvent)
@@ -102,17 +102,54 @@ class TaskrunnerClient:
     ) -> AsyncGenerator[TaskEvent, None]:
         """One subscription to the task's events after the cursor `after` (all when None);
         it ends after the terminal StatusChanged."""
+        request = self.operations.request(self.operations.task_updates, id=task_id, after=after)
+        async with aclosing(self._subscribe(request, "taskUpdates")) as events:
+            async for event in events:
+                yield event
+
+    async def submit_workflow(self, workflow: Mapping[str, object]) -> Workflow:
+        """Submit a workflow (a `WorkflowInput`: `{"steps": [{"key": "a", "task": {...}},
+        ...]}`), all or none; its steps are QUEUED when this returns.
+
+        Raises ValueError, before sending anything, when the input does not fit the schema.
+        """
+        problems = check_input(self.operations.schema, "WorkflowInput", workflow)
+        if problems:
+            raise ValueError("; ".join(problems))
+        request = self.operations.request(self.operations.submit_workflow, workflow=workflow)
+        return Workflow.model_validate((await self._execute(request))["submitWorkflow"])
+
+    async def get_workflow(self, workflow_id: str) -> Workflow | None:
+        request = self.operations.request(self.operations.get_workflow, id=workflow_id)
+        found = (await self._execute(request))["workflow"]
+        return None if found is None else Workflow.model_validate(found)
+
+    async def workflow_updates(
+        self, workflow_id: str, after: str | None = None
+    ) -> AsyncGenerator[TaskEvent, None]:
+        """One subscription to every event of the workflow's steps after the cursor `after`
+        (all when None), in commit order; it ends after the WorkflowStatusChanged that ends
+        the workflow."""
+        request = self.operations.request(
+            self.operations.workflow_updates, id=workflow_id, after=after
+        )
+        async with aclosing(self._subscribe(request, "workflowUpdates")) as events:
+            async for event in events:
+                yield event
+
+    async def _subscribe(
+        self, request: GraphQLRequest, field: str
+    ) -> AsyncGenerator[TaskEvent, None]:
         transport = WebsocketsTransport(
             url=self.ws_url,
             subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL],
             init_payload=self._auth,  # graphql-transport-ws: the key goes in connection_init
             connect_timeout=self.timeout,
         )
-        request = self.operations.request(self.operations.task_updates, id=task_id, after=after)
         try:
             async with Client(transport=transport, schema=self.operations.schema) as session:
                 async for result in session.subscribe(request):
-                    yield _EVENT.validate_python(result["taskUpdates"])
+                    yield _EVENT.validate_python(result[field])
         except TransportQueryError as error:
             raise TaskrunnerError.of(error) from error
 
@@ -121,14 +158,52 @@ class TaskrunnerClient:
     ) -> AsyncGenerator[TaskEvent, None]:
         """The task's events until it finishes, across dropped connections: after one it
         subscribes again from the last cursor it got, so no event is missed or repeated."""
+
+        def finished(event: TaskEvent) -> bool:
+            return isinstance(event, StatusChanged) and event.status.finished
+
+        async with aclosing(
+            self._follow(
+                lambda cursor: self.task_updates(task_id, cursor), after, finished, reconnects
+            )
+        ) as events:
+            async for event in events:
+                yield event
+
+    async def follow_workflow(
+        self, workflow_id: str, after: str | None = None, *, reconnects: int = 5
+    ) -> AsyncGenerator[TaskEvent, None]:
+        """The workflow's events until it ends (its WorkflowStatusChanged to SUCCEEDED,
+        FAILED or CANCELLED), across dropped connections, as `follow` does for a task."""
+
+        def ended(event: TaskEvent) -> bool:
+            return isinstance(event, WorkflowStatusChanged) and event.workflow_status.finished
+
+        async with aclosing(
+            self._follow(
+                lambda cursor: self.workflow_updates(workflow_id, cursor), after, ended, reconnects
+            )
+        ) as events:
+            async for event in events:
+                yield event
+
+    async def _follow(
+        self,
+        subscribe: Callable[[str | None], AsyncGenerator[TaskEvent, None]],
+        after: str | None,
+        last: Callable[[TaskEvent], bool],
+        reconnects: int,
+    ) -> AsyncGenerator[TaskEvent, None]:
+        """`subscribe(after)` again from the last cursor after a dropped connection, until
+        an event for which `last` holds (or the subscription completes)."""
         failures = 0
         while True:
             try:
-                async with aclosing(self.task_updates(task_id, after)) as events:
+                async with aclosing(subscribe(after)) as events:
                     async for event in events:
                         after, failures = event.cursor, 0
                         yield event
-                        if isinstance(event, StatusChanged) and event.status.finished:
+                        if last(event):
                             return
                 return
             except (TransportClosed, TransportConnectionFailed, OSError) as error:

@@ -31,6 +31,17 @@ class TaskStatus(StrEnum):
         return self in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED)
 
 
+class WorkflowStatus(StrEnum):
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def finished(self) -> bool:
+        return self is not WorkflowStatus.RUNNING
+
+
 class TaskError(Model):
     code: str
     message: str
@@ -96,6 +107,22 @@ class TickSkipped(TaskEventBase):
     scheduled_for: datetime
 
 
+class StepReady(TaskEventBase):
+    """Every step this workflow step depends on SUCCEEDED: its input is bound, it is queued."""
+
+    typename: Literal["StepReady"] = Field(alias="__typename")
+    workflow_id: str
+    step_key: str
+
+
+class WorkflowStatusChanged(TaskEventBase):
+    """The workflow moved to `workflow_status` (noted on the step whose change did it)."""
+
+    typename: Literal["WorkflowStatusChanged"] = Field(alias="__typename")
+    workflow_id: str
+    workflow_status: WorkflowStatus
+
+
 class OtherEvent(TaskEventBase):
     """An event of a kind this client does not know yet (the server added one)."""
 
@@ -108,6 +135,8 @@ EVENT_MODELS: tuple[type[TaskEventBase], ...] = (
     LogAppended,
     ArtifactAdded,
     TickSkipped,
+    StepReady,
+    WorkflowStatusChanged,
 )
 _KNOWN = {model.__name__ for model in EVENT_MODELS}
 
@@ -122,6 +151,25 @@ TaskEvent = Annotated[
     | Annotated[ProgressReported, Tag("ProgressReported")]
     | Annotated[LogAppended, Tag("LogAppended")]
     | Annotated[ArtifactAdded, Tag("ArtifactAdded")]
+    | Annotated[TickSkipped, Tag("TickSkipped")]
+    | Annotated[StepReady, Tag("StepReady")]
+    | Annotated[WorkflowStatusChanged, Tag("WorkflowStatusChanged")]
     | Annotated[OtherEvent, Tag("other")],
     Discriminator(_event_kind),
 ]
+
+
+class WorkflowStep(Model):
+    key: str
+    depends_on: list[str]
+    task: Task
+
+
+class Workflow(Model):
+    id: str
+    name: str | None = None
+    status: WorkflowStatus
+    step_count: int
+    created_at: datetime
+    finished_at: datetime | None = None
+    steps: list[WorkflowStep]

@@ -48,7 +48,7 @@ from graphql import (
 from graphql.utilities import validate_input_value
 from pydantic import BaseModel, JsonValue
 
-from .models import EVENT_MODELS, Task, TaskEventBase
+from .models import EVENT_MODELS, Task, TaskEventBase, Workflow, WorkflowStep
 
 # The repository's contract; `taskrunner export-schema` (`make schema`) writes it.
 SCHEMA_PATH = Path(__file__).resolve().parents[3] / "schema.graphql"
@@ -132,6 +132,8 @@ def check_models(schema: GraphQLSchema) -> list[str]:
     """What differs between all the client's models and `schema`."""
     pairs: list[tuple[str, type[BaseModel]]] = [
         ("Task", Task),
+        ("Workflow", Workflow),
+        ("WorkflowStep", WorkflowStep),
         ("TaskEvent", TaskEventBase),
         *((model.__name__, model) for model in EVENT_MODELS),
     ]
@@ -206,6 +208,9 @@ class Operations:
     submit_task: GraphQLRequest
     get_task: GraphQLRequest
     task_updates: GraphQLRequest
+    submit_workflow: GraphQLRequest
+    get_workflow: GraphQLRequest
+    workflow_updates: GraphQLRequest
 
     @classmethod
     def build(cls, schema: GraphQLSchema) -> Operations:
@@ -236,11 +241,36 @@ class Operations:
         )
         task_updates.variable_definitions = updates
 
+        submit_w = _variables()
+        submit_workflow = DSLMutation(
+            ds.Mutation.submitWorkflow.args(workflow=submit_w.workflow).select(
+                *_fields(ds, ds.Workflow, Workflow)
+            )
+        )
+        submit_workflow.variable_definitions = submit_w
+
+        get_w = _variables()
+        get_workflow = DSLQuery(
+            ds.Query.workflow.args(id=get_w.id).select(*_fields(ds, ds.Workflow, Workflow))
+        )
+        get_workflow.variable_definitions = get_w
+
+        w_updates = _variables()
+        workflow_updates = DSLSubscription(
+            ds.Subscription.workflowUpdates.args(id=w_updates.id, after=w_updates.after).select(
+                *_event_fields(ds)
+            )
+        )
+        workflow_updates.variable_definitions = w_updates
+
         return cls(
             schema,
             submit_task=dsl_gql(SubmitTask=submit_task),
             get_task=dsl_gql(GetTask=get_task),
             task_updates=dsl_gql(TaskUpdates=task_updates),
+            submit_workflow=dsl_gql(SubmitWorkflow=submit_workflow),
+            get_workflow=dsl_gql(GetWorkflow=get_workflow),
+            workflow_updates=dsl_gql(WorkflowUpdates=workflow_updates),
         )
 
     def request(self, operation: GraphQLRequest, **variables: object) -> GraphQLRequest:
