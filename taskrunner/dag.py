@@ -29,7 +29,7 @@ from taskrunner import queue, transitions
 from taskrunner.changes import WAITING_PARENTS, Change, Outcome
 from taskrunner.errors import BadInput
 from taskrunner.events import Event, EventKind
-from taskrunner.states import TaskStatus
+from taskrunner.states import TERMINAL, TaskStatus
 from taskrunner.transitions import TaskErrorCode
 
 
@@ -240,6 +240,10 @@ class Plan:
 
 
 BROKEN = (TaskStatus.FAILED, TaskStatus.CANCELLED)
+# The moves of a step its workflow settles (in the transaction that makes them): its end,
+# and its return to the queue (a retry, a lost worker's) after another step failed under
+# FAIL_WORKFLOW or cancelWorkflow, which cancels it then.
+SETTLES = frozenset({*TERMINAL, TaskStatus.QUEUED})
 
 
 def plan(states: Mapping[str, StepState], policy: str, cancel_requested: bool) -> Plan:

@@ -34,11 +34,11 @@ from taskrunner.changes import (
     takes_parameter,
 )
 from taskrunner.connections import connection
+from taskrunner.dag import SETTLES
 from taskrunner.events import Event, EventKind
 from taskrunner.groupcommit import Refused
 from taskrunner.models import task_table
 from taskrunner.states import (
-    TERMINAL,
     TaskStatus,
     accepts_artifacts,
     accepts_events,
@@ -47,7 +47,7 @@ from taskrunner.states import (
 )
 
 NEXT = "+1"  # NEXT_ATTEMPT in a shape
-TERMINAL_LIST = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL))
+SETTLES_LIST = ", ".join(f"'{s.value}'" for s in sorted(SETTLES))
 
 
 Shape = tuple[tuple[str, str | None, str | None], ...]  # (column, Sql text | NEXT, its type)
@@ -155,7 +155,7 @@ ok AS (
     AND (c.expect_worker IS NULL OR l.worker_id = c.expect_worker)
     AND NOT (coalesce(c.to_status, '') = 'RUNNING'
              AND l.waiting IS NOT DISTINCT FROM '{WAITING_PARENTS}')
-    AND NOT (l.workflow_id IS NOT NULL AND coalesce(c.to_status, '') IN ({TERMINAL_LIST}))
+    AND NOT (l.workflow_id IS NOT NULL AND coalesce(c.to_status, '') IN ({SETTLES_LIST}))
     AND NOT EXISTS (SELECT FROM locked x WHERE x.last_xid > x.xid)
 ),
 upd AS (
@@ -234,7 +234,7 @@ async def record_group(
         if row is None:
             outcomes.append(Outcome(change, None, None))
             continue
-        if row["workflow_id"] is not None and change.to in TERMINAL and row["e_id"] is None:
+        if row["workflow_id"] is not None and change.to in SETTLES and row["e_id"] is None:
             outcomes.append(None)  # a step's end: the caller records it in a transaction
             continue
         event = None

@@ -54,7 +54,6 @@ from taskrunner.events import Event, EventKind, publish
 from taskrunner.fastpath import one_shape, record_group
 from taskrunner.groupcommit import GroupCommit, Refused
 from taskrunner.states import (
-    TERMINAL,
     TaskStatus,
     accepts_artifacts,
     accepts_events,
@@ -225,13 +224,13 @@ async def record(
     await _update_rows(conn, rows)
     events = await insert_events(conn, pending)
     if settle:
-        ended = {  # a workflow, and a step of it that ended here
+        ended = {  # a workflow, and a step of it that ended (or was re-queued) here
             row.workflow_id: change.task_id
             for change, row, _, index in decided
             if index is not None
             and row is not None
             and row.workflow_id is not None
-            and change.to in TERMINAL
+            and change.to in dag.SETTLES
         }
         if ended:
             await dag.settle(conn, ended, after or AfterCommit(), record)

@@ -319,7 +319,12 @@ def step_cancelled(task_id: uuid.UUID, code: TaskErrorCode | None, message: str)
     another step failed (FAIL_WORKFLOW), or cancelWorkflow (no code)."""
     source, target = CANCEL_QUEUED
     data: dict[str, Any] = {}
-    values: dict[str, Any] = {"finished_at": NOW, "waiting": None, "cancel_requested": True}
+    values: dict[str, Any] = {
+        "finished_at": NOW,
+        "waiting": None,
+        "due_at": None,  # a step waiting for a retry is not due any more
+        "cancel_requested": True,
+    }
     if code is not None:
         data["error"] = _error(code, message)
         values.update(error_code=code.value, error_message=message)
