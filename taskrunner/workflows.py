@@ -106,10 +106,12 @@ INSERT INTO workflow (id, owner, key_id, name, on_step_failure, labels, idempote
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING {COLUMNS}"""
-INSERT_STEP = (
-    "INSERT INTO workflow_step (task_id, workflow_id, key, position, depends_on, bindings, "
-    "input) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-)
+INSERT_STEPS = """
+INSERT INTO workflow_step (task_id, workflow_id, key, position, depends_on, bindings, input)
+SELECT s.task_id, $2, s.key, s.position - 1, ARRAY(SELECT jsonb_array_elements_text(s.parents)),
+       s.bindings, s.input
+FROM unnest($1::uuid[], $3::text[], $4::jsonb[], $5::jsonb[], $6::jsonb[])
+     WITH ORDINALITY AS s(task_id, key, parents, bindings, input, position)"""
 
 
 async def submit(
@@ -158,20 +160,14 @@ async def submit(
             for step in spec.steps
         ]
         (tasks,), events = await submissions.insert(conn, [(owner, subs)])
-        await conn.executemany(
-            INSERT_STEP,
-            [
-                (
-                    task.id,
-                    workflow_id,
-                    step.key,
-                    i,
-                    list(step.depends_on),
-                    json_text([b.to_json() for b in step.bindings]),
-                    json_text(step.submission.input),
-                )
-                for i, (step, task) in enumerate(zip(spec.steps, tasks, strict=True))
-            ],
+        await conn.execute(
+            INSERT_STEPS,
+            [task.id for task in tasks],
+            workflow_id,
+            [step.key for step in spec.steps],
+            [json_text(list(step.depends_on)) for step in spec.steps],
+            [json_text([b.to_json() for b in step.bindings]) for step in spec.steps],
+            [json_text(step.submission.input) for step in spec.steps],
         )
         return WorkflowRecord.of(row), tasks, events
 
@@ -246,17 +242,22 @@ async def waiting_on(
     return found
 
 
-async def parent_results(engine: AsyncEngine, task_id: uuid.UUID) -> dict[str, Any]:
-    """A step's parents' results by step key (`ctx.parent_results`)."""
+async def parent_results(
+    engine: AsyncEngine, task_id: uuid.UUID
+) -> tuple[dict[str, Any], datetime | None]:
+    """A step's parents' results by step key (`ctx.parent_results`), and when the last of
+    them finished (when the step became ready; None: it has no parents)."""
     async with connection(engine) as conn:
         rows = await conn.fetch(
-            """SELECT p.key, t.result FROM workflow_step c
+            """SELECT p.key, t.result, t.finished_at FROM workflow_step c
                JOIN workflow_step p ON p.workflow_id = c.workflow_id AND p.key = ANY(c.depends_on)
                JOIN task t ON t.id = p.task_id
                WHERE c.task_id = $1 AND t.status = 'SUCCEEDED'""",
             task_id,
         )
-    return {r["key"]: r["result"] for r in rows}
+    return {r["key"]: r["result"] for r in rows}, max(
+        (r["finished_at"] for r in rows), default=None
+    )
 
 
 @dataclass(frozen=True)

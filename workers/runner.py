@@ -22,6 +22,7 @@ import traceback
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -71,18 +72,25 @@ async def execute(
     if start.accepted and start.row is not None:
         # Only its creation event before this start: it waited since it was created (or its
         # runAt). Otherwise (a retry, a cancelled task run again) the events say since when.
-        if start.row["event_seq"] == 1:
-            attempt = _first_attempt(start.row)
+        row = start.row
+        if row["event_seq"] == 1:  # (a workflow's step without parents too)
+            attempt = _first_attempt(row)
+        elif row["workflow_id"] is not None and row["attempts"] == 0 and row["event_seq"] == 2:
+            # a step's first attempt, made ready (its one other event) when its last parent
+            # finished: its parents' results say when
+            results, ready_at = await workflows.parent_results(engine, tid)
+            attempt = replace(_first_attempt(row, ready_at), parent_results=results)
         else:
             attempt = await _load(engine, tid)  # a later attempt: it waited since its re-queue
+            if attempt is not None and attempt.workflow_id is not None:
+                results, _ = await workflows.parent_results(engine, tid)
+                attempt = replace(attempt, parent_results=results)
     elif tries > 1 and start.found is TaskStatus.RUNNING:
         # A try that failed with the connection may have committed: then the task runs
         # under this worker's id, and it is this worker's to run.
         attempt = await _load(engine, tid, worker_id=ctx["worker_id"])
     if attempt is None:  # cancelled, already run, or a duplicate
         return f"skipped: task is {start.found.value if start.found else 'gone'}"
-    if attempt.workflow_id is not None:
-        attempt = replace(attempt, parent_results=await workflows.parent_results(engine, tid))
     with tracing.task_span(attempt.trace_parent, task_type.name, task_id, attempt.number):
         final = await _attempt(ctx, task_type, tid, attempt)
     return str(final.to.value if final and final.to else "fenced")
@@ -238,10 +246,13 @@ class Attempt:
     parent_results: dict[str, Any] = field(default_factory=dict)
 
 
-def _first_attempt(row: Mapping[str, Any]) -> Attempt:
+def _first_attempt(row: Mapping[str, Any], ready_at: datetime | None = None) -> Attempt:
     """The first attempt of a task, from its row as the start transition locked it: it has
-    waited since it was created (or its runAt, if later)."""
-    ready_at = max(row["created_at"], row["scheduled_for"] or row["created_at"])
+    waited since it was created, or its runAt, or `ready_at` (a step: when it became
+    ready), whichever is last."""
+    ready_at = max(
+        row["created_at"], row["scheduled_for"] or row["created_at"], ready_at or row["created_at"]
+    )
     return Attempt(
         row["input"],
         row["timeout_seconds"],
