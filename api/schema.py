@@ -456,18 +456,35 @@ class Mutation:
         "until every step they depend on SUCCEEDED. Counts each step against TASKS_PER_MINUTE."
     )
     async def submit_workflow(self, info: Info, workflow: WorkflowInput) -> Workflow:
-        services = info.context.services
-        spec = to_workflow_spec(workflow, services.settings)
-        await _check_queues(info, [s.submission for s in spec.steps], "workflow.steps[{i}].")
-        await _take_rate(info, len(spec.steps))
-        found = await workflows.submit(
-            engine=services.engine,
-            pool=services.redis,
-            owner=info.context.owner,
-            spec=spec,
-            key_id=info.context.caller.key_id,
-        )
-        return Workflow.from_record(found)
+        spec = to_workflow_spec(workflow, info.context.settings)
+        (found,) = await _submit_workflows(info, [spec], ["workflow"])
+        return found
+
+    @strawberry.mutation(
+        description="Submit several workflows at once, all or none (one transaction): at "
+        "most MAX_BATCH_SIZE of them with MAX_WORKFLOW_STEPS steps in all; errors name "
+        "`workflows[i]`. Each as submitWorkflow; the answer is in the same order."
+    )
+    async def submit_workflows(self, info: Info, workflows: list[WorkflowInput]) -> list[Workflow]:
+        settings = info.context.settings
+        if not 1 <= len(workflows) <= settings.max_batch_size:
+            raise LimitExceeded(
+                f"workflows: give 1 to MAX_BATCH_SIZE ({settings.max_batch_size}) workflows, "
+                f"got {len(workflows)}; split the batch",
+                field="workflows",
+            )
+        steps = sum(len(w.steps) for w in workflows)
+        if steps > settings.max_workflow_steps:
+            raise LimitExceeded(
+                f"workflows: {steps} steps in all, over MAX_WORKFLOW_STEPS "
+                f"({settings.max_workflow_steps}); split the batch",
+                field="workflows",
+            )
+        wheres = [f"workflows[{i}]" for i in range(len(workflows))]
+        specs = [
+            to_workflow_spec(w, settings, where) for w, where in zip(workflows, wheres, strict=True)
+        ]
+        return await _submit_workflows(info, specs, wheres)
 
     @strawberry.mutation(
         description="Cancel every unfinished step of a RUNNING workflow (running ones are "
@@ -852,6 +869,24 @@ class Subscription:
                 quiet_seconds=services.settings.stream_quiet_seconds,
             ):
                 yield event_type(event)
+
+
+async def _submit_workflows(
+    info: Info, specs: list[workflows.WorkflowSpec], wheres: list[str]
+) -> list[Workflow]:
+    """Check the steps' queues, count the steps against TASKS_PER_MINUTE, submit."""
+    services = info.context.services
+    for spec, where in zip(specs, wheres, strict=True):
+        await _check_queues(info, [s.submission for s in spec.steps], f"{where}.steps[{{i}}].")
+    await _take_rate(info, sum(len(spec.steps) for spec in specs))
+    found = await workflows.submit(
+        engine=services.engine,
+        pool=services.redis,
+        owner=info.context.owner,
+        specs=specs,
+        key_id=info.context.caller.key_id,
+    )
+    return [Workflow.from_record(w) for w in found]
 
 
 async def _set_queue_paused(info: Info, name: str, paused: bool) -> Queue:

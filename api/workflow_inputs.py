@@ -18,7 +18,6 @@ from workers.catalog import catalog
 
 STEP_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 MAX_WORKFLOW_NAME = 200
-PREFIX = "workflow.steps"
 
 
 def _camel(name: str) -> str:
@@ -26,12 +25,16 @@ def _camel(name: str) -> str:
     return head + "".join(p.title() for p in rest)
 
 
-def to_workflow_spec(given: WorkflowInput, settings: Settings) -> WorkflowSpec:
-    """Check the whole workflow; BAD_INPUT names the step and field at fault."""
+def to_workflow_spec(
+    given: WorkflowInput, settings: Settings, where: str = "workflow"
+) -> WorkflowSpec:
+    """Check the whole workflow; BAD_INPUT names the step and field at fault (below
+    `where`: `workflow`, or `workflows[3]` in a batch)."""
+    prefix = f"{where}.steps"
     name = given.name.strip() if given.name is not None else None
     if name is not None and not 1 <= len(name) <= MAX_WORKFLOW_NAME:
         raise BadInput(
-            f"workflow.name: give 1 to {MAX_WORKFLOW_NAME} characters", field="workflow.name"
+            f"{where}.name: give 1 to {MAX_WORKFLOW_NAME} characters", field=f"{where}.name"
         )
     nodes = [
         Node(s.key, tuple(s.depends_on), tuple(_binding(s, i, j) for j in range(len(s.bind))))
@@ -41,13 +44,13 @@ def to_workflow_spec(given: WorkflowInput, settings: Settings) -> WorkflowSpec:
     for i, step in enumerate(given.steps):
         if not STEP_KEY.match(step.key):
             raise BadInput(
-                f"{PREFIX}[{i}].key: {step.key!r} is not a step key; use 1 to 100 letters, "
+                f"{prefix}[{i}].key: {step.key!r} is not a step key; use 1 to 100 letters, "
                 "digits, '_', '.', ':' or '-'",
-                field=f"{PREFIX}[{i}].key",
+                field=f"{prefix}[{i}].key",
             )
-    check_graph(nodes, most=settings.max_workflow_steps, prefix=PREFIX)
+    check_graph(nodes, most=settings.max_workflow_steps, prefix=prefix)
     steps = tuple(
-        _step(step, node, i, settings)
+        _step(step, node, f"{prefix}[{i}].", settings)
         for i, (step, node) in enumerate(zip(given.steps, nodes, strict=True))
     )
     opts = TaskOptionsInput(labels=given.labels, idempotency_key=given.idempotency_key)
@@ -67,8 +70,7 @@ def _binding(step: WorkflowStepInput, i: int, j: int) -> Binding:
     return Binding(field, b.step, b.path or None, append)
 
 
-def _step(step: WorkflowStepInput, node: Node, i: int, settings: Settings) -> StepSpec:
-    where = f"{PREFIX}[{i}]."
+def _step(step: WorkflowStepInput, node: Node, where: str, settings: Settings) -> StepSpec:
     type_name, _ = chosen_type(step.task, f"{where}task")
     fields = catalog()[type_name].input_model.model_fields
     by_name = {_camel(f): f for f in fields} | {f: f for f in fields}

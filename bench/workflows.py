@@ -10,7 +10,8 @@ columns, not what a client saw. Two runs, one after the other, on the same stack
 
 - `alone`: 4 x --diamonds `sum` tasks with the diamonds' inputs (no dependencies), through
   `submitTasks` of 100, --in-flight calls at once (as e2e-batch does);
-- `workflow`: --diamonds workflows through `submitWorkflow`, --in-flight calls at once,
+- `workflow`: --diamonds workflows through `submitWorkflows`, 25 per call (100 steps, as a
+  submitTasks batch), --in-flight calls at once,
   each a diamond a -> (b, c) -> d of `sum` steps whose bindings append their parents' sums
   (`numbers[]`), so d = 1000 + (10 + 3) + (100 + 3) = 1116.
 
@@ -46,7 +47,9 @@ from orchestration import OWN_QUERIES, Counts, Meter, ms_stats, pg_url, printabl
 from redis.asyncio import Redis
 
 SUBMIT_BATCH = """mutation($t: [TaskSubmissionInput!]!) { submitTasks(tasks: $t) { id } }"""
-SUBMIT_WORKFLOW = """mutation($w: WorkflowInput!) { submitWorkflow(workflow: $w) { id } }"""
+PER_CALL = 25  # diamonds per submitWorkflows call: 100 steps, as a submitTasks batch of 100
+SUBMIT_WORKFLOWS = """mutation($w: [WorkflowInput!]!) { submitWorkflows(workflows: $w) { id } }"""
+
 BATCH = 100  # submitTasks per call: the server's default MAX_BATCH_SIZE
 D_SUM = 1116  # 1000 + (10 + 3) + (100 + 3)
 
@@ -154,11 +157,15 @@ async def alone_run(
 async def workflow_run(
     args: argparse.Namespace, client: Client, conn: asyncpg.Connection
 ) -> tuple[dict[str, Any], bool]:
+    calls = [
+        range(start, min(start + PER_CALL, args.diamonds))
+        for start in range(0, args.diamonds, PER_CALL)
+    ]
     answers, submit_seconds = await in_flight(
-        [lambda i=i: client.gql(SUBMIT_WORKFLOW, w=diamond(i)) for i in range(args.diamonds)],
+        [lambda c=c: client.gql(SUBMIT_WORKFLOWS, w=[diamond(n) for n in c]) for c in calls],
         args.in_flight,
     )
-    ids = [uuid.UUID(a["submitWorkflow"]["id"]) for a in answers]
+    ids = [uuid.UUID(w["id"]) for a in answers for w in a["submitWorkflows"]]
     left = await wait_for(conn, Q_RUNNING_WORKFLOWS, ids, args.timeout, "RUNNING")
     rows = await conn.fetch(Q_STEPS, ids)
     workflows = {r["status"]: r["count"] for r in await conn.fetch(Q_WORKFLOWS, ids)}
@@ -178,7 +185,7 @@ async def workflow_run(
     out = {
         "workflows": len(ids),
         "steps": len(rows),
-        "submit_calls": len(ids),
+        "submit_calls": len(calls),
         "submit_seconds": round(submit_seconds, 3),
         "drain_seconds": seconds,
         "completion_rate": rate,

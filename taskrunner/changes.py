@@ -15,6 +15,12 @@ from taskrunner import jsonx
 from taskrunner.events import Event, EventKind
 from taskrunner.states import TaskStatus
 
+
+class XidInversion(Exception):
+    """This transaction's id is older than the last writer of a task it changes (the
+    journal runs it again with a fresh one)."""
+
+
 NEXT_ATTEMPT: Any = object()
 """A value for `attempts` in Change.values: the locked row's attempts + 1."""
 
@@ -115,4 +121,10 @@ ROW_COLUMNS = (
 # `workflow_id`: a step that ends is settled in the transaction that ends it (its workflow's
 # next steps, taskrunner.workflows); `waiting`: a step waiting for its parents never starts.
 LOCKED_COLUMNS = "id, status, event_seq, last_xid, owner, attempts, worker_id, workflow_id, waiting"
+# The moves of a workflow step its workflow settles, in the transaction that makes them
+# (taskrunner.dag.settle): its end, and its return to the queue (a retry, a lost worker's)
+# after another step failed under FAIL_WORKFLOW or cancelWorkflow, which cancels it then.
+SETTLES = frozenset(
+    {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.QUEUED}
+)
 WAITING_PARENTS = "parents"  # task.waiting of a workflow step whose parents have not all SUCCEEDED

@@ -18,18 +18,18 @@ A step is an ordinary task: its moves are transitions (`step_ready`, `step_cance
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 import asyncpg
 
-from taskrunner import queue, transitions
-from taskrunner.changes import WAITING_PARENTS, Change, Outcome
+from taskrunner import fastpath, queue, transitions
+from taskrunner.changes import WAITING_PARENTS, Change
 from taskrunner.errors import BadInput
 from taskrunner.events import Event, EventKind
-from taskrunner.states import TERMINAL, TaskStatus
+from taskrunner.states import TaskStatus
 from taskrunner.transitions import TaskErrorCode
 
 
@@ -240,10 +240,6 @@ class Plan:
 
 
 BROKEN = (TaskStatus.FAILED, TaskStatus.CANCELLED)
-# The moves of a step its workflow settles (in the transaction that makes them): its end,
-# and its return to the queue (a retry, a lost worker's) after another step failed under
-# FAIL_WORKFLOW or cancelWorkflow, which cancels it then.
-SETTLES = frozenset({*TERMINAL, TaskStatus.QUEUED})
 
 
 def plan(states: Mapping[str, StepState], policy: str, cancel_requested: bool) -> Plan:
@@ -312,19 +308,10 @@ def outcome(states: Mapping[str, StepState], cancel_requested: bool) -> Workflow
 
 # --- settling, in the transaction that ended a step -------------------------------------------
 
-Record = Callable[..., Awaitable[list[Outcome]]]  # journal.record
 MAX_ROUNDS = 8
 
-LOCK_WORKFLOWS = (
-    "SELECT id, owner, status, on_step_failure, cancel_requested FROM workflow "
-    "WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE"
-)
-READ_STEPS = """
-SELECT s.workflow_id, s.key, s.task_id, s.depends_on, s.bindings <> '[]'::jsonb AS binds,
-       t.status, t.waiting, t.type, t.priority, t.queue, t.concurrency_key
-FROM workflow_step s JOIN task t ON t.id = s.task_id
-WHERE s.workflow_id = ANY($1::uuid[]) ORDER BY s.workflow_id, s.position"""
-READ_BINDINGS = "SELECT task_id, bindings, input FROM workflow_step WHERE task_id = ANY($1)"
+# The workflows' rows locked, then their steps read (migration 0010): one round trip.
+READ = "SELECT * FROM taskrunner_workflow_steps($1::uuid[])"
 READ_RESULTS = (
     "SELECT s.workflow_id, s.key, t.result FROM workflow_step s JOIN task t ON t.id = s.task_id "
     "WHERE s.workflow_id = ANY($1::uuid[]) AND s.key = ANY($2::text[])"
@@ -344,85 +331,81 @@ def states_of(rows: Sequence[Any]) -> dict[str, StepState]:
     }
 
 
-async def lock(conn: asyncpg.Connection, workflow_ids: Sequence[uuid.UUID]) -> list[Any]:
-    """Lock the workflows' rows (in id order); returns them."""
-    return list(await conn.fetch(LOCK_WORKFLOWS, sorted(set(workflow_ids))))
+async def _read(
+    conn: asyncpg.Connection, workflow_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[dict[str, Any]]]:
+    """Lock the workflows and read their steps; only the RUNNING ones, by id."""
+    found: dict[uuid.UUID, list[dict[str, Any]]] = {}
+    for r in await conn.fetch(READ, sorted(set(workflow_ids))):
+        if r["w_status"] == WorkflowStatus.RUNNING:
+            found.setdefault(r["workflow_id"], []).append(dict(r))
+    return found
 
 
 async def settle(
     conn: asyncpg.Connection,
-    ended: Mapping[uuid.UUID, uuid.UUID],
+    noted_on: Mapping[uuid.UUID, uuid.UUID | None],
     after: AfterCommit,
-    record: Record,
-) -> None:
-    """For each workflow of `ended` (workflow id -> a step of it that ended in this
-    transaction): under its row's lock, make ready the steps whose parents all SUCCEEDED,
-    cancel what a failure calls for, and end the workflow once every step has ended (its
-    WorkflowStatusChanged event on that step). All of a transaction's workflows at once:
-    a few statements however many there are."""
-    running = [w for w in await lock(conn, list(ended)) if w["status"] == WorkflowStatus.RUNNING]
-    if running:
-        await settle_locked(conn, running, ended, after, record)
-
-
-async def settle_locked(
-    conn: asyncpg.Connection,
-    workflows: Sequence[Any],
-    noted_on: Mapping[uuid.UUID, uuid.UUID],
-    after: AfterCommit,
-    record: Record,
 ) -> dict[uuid.UUID, WorkflowStatus]:
-    """`settle` for RUNNING workflows whose rows this transaction has locked; returns those
-    that ended now, with their end. `noted_on`: the step each one's WorkflowStatusChanged
-    goes on (by default its last step)."""
-    by_id = {w["id"]: w for w in workflows}
-    todo_ids = sorted(by_id)
-    steps: dict[uuid.UUID, list[Any]] = {}
+    """Settle the workflows of `noted_on` (workflow id -> the step its WorkflowStatusChanged
+    goes on, if it ends now: the step that ended in this transaction; None: its last step):
+    under their rows' locks, make ready the steps whose parents all SUCCEEDED, cancel what
+    a failure (or cancelWorkflow) calls for, and end each workflow whose steps have all
+    ended. Returns the workflows that ended. All of a transaction's workflows at once: a
+    few statements however many there are."""
+    steps = await _read(conn, list(noted_on))
+    todo = sorted(steps)
     for _ in range(MAX_ROUNDS):
-        if not todo_ids:
-            break
-        for w in todo_ids:
-            steps[w] = []
-        for r in await conn.fetch(READ_STEPS, todo_ids):
-            steps[r["workflow_id"]].append(r)
         changes: list[Change] = []
-        ready: list[Any] = []
-        moving = []
-        for w in todo_ids:
+        ready: list[dict[str, Any]] = []
+        for w in todo:
             rows = steps[w]
-            todo = plan(states_of(rows), by_id[w]["on_step_failure"], by_id[w]["cancel_requested"])
-            if not todo:
-                continue
-            moving.append(w)
+            first = rows[0]
+            moves = plan(states_of(rows), first["on_step_failure"], first["cancel_requested"])
             by_key = {r["key"]: r for r in rows}
             changes += [
                 transitions.step_cancelled(by_key[k]["task_id"], code, message)
-                for k, (code, message) in todo.cancel.items()
+                for k, (code, message) in moves.cancel.items()
             ]
-            ready += [by_key[k] for k in todo.ready]
+            ready += [by_key[k] for k in moves.ready]
         if not changes and not ready:
             break
         changes += await _readied(conn, ready)
-        outcomes = await record(conn, changes, after, settle=False)
+        outcomes, _ = await fastpath.record_on(conn, changes)
         after.events.extend(o.event for o in outcomes if o.event is not None)
-        jobs = {
-            r["task_id"]: queue.Job(
-                r["type"], r["task_id"], r["priority"], r["queue"], r["concurrency_key"] is not None
-            )
-            for r in ready
-        }
-        after.jobs.extend(
-            jobs[o.change.task_id]
-            for o in outcomes
-            if o.accepted and o.change.kind is EventKind.STEP_READY
-        )
-        todo_ids = moving  # read again: what they did may call for more
+        rows_of = {r["task_id"]: r for rows in steps.values() for r in rows}
+        replan: set[uuid.UUID] = set()
+        reread: set[uuid.UUID] = set()
+        for o in outcomes:
+            row = rows_of[o.change.task_id]
+            if not o.accepted:  # it moved meanwhile (a worker started it): read it again
+                reread.add(row["workflow_id"])
+            elif o.change.kind is EventKind.STEP_READY:
+                row["waiting"] = None
+                after.jobs.append(
+                    queue.Job(
+                        row["type"],
+                        row["task_id"],
+                        row["priority"],
+                        row["queue"],
+                        row["concurrency_key"] is not None,
+                    )
+                )
+            else:  # cancelled (the plan's whole closure), or refused: FAILED, which calls
+                row["status"], row["waiting"] = o.change.to, None  # for more
+                if o.change.to is TaskStatus.FAILED:
+                    replan.add(row["workflow_id"])
+        if reread:
+            steps.update(await _read(conn, sorted(reread)))
+        todo = sorted(replan | reread)
+        if not todo:
+            break
     else:
         return {}  # moving under it still: the next settling (or the reconciler) ends it
     ends = {
         w: end
         for w, rows in steps.items()
-        if rows and (end := outcome(states_of(rows), by_id[w]["cancel_requested"])) is not None
+        if (end := outcome(states_of(rows), rows[0]["cancel_requested"])) is not None
     }
     if not ends:
         return {}
@@ -432,22 +415,19 @@ async def settle_locked(
         transitions.workflow_changed(noted_on.get(w) or steps[w][-1]["task_id"], w, end.value)
         for w, end in sorted(ended.items())
     ]
-    outcomes = await record(conn, notes, after, settle=False)
+    outcomes, _ = await fastpath.record_on(conn, notes)
     after.events.extend(o.event for o in outcomes if o.event is not None)
     return ended
 
 
-async def _readied(conn: asyncpg.Connection, ready: Sequence[Any]) -> list[Change]:
+async def _readied(conn: asyncpg.Connection, ready: Sequence[Mapping[str, Any]]) -> list[Change]:
     """The changes making `ready` steps ready: their bindings applied to their submitted
     input (a binding that cannot be applied fails the step: BAD_INPUT, no retry)."""
-    binding = [r["task_id"] for r in ready if r["binds"]]
-    specs: dict[uuid.UUID, tuple[list[Binding], dict[str, Any]]] = {}
+    binding = [r for r in ready if r["bindings"]]
     results: dict[tuple[uuid.UUID, str], Any] = {}
     if binding:
-        for r in await conn.fetch(READ_BINDINGS, binding):
-            specs[r["task_id"]] = ([Binding.from_json(b) for b in r["bindings"]], r["input"])
-        workflows = sorted({r["workflow_id"] for r in ready if r["task_id"] in specs})
-        parents = sorted({b.step for bs, _ in specs.values() for b in bs})
+        workflows = sorted({r["workflow_id"] for r in binding})
+        parents = sorted({b["step"] for r in binding for b in r["bindings"]})
         results = {
             (r["workflow_id"], r["key"]): r["result"]
             for r in await conn.fetch(READ_RESULTS, workflows, parents)
@@ -455,11 +435,11 @@ async def _readied(conn: asyncpg.Connection, ready: Sequence[Any]) -> list[Chang
     changes = []
     for r in ready:
         bound = None
-        if r["task_id"] in specs:
-            bindings, submitted = specs[r["task_id"]]
+        if r["bindings"]:
+            bindings = [Binding.from_json(b) for b in r["bindings"]]
             mine = {b.step: results.get((r["workflow_id"], b.step)) for b in bindings}
             try:
-                bound = bind(submitted, bindings, mine)
+                bound = bind(r["input"], bindings, mine)
             except BindError as exc:
                 changes.append(
                     transitions.step_refused(

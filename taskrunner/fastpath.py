@@ -12,6 +12,7 @@ the group in a transaction). Several changes to one task, or mixed shapes, go th
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,17 +25,18 @@ from taskrunner.changes import (
     LOCKED_COLUMNS,
     NEXT_ATTEMPT,
     ROW_COLUMNS,
+    SETTLES,
     WAITING_PARENTS,
     Change,
     Outcome,
     Sql,
+    XidInversion,
     assignment,
     json_text,
     param,
     takes_parameter,
 )
 from taskrunner.connections import connection
-from taskrunner.dag import SETTLES
 from taskrunner.events import Event, EventKind
 from taskrunner.groupcommit import Refused
 from taskrunner.models import task_table
@@ -42,6 +44,7 @@ from taskrunner.states import (
     TaskStatus,
     accepts_artifacts,
     accepts_events,
+    accepts_step_ready,
     attempt_runs,
     can_move,
 )
@@ -89,6 +92,10 @@ def _statuses(
         if attempt_bound and not attempt_runs(s):
             return False
         if to is None:
+            if kind is EventKind.WORKFLOW:
+                return True
+            if kind is EventKind.STEP_READY:
+                return accepts_step_ready(s)
             if kind in (EventKind.ARTIFACT, EventKind.SCHEDULE):
                 return accepts_artifacts(s)
             return accepts_events(s)
@@ -104,7 +111,9 @@ def _column_type(column: str) -> str:
 
 
 @functools.cache
-def _statement(shape: Shape, full: bool, slots: bool = False) -> tuple[str, tuple[str, ...]]:
+def _statement(
+    shape: Shape, full: bool, slots: bool = False, steps_too: bool = False
+) -> tuple[str, tuple[str, ...]]:
     """The statement for changes of `shape`, and the columns whose values (or Sql params)
     are its parameters after the first seven (one array each; with `slots`, the last
     parameter is the ids of the starts that take a concurrency slot).
@@ -112,7 +121,10 @@ def _statement(shape: Shape, full: bool, slots: bool = False) -> tuple[str, tupl
     With `slots`, `taskrunner_take_slots` runs first (an InitPlan of `locked`, evaluated
     before its first row is locked): the tasks it holds back are left out of the group, and
     every row of the result carries their ids (`held_ids`; the result has one row even when
-    every task was held back)."""
+    every task was held back).
+
+    Without `steps_too`, the moves of workflow steps their workflow settles (dag.SETTLES)
+    are left out: the caller records them in a transaction that settles them."""
     arrays = ["uuid", "text", "int", "text", "text", "jsonb", "text"]
     names = ["id", "allowed", "expect_attempt", "expect_worker", "kind", "data", "to_status"]
     sets = [
@@ -139,6 +151,12 @@ def _statement(shape: Shape, full: bool, slots: bool = False) -> tuple[str, tupl
         not_held = " AND t.id <> ALL(coalesce((SELECT ids FROM held), '{}'))"
         held_from = "FROM held h LEFT JOIN (locked l LEFT JOIN ev ON ev.task_id = l.id) ON true"
         held_ids = ", h.ids AS held_ids"
+    settled_elsewhere = (
+        ""
+        if steps_too
+        else "AND NOT (l.workflow_id IS NOT NULL "
+        f"AND coalesce(c.to_status, '') IN ({SETTLES_LIST}))"
+    )
     extra = "".join(f", t.{c.strip()}" for c in ROW_COLUMNS.split(",")) if full else ""
     extra = extra.replace("t.clock_timestamp()", "clock_timestamp()")
     locked = ", ".join(f"t.{c}" for c in LOCKED_COLUMNS.split(", "))
@@ -155,7 +173,9 @@ ok AS (
     AND (c.expect_worker IS NULL OR l.worker_id = c.expect_worker)
     AND NOT (coalesce(c.to_status, '') = 'RUNNING'
              AND l.waiting IS NOT DISTINCT FROM '{WAITING_PARENTS}')
-    AND NOT (l.workflow_id IS NOT NULL AND coalesce(c.to_status, '') IN ({SETTLES_LIST}))
+    AND NOT (c.kind = '{EventKind.STEP_READY.value}'
+             AND l.waiting IS DISTINCT FROM '{WAITING_PARENTS}')
+    {settled_elsewhere}
     AND NOT EXISTS (SELECT FROM locked x WHERE x.last_xid > x.xid)
 ),
 upd AS (
@@ -187,6 +207,46 @@ def one_shape(changes: Sequence[Change]) -> Shape | None:
     return shape
 
 
+def _args(changes: Sequence[Change], takes: Sequence[str], limited: list[Any]) -> list[Any]:
+    """The statement's parameters for `changes` (Refused: a value that cannot be encoded)."""
+    try:
+        args: list[Any] = [
+            [c.task_id for c in changes],
+            [allowed_from(c) for c in changes],
+            [c.expect_attempt for c in changes],
+            [c.expect_worker for c in changes],
+            [c.kind.value for c in changes],
+            [json_text(dict(c.data)) for c in changes],
+            [c.to.value if c.to else None for c in changes],
+            *([param(column, c.values[column]) for c in changes] for column in takes),
+        ]
+    except Exception as exc:
+        raise Refused(str(exc)) from exc
+    if limited:
+        args.append(limited)
+    return args
+
+
+def _outcome(change: Change, row: Any) -> Outcome:
+    """The outcome of a change whose task the statement found (and locked)."""
+    event = None
+    if row["e_id"] is not None:
+        event = Event(
+            id=row["e_id"],
+            task_id=change.task_id,
+            seq=row["e_seq"],
+            xid=row["e_xid"],
+            owner=row["owner"],
+            kind=change.kind,
+            at=row["e_at"],
+            data=row["e_data"],
+        )
+    snapshot = None
+    if change.want_row:
+        snapshot = {k: v for k, v in row.items() if not k.startswith("e_") and k != "held_ids"}
+    return Outcome(change, TaskStatus(row["status"]), event, snapshot)
+
+
 async def record_group(
     engine: AsyncEngine, changes: Sequence[Change], shape: Shape
 ) -> list[Outcome | None] | None:
@@ -198,21 +258,7 @@ async def record_group(
     full = any(c.want_row for c in changes)
     limited = [c.task_id for c in changes if c.take_slot]
     statement, takes = _statement(shape, full, bool(limited))
-    try:
-        args: list[list[Any]] = [
-            [c.task_id for c in changes],
-            [allowed_from(c) for c in changes],
-            [c.expect_attempt for c in changes],
-            [c.expect_worker for c in changes],
-            [c.kind.value for c in changes],
-            [json_text(dict(c.data)) for c in changes],
-            [c.to.value if c.to else None for c in changes],
-            *([param(column, c.values[column]) for c in changes] for column in takes),
-        ]
-        if limited:
-            args.append(limited)
-    except Exception as exc:  # a value that cannot be encoded
-        raise Refused(str(exc)) from exc
+    args = _args(changes, takes, limited)
     for _ in range(3):
         try:
             async with connection(engine) as conn:
@@ -233,24 +279,36 @@ async def record_group(
         row = rows.get(change.task_id)
         if row is None:
             outcomes.append(Outcome(change, None, None))
-            continue
-        if row["workflow_id"] is not None and change.to in SETTLES and row["e_id"] is None:
+        elif row["workflow_id"] is not None and change.to in SETTLES and row["e_id"] is None:
             outcomes.append(None)  # a step's end: the caller records it in a transaction
-            continue
-        event = None
-        if row["e_id"] is not None:
-            event = Event(
-                id=row["e_id"],
-                task_id=change.task_id,
-                seq=row["e_seq"],
-                xid=row["e_xid"],
-                owner=row["owner"],
-                kind=change.kind,
-                at=row["e_at"],
-                data=row["e_data"],
-            )
-        snapshot = None
-        if change.want_row:
-            snapshot = {k: v for k, v in row.items() if not k.startswith("e_") and k != "held_ids"}
-        outcomes.append(Outcome(change, TaskStatus(row["status"]), event, snapshot))
+        else:
+            outcomes.append(_outcome(change, row))
     return outcomes
+
+
+async def record_on(
+    conn: asyncpg.Connection, changes: Sequence[Change]
+) -> tuple[list[Outcome], dict[uuid.UUID, uuid.UUID]]:
+    """In the caller's transaction: `changes` (distinct tasks, of any shapes, none taking
+    a concurrency slot) recorded by one statement per shape, the moves of workflow steps
+    included; also the workflow of each accepted change's task that is a step (the caller
+    settles them). XidInversion when a task was written by a newer transaction (that
+    statement wrote nothing; the caller runs the transaction again)."""
+    groups: dict[Shape, list[int]] = {}
+    for i, change in enumerate(changes):
+        groups.setdefault(shape_of(change), []).append(i)
+    outcomes: list[Outcome | None] = [None] * len(changes)
+    steps: dict[uuid.UUID, uuid.UUID] = {}
+    for shape, indexes in groups.items():
+        part = [changes[i] for i in indexes]
+        statement, takes = _statement(shape, any(c.want_row for c in part), False, True)
+        found = await conn.fetch(statement, *_args(part, takes, []))
+        rows = {r["id"]: r for r in found if r["id"] is not None}
+        if any(r["last_xid"] > r["xid"] for r in rows.values()):
+            raise XidInversion(str(next(iter(rows))))
+        for i, change in zip(indexes, part, strict=True):
+            row = rows.get(change.task_id)
+            outcomes[i] = _outcome(change, row) if row else Outcome(change, None, None)
+            if row is not None and row["e_id"] is not None and row["workflow_id"] is not None:
+                steps[change.task_id] = row["workflow_id"]
+    return [o for o in outcomes if o is not None], steps

@@ -38,10 +38,12 @@ from taskrunner.changes import (
     LOCKED_COLUMNS,
     NEXT_ATTEMPT,
     ROW_COLUMNS,
+    SETTLES,
     WAITING_PARENTS,
     Change,
     Outcome,
     Sql,
+    XidInversion,
     assignment,
     json_text,
     param,
@@ -51,7 +53,7 @@ from taskrunner.changes import (
 from taskrunner.connections import transaction
 from taskrunner.dag import AfterCommit
 from taskrunner.events import Event, EventKind, publish
-from taskrunner.fastpath import one_shape, record_group
+from taskrunner.fastpath import one_shape, record_group, record_on
 from taskrunner.groupcommit import GroupCommit, Refused
 from taskrunner.states import (
     TaskStatus,
@@ -65,10 +67,6 @@ from taskrunner.states import (
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 MAX_TRANSACTION_RUNS = 8
-
-
-class XidInversion(Exception):
-    """This transaction's id is older than the last writer of a task it changes."""
 
 
 @dataclass
@@ -230,10 +228,10 @@ async def record(
             if index is not None
             and row is not None
             and row.workflow_id is not None
-            and change.to in dag.SETTLES
+            and change.to in SETTLES
         }
         if ended:
-            await dag.settle(conn, ended, after or AfterCommit(), record)
+            await dag.settle(conn, ended, after or AfterCommit())
     return [
         Outcome(
             change,
@@ -339,10 +337,12 @@ async def _apply_now(
     changes = [change for unit in units for change in unit]
     after = AfterCommit()
 
-    async def in_transaction(todo: Sequence[Change]) -> list[Outcome]:
+    async def in_transaction(todo: Sequence[Change], settling: bool = False) -> list[Outcome]:
         async def work(conn: asyncpg.Connection) -> list[Outcome]:
             after.clear()  # a run again starts over
             try:
+                if settling:  # workflow steps' moves, of distinct tasks: see record_ends
+                    return await record_ends(conn, todo, after)
                 return await record(conn, todo, after)
             except AGAIN:
                 raise
@@ -361,7 +361,7 @@ async def _apply_now(
         # the ends of workflow steps were left out of the statement: they are settled in a
         # transaction (dag.settle)
         deferred = [c for c, o in zip(changes, found, strict=True) if o is None]
-        settled = iter(await in_transaction(deferred) if deferred else [])
+        settled = iter(await in_transaction(deferred, settling=True) if deferred else [])
         outcomes = [o if o is not None else next(settled) for o in found]
     await after_commit(redis, [o.event for o in outcomes if o.event is not None], after)
     split, start = [], 0
@@ -369,6 +369,23 @@ async def _apply_now(
         split.append(outcomes[start : start + len(unit)])
         start += len(unit)
     return split
+
+
+async def record_ends(
+    conn: asyncpg.Connection, changes: Sequence[Change], after: AfterCommit
+) -> list[Outcome]:
+    """`record` for moves of workflow steps that the one-statement path left out (distinct
+    tasks, no concurrency slot taken): the same statement, run in the caller's transaction,
+    then their workflows settled (dag.settle)."""
+    outcomes, steps = await record_on(conn, changes)
+    ended = {
+        steps[o.change.task_id]: o.change.task_id
+        for o in outcomes
+        if o.change.task_id in steps and o.change.to in SETTLES
+    }
+    if ended:
+        await dag.settle(conn, ended, after)
+    return outcomes
 
 
 async def after_commit(redis: Redis, events: Sequence[Event], after: AfterCommit) -> None:

@@ -31,8 +31,7 @@ from taskrunner.dag import (
     Binding,
     StepFailurePolicy,
     WorkflowStatus,
-    lock,
-    settle_locked,
+    settle,
 )
 from taskrunner.errors import Conflict, NotFound
 from taskrunner.events import CANCEL_CHANNEL, Event, EventKind, cancel_message
@@ -100,18 +99,25 @@ class Step:
 
 # --- submitWorkflow -----------------------------------------------------------------------
 
-INSERT_WORKFLOW = f"""
+INSERT_WORKFLOWS = f"""
 INSERT INTO workflow (id, owner, key_id, name, on_step_failure, labels, idempotency_key,
-                      step_count, schedule_id, scheduled_for)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                      step_count)
+SELECT w.id, $2, $3, w.name, w.policy, ARRAY(SELECT jsonb_array_elements_text(w.labels)),
+       w.key, w.steps
+FROM unnest($1::uuid[], $4::text[], $5::text[], $6::jsonb[], $7::text[], $8::int[])
+     WITH ORDINALITY AS w(id, name, policy, labels, key, steps, n)
+ORDER BY w.n
 ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING {COLUMNS}"""
+FIRST_WORKFLOWS = (
+    f"SELECT {COLUMNS} FROM workflow WHERE owner = $1 AND idempotency_key = ANY($2::text[])"
+)
 INSERT_STEPS = """
 INSERT INTO workflow_step (task_id, workflow_id, key, position, depends_on, bindings, input)
-SELECT s.task_id, $2, s.key, s.position - 1, ARRAY(SELECT jsonb_array_elements_text(s.parents)),
-       s.bindings, s.input
-FROM unnest($1::uuid[], $3::text[], $4::jsonb[], $5::jsonb[], $6::jsonb[])
-     WITH ORDINALITY AS s(task_id, key, parents, bindings, input, position)"""
+SELECT s.task_id, s.workflow_id, s.key, s.position,
+       ARRAY(SELECT jsonb_array_elements_text(s.parents)), s.bindings, s.input
+FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int[], $5::jsonb[], $6::jsonb[],
+            $7::jsonb[]) AS s(task_id, workflow_id, key, position, parents, bindings, input)"""
 
 
 async def submit(
@@ -119,62 +125,71 @@ async def submit(
     engine: AsyncEngine,
     pool: ArqRedis,
     owner: str,
-    spec: WorkflowSpec,
+    specs: Sequence[WorkflowSpec],
     key_id: uuid.UUID | None = None,
-) -> WorkflowRecord:
-    """Create the workflow and every step's task (with its QUEUED event) in one transaction;
-    once committed, enqueue the steps without parents. A repeated `idempotency_key` of the
-    owner returns the first workflow, unchanged."""
-    workflow_id = uuid.uuid4()
+) -> list[WorkflowRecord]:
+    """Create the workflows and every step's task (with its QUEUED event) in one
+    transaction, a few statements however many there are; once committed, enqueue the
+    steps without parents. A repeated `idempotency_key` of the owner (also within `specs`)
+    returns the first workflow, unchanged."""
+    ids = [uuid.uuid4() for _ in specs]
 
     async def work(
         conn: asyncpg.Connection,
-    ) -> tuple[WorkflowRecord, list[TaskRecord], list[Event]]:
-        row = await conn.fetchrow(
-            INSERT_WORKFLOW,
-            workflow_id,
+    ) -> tuple[list[WorkflowRecord], list[TaskRecord], list[Event]]:
+        rows = await conn.fetch(
+            INSERT_WORKFLOWS,
+            ids,
             owner,
             key_id,
-            spec.name,
-            spec.on_step_failure.value,
-            list(spec.labels),
-            spec.idempotency_key,
-            len(spec.steps),
-            None,
-            None,
+            [s.name for s in specs],
+            [s.on_step_failure.value for s in specs],
+            [json_text(list(s.labels)) for s in specs],
+            [s.idempotency_key for s in specs],
+            [len(s.steps) for s in specs],
         )
-        if row is None:  # the key was used: the first workflow
-            first = await conn.fetchrow(
-                f"SELECT {COLUMNS} FROM workflow WHERE owner = $1 AND idempotency_key = $2",
-                owner,
-                spec.idempotency_key,
-            )
-            return WorkflowRecord.of(first), [], []
+        created = {r["id"]: WorkflowRecord.of(r) for r in rows}
+        keys = [s.idempotency_key for i, s in zip(ids, specs, strict=True) if i not in created]
+        first = {
+            r["idempotency_key"]: WorkflowRecord.of(r)
+            for r in (await conn.fetch(FIRST_WORKFLOWS, owner, keys) if keys else [])
+        }
+        new = [(i, s) for i, s in zip(ids, specs, strict=True) if i in created]
         subs = [
             replace(
                 step.submission,
-                workflow_id=workflow_id,
+                workflow_id=i,
                 step_key=step.key,
                 waiting=WAITING_PARENTS if step.depends_on else None,
             )
+            for i, spec in new
             for step in spec.steps
         ]
-        (tasks,), events = await submissions.insert(conn, [(owner, subs)])
-        await conn.execute(
-            INSERT_STEPS,
-            [task.id for task in tasks],
-            workflow_id,
-            [step.key for step in spec.steps],
-            [json_text(list(step.depends_on)) for step in spec.steps],
-            [json_text([b.to_json() for b in step.bindings]) for step in spec.steps],
-            [json_text(step.submission.input) for step in spec.steps],
-        )
-        return WorkflowRecord.of(row), tasks, events
+        tasks: list[TaskRecord] = []
+        events: list[Event] = []
+        if subs:
+            (tasks,), events = await submissions.insert(conn, [(owner, subs)])
+            steps = [(i, n, step) for i, spec in new for n, step in enumerate(spec.steps)]
+            await conn.execute(
+                INSERT_STEPS,
+                [task.id for task in tasks],
+                [i for i, _, _ in steps],
+                [step.key for _, _, step in steps],
+                [n for _, n, _ in steps],
+                [json_text(list(step.depends_on)) for _, _, step in steps],
+                [json_text([b.to_json() for b in step.bindings]) for _, _, step in steps],
+                [json_text(step.submission.input) for _, _, step in steps],
+            )
+        found = [
+            created[i] if i in created else first[s.idempotency_key]
+            for i, s in zip(ids, specs, strict=True)
+        ]
+        return found, tasks, events
 
-    record, tasks, events = await journal.run_transaction(engine, work)
+    records, tasks, events = await journal.run_transaction(engine, work)
     if tasks:
         await submissions.announce(pool, tasks, events)
-    return record
+    return records
 
 
 # --- queries --------------------------------------------------------------------------------
@@ -304,7 +319,10 @@ async def list_workflows(
 
 
 async def _locked(conn: asyncpg.Connection, workflow_id: uuid.UUID) -> dict[str, Any]:
-    (row,) = await lock(conn, [workflow_id])  # workflows are never deleted
+    row = await conn.fetchrow(
+        "SELECT id, status FROM workflow WHERE id = $1 FOR UPDATE", workflow_id
+    )
+    assert row is not None  # workflows are never deleted
     return dict(row)
 
 
@@ -333,7 +351,7 @@ async def cancel(
         changes = [transitions.cancel_requested(r["id"], r["attempts"]) for r in running]
         outcomes = await journal.record(conn, changes, after, settle=False)
         after.events.extend(o.event for o in outcomes if o.event is not None)
-        await settle_locked(conn, [workflow], {}, after, journal.record)
+        await settle(conn, {workflow_id: None}, after)
         return [
             (o.change.task_id, r["attempts"])
             for o, r in zip(outcomes, running, strict=True)
@@ -396,7 +414,7 @@ async def retry(
             for r in again
             if not r["depends_on"]
         )
-        await settle_locked(conn, [workflow], {}, after, journal.record)
+        await settle(conn, {workflow_id: None}, after)
 
     await journal.transact(engine, redis, work)
     return await require(engine=engine, workflow_id=workflow_id, owner=owner)
@@ -432,8 +450,7 @@ async def repair(engine: AsyncEngine, redis: Redis, limit: int = 100) -> int:
     if stalled:
 
         async def work(conn: asyncpg.Connection, after: AfterCommit) -> None:
-            running = [w for w in await lock(conn, stalled) if w["status"] == "RUNNING"]
-            await settle_locked(conn, running, {}, after, journal.record)
+            await settle(conn, dict.fromkeys(stalled), after)
 
         await journal.transact(engine, redis, work)
     return len(stalled)

@@ -6,6 +6,7 @@
   bindings (input fields set from parents' results) and its input as submitted.
 - task: `workflow_id` and `step_key` on step tasks; a step that waits for its parents is
   QUEUED with `waiting = 'parents'`.
+- taskrunner_workflow_steps(ids): settling's lock of its workflows and read of their steps.
 
 Revision ID: 0010
 Revises: 0009
@@ -24,6 +25,39 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 NOW = sa.text("clock_timestamp()")
+
+# Settling (taskrunner.dag.settle) in one round trip: lock the workflows' rows (in id order),
+# then read their steps. Volatile plpgsql: the read is a statement of its own, so its
+# snapshot is taken once the locks are held and sees every step that ended in a
+# transaction which held one of them before (a child's last parent, whichever commits
+# last). Each step row carries its workflow's columns.
+WORKFLOW_STEPS = """
+CREATE OR REPLACE FUNCTION taskrunner_workflow_steps(ids uuid[])
+RETURNS TABLE (workflow_id uuid, w_status text, on_step_failure text, cancel_requested boolean,
+               key text, task_id uuid, depends_on text[], bindings jsonb, input jsonb,
+               status text, waiting text, type text, priority int, queue text,
+               concurrency_key text)
+LANGUAGE plpgsql VOLATILE
+-- planned for the ids given each time: a generic plan would join every step of every
+-- workflow (a hash join over the whole table) instead of looking the few up
+SET plan_cache_mode = force_custom_plan
+AS $$
+#variable_conflict use_column
+BEGIN
+  PERFORM 1 FROM workflow w WHERE w.id = ANY(ids) ORDER BY w.id FOR UPDATE;
+  RETURN QUERY
+    SELECT w.id, w.status, w.on_step_failure, w.cancel_requested, s.key, s.task_id,
+           s.depends_on,
+           CASE WHEN t.waiting = 'parents' THEN s.bindings END,
+           CASE WHEN t.waiting = 'parents' AND s.bindings <> '[]'::jsonb THEN s.input END,
+           t.status::text, t.waiting, t.type::text, t.priority, t.queue, t.concurrency_key
+    FROM workflow w
+    JOIN workflow_step s ON s.workflow_id = w.id
+    JOIN task t ON t.id = s.task_id
+    WHERE w.id = ANY(ids)
+    ORDER BY w.id, s.position;
+END $$;
+"""
 
 
 def upgrade() -> None:
@@ -84,9 +118,11 @@ def upgrade() -> None:
         ["workflow_id"],
         postgresql_where=sa.text("workflow_id IS NOT NULL"),
     )
+    op.execute(WORKFLOW_STEPS)
 
 
 def downgrade() -> None:
+    op.execute("DROP FUNCTION IF EXISTS taskrunner_workflow_steps(uuid[])")
     op.drop_index("ix_task_workflow", table_name="task")
     op.drop_column("task", "step_key")
     op.drop_column("task", "workflow_id")

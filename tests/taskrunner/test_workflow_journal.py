@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner import control, journal, transitions, workflows
 from taskrunner.config import Settings
-from taskrunner.db import create_engine
 from taskrunner.dag import Binding
+from taskrunner.db import create_engine
 from taskrunner.errors import Conflict
 from taskrunner.queries import TaskCriteria
 from taskrunner.submissions import Submission
@@ -35,8 +35,8 @@ def step(key: str, *parents: str) -> StepSpec:
 
 async def submit(engine: AsyncEngine, pool: ArqRedis, *steps: StepSpec) -> dict[str, uuid.UUID]:
     """Submit a workflow of `steps` as owner `wj`; its step keys -> task ids."""
-    record = await workflows.submit(
-        engine=engine, pool=pool, owner="wj", spec=WorkflowSpec(steps=steps)
+    (record,) = await workflows.submit(
+        engine=engine, pool=pool, owner="wj", specs=[WorkflowSpec(steps=steps)]
     )
     found = await workflows.steps(engine=engine, workflow_ids=[record.id])
     return {s.key: s.task.id for s in found[record.id]}
@@ -119,6 +119,30 @@ async def test_two_parents_ending_at_once_make_their_child_ready_once(
             journal.apply_one(other_engine, pool, transitions.succeeded(ids["b"], 1, {"sum": 2})),
         )
         assert await state(engine, ids["c"]) == ("QUEUED", None, 1)
+
+
+async def test_one_submission_of_several_workflows_keeps_each_apart(
+    engine: AsyncEngine, pool: ArqRedis
+) -> None:
+    """Workflows submitted together get their own steps; a key used twice in the batch
+    (and again later) gives the first workflow."""
+    specs = [
+        WorkflowSpec(steps=(step("a"), step("b", "a")), idempotency_key="k1"),
+        WorkflowSpec(steps=(step("x"),)),
+        WorkflowSpec(steps=(step("a"),), idempotency_key="k1"),
+    ]
+    first, second, again = await workflows.submit(
+        engine=engine, pool=pool, owner="wj-batch", specs=specs
+    )
+    assert again == first and second.id != first.id
+    (later,) = await workflows.submit(engine=engine, pool=pool, owner="wj-batch", specs=[specs[2]])
+    assert later == first
+    found = await workflows.steps(engine=engine, workflow_ids=[first.id, second.id])
+    assert [(s.key, s.depends_on) for s in found[first.id]] == [("a", []), ("b", ["a"])]
+    assert [s.key for s in found[second.id]] == ["x"]
+    async with engine.connect() as conn:
+        count = await conn.scalar(sa.text("SELECT count(*) FROM task WHERE owner = 'wj-batch'"))
+    assert count == 3
 
 
 async def test_retry_task_and_retry_tasks_leave_steps_to_retry_workflow(

@@ -209,7 +209,7 @@ async def submit(engine: AsyncEngine, pool: ArqRedis, dag: Dag) -> uuid.UUID:
         for i, (parents, plan) in enumerate(zip(dag.parents, dag.plans, strict=True))
     )
     spec = workflows.WorkflowSpec(steps, name="property", on_step_failure=dag.policy)
-    record = await workflows.submit(engine=engine, pool=pool, owner=OWNER, spec=spec)
+    (record,) = await workflows.submit(engine=engine, pool=pool, owner=OWNER, specs=[spec])
     return record.id
 
 
