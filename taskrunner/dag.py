@@ -382,13 +382,14 @@ async def settle(
                 reread.add(row["workflow_id"])
             elif o.change.kind is EventKind.STEP_READY:
                 row["waiting"] = None
-                after.jobs.append(
+                after.jobs.append(  # queued as of its submission: see queue.Job
                     queue.Job(
                         row["type"],
                         row["task_id"],
                         row["priority"],
                         row["queue"],
                         row["concurrency_key"] is not None,
+                        int(row["created_at"].timestamp() * 1000),
                     )
                 )
             else:  # cancelled (the plan's whole closure), or refused: FAILED, which calls

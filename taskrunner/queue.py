@@ -45,6 +45,9 @@ class Job:
     priority: int = 0
     queue: str = DEFAULT_QUEUE
     limited: bool = False
+    # its place among jobs of its priority, in ms since the epoch (default: now, FIFO by
+    # enqueue); a workflow step made ready keeps its workflow's, ahead of later submissions
+    since_ms: int | None = None
 
 
 def job_of(task: Any) -> Job:
@@ -112,7 +115,7 @@ def add_enqueues(pipe: Pipeline, base: str, jobs: Sequence[Job]) -> None:
         queue_key = key(base, job.queue)
         keys[queue_key] = None
         pipe.set(job_key_prefix + job_id, payload, px=JOB_EXPIRES_MS, nx=True)
-        pipe.zadd(queue_key, {job_id: score(job.priority, now)}, nx=True)
+        pipe.zadd(queue_key, {job_id: score(job.priority, job.since_ms or now)}, nx=True)
     for queue_key in keys:
         pipe.publish(wake_channel(queue_key), b"")
 

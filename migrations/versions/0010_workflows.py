@@ -36,7 +36,7 @@ CREATE OR REPLACE FUNCTION taskrunner_workflow_steps(ids uuid[])
 RETURNS TABLE (workflow_id uuid, w_status text, on_step_failure text, cancel_requested boolean,
                key text, task_id uuid, depends_on text[], bindings jsonb, input jsonb,
                status text, waiting text, type text, priority int, queue text,
-               concurrency_key text)
+               concurrency_key text, created_at timestamptz)
 LANGUAGE plpgsql VOLATILE
 -- planned for the ids given each time: a generic plan would join every step of every
 -- workflow (a hash join over the whole table) instead of looking the few up
@@ -50,7 +50,8 @@ BEGIN
            s.depends_on,
            CASE WHEN t.waiting = 'parents' THEN s.bindings END,
            CASE WHEN t.waiting = 'parents' AND s.bindings <> '[]'::jsonb THEN s.input END,
-           t.status::text, t.waiting, t.type::text, t.priority, t.queue, t.concurrency_key
+           t.status::text, t.waiting, t.type::text, t.priority, t.queue, t.concurrency_key,
+           t.created_at
     FROM workflow w
     JOIN workflow_step s ON s.workflow_id = w.id
     JOIN task t ON t.id = s.task_id

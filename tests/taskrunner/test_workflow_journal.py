@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from arq import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import control, journal, transitions, workflows
+from taskrunner import control, journal, queue, submissions, transitions, workflows
 from taskrunner.config import Settings
 from taskrunner.dag import Binding
 from taskrunner.db import create_engine
@@ -159,3 +159,26 @@ async def test_retry_task_and_retry_tasks_leave_steps_to_retry_workflow(
     )
     assert again == 0
     assert (await state(engine, ids["a"]))[0] == "FAILED"
+
+
+async def test_a_step_made_ready_is_queued_ahead_of_tasks_submitted_after_its_workflow(
+    engine: AsyncEngine, pool: ArqRedis
+) -> None:
+    """A ready step keeps its workflow's place: its job's score is its submission time, so
+    it starts before what was submitted after its workflow (same priority), and a backlog
+    of new workflows does not hold back the ones already running."""
+    ids = await submit(engine, pool, step("a"), step("b", "a"))
+    (later,) = await submissions.submit(
+        engine=engine,
+        redis=pool,
+        pool=pool,
+        owner="wj",
+        submissions=[Submission("echo", {"message": "x"}, 60)],
+    )
+    await asyncio.sleep(0.05)  # the step is made ready well after `later` was enqueued
+    await run(engine, pool, ids["a"], 1)
+    queue_key = queue.key(pool.default_queue_name, queue.DEFAULT_QUEUE)
+    ready = await pool.zscore(queue_key, str(ids["b"]))
+    waiting = await pool.zscore(queue_key, str(later.id))
+    assert ready is not None and waiting is not None
+    assert ready < waiting
