@@ -218,6 +218,7 @@ class Processes:
     settings: Settings
     logs: Path
     started: list[Process] = field(default_factory=list)
+    named: int = 0  # worker logs named so far (taken before any await: gather runs several)
 
     async def api(self) -> tuple[str, Process]:
         port = free_port()
@@ -229,7 +230,8 @@ class Processes:
 
     async def worker(self) -> Process:
         env = process_env(self.settings, WORKER_CONCURRENCY="3")
-        with (self.logs / f"worker-{len(self.started)}.log").open("wb") as log:
+        self.named += 1
+        with (self.logs / f"worker-{self.named}.log").open("wb") as log:
             proc = await spawn("worker", env=env, stderr=log)
         self.started.append(proc)
         return proc
