@@ -343,7 +343,10 @@ async def cancel(
                 "again)"
             )
         await conn.execute("UPDATE workflow SET cancel_requested = true WHERE id = $1", workflow_id)
-        workflow["cancel_requested"] = True
+        # the QUEUED steps first: a worker's start takes no workflow lock, so a step started
+        # meanwhile is refused its cancel there, and read below as RUNNING (a statement of
+        # its own, after: it sees every start committed before), then interrupted
+        await settle(conn, {workflow_id: None}, after)
         running = await conn.fetch(
             "SELECT id, attempts FROM task WHERE workflow_id = $1 AND status = 'RUNNING'",
             workflow_id,
@@ -351,7 +354,6 @@ async def cancel(
         changes = [transitions.cancel_requested(r["id"], r["attempts"]) for r in running]
         outcomes = await journal.record(conn, changes, after, settle=False)
         after.events.extend(o.event for o in outcomes if o.event is not None)
-        await settle(conn, {workflow_id: None}, after)
         return [
             (o.change.task_id, r["attempts"])
             for o, r in zip(outcomes, running, strict=True)

@@ -8,13 +8,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from arq import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import control, journal, queue, submissions, transitions, workflows
+from taskrunner import control, dag, journal, queue, submissions, transitions, workflows
+from taskrunner.changes import Outcome
 from taskrunner.config import Settings
 from taskrunner.dag import Binding
 from taskrunner.db import create_engine
@@ -182,3 +184,73 @@ async def test_a_step_made_ready_is_queued_ahead_of_tasks_submitted_after_its_wo
     waiting = await pool.zscore(queue_key, str(later.id))
     assert ready is not None and waiting is not None
     assert ready < waiting
+
+
+async def test_cancel_workflow_interrupts_a_step_that_started_while_it_cancelled(
+    engine: AsyncEngine, other_engine: AsyncEngine, pool: ArqRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's start takes no workflow lock: a step that starts while cancelWorkflow runs
+    is flagged and told to stop too, not left running to its end."""
+    ids = await submit(engine, pool, step("a"), step("b"))
+    assert (await journal.apply_one(engine, pool, transitions.started(ids["a"], "w"))).accepted
+    real = workflows.settle
+
+    async def start_b_first(conn: Any, noted: Any, after: Any) -> Any:
+        start = transitions.started(ids["b"], "w2")
+        assert (await journal.apply_one(other_engine, pool, start)).accepted
+        monkeypatch.setattr(workflows, "settle", real)
+        return await real(conn, noted, after)
+
+    monkeypatch.setattr(workflows, "settle", start_b_first)
+    (workflow_id,) = {s.workflow_id for s in await tasks_of(engine, ids)}
+    await workflows.cancel(engine=engine, redis=pool, workflow_id=workflow_id, owner="wj")
+    for key in ("a", "b"):
+        async with engine.connect() as conn:
+            flagged = await conn.scalar(
+                sa.text("SELECT cancel_requested FROM task WHERE id = :id"), {"id": ids[key]}
+            )
+        assert flagged, f"step {key} runs on: never told to stop"
+
+
+async def test_a_failed_settling_fails_only_its_writer_and_the_others_are_answered(
+    engine: AsyncEngine, pool: ArqRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One statement committed a plain task's end; settling a step's end of the same group
+    failed after it. The plain task's writer is told its change was accepted (and it is
+    published); the step's writer gets the error and may write again."""
+    ids = await submit(engine, pool, step("a"), step("b", "a"))
+    (plain,) = await submissions.submit(
+        engine=engine,
+        redis=pool,
+        pool=pool,
+        owner="wj",
+        submissions=[Submission("echo", {"message": "x"}, 60)],
+    )
+    for task_id in (ids["a"], plain.id):
+        assert (await journal.apply_one(engine, pool, transitions.started(task_id, "w"))).accepted
+    real = dag.settle
+
+    async def fail_once(conn: Any, noted: Any, after: Any) -> Any:
+        monkeypatch.setattr(dag, "settle", real)
+        raise RuntimeError("settling failed")
+
+    monkeypatch.setattr(dag, "settle", fail_once)
+    plain_end, step_end = await asyncio.gather(
+        journal.apply_one(engine, pool, transitions.succeeded(plain.id, 1, {"ok": 1})),
+        journal.apply_one(engine, pool, transitions.succeeded(ids["a"], 1, {"sum": 1})),
+        return_exceptions=True,
+    )
+    assert isinstance(plain_end, Outcome) and plain_end.accepted
+    assert isinstance(step_end, RuntimeError)
+    assert (await state(engine, ids["a"]))[0] == "RUNNING"  # nothing of it was written
+    again = await journal.apply_one(engine, pool, transitions.succeeded(ids["a"], 1, {"sum": 1}))
+    assert again.accepted and await state(engine, ids["b"]) == ("QUEUED", None, 1)
+
+
+async def tasks_of(engine: AsyncEngine, ids: dict[str, uuid.UUID]) -> list[Any]:
+    async with engine.connect() as conn:
+        found = await conn.execute(
+            sa.text("SELECT id, workflow_id FROM task WHERE id = ANY(:ids)"),
+            {"ids": list(ids.values())},
+        )
+        return list(found)
