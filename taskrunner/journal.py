@@ -311,17 +311,19 @@ MAX_GROUP_WRITERS = 200  # apply() calls one group-commit transaction takes at m
 # Live groups by (engine, Redis client). A group lives while writers use it (they and its
 # flushers hold it), so an idle one is dropped with nothing pending, and a finished test's
 # engine is never kept alive from here.
-_groups: weakref.WeakValueDictionary[
-    tuple[int, int], GroupCommit[Sequence[Change], list[Outcome]]
-] = weakref.WeakValueDictionary()
+# a unit's result: its outcomes, or the error that its part of the group met
+UnitResult = list[Outcome] | Exception
+_groups: weakref.WeakValueDictionary[tuple[int, int], GroupCommit[Sequence[Change], UnitResult]] = (
+    weakref.WeakValueDictionary()
+)
 
 
-def _group(engine: AsyncEngine, redis: Redis) -> GroupCommit[Sequence[Change], list[Outcome]]:
+def _group(engine: AsyncEngine, redis: Redis) -> GroupCommit[Sequence[Change], UnitResult]:
     """The group commit writers to this engine and Redis client share now."""
     group = _groups.get((id(engine), id(redis)))
     if group is None:
 
-        async def flush(units: list[Sequence[Change]]) -> list[list[Outcome]]:
+        async def flush(units: list[Sequence[Change]]) -> list[UnitResult]:
             return await _apply_now(engine, redis, units)
 
         group = GroupCommit(flush, max_items=MAX_GROUP_WRITERS)
@@ -331,7 +333,7 @@ def _group(engine: AsyncEngine, redis: Redis) -> GroupCommit[Sequence[Change], l
 
 async def _apply_now(
     engine: AsyncEngine, redis: Redis, units: list[Sequence[Change]]
-) -> list[list[Outcome]]:
+) -> list[UnitResult]:
     """Record every unit's changes in one transaction, publish the accepted events, and
     split the outcomes back per unit."""
     changes = [change for unit in units for change in unit]
@@ -361,13 +363,38 @@ async def _apply_now(
         # the ends of workflow steps were left out of the statement: they are settled in a
         # transaction (dag.settle)
         deferred = [c for c, o in zip(changes, found, strict=True) if o is None]
-        settled = iter(await in_transaction(deferred, settling=True) if deferred else [])
+        try:
+            settled = iter(await in_transaction(deferred, settling=True) if deferred else [])
+        except Exception as exc:
+            # the statement committed the others: they are answered and published; only
+            # the units with a deferred change get the error (nothing of theirs committed
+            # in that transaction: their writers may try again)
+            return await _partly(redis, units, found, exc)
         outcomes = [o if o is not None else next(settled) for o in found]
     await after_commit(redis, [o.event for o in outcomes if o.event is not None], after)
-    split, start = [], 0
+    split: list[UnitResult] = []
+    start = 0
     for unit in units:
         split.append(outcomes[start : start + len(unit)])
         start += len(unit)
+    return split
+
+
+async def _partly(
+    redis: Redis, units: list[Sequence[Change]], found: list[Outcome | None], error: Exception
+) -> list[UnitResult]:
+    """The results of a group whose statement committed but whose deferred step moves
+    failed: the error for the units with one of those, the outcomes for the others."""
+    committed = [o for o in found if o is not None]
+    await after_commit(redis, [o.event for o in committed if o.event is not None], AfterCommit())
+    reason = error.__cause__ if isinstance(error, Refused) and error.__cause__ else error
+    split: list[UnitResult] = []
+    start = 0
+    for unit in units:
+        part = found[start : start + len(unit)]
+        start += len(unit)
+        done = [o for o in part if o is not None]
+        split.append(done if len(done) == len(part) else reason)  # type: ignore[arg-type]
     return split
 
 
@@ -428,7 +455,10 @@ async def apply(engine: AsyncEngine, redis: Redis, changes: Sequence[Change]) ->
     then publish the accepted events. Returns once they are committed and published."""
     if not changes:
         return []
-    return await _group(engine, redis).submit(changes)
+    result = await _group(engine, redis).submit(changes)
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 async def apply_one(engine: AsyncEngine, redis: Redis, change: Change) -> Outcome:
