@@ -6,6 +6,7 @@ every check passed."""
 from __future__ import annotations
 
 import re
+from typing import Any, get_args, get_origin
 
 from api.inputs import _idempotency_key, _labels, chosen_type, to_submission
 from api.types.tasks import TaskOptionsInput
@@ -70,6 +71,13 @@ def _binding(step: WorkflowStepInput, i: int, j: int) -> Binding:
     return Binding(field, b.step, b.path or None, append)
 
 
+def _is_list(annotation: Any) -> bool:
+    """A list, or an optional list."""
+    return get_origin(annotation) is list or any(
+        get_origin(a) is list for a in get_args(annotation)
+    )
+
+
 def _step(step: WorkflowStepInput, node: Node, where: str, settings: Settings) -> StepSpec:
     type_name, _ = chosen_type(step.task, f"{where}task")
     fields = catalog()[type_name].input_model.model_fields
@@ -80,6 +88,19 @@ def _step(step: WorkflowStepInput, node: Node, where: str, settings: Settings) -
             raise BadInput(
                 f"{where}bind[{j}].field: {b.field!r} is not an input field of {type_name} "
                 f"(its fields: {', '.join(_camel(f) for f in fields)})",
+                field=f"{where}bind[{j}].field",
+            )
+        if b.path is not None and not all(b.path.split(".")):
+            raise BadInput(
+                f"{where}bind[{j}].path: {b.path!r} has an empty part; write keys and list "
+                "indexes separated by single dots, e.g. items.0.url",
+                field=f"{where}bind[{j}].path",
+            )
+        field = fields[by_name[b.field]]
+        if b.append and not _is_list(field.annotation):
+            raise BadInput(
+                f"{where}bind[{j}].field: {b.field}[] appends to a list, and {b.field!r} of "
+                f"{type_name} is not one; bind it without [] to set it",
                 field=f"{where}bind[{j}].field",
             )
         bindings.append(Binding(by_name[b.field], b.step, b.path, b.append))

@@ -4,6 +4,8 @@ nothing; the batch is bounded by MAX_BATCH_SIZE workflows and MAX_WORKFLOW_STEPS
 
 from __future__ import annotations
 
+import base64
+import uuid
 from typing import Any
 
 import pytest
@@ -86,3 +88,33 @@ async def test_a_batch_is_bounded_in_workflows_and_in_steps(
     assert error["extensions"] == {"code": "LIMIT_EXCEEDED", "field": "workflows"}
     assert "MAX_WORKFLOW_STEPS" in error["message"]
     assert await counts(engine) == (0, 0)
+
+
+async def test_bindings_that_can_never_apply_are_bad_input(api: Stack, engine: AsyncEngine) -> None:
+    """Appending to a field that is not a list, and a path with an empty part, are refused
+    when submitted (not when the step would run)."""
+    for bind, field, hint in (
+        ({"field": "message[]", "step": "a"}, "field", "is not one"),
+        ({"field": "message", "step": "a", "path": "x..y"}, "path", "empty part"),
+    ):
+        workflow = chain("w", "a", "b")
+        workflow["steps"][1]["bind"] = [bind]
+        error = await error_of(api, [workflow])
+        assert error["extensions"] == {
+            "code": "BAD_INPUT",
+            "field": f"workflows[0].steps[1].bind[0].{field}",
+        }
+        assert hint in error["message"]
+    assert await counts(engine) == (0, 0)
+
+
+async def test_a_workflows_cursor_before_year_1_in_utc_is_bad_input(api: Stack) -> None:
+    """An edited cursor whose time PostgreSQL cannot take is BAD_INPUT, not INTERNAL."""
+    raw = f"0001-01-01T00:00:00+05:30|{uuid.uuid4()}".encode()
+    for listing in ("workflows", "schedules"):
+        with pytest.raises(TransportQueryError) as err:
+            await api.execute(
+                f"query($a: String) {{ {listing}(after: $a) {{ edges {{ cursor }} }} }}",
+                a=base64.urlsafe_b64encode(raw).decode(),
+            )
+        assert err.value.errors[0]["extensions"] == {"code": "BAD_INPUT", "field": "after"}
