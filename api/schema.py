@@ -85,6 +85,14 @@ MAX_SCHEDULE_NAME = 200
 log = logging.getLogger(__name__)
 
 
+def _uuid_or_none(value: strawberry.ID) -> uuid.UUID | None:
+    """An id as a lookup takes it: no such thing (None) when it is not a UUID."""
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
 def _task_id(value: strawberry.ID, field: str = "id") -> uuid.UUID:
     try:
         return uuid.UUID(str(value))
@@ -234,9 +242,8 @@ def _domain_filter(f: TaskFilter) -> queries.TaskCriteria:
 class Query:
     @strawberry.field(description="One task by id; null when there is none.")
     async def task(self, info: Info, id: strawberry.ID) -> Task | None:
-        try:
-            task_id = uuid.UUID(str(id))
-        except ValueError:
+        task_id = _uuid_or_none(id)
+        if task_id is None:
             return None
         row = await queries.get(
             engine=info.context.services.engine, task_id=task_id, owner=info.context.scope
@@ -326,9 +333,8 @@ class Query:
 
     @strawberry.field(description="One of your schedules by id; null when there is none.")
     async def schedule(self, info: Info, id: strawberry.ID) -> Schedule | None:
-        try:
-            schedule_id = uuid.UUID(str(id))
-        except ValueError:
+        schedule_id = _uuid_or_none(id)
+        if schedule_id is None:
             return None
         found = await schedules.get(
             engine=info.context.services.engine, scope=info.context.scope, schedule_id=schedule_id
@@ -354,9 +360,8 @@ class Query:
 
     @strawberry.field(description="One of your workflows by id; null when there is none.")
     async def workflow(self, info: Info, id: strawberry.ID) -> Workflow | None:
-        try:
-            workflow_id = uuid.UUID(str(id))
-        except ValueError:
+        workflow_id = _uuid_or_none(id)
+        if workflow_id is None:
             return None
         found = await workflows.get(
             engine=info.context.services.engine, workflow_id=workflow_id, owner=info.context.scope

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any, get_args, get_origin
 
-from api.inputs import _idempotency_key, _labels, chosen_type, to_submission
+from api.inputs import _camel, _idempotency_key, _labels, chosen_type, to_submission
 from api.types.tasks import TaskOptionsInput
 from api.types.workflows import WorkflowInput, WorkflowStepInput
 from taskrunner.config import Settings
@@ -19,11 +19,6 @@ from workers.catalog import catalog
 
 STEP_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 MAX_WORKFLOW_NAME = 200
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(p.title() for p in rest)
 
 
 def to_workflow_spec(

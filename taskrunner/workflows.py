@@ -88,6 +88,11 @@ class WorkflowRecord:
 COLUMNS = ", ".join(WorkflowRecord.__dataclass_fields__)
 
 
+def _task_of(row: Any) -> TaskRecord:
+    """The task of a row that has its columns (among others: the step's)."""
+    return TaskRecord(**{c.name: row[c.name] for c in task_table.c})
+
+
 @dataclass(frozen=True)
 class Step:
     """A step as read: its key, the keys it depends on, its task."""
@@ -232,8 +237,7 @@ async def steps(
         )
     found: dict[uuid.UUID, list[Step]] = {w: [] for w in workflow_ids}
     for r in rows:
-        task = TaskRecord(**{c.name: r[c.name] for c in task_table.c})
-        found[r["s_workflow"]].append(Step(r["s_key"], list(r["s_depends"]), task))
+        found[r["s_workflow"]].append(Step(r["s_key"], list(r["s_depends"]), _task_of(r)))
     return found
 
 
@@ -253,7 +257,7 @@ async def waiting_on(
         )
     found: dict[uuid.UUID, list[TaskRecord]] = {t: [] for t in task_ids}
     for r in rows:
-        found[r["child"]].append(TaskRecord(**{c.name: r[c.name] for c in task_table.c}))
+        found[r["child"]].append(_task_of(r))
     return found
 
 
