@@ -70,6 +70,10 @@ class Change:
     # A start of a task with a concurrency key: only with a free slot, else the task is
     # held back (Outcome.held_back; see taskrunner.concurrency).
     take_slot: bool = False
+    # The task is known to be a workflow's step (the worker that runs it knows): a group
+    # with the end of one records everything in the transaction that settles it, rather
+    # than trying the one-statement path first (which would leave that end out).
+    step: bool = False
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import asyncpg
 from arq import ArqRedis
@@ -52,7 +52,7 @@ from taskrunner.changes import (
 )
 from taskrunner.connections import transaction
 from taskrunner.dag import AfterCommit
-from taskrunner.events import Event, EventKind, publish
+from taskrunner.events import Event, EventKind, add_publishes
 from taskrunner.fastpath import one_shape, record_group, record_on
 from taskrunner.groupcommit import GroupCommit, Refused
 from taskrunner.states import (
@@ -353,6 +353,10 @@ async def _apply_now(
 
         return await run_transaction(engine, work)
 
+    if _settled_together(changes):
+        outcomes = await in_transaction(changes, settling=True)
+        await after_commit(redis, [o.event for o in outcomes if o.event is not None], after)
+        return _split(units, outcomes)
     shape = one_shape(changes)
     found = None
     if shape is not None:
@@ -372,12 +376,29 @@ async def _apply_now(
             return await _partly(redis, units, found, exc)
         outcomes = [o if o is not None else next(settled) for o in found]
     await after_commit(redis, [o.event for o in outcomes if o.event is not None], after)
+    return _split(units, outcomes)
+
+
+def _split(units: list[Sequence[Change]], outcomes: list[Outcome]) -> list[UnitResult]:
+    """The outcomes of a group, per unit."""
     split: list[UnitResult] = []
     start = 0
     for unit in units:
         split.append(outcomes[start : start + len(unit)])
         start += len(unit)
     return split
+
+
+def _settled_together(changes: Sequence[Change]) -> bool:
+    """Whether the group has the end of a task known to be a step (Change.step), and can
+    be recorded as `record_ends` does (distinct tasks, none taking a concurrency slot):
+    then all of it is, in the transaction that settles it, rather than in one statement
+    that would leave the steps' ends out for a transaction of their own."""
+    return (
+        any(c.step and c.to in SETTLES for c in changes)
+        and not any(c.take_slot for c in changes)
+        and len({c.task_id for c in changes}) == len(changes)
+    )
 
 
 async def _partly(
@@ -416,20 +437,27 @@ async def record_ends(
 
 
 async def after_commit(redis: Redis, events: Sequence[Event], after: AfterCommit) -> None:
-    """Once committed: publish the events (and those of what settling did), enqueue the
-    workflow steps that became ready. Never fails: streams re-read the table, and the
-    reconciler enqueues a ready step that Redis lacks."""
+    """Once committed: publish the events (and those of what settling did) and enqueue the
+    workflow steps that became ready, in one round trip. Never fails: streams re-read the
+    table, and the reconciler enqueues a ready step that Redis lacks."""
+    events = [*events, *after.events]
+    jobs = after.jobs if isinstance(redis, ArqRedis) else []
+    if not events and not jobs:
+        return
     try:
-        await publish(redis, [*events, *after.events])
-    except Exception:
-        log.exception("could not publish %d committed changes", len(events) + len(after.events))
-    if after.jobs and isinstance(redis, ArqRedis):
-        try:
-            await queue.enqueue(redis, after.jobs)
-        except Exception as exc:
-            log.warning(
-                "could not enqueue %d ready steps (%s); the reconciler will", len(after.jobs), exc
-            )
+        async with redis.pipeline(transaction=False) as pipe:
+            add_publishes(pipe, events)
+            if jobs:
+                queue.add_enqueues(pipe, cast(ArqRedis, redis).default_queue_name, jobs)
+            await pipe.execute()
+    except Exception as exc:
+        log.warning(
+            "could not publish %d committed changes or enqueue %d ready steps (%s); streams "
+            "re-read them, and the reconciler enqueues the steps",
+            len(events),
+            len(jobs),
+            exc,
+        )
 
 
 async def transact(

@@ -150,6 +150,8 @@ async def _attempt(
             run_seconds=run_seconds,
             peak_memory_mb=peak,
         )
+        if attempt.workflow_id is not None:
+            final = replace(final, step=True)  # its end is settled: see Change.step
         _report(task_type.name, final, run_seconds, killed)
         # task.log holds every attempt's lines: a first attempt that succeeded without
         # logging has none (a cancel or a failure may have lines written by others)
