@@ -24,9 +24,11 @@ from enum import StrEnum
 from typing import Any
 
 import asyncpg
+from pydantic import ValidationError
 
 from taskrunner import fastpath, queue, transitions
 from taskrunner.changes import WAITING_PARENTS, Change
+from taskrunner.config import get_settings
 from taskrunner.errors import BadInput
 from taskrunner.events import Event, EventKind
 from taskrunner.states import TaskStatus
@@ -450,5 +452,42 @@ async def _readied(conn: asyncpg.Connection, ready: Sequence[Mapping[str, Any]])
                     )
                 )
                 continue
+            bound, invalid = validated(r["type"], bound)
+            if invalid is not None:
+                changes.append(
+                    transitions.step_refused(
+                        r["task_id"], TaskErrorCode.BAD_INPUT, invalid, bound_input=bound
+                    )
+                )
+                continue
         changes.append(transitions.step_ready(r["task_id"], r["workflow_id"], r["key"], bound))
     return changes
+
+
+def validated(task_type: str, value: Any) -> tuple[Any, str | None]:
+    """A bound input checked as the api checks a submitted one, by the task type's input
+    model: (the input as stored, as the model keeps it; None) when valid, else (the input
+    as bound, the errors naming its fields). A type this process does not know is left to
+    the worker that runs it."""
+    from workers.catalog import catalog  # the task types (the catalog imports no other part)
+
+    found = catalog().get(task_type)
+    if found is None:
+        return value, None
+    settings = get_settings()
+    try:
+        model = found.input_model.model_validate(
+            value,
+            context={
+                "max_runtime_seconds": settings.task_max_runtime_seconds,
+                "settings": settings,
+            },
+        )
+    except ValidationError as exc:
+        errors = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'input'}: {e['msg']}" for e in exc.errors()
+        )
+        return value, (
+            f"the input bound from its parents' results is not a valid {task_type} input: {errors}"
+        )
+    return model.model_dump(mode="json"), None

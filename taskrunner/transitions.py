@@ -295,23 +295,23 @@ def step_ready(
     )
 
 
-def step_refused(task_id: uuid.UUID, code: TaskErrorCode, message: str) -> Change:
+def step_refused(
+    task_id: uuid.UUID, code: TaskErrorCode, message: str, bound_input: Any | None = None
+) -> Change:
     """QUEUED -> FAILED without running (only from QUEUED): a step whose input cannot be
-    bound from its parents' results. No retry: the results will not change."""
+    bound from its parents' results, or is not valid once bound (`bound_input`: kept as
+    its input, to see why). No retry: the results will not change."""
     error = _error(code, message)
     source, target = REFUSE_QUEUED
-    return _move(
-        task_id,
-        target,
-        {"error": error},
-        only_from=source,
-        values={
-            "finished_at": NOW,
-            "waiting": None,
-            "error_code": error["code"],
-            "error_message": message,
-        },
-    )
+    values: dict[str, Any] = {
+        "finished_at": NOW,
+        "waiting": None,
+        "error_code": error["code"],
+        "error_message": message,
+    }
+    if bound_input is not None:
+        values["input"] = bound_input
+    return _move(task_id, target, {"error": error}, only_from=source, values=values)
 
 
 def step_cancelled(task_id: uuid.UUID, code: TaskErrorCode | None, message: str) -> Change:

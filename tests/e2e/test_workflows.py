@@ -687,11 +687,12 @@ async def test_a_binding_path_missing_from_the_result_fails_the_step_without_run
     assert (c["status"], c["error"]["code"]) == ("CANCELLED", "WORKFLOW_FAILED")
 
 
-async def test_a_bound_input_that_does_not_validate_fails_bad_input_without_retries(
+async def test_a_bound_input_that_does_not_validate_fails_bad_input_when_ready(
     stack: Stack,
 ) -> None:
-    """b's `seconds` is bound to a's whole result (an object): b ends FAILED with
-    BAD_INPUT on its one attempt although it may retry 3 times."""
+    """b's `seconds` is bound to a's whole result (an object): the bound input is checked
+    when b becomes ready, so b ends FAILED with BAD_INPUT naming the field without ever
+    running, although it may retry 3 times; its input shows what was bound."""
     submitted = await submit(
         stack,
         {
@@ -710,7 +711,14 @@ async def test_a_bound_input_that_does_not_validate_fails_bad_input_without_retr
     done = await ended(stack, submitted["id"])
     b = await task_of(stack, tasks_by_key(done)["b"]["id"])
     assert done["status"] == "FAILED"
-    assert (b["status"], b["error"]["code"], b["attempts"]) == ("FAILED", "BAD_INPUT", 1), b
+    assert (b["status"], b["error"]["code"], b["attempts"], b["startedAt"]) == (
+        "FAILED",
+        "BAD_INPUT",
+        0,
+        None,
+    ), b
+    assert not [e for e in b["events"] if e.get("status") == "RUNNING"]
+    assert "seconds:" in b["error"]["message"] and "sleep input" in b["error"]["message"], b
     assert b["input"] == {"seconds": {"sum": 1}}
 
 
