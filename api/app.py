@@ -49,7 +49,7 @@ from api.limits import BodyLimitMiddleware
 from api.observability import RequestIdMiddleware, healthz, metrics_endpoint, readyz
 from api.schema import build_schema
 from api.types.service import Limits
-from taskrunner import jsonx, queue, tracing
+from taskrunner import dag, jsonx, queue, tracing
 from taskrunner.artifacts.downloads import attachment
 from taskrunner.artifacts.quotas import Quota
 from taskrunner.artifacts.records import get_artifact
@@ -63,6 +63,7 @@ from taskrunner.errors import NotFound
 from taskrunner.hub import EventHub
 from taskrunner.logs import redact_access_log
 from taskrunner.ratelimit import RateLimiter
+from workers.catalog import input_check
 
 log = logging.getLogger(__name__)
 NOSNIFF = {"X-Content-Type-Options": "nosniff"}  # the declared type holds; no guessing
@@ -262,6 +263,7 @@ def _dashboard() -> list[Mount]:
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or get_settings()
     tracing.setup("taskrunner-api", settings)
+    dag.check_bound_inputs(input_check(settings))  # steps cancelWorkflow/retry make ready
     redact_access_log()  # signed links and the dashboard's ?key= stay out of access logs
     graphql = GraphQLApp(
         build_schema(),

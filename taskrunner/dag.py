@@ -18,17 +18,15 @@ A step is an ordinary task: its moves are transitions (`step_ready`, `step_cance
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 import asyncpg
-from pydantic import ValidationError
 
 from taskrunner import fastpath, queue, transitions
 from taskrunner.changes import WAITING_PARENTS, Change
-from taskrunner.config import get_settings
 from taskrunner.errors import BadInput
 from taskrunner.events import Event, EventKind
 from taskrunner.states import TaskStatus
@@ -308,6 +306,19 @@ def outcome(states: Mapping[str, StepState], cancel_requested: bool) -> Workflow
     return WorkflowStatus.SUCCEEDED
 
 
+# How a ready step's bound input is checked: check(task type, input) -> (the input to store,
+# None) when valid, else (the input as bound, the errors naming its fields). The processes
+# that know the task types (the api, the worker) set the catalog's (check_bound_inputs);
+# until then (or for a type it does not know) the worker that runs the step checks it.
+InputCheck = Callable[[str, Any], tuple[Any, str | None]]
+_check: list[InputCheck] = [lambda task_type, value: (value, None)]
+
+
+def check_bound_inputs(check: InputCheck) -> None:
+    """Check the bound inputs of the steps this process makes ready with `check`."""
+    _check[0] = check
+
+
 # --- settling, in the transaction that ended a step -------------------------------------------
 
 MAX_ROUNDS = 8
@@ -452,7 +463,7 @@ async def _readied(conn: asyncpg.Connection, ready: Sequence[Mapping[str, Any]])
                     )
                 )
                 continue
-            bound, invalid = validated(r["type"], bound)
+            bound, invalid = _check[0](r["type"], bound)
             if invalid is not None:
                 changes.append(
                     transitions.step_refused(
@@ -462,32 +473,3 @@ async def _readied(conn: asyncpg.Connection, ready: Sequence[Mapping[str, Any]])
                 continue
         changes.append(transitions.step_ready(r["task_id"], r["workflow_id"], r["key"], bound))
     return changes
-
-
-def validated(task_type: str, value: Any) -> tuple[Any, str | None]:
-    """A bound input checked as the api checks a submitted one, by the task type's input
-    model: (the input as stored, as the model keeps it; None) when valid, else (the input
-    as bound, the errors naming its fields). A type this process does not know is left to
-    the worker that runs it."""
-    from workers.catalog import catalog  # the task types (the catalog imports no other part)
-
-    found = catalog().get(task_type)
-    if found is None:
-        return value, None
-    settings = get_settings()
-    try:
-        model = found.input_model.model_validate(
-            value,
-            context={
-                "max_runtime_seconds": settings.task_max_runtime_seconds,
-                "settings": settings,
-            },
-        )
-    except ValidationError as exc:
-        errors = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'input'}: {e['msg']}" for e in exc.errors()
-        )
-        return value, (
-            f"the input bound from its parents' results is not a valid {task_type} input: {errors}"
-        )
-    return model.model_dump(mode="json"), None

@@ -157,8 +157,7 @@ def _statement(
         else "AND NOT (l.workflow_id IS NOT NULL "
         f"AND coalesce(c.to_status, '') IN ({SETTLES_LIST}))"
     )
-    extra = "".join(f", t.{c.strip()}" for c in ROW_COLUMNS.split(",")) if full else ""
-    extra = extra.replace("t.clock_timestamp()", "clock_timestamp()")
+    extra = f", {ROW_COLUMNS}" if full else ""
     locked = ", ".join(f"t.{c}" for c in LOCKED_COLUMNS.split(", "))
     statement = f"""
 WITH {held}c AS (SELECT * FROM unnest({unnest}) AS c({", ".join(names)})),

@@ -106,7 +106,7 @@ async def run_transaction(
 TAKE_SLOTS = "SELECT taskrunner_take_slots($1::uuid[])"  # migration 0009
 LOCK = (
     f"SELECT {LOCKED_COLUMNS}, {CURRENT_XID} AS xid{{extra}} "
-    "FROM task WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE"
+    "FROM task t WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE"
 )
 EVENT_COLUMNS = "id, task_id, seq, xid, owner, kind, at, data"
 INSERT_EVENT = (

@@ -13,7 +13,6 @@ whose change caused them, so `workflowUpdates` is the union of its steps' events
 from __future__ import annotations
 
 import uuid
-import weakref
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -36,7 +35,6 @@ from taskrunner.dag import (
 )
 from taskrunner.errors import Conflict, NotFound
 from taskrunner.events import CANCEL_CHANNEL, Event, EventKind, cancel_message
-from taskrunner.groupcommit import GroupCommit
 from taskrunner.hub import EventHub
 from taskrunner.models import TaskRecord, task_table
 from taskrunner.queries import TaskCriteria
@@ -263,48 +261,23 @@ async def waiting_on(
     return found
 
 
-# (from the ids' unnest: a plan made once for any number of them looks each one up)
-PARENT_RESULTS = """SELECT c.task_id AS child, p.key, t.result, t.finished_at
-FROM unnest($1::uuid[]) AS i(id)
-JOIN workflow_step c ON c.task_id = i.id
-JOIN workflow_step p ON p.workflow_id = c.workflow_id AND p.key = ANY(c.depends_on)
-JOIN task t ON t.id = p.task_id
-WHERE t.status = 'SUCCEEDED'"""
-MAX_READ_TOGETHER = 200  # steps whose parents' results one query reads at most
-ParentResults = tuple[dict[str, Any], datetime | None]
-
-# Readers by engine: the steps a worker starts at once (up to its concurrency) have their
-# parents' results read by one query (a GroupCommit of reads), not one query and one pooled
-# connection each: a burst of them would take more connections than the pool keeps, and
-# those opened beyond it are closed on return (a connection each, opened and closed again).
-_readers: weakref.WeakValueDictionary[int, GroupCommit[uuid.UUID, ParentResults]] = (
-    weakref.WeakValueDictionary()
-)
-
-
-async def parent_results(engine: AsyncEngine, task_id: uuid.UUID) -> ParentResults:
+async def parent_results(
+    engine: AsyncEngine, task_id: uuid.UUID
+) -> tuple[dict[str, Any], datetime | None]:
     """A step's parents' results by step key (`ctx.parent_results`), and when the last of
-    them finished (when the step became ready; None: it has no parents)."""
-    reader = _readers.get(id(engine))
-    if reader is None:
-
-        async def read(task_ids: list[uuid.UUID]) -> list[ParentResults]:
-            async with connection(engine) as conn:
-                rows = await conn.fetch(PARENT_RESULTS, task_ids)
-            found: dict[uuid.UUID, list[Any]] = {}
-            for r in rows:
-                found.setdefault(r["child"], []).append(r)
-            return [
-                (
-                    {r["key"]: r["result"] for r in found.get(task_id, [])},
-                    max((r["finished_at"] for r in found.get(task_id, [])), default=None),
-                )
-                for task_id in task_ids
-            ]
-
-        reader = GroupCommit(read, max_items=MAX_READ_TOGETHER)
-        _readers[id(engine)] = reader
-    return await reader.submit(task_id)
+    them finished (None: it has no parents). A start reads them with the row it locks
+    (changes.ROW_COLUMNS); this is for a worker that finds its start committed after all."""
+    async with connection(engine) as conn:
+        rows = await conn.fetch(
+            """SELECT p.key, t.result, t.finished_at FROM workflow_step c
+               JOIN workflow_step p ON p.workflow_id = c.workflow_id AND p.key = ANY(c.depends_on)
+               JOIN task t ON t.id = p.task_id
+               WHERE c.task_id = $1 AND t.status = 'SUCCEEDED'""",
+            task_id,
+        )
+    return {r["key"]: r["result"] for r in rows}, max(
+        (r["finished_at"] for r in rows), default=None
+    )
 
 
 @dataclass(frozen=True)

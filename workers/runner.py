@@ -78,17 +78,19 @@ async def execute(
         elif row["workflow_id"] is not None and row["attempts"] == 0 and row["event_seq"] == 2:
             # a step's first attempt, made ready (its one other event) when its last parent
             # finished: its parents' results say when
-            results, ready_at = await workflows.parent_results(engine, tid)
+            results, ready_at = _parents(row)
             attempt = replace(_first_attempt(row, ready_at), parent_results=results)
         else:
             attempt = await _load(engine, tid)  # a later attempt: it waited since its re-queue
             if attempt is not None and attempt.workflow_id is not None:
-                results, _ = await workflows.parent_results(engine, tid)
-                attempt = replace(attempt, parent_results=results)
+                attempt = replace(attempt, parent_results=_parents(row)[0])
     elif tries > 1 and start.found is TaskStatus.RUNNING:
         # A try that failed with the connection may have committed: then the task runs
         # under this worker's id, and it is this worker's to run.
         attempt = await _load(engine, tid, worker_id=ctx["worker_id"])
+        if attempt is not None and attempt.workflow_id is not None:
+            results, _ = await workflows.parent_results(engine, tid)
+            attempt = replace(attempt, parent_results=results)
     if attempt is None:  # cancelled, already run, or a duplicate
         return f"skipped: task is {start.found.value if start.found else 'gone'}"
     with tracing.task_span(attempt.trace_parent, task_type.name, task_id, attempt.number):
@@ -246,6 +248,14 @@ class Attempt:
     concurrency_key: str | None = None
     workflow_id: uuid.UUID | None = None  # a workflow's step: ctx.parent_results is read
     parent_results: dict[str, Any] = field(default_factory=dict)
+
+
+def _parents(row: Mapping[str, Any]) -> tuple[dict[str, Any], datetime | None]:
+    """A starting step's parents' results by key and when the last one finished, as its
+    start read them (changes.ROW_COLUMNS: `parents`)."""
+    found = row.get("parents") or {}
+    ready_at = found.get("ready_at")
+    return found.get("results") or {}, datetime.fromisoformat(ready_at) if ready_at else None
 
 
 def _first_attempt(row: Mapping[str, Any], ready_at: datetime | None = None) -> Attempt:

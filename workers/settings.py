@@ -30,14 +30,14 @@ from arq.utils import timestamp_ms, to_ms
 from arq.worker import Function, Retry, Worker, func
 from redis.commands.core import AsyncScript
 
-from taskrunner import heartbeats, metrics, queue, tracing
+from taskrunner import dag, heartbeats, metrics, queue, tracing
 from taskrunner.artifacts.storage import make_store
 from taskrunner.config import Settings, get_settings
 from taskrunner.db import create_engine
 from taskrunner.errors import ConfigError
 from taskrunner.logs import configure_logging
 from workers import background
-from workers.catalog import TaskType, catalog, served_queues
+from workers.catalog import TaskType, catalog, input_check, served_queues
 from workers.memory import MemoryWatchdog
 from workers.runner import after_held_back, execute
 from workers.task_context import install_log_capture
@@ -69,6 +69,7 @@ def arq_function(task_type: TaskType, paused_flag: str | None = None) -> Functio
 async def _startup(settings: Settings, served: list[str], ctx: dict[str, Any]) -> None:
     ctx["settings"] = settings
     ctx["queues"] = served
+    dag.check_bound_inputs(input_check(settings))  # the steps its tasks' ends make ready
     # arq made its pool with the worker's own queue (the first it serves) as the default;
     # every key of taskrunner.queue is built from QUEUE_NAME, the `default` queue's (a
     # worker on `alpha` must enqueue a `default` task where `default` workers read)
