@@ -257,7 +257,7 @@ def plan(states: Mapping[str, StepState], policy: str, cancel_requested: bool) -
         )
         return Plan(cancel={k: (TaskErrorCode.WORKFLOW_FAILED, message) for k in queued})
     doomed: dict[str, str] = {}  # a waiting step -> the broken step it cannot run without
-    changed = True
+    changed = bool(broken)
     while changed:
         changed = False
         for key, s in states.items():
@@ -307,7 +307,7 @@ def outcome(states: Mapping[str, StepState], cancel_requested: bool) -> Workflow
 
 
 # How a ready step's bound input is checked: check(task type, input) -> (the input to store,
-# None) when valid, else (the input as bound, the errors naming its fields). The processes
+# None) when valid, else (the input to store, the errors naming its fields). The processes
 # that know the task types (the api, the worker) set the catalog's (check_bound_inputs);
 # until then (or for a type it does not know) the worker that runs the step checks it.
 InputCheck = Callable[[str, Any], tuple[Any, str | None]]

@@ -124,9 +124,8 @@ def served_queues(settings: Settings) -> list[str]:
 def input_check(settings: Settings) -> Callable[[str, Any], tuple[Any, str | None]]:
     """How a workflow's step's input bound from its parents' results is checked when it
     becomes ready (taskrunner.dag.check_bound_inputs): by its type's input model, as the
-    api checks a submitted one. (the input as the model keeps it, None) when valid, else
-    (the input as bound, the errors naming its fields); a type not in the catalog is left
-    to the worker that runs it."""
+    api checks a submitted one. (the input, None) when valid, else (the input, the errors
+    naming its fields); a type not in the catalog is left to the worker that runs it."""
     context = {"max_runtime_seconds": settings.task_max_runtime_seconds, "settings": settings}
 
     def check(task_type: str, value: Any) -> tuple[Any, str | None]:
@@ -134,7 +133,7 @@ def input_check(settings: Settings) -> Callable[[str, Any], tuple[Any, str | Non
         if found is None:
             return value, None
         try:
-            model = found.input_model.model_validate(value, context=context)
+            found.input_model.model_validate(value, context=context)
         except ValidationError as exc:
             errors = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or 'input'}: {e['msg']}" for e in exc.errors()
@@ -143,6 +142,6 @@ def input_check(settings: Settings) -> Callable[[str, Any], tuple[Any, str | Non
                 f"the input bound from its parents' results is not a valid {task_type} "
                 f"input: {errors}"
             )
-        return model.model_dump(mode="json"), None
+        return value, None
 
     return check
