@@ -6,6 +6,7 @@ every check passed."""
 from __future__ import annotations
 
 import re
+from functools import cache
 from typing import Any, get_args, get_origin
 
 from api.inputs import _camel, _idempotency_key, _labels, chosen_type, to_submission
@@ -73,10 +74,17 @@ def _is_list(annotation: Any) -> bool:
     )
 
 
+@cache
+def _field_names(type_name: str) -> dict[str, str]:
+    """The input fields of a task type by their GraphQL and Python names."""
+    fields = catalog()[type_name].input_model.model_fields
+    return {_camel(f): f for f in fields} | {f: f for f in fields}
+
+
 def _step(step: WorkflowStepInput, node: Node, where: str, settings: Settings) -> StepSpec:
     type_name, _ = chosen_type(step.task, f"{where}task")
     fields = catalog()[type_name].input_model.model_fields
-    by_name = {_camel(f): f for f in fields} | {f: f for f in fields}
+    by_name = _field_names(type_name)
     bindings = []
     for j, b in enumerate(node.bindings):
         if b.field not in by_name:

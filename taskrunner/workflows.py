@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -161,12 +161,7 @@ async def submit(
         }
         new = [(i, s) for i, s in zip(ids, specs, strict=True) if i in created]
         subs = [
-            replace(
-                step.submission,
-                workflow_id=i,
-                step_key=step.key,
-                waiting=WAITING_PARENTS if step.depends_on else None,
-            )
+            step.submission.as_step(i, step.key, WAITING_PARENTS if step.depends_on else None)
             for i, spec in new
             for step in spec.steps
         ]
