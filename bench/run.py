@@ -141,8 +141,9 @@ def preload_statements(postgres: EmbeddedPostgres) -> None:
 
 
 @contextlib.contextmanager
-def stack(workdir: Path, workers: int = 1) -> Iterator[dict[str, Any]]:
-    """Embedded PostgreSQL and Redis, migrated, one api and `workers` workers."""
+def stack(workdir: Path, workers: int = 1, log_level: str = "WARNING") -> Iterator[dict[str, Any]]:
+    """Embedded PostgreSQL and Redis, migrated, one api and `workers` workers, logging at
+    `log_level`."""
     postgres = EmbeddedPostgres(workdir / "postgres")
     redis = EmbeddedRedis(workdir / "redis")
     procs: list[subprocess.Popen[bytes]] = []
@@ -161,7 +162,7 @@ def stack(workdir: Path, workers: int = 1) -> Iterator[dict[str, Any]]:
             # the subscription scenario holds 1,000 streams of one key (the default limit)
             "MAX_SUBSCRIPTIONS_PER_KEY": "100000",
             "WORKER_METRICS_PORT": "0",
-            "LOG_LEVEL": "WARNING",
+            "LOG_LEVEL": log_level,
             "DATA_DIR": str(workdir / "data"),
             "ARTIFACT_SIGNING_KEY": "bench",
             # the schedules scenario makes 1,000 schedules with one key (default limit 100)
@@ -302,6 +303,13 @@ def main() -> int:
         "creation, deletion and the backlog one worker leaves, it runs about 25 s)",
     )
     parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="LOG_LEVEL of the api and workers (default WARNING; `make dev` runs INFO, whose "
+        "log line per task event costs each process CPU)",
+    )
+    parser.add_argument(
         "--diamonds",
         type=int,
         default=1000,
@@ -325,13 +333,14 @@ def main() -> int:
     report: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "workers": args.workers,
+        "log_level": args.log_level,
         "machine": machine(),
         "scenarios": {},
     }
     n = str(args.count)
     with (
         tempfile.TemporaryDirectory(prefix="taskrunner-bench-") as tmp,
-        stack(Path(tmp), args.workers) as s,
+        stack(Path(tmp), args.workers, args.log_level) as s,
     ):
         auth = ["--url", s["url"], "--api-key", s["key"]]
         # what bench/orchestration.py reads directly: the database, Redis, the pids to meter

@@ -306,12 +306,25 @@ def outcome(states: Mapping[str, StepState], cancel_requested: bool) -> Workflow
     return WorkflowStatus.SUCCEEDED
 
 
-# How a ready step's bound input is checked: check(task type, input) -> (the input to store,
-# None) when valid, else (the input to store, the errors naming its fields). The processes
-# that know the task types (the api, the worker) set the catalog's (check_bound_inputs);
-# until then (or for a type it does not know) the worker that runs the step checks it.
-InputCheck = Callable[[str, Any], tuple[Any, str | None]]
-_check: list[InputCheck] = [lambda task_type, value: (value, None)]
+# How a ready step's bound input is checked: check(task type, input as submitted, input as
+# bound) -> an InputChecked.
+# The processes that know the task types (the api, the worker) set the catalog's
+# (check_bound_inputs); until then (or for a type it does not know) the worker that runs
+# the step checks it.
+
+
+@dataclass(frozen=True)
+class InputChecked:
+    error: str | None = None  # why the input is not valid, naming its fields (None: valid)
+    # the task type's default concurrency key and limit for the bound input (None: none),
+    # and the default key the submitted one had (the api gave the step that key unless it
+    # was given one)
+    concurrency: tuple[str, int] | None = None
+    submitted_key: str | None = None
+
+
+InputCheck = Callable[[str, Any, Any], InputChecked]
+_check: list[InputCheck] = [lambda task_type, submitted, bound: InputChecked()]
 
 
 def check_bound_inputs(check: InputCheck) -> None:
@@ -434,7 +447,7 @@ async def settle(
     return ended
 
 
-async def _readied(conn: asyncpg.Connection, ready: Sequence[Mapping[str, Any]]) -> list[Change]:
+async def _readied(conn: asyncpg.Connection, ready: Sequence[dict[str, Any]]) -> list[Change]:
     """The changes making `ready` steps ready: their bindings applied to their submitted
     input (a binding that cannot be applied fails the step: BAD_INPUT, no retry)."""
     binding = [r for r in ready if r["bindings"]]
@@ -448,7 +461,7 @@ async def _readied(conn: asyncpg.Connection, ready: Sequence[Mapping[str, Any]])
         }
     changes = []
     for r in ready:
-        bound = None
+        bound, concurrency = None, None
         if r["bindings"]:
             bindings = [Binding.from_json(b) for b in r["bindings"]]
             mine = {b.step: results.get((r["workflow_id"], b.step)) for b in bindings}
@@ -463,13 +476,24 @@ async def _readied(conn: asyncpg.Connection, ready: Sequence[Mapping[str, Any]])
                     )
                 )
                 continue
-            bound, invalid = _check[0](r["type"], bound)
-            if invalid is not None:
+            checked = _check[0](r["type"], r["input"], bound)
+            if checked.error is not None:
                 changes.append(
                     transitions.step_refused(
-                        r["task_id"], TaskErrorCode.BAD_INPUT, invalid, bound_input=bound
+                        r["task_id"], TaskErrorCode.BAD_INPUT, checked.error, bound_input=bound
                     )
                 )
                 continue
-        changes.append(transitions.step_ready(r["task_id"], r["workflow_id"], r["key"], bound))
+            if checked.concurrency is not None and r["concurrency_key"] in (
+                None,
+                checked.submitted_key,
+            ):
+                # its type's default key, which depends on the input (a webScrape's url,
+                # bound from a parent's result, where the submitted one was a placeholder
+                # or none): the bound input's
+                concurrency = checked.concurrency
+                r["concurrency_key"] = concurrency[0]  # (enqueued as a limited task)
+        changes.append(
+            transitions.step_ready(r["task_id"], r["workflow_id"], r["key"], bound, concurrency)
+        )
     return changes

@@ -279,14 +279,21 @@ def tick_skipped(task_id: uuid.UUID, schedule_id: uuid.UUID, scheduled_for: str)
 
 
 def step_ready(
-    task_id: uuid.UUID, workflow_id: uuid.UUID, step_key: str, bound_input: Any | None
+    task_id: uuid.UUID,
+    workflow_id: uuid.UUID,
+    step_key: str,
+    bound_input: Any | None,
+    concurrency: tuple[str, int] | None = None,
 ) -> Change:
     """A waiting step whose parents all SUCCEEDED is ready (no move: it stays QUEUED, out
     of `waiting`, and is enqueued once committed); `bound_input`: its input with the
-    bindings from its parents' results applied (None: it has no bindings)."""
+    bindings from its parents' results applied (None: it has no bindings); `concurrency`:
+    the concurrency key and limit its type gives that input (None: it keeps its own)."""
     values: dict[str, Any] = {"waiting": None}
     if bound_input is not None:
         values["input"] = bound_input
+    if concurrency is not None:
+        values["concurrency_key"], values["concurrency_limit"] = concurrency
     return Change(
         task_id,
         EventKind.STEP_READY,

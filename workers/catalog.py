@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from pydantic import BaseModel, ValidationError
 
 from taskrunner.config import QUEUE_NAME, QUEUE_NAME_RULE, Settings, get_settings
+from taskrunner.dag import InputChecked
 from taskrunner.errors import ConfigError
 from taskrunner.retries import RetryPolicy
 
@@ -121,27 +122,41 @@ def served_queues(settings: Settings) -> list[str]:
     return [DEFAULT_QUEUE, *declared]
 
 
-def input_check(settings: Settings) -> Callable[[str, Any], tuple[Any, str | None]]:
+def input_check(settings: Settings) -> Callable[[str, Any, Any], InputChecked]:
     """How a workflow's step's input bound from its parents' results is checked when it
     becomes ready (taskrunner.dag.check_bound_inputs): by its type's input model, as the
-    api checks a submitted one. (the input, None) when valid, else (the input, the errors
-    naming its fields); a type not in the catalog is left to the worker that runs it."""
+    api checks a submitted one, with the errors naming its fields; valid, with the type's
+    default concurrency key for it, and the one the input as submitted had. A type not in
+    the catalog is left to the worker that runs it."""
     context = {"max_runtime_seconds": settings.task_max_runtime_seconds, "settings": settings}
 
-    def check(task_type: str, value: Any) -> tuple[Any, str | None]:
+    def default_key(task_type: TaskType, submitted: Any) -> str | None:
+        assert task_type.concurrency is not None
+        try:
+            model = task_type.input_model.model_validate(submitted, context=context)
+        except ValidationError:
+            return None  # the api gave it no default key either
+        found = task_type.concurrency(model)
+        return found[0] if found else None
+
+    def check(task_type: str, submitted: Any, value: Any) -> InputChecked:
         found = catalog().get(task_type)
         if found is None:
-            return value, None
+            return InputChecked()
         try:
-            found.input_model.model_validate(value, context=context)
+            model = found.input_model.model_validate(value, context=context)
         except ValidationError as exc:
             errors = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or 'input'}: {e['msg']}" for e in exc.errors()
             )
-            return value, (
+            return InputChecked(
                 f"the input bound from its parents' results is not a valid {task_type} "
                 f"input: {errors}"
             )
-        return value, None
+        if found.concurrency is None:
+            return InputChecked()
+        return InputChecked(
+            concurrency=found.concurrency(model), submitted_key=default_key(found, submitted)
+        )
 
     return check

@@ -23,6 +23,7 @@ from tests.support.dns import InstallDns, counting_server
 from tests.support.servers import run_api, run_worker
 from tests.support.stack import Stack
 from tests.support.tasks import finish, submit
+from tests.support.waiting import eventually
 
 PAGE = """<!doctype html><html><head><title> Fixture page </title></head><body>
 <h1>First heading</h1><p>text</p><h1>Second <em>heading</em></h1>
@@ -325,3 +326,47 @@ async def test_a_decompression_bomb_fails_the_task_within_its_memory_cap(
     assert final["error"]["code"] == code, final  # type: ignore[index]
     after = await scrape(scraping, f"{site}/page")
     assert after["status"] == "SUCCEEDED", after
+
+
+SCRAPE_WORKFLOW = """
+mutation($w: WorkflowInput!) { submitWorkflow(workflow: $w) { id } }"""
+SCRAPE_STEPS = """
+query($id: ID!) {
+  workflow(id: $id) {
+    status steps { key task { status input result concurrencyKey } }
+  }
+}"""
+
+
+async def test_a_step_scraping_a_url_bound_from_its_parent_gets_the_domain_key(
+    scraping: Stack, site: str
+) -> None:
+    """The default per-domain concurrency key comes from the url, which a workflow step may
+    take from its parent's result: it is the bound url's once the step is ready, not the
+    placeholder's it was submitted with."""
+    workflow = {
+        "steps": [
+            {"key": "find", "task": {"echo": {"message": f"{site}/page"}}},
+            {
+                "key": "scrape",
+                "task": {"webScrape": {"url": "http://127.0.0.2/placeholder"}},
+                "dependsOn": ["find"],
+                "bind": [{"field": "url", "step": "find", "path": "message"}],
+            },
+        ]
+    }
+    workflow_id = (await scraping.execute(SCRAPE_WORKFLOW, w=workflow))["submitWorkflow"]["id"]
+    found: dict[str, object] = {}
+
+    async def ended() -> bool:
+        """the workflow ended"""
+        found.update((await scraping.execute(SCRAPE_STEPS, id=workflow_id))["workflow"])
+        return found["status"] != "RUNNING"
+
+    await eventually(ended, within=20)
+    steps = {s["key"]: s["task"] for s in found["steps"]}  # type: ignore[attr-defined]
+    scrape = steps["scrape"]
+    assert found["status"] == "SUCCEEDED", steps
+    assert scrape["input"]["url"] == f"{site}/page"
+    assert scrape["concurrencyKey"] == "domain:127.0.0.1", scrape
+    assert scrape["result"]["title"] == "Fixture page"
