@@ -135,7 +135,8 @@ def _submission(
     key, limit = _concurrency(opts, task_type, model)
     return Submission(
         type=name,
-        # with fields still to bind, as given: the worker checks the bound input
+        # with fields still to bind, as given: the input is checked once bound, when the
+        # step becomes ready (taskrunner.dag, workers.catalog.input_check)
         input=model.model_dump(mode="json")
         if model is not None
         else orjson.loads(jsonx.dumps(raw)),

@@ -9,6 +9,8 @@ import re
 from functools import cache
 from typing import Any, get_args, get_origin
 
+from pydantic.fields import FieldInfo
+
 from api.inputs import _camel, _idempotency_key, _labels, chosen_type, to_submission
 from api.types.tasks import TaskOptionsInput
 from api.types.workflows import WorkflowInput, WorkflowStepInput
@@ -75,16 +77,15 @@ def _is_list(annotation: Any) -> bool:
 
 
 @cache
-def _field_names(type_name: str) -> dict[str, str]:
-    """The input fields of a task type by their GraphQL and Python names."""
+def _fields(type_name: str) -> tuple[dict[str, FieldInfo], dict[str, str]]:
+    """A task type's input fields, and their Python names by GraphQL and Python name."""
     fields = catalog()[type_name].input_model.model_fields
-    return {_camel(f): f for f in fields} | {f: f for f in fields}
+    return fields, {_camel(f): f for f in fields} | {f: f for f in fields}
 
 
 def _step(step: WorkflowStepInput, node: Node, where: str, settings: Settings) -> StepSpec:
     type_name, _ = chosen_type(step.task, f"{where}task")
-    fields = catalog()[type_name].input_model.model_fields
-    by_name = _field_names(type_name)
+    fields, by_name = _fields(type_name)
     bindings = []
     for j, b in enumerate(node.bindings):
         if b.field not in by_name:

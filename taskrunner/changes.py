@@ -116,20 +116,22 @@ def param(column: str, value: Any) -> Any:
     return json_text(value) if column in JSONB_COLUMNS else value
 
 
-# A task's row as a start finds it (Change.want_row; `t`: the task locked). `parents`: for
-# a workflow's step (QUEUED: one that starts), its parents' results by step key and when
-# the last of them finished, for `ctx.parent_results` and its wait, read under the lock
-# the start takes (a step is ready once they all SUCCEEDED, and stay so while it runs).
-ROW_COLUMNS = """t.input, t.timeout_seconds, t.max_retries, t.cancel_requested, t.trace_parent,
-t.created_at, t.scheduled_for, t.concurrency_key, clock_timestamp() AS locked_at,
-CASE WHEN t.workflow_id IS NOT NULL AND t.status = 'QUEUED' THEN (
+# A step's parents' results by step key and when the last of them finished (`t`: the step's
+# task), as jsonb {"results": {...}, "ready_at": ...}: for `ctx.parent_results` and its wait.
+PARENTS = """(
   SELECT jsonb_build_object('results', coalesce(jsonb_object_agg(p.key, r.result), '{}'),
                             'ready_at', max(r.finished_at))
   FROM workflow_step c
   JOIN workflow_step p ON p.workflow_id = c.workflow_id AND p.key = ANY(c.depends_on)
   JOIN task r ON r.id = p.task_id
   WHERE c.task_id = t.id AND r.status = 'SUCCEEDED'
-) END AS parents"""
+)"""
+# A task's row as a start finds it (Change.want_row; `t`: the task locked), with the
+# PARENTS of a workflow's step (QUEUED: one that starts), read under the lock the start
+# takes (a step is ready once they all SUCCEEDED, and they stay so while it runs).
+ROW_COLUMNS = f"""t.input, t.timeout_seconds, t.max_retries, t.cancel_requested, t.trace_parent,
+t.created_at, t.scheduled_for, t.concurrency_key, clock_timestamp() AS locked_at,
+CASE WHEN t.workflow_id IS NOT NULL AND t.status = 'QUEUED' THEN {PARENTS} END AS parents"""
 
 
 # `workflow_id`: a step that ends is settled in the transaction that ends it (its workflow's

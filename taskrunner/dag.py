@@ -327,16 +327,19 @@ InputCheck = Callable[[str, Any, Any], InputChecked]
 _check: list[InputCheck] = [lambda task_type, submitted, bound: InputChecked()]
 
 
-def check_bound_inputs(check: InputCheck) -> None:
-    """Check the bound inputs of the steps this process makes ready with `check`."""
-    _check[0] = check
+def check_bound_inputs(check: InputCheck) -> InputCheck:
+    """Check the bound inputs of the steps this process makes ready with `check`; the check
+    it replaces."""
+    previous, _check[0] = _check[0], check
+    return previous
 
 
 # --- settling, in the transaction that ended a step -------------------------------------------
 
 MAX_ROUNDS = 8
 
-# The workflows' rows locked, then their steps read (migration 0010): one round trip.
+# The workflows' rows locked, each one's steps read once its lock is held (migration 0011):
+# one round trip.
 READ = "SELECT * FROM taskrunner_workflow_steps($1::uuid[])"
 READ_RESULTS = (
     "SELECT s.workflow_id, s.key, t.result FROM workflow_step s JOIN task t ON t.id = s.task_id "
@@ -476,7 +479,13 @@ async def _readied(conn: asyncpg.Connection, ready: Sequence[dict[str, Any]]) ->
                     )
                 )
                 continue
-            checked = _check[0](r["type"], r["input"], bound)
+            try:
+                checked = _check[0](r["type"], r["input"], bound)
+            except Exception as exc:  # a validator's own bug: this step's, not its parent's
+                checked = InputChecked(
+                    f"the input bound from its parents' results could not be checked: "
+                    f"{type(exc).__name__}: {exc}"
+                )
             if checked.error is not None:
                 changes.append(
                     transitions.step_refused(

@@ -2,7 +2,8 @@
 in one transaction, published only after commit.
 
 Order rules enforced here (DESIGN.md, "Truth, queue and events"):
-- the task rows are locked (in id order, so batches never deadlock) before anything is
+- the task rows are locked (in id order, so batches do not deadlock; a rare deadlock, as
+  between the statements of `record_ends`, runs the transaction again) before anything is
   decided; the allowed previous states come from `states.py`;
 - each event gets the task's next `seq` under that lock, so a per-task stream sees
   1, 2, 3 ... and detects a gap exactly;
@@ -422,9 +423,12 @@ async def _partly(
 async def record_ends(
     conn: asyncpg.Connection, changes: Sequence[Change], after: AfterCommit
 ) -> list[Outcome]:
-    """`record` for moves of workflow steps that the one-statement path left out (distinct
-    tasks, no concurrency slot taken): the same statement, run in the caller's transaction,
-    then their workflows settled (dag.settle)."""
+    """`record` for changes of distinct tasks, none taking a concurrency slot, among them
+    ends of workflow steps (those the one-statement path left out, or a whole group with a
+    step's end: `_settled_together`): one statement per shape, run in the caller's
+    transaction, then their workflows settled (dag.settle). Each statement locks its rows
+    in id order, but two shapes lock theirs one after the other: a deadlock with another
+    transaction is possible, and it runs again (AGAIN), at the cost of deadlock_timeout."""
     outcomes, steps = await record_on(conn, changes)
     ended = {
         steps[o.change.task_id]: o.change.task_id

@@ -13,7 +13,7 @@ whose change caused them, so `workflowUpdates` is the union of its steps' events
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner import journal, owner_streams, paging, queue, submissions, transitions
-from taskrunner.changes import WAITING_PARENTS, json_text
+from taskrunner.changes import PARENTS, WAITING_PARENTS, json_text
 from taskrunner.connections import connection
 from taskrunner.dag import (
     AfterCommit,
@@ -256,23 +256,22 @@ async def waiting_on(
     return found
 
 
+def parents_of(found: Mapping[str, Any] | None) -> tuple[dict[str, Any], datetime | None]:
+    """A step's parents' results by step key (`ctx.parent_results`) and when the last of
+    them finished (None: it has no parents), from changes.PARENTS as read."""
+    found = found or {}
+    ready_at = found.get("ready_at")
+    return dict(found.get("results") or {}), datetime.fromisoformat(ready_at) if ready_at else None
+
+
 async def parent_results(
     engine: AsyncEngine, task_id: uuid.UUID
 ) -> tuple[dict[str, Any], datetime | None]:
-    """A step's parents' results by step key (`ctx.parent_results`), and when the last of
-    them finished (None: it has no parents). A start reads them with the row it locks
+    """`parents_of` the step `task_id`. A start reads them with the row it locks
     (changes.ROW_COLUMNS); this is for a worker that finds its start committed after all."""
     async with connection(engine) as conn:
-        rows = await conn.fetch(
-            """SELECT p.key, t.result, t.finished_at FROM workflow_step c
-               JOIN workflow_step p ON p.workflow_id = c.workflow_id AND p.key = ANY(c.depends_on)
-               JOIN task t ON t.id = p.task_id
-               WHERE c.task_id = $1 AND t.status = 'SUCCEEDED'""",
-            task_id,
-        )
-    return {r["key"]: r["result"] for r in rows}, max(
-        (r["finished_at"] for r in rows), default=None
-    )
+        found = await conn.fetchval(f"SELECT {PARENTS} FROM task t WHERE t.id = $1", task_id)
+    return parents_of(found)
 
 
 @dataclass(frozen=True)

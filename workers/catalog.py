@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import pkgutil
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from taskrunner.retries import RetryPolicy
 if TYPE_CHECKING:
     from workers.task_context import TaskContext
 
+log = logging.getLogger(__name__)
 TASKS_PACKAGE = "workers.tasks"  # the built-in task types
 DEFAULT_QUEUE = "default"
 
@@ -134,9 +136,9 @@ def input_check(settings: Settings) -> Callable[[str, Any, Any], InputChecked]:
         assert task_type.concurrency is not None
         try:
             model = task_type.input_model.model_validate(submitted, context=context)
-        except ValidationError:
-            return None  # the api gave it no default key either
-        found = task_type.concurrency(model)
+            found = task_type.concurrency(model)
+        except Exception:  # invalid (the api gave it no default key either), or a bug
+            return None
         return found[0] if found else None
 
     def check(task_type: str, submitted: Any, value: Any) -> InputChecked:
@@ -155,8 +157,11 @@ def input_check(settings: Settings) -> Callable[[str, Any, Any], InputChecked]:
             )
         if found.concurrency is None:
             return InputChecked()
-        return InputChecked(
-            concurrency=found.concurrency(model), submitted_key=default_key(found, submitted)
-        )
+        try:
+            default = found.concurrency(model)
+        except Exception:  # a bug of the type's: the step keeps the key it has
+            log.exception("%s: its concurrency() failed on a bound input", task_type)
+            return InputChecked()
+        return InputChecked(concurrency=default, submitted_key=default_key(found, submitted))
 
     return check

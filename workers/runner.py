@@ -87,10 +87,16 @@ async def execute(
     elif tries > 1 and start.found is TaskStatus.RUNNING:
         # A try that failed with the connection may have committed: then the task runs
         # under this worker's id, and it is this worker's to run.
-        attempt = await _load(engine, tid, worker_id=ctx["worker_id"])
-        if attempt is not None and attempt.workflow_id is not None:
-            results, _ = await workflows.parent_results(engine, tid)
-            attempt = replace(attempt, parent_results=results)
+        async def reload() -> Attempt | None:
+            found = await _load(engine, tid, worker_id=ctx["worker_id"])
+            if found is not None and found.workflow_id is not None:
+                results, _ = await workflows.parent_results(engine, tid)
+                found = replace(found, parent_results=results)
+            return found
+
+        attempt = await retry_unavailable(  # the connection just failed: it may still be
+            reload, within=ctx["settings"].worker_write_retry_seconds, what=f"load {tid}"
+        )
     if attempt is None:  # cancelled, already run, or a duplicate
         return f"skipped: task is {start.found.value if start.found else 'gone'}"
     with tracing.task_span(attempt.trace_parent, task_type.name, task_id, attempt.number):
@@ -253,9 +259,7 @@ class Attempt:
 def _parents(row: Mapping[str, Any]) -> tuple[dict[str, Any], datetime | None]:
     """A starting step's parents' results by key and when the last one finished, as its
     start read them (changes.ROW_COLUMNS: `parents`)."""
-    found = row.get("parents") or {}
-    ready_at = found.get("ready_at")
-    return found.get("results") or {}, datetime.fromisoformat(ready_at) if ready_at else None
+    return workflows.parents_of(row.get("parents"))
 
 
 def _first_attempt(row: Mapping[str, Any], ready_at: datetime | None = None) -> Attempt:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -81,15 +82,24 @@ async def test_a_step_waiting_for_its_parents_never_starts(
     assert await state(engine, ids["b"]) == ("QUEUED", "parents", 0)
 
 
+# Change.step: the worker's hint that a task is a step (its group is recorded in the
+# transaction that settles it); without it, the statement leaves the ends out for one
+HINTS = pytest.mark.parametrize("hinted", [False, True], ids=["unhinted", "step hint"])
+
+
+@HINTS
 async def test_an_end_in_a_group_of_one_shape_is_settled_with_its_child_ready(
-    engine: AsyncEngine, pool: ArqRedis
+    engine: AsyncEngine, pool: ArqRedis, hinted: bool
 ) -> None:
     first = await submit(engine, pool, step("a"), step("b", "a"))
     second = await submit(engine, pool, step("a"), step("b", "a"))
     for ids in (first, second):
         assert (await journal.apply_one(engine, pool, transitions.started(ids["a"], "w"))).accepted
-    ends = [transitions.succeeded(ids["a"], 1, {"sum": 5}) for ids in (first, second)]
-    outcomes = await journal.apply(engine, pool, ends)  # one shape: the one-statement path
+    ends = [
+        replace(transitions.succeeded(ids["a"], 1, {"sum": 5}), step=hinted)
+        for ids in (first, second)
+    ]
+    outcomes = await journal.apply(engine, pool, ends)  # one shape
     assert all(o.accepted for o in outcomes)
     for ids in (first, second):
         assert await state(engine, ids["b"]) == ("QUEUED", None, 1)
@@ -108,17 +118,19 @@ async def other_engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
+@HINTS
 async def test_two_parents_ending_at_once_make_their_child_ready_once(
-    engine: AsyncEngine, other_engine: AsyncEngine, pool: ArqRedis
+    engine: AsyncEngine, other_engine: AsyncEngine, pool: ArqRedis, hinted: bool
 ) -> None:
     for _ in range(15):
         ids = await submit(engine, pool, step("a"), step("b"), step("c", "a", "b"))
         for key in ("a", "b"):
             start = transitions.started(ids[key], "w")
             assert (await journal.apply_one(engine, pool, start)).accepted
+        a_end = replace(transitions.succeeded(ids["a"], 1, {"sum": 1}), step=hinted)
+        b_end = replace(transitions.succeeded(ids["b"], 1, {"sum": 2}), step=hinted)
         await asyncio.gather(
-            journal.apply_one(engine, pool, transitions.succeeded(ids["a"], 1, {"sum": 1})),
-            journal.apply_one(other_engine, pool, transitions.succeeded(ids["b"], 1, {"sum": 2})),
+            journal.apply_one(engine, pool, a_end), journal.apply_one(other_engine, pool, b_end)
         )
         assert await state(engine, ids["c"]) == ("QUEUED", None, 1)
 
@@ -254,3 +266,31 @@ async def tasks_of(engine: AsyncEngine, ids: dict[str, uuid.UUID]) -> list[Any]:
             {"ids": list(ids.values())},
         )
         return list(found)
+
+
+async def test_a_bound_input_check_that_raises_refuses_the_step_not_its_parents_end(
+    engine: AsyncEngine, pool: ArqRedis
+) -> None:
+    """A task type's validator raising something other than a validation error (a bug of
+    its own) fails the step being made ready with BAD_INPUT; the parent's end, which made
+    it ready, is recorded all the same."""
+
+    def broken(task_type: str, submitted: Any, bound: Any) -> dag.InputChecked:
+        raise TypeError("a validator's own bug")
+
+    ids = await submit(engine, pool, step("a"), step("b", "a"))
+    previous = dag.check_bound_inputs(broken)
+    try:
+        await run(engine, pool, ids["a"], 5)
+    finally:
+        dag.check_bound_inputs(previous)
+    assert (await state(engine, ids["a"]))[0] == "SUCCEEDED"
+    async with engine.connect() as conn:
+        b = (
+            await conn.execute(
+                sa.text("SELECT status, error_code, error_message FROM task WHERE id = :id"),
+                {"id": ids["b"]},
+            )
+        ).one()
+    assert (b.status, b.error_code) == ("FAILED", "BAD_INPUT")
+    assert "could not be checked" in b.error_message and "TypeError" in b.error_message
