@@ -4,12 +4,11 @@ worker in a workflow, on a step's first attempt and on its retry."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from taskrunner.config import Settings
-from tests.support.environment import repo_root
+from tests.support.environment import task_package
 from tests.support.processes import api_process, worker_process
 from tests.support.stack import Stack
 from tests.support.waiting import eventually
@@ -49,14 +48,7 @@ def step(key: str, task: dict[str, Any], *parents: str) -> dict[str, Any]:
 async def test_a_step_reads_its_parents_results_on_its_first_attempt_and_on_a_retry(
     settings: Settings, tmp_path: Path
 ) -> None:
-    package = tmp_path / "my_steps"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "parents.py").write_text(PARENTS_TASK)
-    extra = {
-        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(repo_root())]),
-        "TASKRUNNER_TASK_MODULES": "my_steps",
-    }
+    extra = task_package(tmp_path, "my_steps", {"parents": PARENTS_TASK})
     workflow = {
         "steps": [
             step("a", {"sum": {"numbers": [1, 2]}}),

@@ -40,3 +40,17 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
         env["ARTIFACT_SIGNING_KEY"] = settings.artifact_signing_key.get_secret_value()
     env.update(extra)
     return env
+
+
+def task_package(root: Path, name: str, modules: dict[str, str]) -> dict[str, str]:
+    """A package `name` of task modules (module name -> source) under `root`, as a user's
+    own; the environment that makes the api and workers load it (TASKRUNNER_TASK_MODULES)."""
+    package = root / name
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    for module, source in modules.items():
+        (package / f"{module}.py").write_text(source)
+    return {
+        "PYTHONPATH": os.pathsep.join([str(root), str(repo_root())]),
+        "TASKRUNNER_TASK_MODULES": name,
+    }

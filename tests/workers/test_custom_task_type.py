@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from taskrunner.config import Settings
-from tests.support.environment import process_env, repo_root
+from tests.support.environment import process_env, repo_root, task_package
 from tests.support.processes import api_process, run, worker_process
 from tests.support.stack import Stack
 from tests.support.tasks import finish, submit
@@ -21,14 +21,7 @@ def readme_example() -> str:
 async def test_the_readme_example_is_registered_everywhere_and_runs(
     settings: Settings, tmp_path: Path
 ) -> None:
-    package = tmp_path / "my_tasks"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "reverse.py").write_text(readme_example())
-    extra = {
-        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(repo_root())]),
-        "TASKRUNNER_TASK_MODULES": "my_tasks",
-    }
+    extra = task_package(tmp_path, "my_tasks", {"reverse": readme_example()})
     code, schema, _ = await run("export-schema", "-o", "-", env=process_env(settings, **extra))
     assert code == 0
     assert "  reverse: ReverseInput" in schema
