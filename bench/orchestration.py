@@ -793,11 +793,9 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--scenario", choices=SCENARIOS, required=True)
+def stack_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a script run against a stack (bench/run.py passes them all): its
+    GraphQL URL and key, its PostgreSQL and Redis, and its processes for their CPU."""
     parser.add_argument("--url", default="http://127.0.0.1:8000/graphql")
     parser.add_argument(
         "--api-key",
@@ -817,6 +815,14 @@ def main() -> int:
         default=[],
         help="comma-separated worker processes, for their CPU",
     )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--scenario", choices=SCENARIOS, required=True)
+    stack_arguments(parser)
     parser.add_argument("--schedules", type=int, default=1000, help="schedules (schedules)")
     parser.add_argument(
         "--seconds", type=int, default=20, help="seconds of ticks watched (schedules)"

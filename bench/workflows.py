@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 import uuid
@@ -43,7 +42,16 @@ from typing import Any
 import asyncpg
 import orjson
 from common import Client, GraphQLError, log
-from orchestration import OWN_QUERIES, Counts, Meter, ms_stats, pg_url, printable, stack_pids
+from orchestration import (
+    OWN_QUERIES,
+    Counts,
+    Meter,
+    ms_stats,
+    pg_url,
+    printable,
+    stack_arguments,
+    stack_pids,
+)
 from redis.asyncio import Redis
 
 SUBMIT_BATCH = """mutation($t: [TaskSubmissionInput!]!) { submitTasks(tasks: $t) { id } }"""
@@ -257,25 +265,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--url", default="http://127.0.0.1:8000/graphql")
-    parser.add_argument(
-        "--api-key",
-        default=os.environ.get("TASKRUNNER_API_KEY"),
-        help="sent as `Authorization: Bearer KEY` (default: $TASKRUNNER_API_KEY)",
-    )
-    parser.add_argument(
-        "--database-url", default=os.environ.get("DATABASE_URL"), help="default $DATABASE_URL"
-    )
-    parser.add_argument(
-        "--redis-url", default=os.environ.get("REDIS_URL"), help="default $REDIS_URL"
-    )
-    parser.add_argument("--api-pid", type=int, help="the api process, for its CPU")
-    parser.add_argument(
-        "--worker-pids",
-        type=lambda s: [int(p) for p in s.split(",") if p.strip()],
-        default=[],
-        help="comma-separated worker processes, for their CPU",
-    )
+    stack_arguments(parser)
     parser.add_argument("--diamonds", type=int, default=1000, help="workflows of 4 steps")
     parser.add_argument("--in-flight", type=int, default=4, help="submit calls at once")
     parser.add_argument(

@@ -22,6 +22,7 @@ from taskrunner.config import Settings
 from taskrunner.dag import Binding
 from taskrunner.db import create_engine
 from taskrunner.errors import Conflict
+from taskrunner.models import TaskRecord
 from taskrunner.queries import TaskCriteria
 from taskrunner.submissions import Submission
 from taskrunner.workflows import StepSpec, WorkflowSpec
@@ -43,6 +44,18 @@ async def submit(engine: AsyncEngine, pool: ArqRedis, *steps: StepSpec) -> dict[
     )
     found = await workflows.steps(engine=engine, workflow_ids=[record.id])
     return {s.key: s.task.id for s in found[record.id]}
+
+
+async def plain_task(engine: AsyncEngine, pool: ArqRedis) -> TaskRecord:
+    """A task of owner `wj` that is no workflow's step, submitted and enqueued."""
+    (task,) = await submissions.submit(
+        engine=engine,
+        redis=pool,
+        pool=pool,
+        owner="wj",
+        submissions=[Submission("echo", {"message": "x"}, 60)],
+    )
+    return task
 
 
 async def state(engine: AsyncEngine, task_id: uuid.UUID) -> tuple[str, str | None, int]:
@@ -182,13 +195,7 @@ async def test_a_step_made_ready_is_queued_ahead_of_tasks_submitted_after_its_wo
     it starts before what was submitted after its workflow (same priority), and a backlog
     of new workflows does not hold back the ones already running."""
     ids = await submit(engine, pool, step("a"), step("b", "a"))
-    (later,) = await submissions.submit(
-        engine=engine,
-        redis=pool,
-        pool=pool,
-        owner="wj",
-        submissions=[Submission("echo", {"message": "x"}, 60)],
-    )
+    later = await plain_task(engine, pool)
     await asyncio.sleep(0.05)  # the step is made ready well after `later` was enqueued
     await run(engine, pool, ids["a"], 1)
     queue_key = queue.key(pool.default_queue_name, queue.DEFAULT_QUEUE)
@@ -231,13 +238,7 @@ async def test_a_failed_settling_fails_only_its_writer_and_the_others_are_answer
     failed after it. The plain task's writer is told its change was accepted (and it is
     published); the step's writer gets the error and may write again."""
     ids = await submit(engine, pool, step("a"), step("b", "a"))
-    (plain,) = await submissions.submit(
-        engine=engine,
-        redis=pool,
-        pool=pool,
-        owner="wj",
-        submissions=[Submission("echo", {"message": "x"}, 60)],
-    )
+    plain = await plain_task(engine, pool)
     for task_id in (ids["a"], plain.id):
         assert (await journal.apply_one(engine, pool, transitions.started(task_id, "w"))).accepted
     real = dag.settle
