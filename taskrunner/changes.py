@@ -74,6 +74,9 @@ class Change:
     # with the end of one records everything in the transaction that settles it, rather
     # than trying the one-statement path first (which would leave that end out).
     step: bool = False
+    # A failure the worker may retry (retries.retryable); False: it never retries, whatever
+    # maxRetries says. Not recorded: the runner reads it before it records the outcome.
+    retryable: bool = True
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,18 @@ class Settings(BaseSettings):
     )
     max_batch_size: int = Field(default=100, gt=0, description="Most tasks in one `submitTasks`.")
     worker_concurrency: int = Field(default=50, gt=0, description="Tasks one worker runs at once.")
+    worker_processes: int = Field(
+        default=2,
+        gt=0,
+        description="Child processes a worker keeps for process tasks (a plain `def run`, or "
+        "`PROCESS = True`): at most this many of them run at once on one worker.",
+    )
+    task_kill_grace_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How long a process task's child has to end after SIGTERM (its timeout, a "
+        "cancel) before it gets SIGKILL.",
+    )
     worker_poll_delay_seconds: float = Field(
         default=0.05,
         gt=0,

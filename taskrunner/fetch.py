@@ -68,6 +68,7 @@ class FetchRefused(Exception):
     """The URL's host is not allowed (allowlist, or a non-public address)."""
 
     code = "FETCH_REFUSED"  # the task's error code (taskrunner.transitions.TaskErrorCode)
+    retryable = False  # the same URL is refused again: never retried (taskrunner.retries)
 
 
 class TooManyRedirects(Exception):

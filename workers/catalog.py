@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from taskrunner.config import QUEUE_NAME, QUEUE_NAME_RULE, Settings, get_settings
 from taskrunner.dag import InputChecked
 from taskrunner.errors import ConfigError
+from taskrunner.rates import Rate, parse_rate
 from taskrunner.retries import RetryPolicy
 
 # The api imports this module for the task input models: importing it loads no other
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 TASKS_PACKAGE = "workers.tasks"  # the built-in task types
 DEFAULT_QUEUE = "default"
 
-RunFn: TypeAlias = "Callable[[TaskContext, Any], Coroutine[Any, Any, Any]]"
+RunFn: TypeAlias = "Callable[[TaskContext, Any], Coroutine[Any, Any, Any]] | Callable[..., Any]"
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ class TaskType:
     queue: str = DEFAULT_QUEUE  # the module's QUEUE: the named queue its tasks default to
     # the module's `concurrency(input) -> (key, limit) | None`: a default concurrency key
     concurrency: Callable[[Any], tuple[str, int] | None] | None = None
+    module: str = ""  # the module that defines it (what a child process imports)
+    # runs in a child process of the worker's pool: a plain `def run`, or `PROCESS = True`
+    process: bool = False
+    rate_limit: Rate | None = None  # the module's RATE_LIMIT: starts of the type, all workers
 
 
 def _load(module_name: str) -> TaskType:
@@ -53,8 +58,22 @@ def _load(module_name: str) -> TaskType:
         raise TypeError(f"{module.__name__}: NAME must be an identifier string")
     if not (inspect.isclass(model) and issubclass(model, BaseModel)):
         raise TypeError(f"{module.__name__}: Input must be a pydantic BaseModel")
-    if not inspect.iscoroutinefunction(run):
-        raise TypeError(f"{module.__name__}: run must be `async def run(ctx, input)`")
+    if not callable(run):
+        raise TypeError(
+            f"{module.__name__}: run must be `async def run(ctx, input)` (in the worker's "
+            "event loop) or `def run(ctx, input)` (in a child process)"
+        )
+    process = getattr(module, "PROCESS", False)
+    if not isinstance(process, bool):
+        raise TypeError(f"{module.__name__}: PROCESS must be True or False")
+    process = process or not inspect.iscoroutinefunction(run)
+    rate_text = getattr(module, "RATE_LIMIT", None)
+    rate = None
+    if rate_text is not None:
+        try:
+            rate = parse_rate(rate_text if isinstance(rate_text, str) else repr(rate_text))
+        except ValueError as exc:
+            raise TypeError(f"{module.__name__}: RATE_LIMIT: {exc}") from None
     retry = getattr(module, "RETRY", RetryPolicy())
     if not isinstance(retry, RetryPolicy):
         raise TypeError(f"{module.__name__}: RETRY must be a taskrunner.retries.RetryPolicy")
@@ -73,6 +92,9 @@ def _load(module_name: str) -> TaskType:
         retry=retry,
         queue=queue,
         concurrency=concurrency,
+        module=module_name,
+        process=process,
+        rate_limit=rate,
     )
 
 

@@ -37,7 +37,7 @@ from taskrunner.db import retry_unavailable
 from taskrunner.events import EventKind
 from taskrunner.logs import bind, event, unbind
 from taskrunner.models import event_table, task_table
-from taskrunner.retries import backoff, retries_left
+from taskrunner.retries import backoff, retries_left, retryable
 from taskrunner.states import TaskStatus
 from taskrunner.transitions import TaskErrorCode
 from workers.catalog import TaskType
@@ -146,6 +146,7 @@ async def _attempt(
             final = transitions.failed(tid, attempt.number, TaskErrorCode.LIMIT_EXCEEDED, killed)
         elif (
             final.to is TaskStatus.FAILED
+            and final.retryable  # not a NonRetryable error, and one the type's retry_on lists
             and final.data["error"]["code"] != TaskErrorCode.BAD_INPUT  # it will not change
             and retries_left(attempt.max_retries, attempt.number)
         ):
@@ -392,7 +393,7 @@ async def _run_body(
                 ctx["logged"].add(task_id)
     except TimeoutError as exc:
         if not timer.expired():  # raised by the task itself: an error like any other
-            return await _raised(ctx, task_id, attempt.number, exc)
+            return await _raised(ctx, task_type, task_id, attempt.number, exc)
         await _log(
             ctx,
             task_id,
@@ -409,7 +410,7 @@ async def _run_body(
             raise
         return transitions.cancelled(task_id, attempt.number)
     except Exception as exc:
-        return await _raised(ctx, task_id, attempt.number, exc)
+        return await _raised(ctx, task_type, task_id, attempt.number, exc)
     try:
         payload = to_jsonable_python(result)
     except Exception as exc:
@@ -419,13 +420,15 @@ async def _run_body(
 
 
 async def _raised(
-    ctx: WorkerContext, task_id: uuid.UUID, attempt: int, exc: BaseException
+    ctx: WorkerContext, task_type: TaskType, task_id: uuid.UUID, attempt: int, exc: BaseException
 ) -> Change:
     """The body raised `exc`: its traceback goes to the attempt's log, and the attempt
-    fails with the exception's code (transitions.error_of)."""
+    fails with the exception's code (transitions.error_of), retryable or not as the
+    exception and the type's RETRY say (retries.retryable)."""
     await _log(ctx, task_id, attempt, "error", "".join(traceback.format_exception(exc)))
     code, message = transitions.error_of(exc)
-    return transitions.failed(task_id, attempt, code, message)
+    failure = transitions.failed(task_id, attempt, code, message)
+    return failure if retryable(task_type.retry, exc) else replace(failure, retryable=False)
 
 
 async def _store_log(ctx: WorkerContext, task_id: uuid.UUID, attempt: int) -> None:
