@@ -65,6 +65,19 @@ class TaskTable(SQLModel, table=True):
                 "concurrency_key IS NOT NULL AND status IN ('QUEUED', 'RUNNING')"
             ),
         ),
+        # the deadline sweep: waiting tasks that must not start after a time
+        sa.Index(
+            "ix_task_deadline",
+            "deadline",
+            postgresql_where=sa.text("deadline IS NOT NULL AND status = 'QUEUED'"),
+        ),
+        # Task.children
+        sa.Index(
+            "ix_task_parent",
+            "parent_id",
+            "created_at",
+            postgresql_where=sa.text("parent_id IS NOT NULL"),
+        ),
         # exactly one task per tick of a schedule; Schedule.tasks, newest tick first
         sa.Index(
             "ux_task_schedule_tick",
@@ -150,6 +163,28 @@ class TaskTable(SQLModel, table=True):
     )
     step_key: str | None = Field(
         default=None, sa_column=sa.Column(sa.Text), description="Its key in that workflow."
+    )
+    deadline: datetime | None = Field(
+        default=None,
+        sa_column=sa.Column(sa.DateTime(timezone=True)),
+        description="Never started after it: still QUEUED then, it ends FAILED with "
+        "DEADLINE_EXCEEDED.",
+    )
+    parent_id: uuid.UUID | None = Field(
+        default=None,
+        sa_column=sa.Column(sa.Uuid),
+        description="The task whose body submitted it (ctx.submit).",
+    )
+    detached: bool = Field(
+        default=False,
+        sa_column_kwargs={"server_default": "false"},
+        description="A cancel of its parent leaves it be.",
+    )
+    rate_limit: str | None = Field(
+        default=None,
+        sa_column=sa.Column(sa.Text),
+        description="The rate its starts are held to (its type's RATE_LIMIT or its "
+        "options.rateLimit), across all workers.",
     )
     event_seq: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     last_xid: int = Field(
@@ -275,6 +310,10 @@ class TaskRecord:
     schedule_id: uuid.UUID | None
     workflow_id: uuid.UUID | None
     step_key: str | None
+    deadline: datetime | None
+    parent_id: uuid.UUID | None
+    detached: bool
+    rate_limit: str | None
     event_seq: int
     last_xid: int
 
