@@ -11,12 +11,15 @@ from typing import Any, get_args, get_origin
 
 from pydantic.fields import FieldInfo
 
-from api.inputs import _camel, _idempotency_key, _labels, chosen_type, to_submission
+from api.inputs import chosen_type, to_submission
 from api.types.tasks import TaskOptionsInput
 from api.types.workflows import WorkflowInput, WorkflowStepInput
 from taskrunner.config import Settings
 from taskrunner.dag import Binding, Node, StepFailurePolicy, check_graph
 from taskrunner.errors import BadInput
+from taskrunner.options import camel as _camel
+from taskrunner.options import idempotency_key as _idempotency_key
+from taskrunner.options import labels as _labels
 from taskrunner.workflows import StepSpec, WorkflowSpec
 from workers.catalog import catalog
 

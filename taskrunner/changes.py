@@ -138,8 +138,12 @@ CASE WHEN t.workflow_id IS NOT NULL AND t.status = 'QUEUED' THEN {PARENTS} END A
 
 
 # `workflow_id`: a step that ends is settled in the transaction that ends it (its workflow's
-# next steps, taskrunner.workflows); `waiting`: a step waiting for its parents never starts.
-LOCKED_COLUMNS = "id, status, event_seq, last_xid, owner, attempts, worker_id, workflow_id, waiting"
+# next steps, taskrunner.workflows); `waiting`: a step waiting for its parents never starts;
+# `deadline`: nor does a task past its deadline (LATE: the condition, on the database clock).
+LOCKED_COLUMNS = (
+    "id, status, event_seq, last_xid, owner, attempts, worker_id, workflow_id, waiting, deadline"
+)
+LATE = "deadline <= clock_timestamp()"
 # The moves of a workflow step its workflow settles, in the transaction that makes them
 # (taskrunner.dag.settle): its end, and its return to the queue (a retry, a lost worker's)
 # after another step failed under FAIL_WORKFLOW or cancelWorkflow, which cancels it then.

@@ -5,8 +5,9 @@ transition (transitions.py) recorded by the journal, then the queue and the work
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
+import sqlalchemy as sa
 from arq import ArqRedis
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -28,6 +29,7 @@ async def cancel(
 ) -> TaskRecord:
     """QUEUED: CANCELLED at once, and it never runs. RUNNING: flag it and tell the workers;
     the one running it cancels the coroutine, which ends CANCELLED. Finished: CONFLICT.
+    Its unfinished subtasks are cancelled with it, except detached ones (cancel_children).
 
     The write is conditional on the status read: a task a worker started after the read
     is not CANCELLED under its running body (CANCEL_QUEUED is QUEUED-only); it is read
@@ -55,6 +57,7 @@ async def cancel(
                 await queue.remove(pool, task_id, task.queue)
             else:
                 await redis.publish(CANCEL_CHANNEL, cancel_message(task_id, task.attempts))
+            await cancel_children(engine=engine, redis=redis, pool=pool, parent_ids=[task_id])
             return await require(engine=engine, task_id=task_id, owner=owner)
     raise Conflict(f"task {task_id} kept changing state; try cancelTask again")
 
@@ -124,7 +127,17 @@ async def cancel_many(
     tasks = await _bulk(
         engine, owner, filter, (TaskStatus.QUEUED, TaskStatus.RUNNING), most, "cancelTasks"
     )
-    done = 0
+    cancelled = await _cancel_all(engine, redis, pool, tasks)
+    await cancel_children(engine=engine, redis=redis, pool=pool, parent_ids=cancelled)
+    return len(cancelled)
+
+
+async def _cancel_all(
+    engine: AsyncEngine, redis: Redis, pool: ArqRedis, tasks: list[TaskRecord]
+) -> list[uuid.UUID]:
+    """cancelTask for each of `tasks` (QUEUED or RUNNING as read); the ids of those whose
+    cancel took."""
+    done: list[uuid.UUID] = []
     for _ in range(2):  # a task started between the read and the write: once more, running
         queued = [t for t in tasks if t.status == TaskStatus.QUEUED.value]
         running = [t for t in tasks if t.status == TaskStatus.RUNNING.value]
@@ -138,7 +151,7 @@ async def cancel_many(
             for outcome in outcomes:
                 task = by_id[outcome.change.task_id]
                 if outcome.accepted:
-                    done += 1
+                    done.append(task.id)
                     if outcome.change.to is TaskStatus.CANCELLED:
                         removed.append((task.id, task.queue))
                     else:
@@ -151,13 +164,44 @@ async def cancel_many(
             break
         tasks = await matching_tasks(
             engine=engine,
-            owner=owner,
+            owner=None,
             filter=TaskCriteria(),
             statuses=(TaskStatus.RUNNING,),
             most=len(again),
             ids=again,
         )
     return done
+
+
+# A parent's descendants through children not submitted detached, QUEUED or RUNNING (a
+# finished child's own children included: they were submitted under the same parent).
+DESCENDANTS = sa.text(
+    """
+WITH RECURSIVE d(id) AS (
+  SELECT id FROM task WHERE parent_id = ANY(:ids) AND NOT detached
+  UNION
+  SELECT t.id FROM task t JOIN d ON t.parent_id = d.id WHERE NOT t.detached
+)
+SELECT t.* FROM task t JOIN d ON d.id = t.id WHERE t.status IN ('QUEUED', 'RUNNING')
+LIMIT :most"""
+)
+MAX_CASCADE = 10_000  # descendants cancelled with one parent (more: the rest stay)
+
+
+async def cancel_children(
+    *, engine: AsyncEngine, redis: Redis, pool: ArqRedis, parent_ids: Sequence[uuid.UUID]
+) -> int:
+    """A cancelled task's subtasks (ctx.submit) go with it: every unfinished descendant not
+    submitted `detached` is cancelled as cancelTask would (QUEUED: at once; RUNNING: its
+    worker stops it). Returns how many."""
+    if not parent_ids:
+        return 0
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(DESCENDANTS, {"ids": list(parent_ids), "most": MAX_CASCADE})
+        ).mappings()
+        tasks = [TaskRecord(**dict(r)) for r in rows]
+    return len(await _cancel_all(engine, redis, pool, tasks))
 
 
 async def retry_many(

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner.changes import (
     CURRENT_XID,
+    LATE,
     LOCKED_COLUMNS,
     NEXT_ATTEMPT,
     ROW_COLUMNS,
@@ -171,7 +172,7 @@ ok AS (
     AND (c.expect_attempt IS NULL OR l.attempts = c.expect_attempt)
     AND (c.expect_worker IS NULL OR l.worker_id = c.expect_worker)
     AND NOT (coalesce(c.to_status, '') = 'RUNNING'
-             AND l.waiting IS NOT DISTINCT FROM '{WAITING_PARENTS}')
+             AND (l.waiting IS NOT DISTINCT FROM '{WAITING_PARENTS}' OR coalesce(l.{LATE}, false)))
     AND NOT (c.kind = '{EventKind.STEP_READY.value}'
              AND l.waiting IS DISTINCT FROM '{WAITING_PARENTS}')
     {settled_elsewhere}

@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from taskrunner import dag, queue
 from taskrunner.changes import (
     CURRENT_XID,
+    LATE,
     LOCKED_COLUMNS,
     NEXT_ATTEMPT,
     ROW_COLUMNS,
@@ -80,6 +81,7 @@ class _Row:
     found: Mapping[str, Any]
     workflow_id: uuid.UUID | None = None
     waiting: str | None = None
+    late: bool = False  # past its deadline: it must not start (changes.LATE)
     values: dict[str, Any] = field(default_factory=dict)
     changed: bool = False
 
@@ -106,7 +108,7 @@ async def run_transaction(
 
 TAKE_SLOTS = "SELECT taskrunner_take_slots($1::uuid[])"  # migration 0009
 LOCK = (
-    f"SELECT {LOCKED_COLUMNS}, {CURRENT_XID} AS xid{{extra}} "
+    f"SELECT {LOCKED_COLUMNS}, {CURRENT_XID} AS xid, coalesce({LATE}, false) AS late{{extra}} "
     "FROM task t WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE"
 )
 EVENT_COLUMNS = "id, task_id, seq, xid, owner, kind, at, data"
@@ -135,6 +137,7 @@ async def lock_tasks(
             dict(row) if full else {},
             row["workflow_id"],
             row["waiting"],
+            row["late"],
         )
     return rows
 
@@ -283,8 +286,8 @@ def _allowed(row: _Row, change: Change) -> bool:
         return False
     if change.expect_worker is not None and row.worker_id != change.expect_worker:
         return False
-    if change.to is TaskStatus.RUNNING and row.waiting == WAITING_PARENTS:
-        return False  # a step starts only once its parents SUCCEEDED
+    if change.to is TaskStatus.RUNNING and (row.waiting == WAITING_PARENTS or row.late):
+        return False  # a step starts only once its parents SUCCEEDED; none past its deadline
     if change.to is None:
         if change.kind is EventKind.WORKFLOW:
             return True

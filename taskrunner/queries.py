@@ -58,6 +58,19 @@ async def get(*, engine: AsyncEngine, task_id: uuid.UUID, owner: str | None) -> 
     return _task(row) if row else None
 
 
+async def children(*, engine: AsyncEngine, parent_id: uuid.UUID, first: int) -> list[TaskRecord]:
+    """The tasks `parent_id`'s body submitted (ctx.submit), oldest first, at most `first`."""
+    t = task_table.c
+    query = (
+        sa.select(task_table)
+        .where(t.parent_id == parent_id)
+        .order_by(t.created_at, t.id)
+        .limit(first)
+    )
+    async with engine.connect() as conn:
+        return [_task(r) for r in (await conn.execute(query)).mappings()]
+
+
 async def visible_ids(
     *, engine: AsyncEngine, ids: set[uuid.UUID], owner: str | None
 ) -> set[uuid.UUID]:

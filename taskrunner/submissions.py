@@ -51,6 +51,10 @@ class Submission:
     workflow_id: uuid.UUID | None = None  # a step of this workflow (taskrunner.workflows)
     step_key: str | None = None
     waiting: str | None = None  # 'parents': a step that waits for the steps it depends on
+    deadline: datetime | None = None  # never started after it (DEADLINE_EXCEEDED)
+    rate_limit: str | None = None  # str(rates.Rate): its starts are held to it
+    parent_id: uuid.UUID | None = None  # submitted by this task's body (ctx.submit)
+    detached: bool = False  # a cancel of its parent leaves it be
 
     def as_step(self, workflow_id: uuid.UUID, step_key: str, waiting: str | None) -> Submission:
         """This submission as a step of the workflow `workflow_id`: a copy with those three
@@ -153,20 +157,24 @@ WITH s AS (
   SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int[], $6::int[],
                        $7::int[], $8::text[], $9::jsonb[], $10::text[], $11::timestamptz[],
                        $12::timestamptz[], $13::text[], $14::text[], $15::int[], $16::uuid[],
-                       $17::uuid[], $18::text[], $19::text[])
+                       $17::uuid[], $18::text[], $19::text[], $20::timestamptz[], $21::text[],
+                       $22::uuid[], $23::boolean[])
     AS s(id, owner, type, input, priority, max_retries, timeout_seconds, idempotency_key,
          labels, trace_parent, scheduled_for, due_at, queue, concurrency_key,
-         concurrency_limit, schedule_id, workflow_id, step_key, waiting)
+         concurrency_limit, schedule_id, workflow_id, step_key, waiting, deadline,
+         rate_limit, parent_id, detached)
 ),
 t AS (
   INSERT INTO task (id, owner, type, status, input, priority, max_retries, timeout_seconds,
                     idempotency_key, labels, trace_parent, scheduled_for, due_at, queue,
                     concurrency_key, concurrency_limit, schedule_id, workflow_id, step_key,
-                    waiting, event_seq, created_at)
+                    waiting, deadline, rate_limit, parent_id, detached, event_seq,
+                    created_at)
   SELECT id, owner, type, 'QUEUED', input, priority, max_retries, timeout_seconds,
          idempotency_key, ARRAY(SELECT jsonb_array_elements_text(labels)), trace_parent,
          scheduled_for, due_at, queue, concurrency_key, concurrency_limit, schedule_id,
-         workflow_id, step_key, waiting, 1, coalesce($20::timestamptz, clock_timestamp())
+         workflow_id, step_key, waiting, deadline, rate_limit, parent_id, detached, 1,
+         coalesce($24::timestamptz, clock_timestamp())
   FROM s
   ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
   RETURNING *
@@ -264,4 +272,8 @@ def _row(s: Submission, owner: str, now: datetime | None) -> tuple[Any, ...]:
         s.workflow_id,
         s.step_key,
         s.waiting,
+        s.deadline,
+        s.rate_limit,
+        s.parent_id,
+        s.detached,
     )

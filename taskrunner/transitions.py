@@ -46,6 +46,7 @@ class TaskErrorCode(StrEnum):
     # workflow steps (taskrunner.workflows):
     DEPENDENCY_FAILED = "DEPENDENCY_FAILED"  # a step it depends on FAILED or was CANCELLED
     WORKFLOW_FAILED = "WORKFLOW_FAILED"  # another step FAILED under FAIL_WORKFLOW
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"  # still QUEUED at its options.deadline: never ran
     RATE_LIMITED = "RATE_LIMITED"
     UNAVAILABLE = "UNAVAILABLE"
     INTERNAL = "INTERNAL"
@@ -318,6 +319,23 @@ def step_refused(
     }
     if bound_input is not None:
         values["input"] = bound_input
+    return _move(task_id, target, {"error": error}, only_from=source, values=values)
+
+
+def deadline_exceeded(task_id: uuid.UUID) -> Change:
+    """QUEUED -> FAILED without running (only from QUEUED): its options.deadline passed
+    while it waited (in the queue, for runAt, a slot, a rate limit, a retry's backoff). No
+    retry: it must not start any more."""
+    source, target = REFUSE_QUEUED
+    message = "its deadline passed before it could start"
+    error = _error(TaskErrorCode.DEADLINE_EXCEEDED, message)
+    values: dict[str, Any] = {
+        "finished_at": NOW,
+        "waiting": None,
+        "due_at": None,
+        "error_code": error["code"],
+        "error_message": message,
+    }
     return _move(task_id, target, {"error": error}, only_from=source, values=values)
 
 

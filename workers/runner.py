@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import concurrency, journal, metrics, tracing, transitions, workflows
+from taskrunner import concurrency, deadlines, journal, metrics, tracing, transitions, workflows
 from taskrunner.artifacts.tasklog import store_task_log
 from taskrunner.changes import Change, Outcome
 from taskrunner.db import retry_unavailable
@@ -97,7 +97,9 @@ async def execute(
         attempt = await retry_unavailable(  # the connection just failed: it may still be
             reload, within=ctx["settings"].worker_write_retry_seconds, what=f"load {tid}"
         )
-    if attempt is None:  # cancelled, already run, or a duplicate
+    if attempt is None:  # cancelled, already run, a duplicate, or past its deadline
+        if start.found is TaskStatus.QUEUED and await deadlines.fail_if_late(engine, redis, tid):
+            return "failed: its deadline passed before it could start"
         return f"skipped: task is {start.found.value if start.found else 'gone'}"
     with tracing.task_span(attempt.trace_parent, task_type.name, task_id, attempt.number):
         final = await _attempt(ctx, task_type, tid, attempt)

@@ -20,7 +20,7 @@ import contextvars
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,7 @@ from taskrunner.errors import Conflict
 from taskrunner.events import EventKind
 from taskrunner.logs import event
 from taskrunner.models import Artifact
+from workers import subtasks
 
 LOG_LEVELS = frozenset({"debug", "info", "warning", "error"})
 PROGRESS_INTERVAL_SECONDS = 0.1
@@ -142,6 +143,24 @@ class TaskContext:
             event("artifact_rejected", logging.WARNING, artifact=name, reason=exc.message)
             await self.log(f"artifact_rejected: {name}: {exc.message}", "error")
             raise
+
+    async def submit(
+        self,
+        spec: Mapping[str, Any],
+        options: Mapping[str, Any] | None = None,
+        *,
+        detached: bool = False,
+    ) -> uuid.UUID:
+        """Submit a child task: `spec` is {type name: input} as submitTask's `task`,
+        `options` submitTask's (camelCase or snake_case). It has this task's owner and
+        `parentId`; cancelling this task cancels it unless `detached`. Its id. See
+        workers.subtasks."""
+        return await subtasks.submit(self, spec, options, detached=detached)
+
+    async def wait(self, children: Iterable[uuid.UUID | str]) -> list[subtasks.ChildResult]:
+        """Wait for children (ids from `submit`) to end; how each ended, in order. This
+        task holds its worker slot (and its timeout runs) meanwhile."""
+        return await subtasks.wait(self, children)
 
     @property
     def lines(self) -> int:

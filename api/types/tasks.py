@@ -111,6 +111,42 @@ class Task:
         description="The workflow it is a step of."
     )
     step_key: str | None = strawberry.field(description="Its step's key in that workflow.")
+    deadline: datetime | None = strawberry.field(
+        description="It never starts after this: still QUEUED then, it ends FAILED with "
+        "DEADLINE_EXCEEDED."
+    )
+    rate_limit: str | None = strawberry.field(
+        description="The rate its starts are held to across all workers (its type's "
+        "RATE_LIMIT, or options.rateLimit), e.g. `10 per 1 seconds`."
+    )
+    parent_id: strawberry.ID | None = strawberry.field(
+        description="The task whose body submitted it (ctx.submit); cancelling that task "
+        "cancels this one unless it was submitted detached."
+    )
+    detached: bool = strawberry.field(
+        description="Submitted by a task's body as detached: a cancel of the parent leaves it be."
+    )
+
+    @strawberry.field(
+        description="The tasks its body submitted (ctx.submit), oldest first: the first "
+        "`first` of them (default and at most MAX_PAGE_SIZE)."
+    )
+    async def children(
+        self,
+        info: Info,
+        first: Annotated[
+            int | None,
+            strawberry.argument(
+                description="At most MAX_PAGE_SIZE (see `limits`), also the default."
+            ),
+        ] = None,
+    ) -> list[Task]:
+        found = await queries.children(
+            engine=info.context.services.engine,
+            parent_id=uuid.UUID(str(self.id)),
+            first=page_size(first, info.context.settings),
+        )
+        return [Task.from_row(t) for t in found]
 
     @strawberry.field(
         description="A workflow step's parents that have not SUCCEEDED yet (empty for other "
@@ -230,6 +266,10 @@ class Task:
             schedule_id=strawberry.ID(str(row.schedule_id)) if row.schedule_id else None,
             workflow_id=strawberry.ID(str(row.workflow_id)) if row.workflow_id else None,
             step_key=row.step_key,
+            deadline=row.deadline,
+            rate_limit=row.rate_limit,
+            parent_id=strawberry.ID(str(row.parent_id)) if row.parent_id else None,
+            detached=row.detached,
             waiting_for_parents=row.waiting == WAITING_PARENTS
             and row.status == TaskStatus.QUEUED.value,
         )
@@ -333,4 +373,16 @@ class TaskOptionsInput:
     )
     concurrency_limit: int | None = strawberry.field(
         default=None, description="With concurrencyKey: 1 or more (default 1)."
+    )
+    deadline: datetime | None = strawberry.field(
+        default=None,
+        description="Never start after this time: a task still QUEUED then (waiting in the "
+        "queue, for runAt, a slot, a rate limit or a retry's backoff) ends FAILED with "
+        "DEADLINE_EXCEEDED and never runs. Must be after runAt.",
+    )
+    rate_limit: str | None = strawberry.field(
+        default=None,
+        description="Hold the starts of this type's tasks submitted with the same rate to it, "
+        'across all workers, e.g. "10/second", "100/minute", "5 per 2 seconds" (default: the '
+        "task type's RATE_LIMIT, if any). A task over it waits QUEUED, no attempt used.",
     )
