@@ -1,6 +1,7 @@
 """What a worker does besides running tasks: follow cancellations, beat its heartbeat,
-enqueue tasks that became due, watch its memory, and (one worker at a time) reconcile,
-delete expired artifacts and expired upload grants with their bytes.
+enqueue tasks that became due, fail those past their deadline, watch its memory, and (one
+worker at a time) reconcile, delete expired artifacts and expired upload grants with their
+bytes.
 
 Each loop survives errors (logged, retried next round): a Redis or PostgreSQL hiccup must
 not take the worker down, and a later round repairs what an earlier one missed.
@@ -19,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from taskrunner import concurrency, heartbeats, queues, reconciler, schedules, workflows
+from taskrunner import concurrency, deadlines, heartbeats, queues, reconciler, schedules, workflows
 from taskrunner.artifacts.records import delete_expired
 from taskrunner.artifacts.uploads import expire_uploads
 from taskrunner.config import Settings
@@ -141,6 +142,11 @@ async def enqueue_due(ctx: WorkerContext) -> None:
     await reconciler.enqueue_due(ctx["engine"], ctx["redis"])
 
 
+async def expire_deadlines(ctx: WorkerContext) -> None:
+    """Fail the QUEUED tasks whose options.deadline passed (taskrunner.deadlines)."""
+    await deadlines.expire(ctx["engine"], ctx["redis"], ctx["redis"])
+
+
 async def reconcile(ctx: WorkerContext) -> None:
     """Runs on at most one worker per interval (a Redis lock that expires by itself). A task
     is recovered only once it has looked orphaned for a whole grace period, so a moment
@@ -253,6 +259,7 @@ def start(ctx: WorkerContext) -> list[asyncio.Task[None]]:
         (s.heartbeat_interval_seconds, beat, "heartbeat"),
         (s.heartbeat_interval_seconds, sync_paused, "paused-queues"),
         (s.scheduler_interval_seconds, enqueue_due, "scheduler"),
+        (s.scheduler_interval_seconds, expire_deadlines, "deadlines"),
         (s.memory_check_interval_seconds, check_memory, "memory"),
         (s.reconcile_interval_seconds, reconcile, "reconciler"),
         (RETENTION_EVERY_SECONDS, expire_artifacts, "retention"),

@@ -34,3 +34,28 @@ def test_retries_left_counts_attempts(max_retries: int, attempts: int, left: boo
 def test_a_policy_refuses_nonsense() -> None:
     with pytest.raises(ValueError, match="max_retries"):
         RetryPolicy(max_retries=-1)
+
+
+class Transient(Exception):
+    pass
+
+
+class Refused(Exception):
+    retryable = False
+
+
+def test_which_failures_retry() -> None:
+    from taskrunner.fetch import FetchRefused
+    from taskrunner.retries import NonRetryable, retryable
+
+    anything = RetryPolicy(max_retries=3)
+    only_transient = RetryPolicy(max_retries=3, retry_on=(Transient,))
+    assert retryable(anything, ValueError("x")) and retryable(anything, Transient())
+    assert not retryable(anything, NonRetryable("bad"))  # the documented exception
+    assert not retryable(anything, Refused()) and not retryable(anything, FetchRefused("x"))
+    assert retryable(only_transient, Transient())
+    assert not retryable(only_transient, ValueError("x"))  # not listed
+    assert not retryable(only_transient, type("T", (Transient,), {"retryable": False})())
+    assert NonRetryable("x", code="BAD_INPUT").code == "BAD_INPUT"
+    with pytest.raises(ValueError, match="retry_on"):
+        RetryPolicy(retry_on=(ValueError, "nope"))  # type: ignore[arg-type]
