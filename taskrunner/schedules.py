@@ -116,6 +116,7 @@ OPTION_FIELDS = (
     "queue",
     "concurrency_key",
     "concurrency_limit",
+    "rate_limit",
 )
 
 
@@ -132,6 +133,7 @@ def check_template(template: Submission, prefix: str = "schedule.options.") -> N
         ("runAt", template.scheduled_for is not None),
         ("delaySeconds", template.delay_seconds is not None),
         ("idempotencyKey", template.idempotency_key is not None),
+        ("deadline", template.deadline is not None),
     ):
         if given:
             raise BadInput(

@@ -314,6 +314,10 @@ async def test_a_schedules_task_is_validated_as_submit_task_validates_it(api: St
             {"everySeconds": 5, "options": {"runAt": "2030-01-01T00:00:00Z"}},
             "schedule.options.runAt",
         ),
+        (
+            {"everySeconds": 5, "options": {"deadline": "2030-01-01T00:00:00Z"}},
+            "schedule.options.deadline",
+        ),
         ({"everySeconds": 5, "name": ""}, "schedule.name"),
     ],
 )
