@@ -31,6 +31,7 @@ class TaskErrorCode(StrEnum):
     BAD_INPUT = "BAD_INPUT"  # the stored input no longer validates, or the body said so
     BAD_RESULT = "BAD_RESULT"  # the body returned a result that is not JSON-serializable
     WORKER_LOST = "WORKER_LOST"  # the worker running the attempt stopped heart-beating
+    CRASHED = "CRASHED"  # the child process running a process task died (a signal, an exit)
     # webScrape (taskrunner.fetch) and search (taskrunner.search):
     FETCH_REFUSED = "FETCH_REFUSED"  # the host is not allowlisted, or not a public address
     TOO_MANY_REDIRECTS = "TOO_MANY_REDIRECTS"  # more redirects than allowed, or a loop

@@ -48,6 +48,9 @@ class TaskType:
     module: str = ""  # the module that defines it (what a child process imports)
     # runs in a child process of the worker's pool: a plain `def run`, or `PROCESS = True`
     process: bool = False
+    # per task: the module's `in_process(input) -> bool`; True runs its `run_in_process`
+    # (a plain def) in a child process instead of `run` (e.g. `sleep {blocking: true}`)
+    in_process: Callable[[Any], bool] | None = None
     rate_limit: Rate | None = None  # the module's RATE_LIMIT: starts of the type, all workers
 
 
@@ -67,6 +70,14 @@ def _load(module_name: str) -> TaskType:
     if not isinstance(process, bool):
         raise TypeError(f"{module.__name__}: PROCESS must be True or False")
     process = process or not inspect.iscoroutinefunction(run)
+    in_process = getattr(module, "in_process", None)
+    if in_process is not None and not (
+        callable(in_process) and callable(getattr(module, "run_in_process", None))
+    ):
+        raise TypeError(
+            f"{module.__name__}: in_process(input) needs a `def run_in_process(ctx, input)` "
+            "to run in a child process"
+        )
     rate_text = getattr(module, "RATE_LIMIT", None)
     rate = None
     if rate_text is not None:
@@ -94,6 +105,7 @@ def _load(module_name: str) -> TaskType:
         concurrency=concurrency,
         module=module_name,
         process=process,
+        in_process=in_process,
         rate_limit=rate,
     )
 

@@ -20,7 +20,7 @@ import logging
 import time
 import traceback
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, cast
@@ -41,6 +41,7 @@ from taskrunner.retries import backoff, retries_left, retryable
 from taskrunner.states import TaskStatus
 from taskrunner.transitions import TaskErrorCode
 from workers.catalog import TaskType
+from workers.processes import BadResult, ProcessTaskError
 from workers.task_context import Fence, TaskContext, run_with_context
 from workers.worker_context import Running, WorkerContext
 
@@ -372,10 +373,8 @@ async def _run_body(
         parent_results=attempt.parent_results,
     )
     memory = ctx["memory"]
-    body = asyncio.create_task(
-        run_with_context(tctx, lambda: memory.metered(task_id, task_type.run(tctx, data))),
-        name=f"task:{task_id}",
-    )
+    start = _starter(ctx, task_type, tctx, data)
+    body = asyncio.create_task(run_with_context(tctx, start), name=f"task:{task_id}")
     fence.body = body
     ctx["running"][task_id] = Running(attempt.number, body)
     memory.started(task_id)
@@ -405,6 +404,8 @@ async def _run_body(
         )
         message = f"exceeded its timeout of {attempt.timeout_seconds}s"
         return transitions.failed(task_id, attempt.number, TaskErrorCode.TIMEOUT, message)
+    except BadResult as exc:  # a process task's
+        return transitions.failed(task_id, attempt.number, TaskErrorCode.BAD_RESULT, str(exc))
     except asyncio.CancelledError:
         current = asyncio.current_task()
         if current is not None and current.cancelling():
@@ -421,13 +422,31 @@ async def _run_body(
     return transitions.succeeded(task_id, attempt.number, payload)
 
 
+def _starter(
+    ctx: WorkerContext, task_type: TaskType, tctx: TaskContext, data: Any
+) -> Callable[[], Awaitable[Any]]:
+    """What starts the body: in a child process (workers.processes) for a process task (a
+    plain `def run`, or `in_process(input)` true: its `run_in_process`), else the type's
+    coroutine in this loop, metered for the memory budget."""
+    function = "run" if task_type.process else None
+    if function is None and task_type.in_process is not None and task_type.in_process(data):
+        function = "run_in_process"
+    if function is not None:
+        processes, module, name = ctx["processes"], task_type.module, function
+        return lambda: processes.run(tctx, module, data, function=name)
+    memory = ctx["memory"]
+    return lambda: memory.metered(tctx.task_id, task_type.run(tctx, data))
+
+
 async def _raised(
     ctx: WorkerContext, task_type: TaskType, task_id: uuid.UUID, attempt: int, exc: BaseException
 ) -> Change:
     """The body raised `exc`: its traceback goes to the attempt's log, and the attempt
     fails with the exception's code (transitions.error_of), retryable or not as the
     exception and the type's RETRY say (retries.retryable)."""
-    await _log(ctx, task_id, attempt, "error", "".join(traceback.format_exception(exc)))
+    # a process task's failure carries its line: the child's traceback, or how it died
+    line = exc.log if isinstance(exc, ProcessTaskError) else None
+    await _log(ctx, task_id, attempt, "error", line or "".join(traceback.format_exception(exc)))
     code, message = transitions.error_of(exc)
     failure = transitions.failed(task_id, attempt, code, message)
     return failure if retryable(task_type.retry, exc) else replace(failure, retryable=False)

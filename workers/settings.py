@@ -39,6 +39,7 @@ from taskrunner.logs import configure_logging
 from workers import background
 from workers.catalog import TaskType, catalog, input_check, served_queues
 from workers.memory import MemoryWatchdog
+from workers.processes import ProcessPool
 from workers.runner import after_held_back, execute
 from workers.task_context import install_log_capture
 from workers.worker_context import WorkerContext
@@ -87,6 +88,12 @@ async def _startup(settings: Settings, served: list[str], ctx: dict[str, Any]) -
     install_log_capture()
     # The baseline of TASK_MAX_MEMORY_MB: the worker's memory once it is set up.
     ctx["memory"] = MemoryWatchdog(ctx["running"], settings.task_max_memory_mb)
+    ctx["processes"] = ProcessPool(
+        settings.worker_processes,
+        settings.task_kill_grace_seconds,
+        settings.task_max_memory_mb,
+        settings.memory_check_interval_seconds,
+    )
     ctx["background"] = background.start(cast(WorkerContext, ctx))
     ctx["metrics_port"] = metrics.serve_worker_metrics(settings.host, settings.worker_metrics_port)
 
@@ -99,6 +106,9 @@ async def _shutdown(ctx: dict[str, Any]) -> None:
     if "worker_id" in ctx:
         with contextlib.suppress(Exception):
             await heartbeats.leave(ctx["redis"], ctx["worker_id"])
+    processes = ctx.get("processes")
+    if processes is not None:
+        await processes.aclose()
     store = ctx.get("store")
     if store is not None:
         await store.aclose()

@@ -48,7 +48,7 @@ MAX_LOG_LINES = 10_000
 MAX_LINE_CHARS = 10_000
 # Loggers of the machinery itself: never captured as a task's lines.
 INTERNAL_LOGGERS = ("taskrunner", "workers.runner", "workers.background", "workers.memory",
-                    "arq", "sqlalchemy", "asyncpg", "redis")  # fmt: skip
+                    "workers.processes", "arq", "sqlalchemy", "asyncpg", "redis")  # fmt: skip
 
 CURRENT: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
     "taskrunner_task", default=None

@@ -19,6 +19,7 @@ from taskrunner import heartbeats
 from taskrunner.artifacts.storage import ArtifactStore
 from taskrunner.config import Settings
 from workers.memory import MemoryWatchdog
+from workers.processes import ProcessPool
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class WorkerContext(TypedDict):
     pulse: heartbeats.Pulse  # whether this worker's heartbeats are written
     memory: MemoryWatchdog  # TASK_MAX_MEMORY_MB
     logged: set[uuid.UUID]  # tasks running here whose attempt wrote log lines
+    processes: ProcessPool  # the children of process tasks (WORKER_PROCESSES)
 
 
 def held(ctx: WorkerContext) -> list[uuid.UUID]:

@@ -1,6 +1,8 @@
 """Sleep for a number of seconds, reporting progress each second.
 
-Bounded by TASK_MAX_RUNTIME_SECONDS. Cancelled, it logs how long it slept and stops.
+Bounded by TASK_MAX_RUNTIME_SECONDS. Cancelled, it logs how long it slept and stops. With
+`blocking: true` it calls time.sleep in a child process (a process task): a body that blocks,
+which its timeout and a cancel still end.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import time
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
+from workers.child import ProcessContext
 from workers.task_context import TaskContext
 
 NAME = "sleep"
@@ -21,6 +24,11 @@ MAX_SECONDS = 86_400
 class Input(BaseModel):
     seconds: float = Field(
         ge=0, le=MAX_SECONDS, description="How long to sleep, 0 to TASK_MAX_RUNTIME_SECONDS."
+    )
+    blocking: bool = Field(
+        default=False,
+        description="Sleep with time.sleep in a child process (a process task): timeout and "
+        "cancel end it with SIGTERM, then SIGKILL.",
     )
 
     @field_validator("seconds")
@@ -42,4 +50,22 @@ async def run(ctx: TaskContext, input: Input) -> dict[str, float]:
     except asyncio.CancelledError:
         await ctx.log(f"cancelled after {time.monotonic() - started:.1f}s; cleaned up")
         raise
+    return {"slept": input.seconds}
+
+
+def in_process(input: Input) -> bool:
+    """`blocking: true` runs `run_in_process` in a child process."""
+    return input.blocking
+
+
+def run_in_process(ctx: ProcessContext, input: Input) -> dict[str, float]:
+    """time.sleep, a second at a time, reporting progress: blocking, as a C call would be."""
+    started = time.monotonic()
+    try:
+        while (elapsed := time.monotonic() - started) < input.seconds:
+            time.sleep(min(1.0, input.seconds - elapsed))
+            done = min(time.monotonic() - started, input.seconds)
+            ctx.progress(done / input.seconds, f"slept {done:.0f}s of {input.seconds:g}s")
+    finally:
+        ctx.log(f"stopped after {time.monotonic() - started:.1f}s")
     return {"slept": input.seconds}
