@@ -50,6 +50,12 @@ class Settings(BaseSettings):
         description="Child processes a worker keeps for process tasks (a plain `def run`, or "
         "`PROCESS = True`): at most this many of them run at once on one worker.",
     )
+    worker_block_warn_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="A worker's event loop blocked longer than this (an async task body that "
+        "does not yield) is logged as event_loop_blocked with the task's id, and counted.",
+    )
     task_kill_grace_seconds: float = Field(
         default=5.0,
         gt=0,

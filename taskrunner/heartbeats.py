@@ -19,6 +19,7 @@ from datetime import datetime
 
 import orjson
 from pydantic import BaseModel
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 WORKERS_SET = "taskrunner:workers"
@@ -69,6 +70,27 @@ async def beat(
             if info.running:
                 pipe.hdel(SUSPECTS, *(str(task_id) for task_id in info.running))
             await pipe.execute()
+    except BaseException:
+        if pulse is not None:
+            pulse.failing = True
+        raise
+    if pulse is not None:
+        pulse.failing, pulse.last_written = False, time.monotonic()
+
+
+def beat_sync(
+    redis: SyncRedis, info: WorkerInfo, interval_seconds: float, pulse: Pulse | None = None
+) -> None:
+    """`beat` with a blocking client: what a worker's heartbeat thread writes, so that its
+    beats go on while its event loop is blocked."""
+    ttl_ms = int(interval_seconds * MISSED_BEATS * 1000)
+    try:
+        with redis.pipeline(transaction=False) as pipe:
+            pipe.set(worker_key(info.id), orjson.dumps(info.model_dump(mode="json")), px=ttl_ms)
+            pipe.sadd(WORKERS_SET, info.id)
+            if info.running:
+                pipe.hdel(SUSPECTS, *(str(task_id) for task_id in info.running))
+            pipe.execute()
     except BaseException:
         if pulse is not None:
             pulse.failing = True

@@ -39,6 +39,17 @@ TASK_QUEUE_WAIT = Histogram(
     buckets=DURATION_BUCKETS,
 )
 TASKS_RUNNING = Gauge("taskrunner_tasks_running", "Tasks running in this worker now.")
+LOOP_BLOCKS = Counter(
+    "taskrunner_event_loop_blocked_total",
+    "Times a worker's event loop was blocked past WORKER_BLOCK_WARN_SECONDS (by a task body "
+    "that does not yield: `task`, or by other code: `worker`).",
+    ["culprit"],
+)
+LOOP_BLOCKED_SECONDS = Histogram(
+    "taskrunner_event_loop_blocked_seconds",
+    "How long each such block of a worker's event loop lasted.",
+    buckets=DURATION_BUCKETS,
+)
 QUEUE_DEPTH = Gauge("taskrunner_queue_depth", "Jobs waiting in the arq queue (Redis).")
 SUBSCRIPTIONS = Gauge(
     "taskrunner_active_subscriptions", "Open GraphQL subscriptions on this api process."

@@ -13,12 +13,14 @@ import asyncio
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
+from redis import Redis as SyncRedis
 
 from taskrunner import concurrency, deadlines, heartbeats, queues, reconciler, schedules, workflows
 from taskrunner.artifacts.records import delete_expired
@@ -27,6 +29,7 @@ from taskrunner.config import Settings
 from taskrunner.events import CANCEL_CHANNEL, parse_cancel_message
 from taskrunner.models import task_table
 from taskrunner.ratelimit import RateLimiter
+from workers.loopwatch import watch_loop
 from workers.worker_context import WorkerContext, held
 
 log = logging.getLogger(__name__)
@@ -118,13 +121,49 @@ def worker_info(ctx: WorkerContext, started_at: datetime) -> heartbeats.WorkerIn
     )
 
 
-async def beat(ctx: WorkerContext) -> None:
-    await heartbeats.beat(
-        ctx["redis"],
-        worker_info(ctx, ctx["started_at"]),
-        ctx["settings"].heartbeat_interval_seconds,
-        ctx["pulse"],  # while beats fail, the worker takes no new task (TaskWorker)
+def _info_from_thread(ctx: WorkerContext) -> heartbeats.WorkerInfo:
+    """worker_info, read from another thread: the running set may change meanwhile."""
+    for _ in range(10):
+        try:
+            return worker_info(ctx, ctx["started_at"])
+        except RuntimeError:  # "dictionary changed size during iteration": read again
+            continue
+    return worker_info(ctx, ctx["started_at"])
+
+
+async def beat_in_thread(ctx: WorkerContext) -> None:
+    """Write the heartbeat every HEARTBEAT_INTERVAL_SECONDS from a thread with a client of
+    its own, until cancelled: a task body that blocks the event loop for a few seconds
+    (workers.loopwatch reports it) does not stop the beats, so the worker is not taken for
+    dead and its tasks are not recovered under it. While beats fail, the worker takes no
+    new task (`Pulse`, read by TaskWorker)."""
+    interval = ctx["settings"].heartbeat_interval_seconds
+    client = SyncRedis.from_url(
+        ctx["settings"].require_redis_url(), socket_timeout=max(1.0, interval)
     )
+    stop = threading.Event()
+
+    def run() -> None:
+        failing = False
+        while True:
+            try:
+                heartbeats.beat_sync(client, _info_from_thread(ctx), interval, ctx["pulse"])
+                failing = False
+            except Exception as exc:
+                if not failing:  # once per outage
+                    log.warning("heartbeat failed (%s); retrying every %.1fs", exc, interval)
+                failing = True
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=run, name="heartbeat", daemon=True)
+    thread.start()
+    try:
+        await asyncio.Event().wait()  # until cancelled
+    finally:
+        stop.set()
+        await asyncio.shield(asyncio.to_thread(thread.join, 5))
+        client.close()
 
 
 async def sync_paused(ctx: WorkerContext) -> None:
@@ -256,7 +295,6 @@ def start(ctx: WorkerContext) -> list[asyncio.Task[None]]:
     """Start the background loops; the caller cancels them at shutdown."""
     s = ctx["settings"]
     loops = [
-        (s.heartbeat_interval_seconds, beat, "heartbeat"),
         (s.heartbeat_interval_seconds, sync_paused, "paused-queues"),
         (s.scheduler_interval_seconds, enqueue_due, "scheduler"),
         (s.scheduler_interval_seconds, expire_deadlines, "deadlines"),
@@ -269,6 +307,8 @@ def start(ctx: WorkerContext) -> list[asyncio.Task[None]]:
         asyncio.create_task(every(sec, lambda fn=fn: fn(ctx), name), name=name)  # type: ignore[misc]
         for sec, fn, name in loops
     ]
+    tasks.append(asyncio.create_task(beat_in_thread(ctx), name="heartbeat"))
+    tasks.append(asyncio.create_task(watch_loop(s.worker_block_warn_seconds), name="loopwatch"))
     tasks.append(asyncio.create_task(watch_cancellations(ctx), name="cancellations"))
     tasks.append(asyncio.create_task(fire_schedules(ctx), name="schedules"))
     return tasks
