@@ -66,6 +66,7 @@ def run_in_process(ctx: ProcessContext, input: Input) -> dict[str, float]:
             time.sleep(min(1.0, input.seconds - elapsed))
             done = min(time.monotonic() - started, input.seconds)
             ctx.progress(done / input.seconds, f"slept {done:.0f}s of {input.seconds:g}s")
-    finally:
+    except BaseException:  # SIGTERM (its timeout, a cancel) raises in the body
         ctx.log(f"stopped after {time.monotonic() - started:.1f}s")
+        raise
     return {"slept": input.seconds}
