@@ -134,7 +134,7 @@ async def lock_tasks(
             row["owner"],
             row["attempts"],
             row["worker_id"],
-            dict(row) if full else {},
+            {k: v for k, v in row.items() if k != "late"} if full else {},
             row["workflow_id"],
             row["waiting"],
             row["late"],

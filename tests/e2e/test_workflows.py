@@ -719,7 +719,7 @@ async def test_a_bound_input_that_does_not_validate_fails_bad_input_when_ready(
     ), b
     assert not [e for e in b["events"] if e.get("status") == "RUNNING"]
     assert "seconds:" in b["error"]["message"] and "sleep input" in b["error"]["message"], b
-    assert b["input"] == {"seconds": {"sum": 1}}
+    assert b["input"] == {"seconds": {"sum": 1}, "blocking": False}
 
 
 # --- queues and concurrency keys ------------------------------------------------------------
