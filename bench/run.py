@@ -28,6 +28,9 @@ written to bench/results/<UTC time>.json):
                  ratio, a dependent's start after its last parent's finish (p50/p99)
 - list           bench/list.py: tasks(first: 50) with filters over 1,000,000 rows (its own
                  database on the same server)
+- fairness       bench/fairness.py: owner A floods N echo tasks (submitTasks of 100, 4 in
+                 flight), owner B submits 10 a second later: A's backlog then, B's
+                 created->started (fair sharing)
 
 PostgreSQL preloads pg_stat_statements with tracking off (`pg_stat_statements.track =
 none`, so the other scenarios run as before); bench/orchestration.py turns it on while it
@@ -79,6 +82,7 @@ SCENARIOS = (
     "concurrency",
     "workflow",
     "list",
+    "fairness",
 )
 ALIASES = {"e2e": E2E}
 # 500/s is far beyond what one api process takes on a small box: every extra second of it
@@ -397,6 +401,12 @@ def main() -> int:
                 "workflows.py",
                 [*auth, *direct, "--diamonds", str(args.diamonds)],
                 900,
+                None,
+            ),
+            "fairness": (
+                "fairness.py",
+                [*auth, "--database-url", s["database_url"], "-n", n],
+                600,
                 None,
             ),
         }

@@ -32,7 +32,12 @@ from taskrunner.connections import connection
 WAITING = "concurrency"  # task.waiting while held back for a slot
 
 
-RELEASE = "SELECT id, type, priority, queue FROM taskrunner_release_slots($1, $2)"
+# (owner and rate_limit never change: the statement's snapshot of the row has them)
+RELEASE = (
+    "SELECT r.id, r.type, r.priority, r.queue, "
+    "(SELECT t.rate_limit FROM task t WHERE t.id = r.id) AS rate_limit "
+    "FROM taskrunner_release_slots($1, $2) r"
+)
 
 
 async def release(
@@ -49,7 +54,17 @@ async def release(
     async with connection(engine) as conn:
         for owner, key in pairs:
             for row in await conn.fetch(RELEASE, owner, key):
-                jobs.append(queue.Job(row["type"], row["id"], row["priority"], row["queue"], True))
+                jobs.append(
+                    queue.Job(
+                        row["type"],
+                        row["id"],
+                        row["priority"],
+                        row["queue"],
+                        True,
+                        owner=owner,
+                        rate_limit=row["rate_limit"],
+                    )
+                )
     await queue.enqueue(pool, jobs)
     return len(jobs)
 
@@ -69,11 +84,20 @@ async def enqueue_if_released(engine: AsyncEngine, pool: ArqRedis, task_id: uuid
     """Enqueue the task if it is ready (QUEUED, released, due) and Redis lacks its job."""
     async with connection(engine) as conn:
         row = await conn.fetchrow(
-            "SELECT id, type, priority, queue FROM task WHERE id = $1 AND status = 'QUEUED' "
+            "SELECT id, type, priority, queue, owner, rate_limit FROM task "
+            "WHERE id = $1 AND status = 'QUEUED' "
             "AND waiting IS NULL AND due_at IS NULL",
             task_id,
         )
     if row is None:
         return
-    job = queue.Job(row["type"], row["id"], row["priority"], row["queue"], True)
+    job = queue.Job(
+        row["type"],
+        row["id"],
+        row["priority"],
+        row["queue"],
+        True,
+        owner=row["owner"],
+        rate_limit=row["rate_limit"],
+    )
     await queue.enqueue(pool, await queue.missing(pool, [job]))

@@ -340,7 +340,12 @@ MAX_ROUNDS = 8
 
 # The workflows' rows locked, each one's steps read once its lock is held (migration 0011):
 # one round trip.
-READ = "SELECT * FROM taskrunner_workflow_steps($1::uuid[])"
+# (with each step's owner and rate, which never change: for its job once ready)
+READ = (
+    "SELECT s.*, (SELECT t.owner FROM task t WHERE t.id = s.task_id) AS owner, "
+    "(SELECT t.rate_limit FROM task t WHERE t.id = s.task_id) AS rate_limit "
+    "FROM taskrunner_workflow_steps($1::uuid[]) s"
+)
 READ_RESULTS = (
     "SELECT s.workflow_id, s.key, t.result FROM workflow_step s JOIN task t ON t.id = s.task_id "
     "WHERE s.workflow_id = ANY($1::uuid[]) AND s.key = ANY($2::text[])"
@@ -419,6 +424,8 @@ async def settle(
                         row["queue"],
                         row["concurrency_key"] is not None,
                         int(row["created_at"].timestamp() * 1000),
+                        owner=row["owner"],
+                        rate_limit=row["rate_limit"],
                     )
                 )
             else:  # cancelled (the plan's whole closure), or refused: FAILED, which calls

@@ -37,7 +37,8 @@ async def enqueue_due(engine: AsyncEngine, pool: ArqRedis, limit: int = BATCH) -
         "WITH due AS (SELECT id FROM task WHERE due_at <= clock_timestamp() "
         "AND status = 'QUEUED' ORDER BY due_at LIMIT :limit FOR UPDATE SKIP LOCKED) "
         "UPDATE task SET due_at = NULL FROM due WHERE task.id = due.id "
-        "RETURNING task.id, task.type, task.priority, task.queue, task.concurrency_key"
+        "RETURNING task.id, task.type, task.priority, task.queue, task.concurrency_key, "
+        "task.owner, task.rate_limit"
     )
     async with engine.begin() as conn:
         rows = (await conn.execute(claim, {"limit": limit})).all()
@@ -53,7 +54,7 @@ async def requeue_lost(
     its commit and its enqueue they are in neither place, and that is no loss)."""
     t = task_table.c
     query = (
-        sa.select(t.id, t.type, t.priority, t.queue, t.concurrency_key)
+        sa.select(t.id, t.type, t.priority, t.queue, t.concurrency_key, t.owner, t.rate_limit)
         .where(
             t.status == TaskStatus.QUEUED.value,
             t.due_at.is_(None),
@@ -100,6 +101,7 @@ async def find_orphans(
         t.owner,
         t.queue,
         t.concurrency_key,
+        t.rate_limit,
     ).where(
         t.status == TaskStatus.RUNNING.value,
         t.started_at < sa.func.clock_timestamp() - timedelta(seconds=grace_seconds),

@@ -385,7 +385,8 @@ async def retry(
             )
         rows = await conn.fetch(
             "SELECT s.task_id, s.depends_on, s.input, t.status, t.type, t.priority, t.queue, "
-            "t.concurrency_key FROM workflow_step s JOIN task t ON t.id = s.task_id "
+            "t.concurrency_key, t.owner, t.rate_limit "
+            "FROM workflow_step s JOIN task t ON t.id = s.task_id "
             "WHERE s.workflow_id = $1 ORDER BY s.position",
             workflow_id,
         )
@@ -410,7 +411,13 @@ async def retry(
         after.events.extend(o.event for o in outcomes if o.event is not None)
         after.jobs.extend(
             queue.Job(
-                r["type"], r["task_id"], r["priority"], r["queue"], r["concurrency_key"] is not None
+                r["type"],
+                r["task_id"],
+                r["priority"],
+                r["queue"],
+                r["concurrency_key"] is not None,
+                owner=r["owner"],
+                rate_limit=r["rate_limit"],
             )
             for r in again
             if not r["depends_on"]

@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import socket
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -30,7 +31,7 @@ from arq.utils import timestamp_ms, to_ms
 from arq.worker import Function, Retry, Worker, func
 from redis.commands.core import AsyncScript
 
-from taskrunner import dag, heartbeats, metrics, queue, tracing
+from taskrunner import dag, heartbeats, metrics, queue, ratelimit, tracing
 from taskrunner.artifacts.storage import make_store
 from taskrunner.config import Settings, get_settings
 from taskrunner.db import create_engine
@@ -52,15 +53,27 @@ log = logging.getLogger(__name__)
 PAUSED_RECHECK_SECONDS = 1.0
 
 
-def arq_function(task_type: TaskType, paused_flag: str | None = None) -> Function:
+def arq_function(
+    task_type: TaskType, paused_flag: str | None = None, rates_base: str | None = None
+) -> Function:
     """The arq function that runs `task_type`'s tasks (named for the type: the job name).
-    `paused_flag`: for arq's own Worker (the arq CLI), which claims jobs without reading
-    its queue's paused flag: while it is set, the job goes back to the queue (arq's Retry,
-    no attempt of the task used) and is looked at again a second later."""
+    For arq's own Worker (the arq CLI), which claims jobs without CLAIM_JOBS:
+    `paused_flag`: while the queue's paused flag is set, the job goes back to the queue
+    (arq's Retry, no attempt of the task used) and is looked at again a second later;
+    `rates_base` (QUEUE_NAME): a rated job takes its start token here, and without one
+    goes back to the queue until the token frees (arq's Retry puts its score then: no busy
+    loop, but it loses its place and counts one of arq's tries; `taskrunner worker` keeps
+    its place)."""
 
-    async def job(ctx: dict[str, Any], task_id: str, limited: bool = False) -> str:
+    async def job(
+        ctx: dict[str, Any], task_id: str, limited: bool = False, rated: bool = False
+    ) -> str:
         if paused_flag is not None and await ctx["redis"].exists(paused_flag):
             raise Retry(defer=PAUSED_RECHECK_SECONDS)
+        if rated and rates_base is not None:
+            wait_ms = await ratelimit.take_start(ctx["redis"], rates_base, task_id)
+            if wait_ms is not None:
+                raise Retry(defer=wait_ms / 1000)
         return await execute(cast(WorkerContext, ctx), task_type, task_id, limited)
 
     job.__qualname__ = f"run_{task_type.name}"
@@ -123,12 +136,54 @@ async def _shutdown(ctx: dict[str, Any]) -> None:
 # ARGV[4] a queue, and claim up to ARGV[3] that no worker runs yet by setting their
 # in-progress key (ARGV[5] .. id, for ARGV[2] ms), as arq's WATCH/MULTI does one job at a
 # time. Jobs other workers run stay in the queue until they end, so reading on past them
-# matters. Returns id, score, queue index (1-based) for each claimed job. (The in-progress
-# and paused keys are built here, not passed as KEYS: fine on one Redis, which is what arq
-# supports.)
-CLAIM_JOBS = """
+# matters. Rate limits (taskrunner.ratelimit; ARGV[7]: QUEUE_NAME, ARGV[8]: the margin,
+# ARGV[9]: arq's job key prefix): first, parked jobs whose bucket has tokens again go back
+# to their queues; then a rated job (listed in `<QUEUE_NAME>:rated`, looked up only while
+# that hash has any) is claimed with a token of its bucket, or parked. Returns the ms until
+# the next parked bucket is due (-1: none), then id, score, queue index (1-based) for each
+# claimed job. (The in-progress, paused and rate keys are built here, not passed as KEYS:
+# fine on one Redis, which is what arq supports.)
+CLAIM_JOBS = (
+    """
 local claimed, limit, most = {}, tonumber(ARGV[3]), tonumber(ARGV[4])
 local first = tonumber(ARGV[6])
+local rate_base, margin, jobs = ARGV[7], tonumber(ARGV[8]), ARGV[9]
+local rated, parked = rate_base .. ':rated', rate_base .. ':parked'
+local wakes = rate_base .. ':ratewake'
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+    + ratelimit.BUCKETS_LUA
+    + """
+local served = {}
+for q = 1, #KEYS do served[KEYS[q]] = true end
+for _, b in ipairs(redis.call('ZRANGEBYSCORE', wakes, '-inf', now, 'LIMIT', 0, 100)) do
+  local st, held = bucket(b), parked .. ':' .. b
+  local back = {}
+  if st.n < st.amount then back = redis.call('ZPOPMIN', held, st.amount - st.n) end
+  for j = 1, #back, 2 do
+    local id = back[j]
+    local q = redis.call('HGET', parked, id)
+    redis.call('HDEL', parked, id)
+    if q and redis.call('EXISTS', jobs .. id) == 1 then
+      redis.call('ZADD', q, 'NX', back[j + 1], id)
+      if not served[q] then redis.call('PUBLISH', 'taskrunner:wake:' .. q, '') end
+    else
+      redis.call('HDEL', rated, id)
+    end
+  end
+  if redis.call('EXISTS', held) == 0 then
+    redis.call('ZREM', wakes, b)
+  else
+    redis.call('ZADD', wakes, string.format('%.0f', frees(b)), b)
+  end
+end
+local nrated = redis.call('HLEN', rated)
+local function claim(id, score, q)
+  claimed[#claimed + 1] = id
+  claimed[#claimed + 1] = score
+  claimed[#claimed + 1] = q
+end
 for n = 0, #KEYS - 1 do
   if #claimed >= 3 * limit then break end
   local q = (first - 1 + n) % #KEYS + 1
@@ -137,21 +192,43 @@ for n = 0, #KEYS - 1 do
     while #claimed < 3 * limit and offset < most do
       local ready = redis.call('ZRANGEBYSCORE', KEYS[q], '-inf', ARGV[1], 'WITHSCORES',
                                'LIMIT', offset, 100)
+      local gone = 0
       for i = 1, #ready, 2 do
         if #claimed >= 3 * limit then break end
-        if redis.call('SET', ARGV[5] .. ready[i], '1', 'PX', ARGV[2], 'NX') then
-          claimed[#claimed + 1] = ready[i]
-          claimed[#claimed + 1] = ready[i + 1]
-          claimed[#claimed + 1] = q
+        local id = ready[i]
+        local b = nrated > 0 and redis.call('HGET', rated, id)
+        if not b then
+          if redis.call('SET', ARGV[5] .. id, '1', 'PX', ARGV[2], 'NX') then
+            claim(id, ready[i + 1], q)
+          end
+        elseif redis.call('EXISTS', ARGV[5] .. id) == 0 then
+          if take(b, id) then
+            redis.call('SET', ARGV[5] .. id, '1', 'PX', ARGV[2])
+            redis.call('HDEL', rated, id)
+            claim(id, ready[i + 1], q)
+          else
+            redis.call('ZREM', KEYS[q], id)
+            redis.call('ZADD', parked .. ':' .. b, ready[i + 1], id)
+            redis.call('HSET', parked, id, KEYS[q])
+            local st = bucket(b)
+            if st.free == nil then
+              st.free = frees(b)
+              redis.call('ZADD', wakes, string.format('%.0f', st.free), b)
+            end
+            gone = gone + 1
+          end
         end
       end
       if #ready < 200 then break end
-      offset = offset + 100
+      offset = offset + 100 - gone
     end
   end
 end
+local due = redis.call('ZRANGE', wakes, 0, 0, 'WITHSCORES')
+table.insert(claimed, 1, #due == 0 and -1 or math.max(0, tonumber(due[2]) - now))
 return claimed
 """
+)
 
 
 class TaskWorker(Worker):
@@ -172,12 +249,19 @@ class TaskWorker(Worker):
     cancelled through the task's own cancel channel.)"""
 
     def __init__(
-        self, *, idle_poll_seconds: float, queue_keys: list[str] | None = None, **options: Any
+        self,
+        *,
+        idle_poll_seconds: float,
+        queue_keys: list[str] | None = None,
+        rates_base: str | None = None,
+        **options: Any,
     ) -> None:
         self.idle_poll_seconds = idle_poll_seconds
         super().__init__(**{**options, "poll_delay": 0})
         # the sorted sets of the named queues it serves (queue_name: the first one's)
         self.queue_keys = queue_keys or [self.queue_name]
+        # QUEUE_NAME, the base of the rate limits' keys (taskrunner.ratelimit)
+        self.rates_base = rates_base or self.queue_keys[0]
         self._origin: dict[str, str] = {}  # job id -> its queue's key, if not queue_name
         self._next_queue = 0
         self._wake = asyncio.Event()
@@ -185,6 +269,7 @@ class TaskWorker(Worker):
         self._claim: AsyncScript | None = None
         self._backlog = False  # the last poll claimed as many jobs as it had slots for
         self._paused = False  # no heartbeat written: claiming nothing
+        self._token_at: float | None = None  # (monotonic) a parked rated job's token frees
 
     async def _poll_iteration(self) -> None:
         if self._listener is None:
@@ -199,6 +284,12 @@ class TaskWorker(Worker):
                 task.result()  # as arq: errors of run_job itself surface here
         await self.heart_beat()
         wait = self.idle_poll_seconds
+        if self._token_at is not None:  # parked jobs go back to their queue then
+            left = self._token_at - time.monotonic()
+            if left > 0:
+                wait = min(wait, left)
+            else:  # past, and no claim since (no free slot): the next claim says again
+                self._token_at = None
         if not beating:
             wait = min(wait, self.ctx["pulse"].interval_seconds)
         with contextlib.suppress(TimeoutError):
@@ -220,7 +311,7 @@ class TaskWorker(Worker):
         if self._claim is None:
             self._claim = self.pool.register_script(CLAIM_JOBS)  # sent by its SHA1 after
         self._next_queue = self._next_queue % len(self.queue_keys) + 1
-        claimed = await self._claim(
+        token_ms, *claimed = await self._claim(
             keys=self.queue_keys,
             args=[
                 timestamp_ms(),
@@ -229,8 +320,13 @@ class TaskWorker(Worker):
                 self.queue_read_limit,
                 in_progress_key_prefix,
                 self._next_queue,
+                self.rates_base,
+                ratelimit.START_MARGIN_MS,
+                job_key_prefix,
             ],
         )
+        token_ms = int(token_ms)
+        self._token_at = None if token_ms < 0 else time.monotonic() + token_ms / 1000
         self._backlog = len(claimed) // 3 >= free
         for raw_id, score, index in zip(claimed[::3], claimed[1::3], claimed[2::3], strict=True):
             job_id = raw_id.decode()
@@ -355,6 +451,7 @@ def task_worker(settings: Settings, **overrides: Any) -> TaskWorker:
         **worker_options(settings),
         "idle_poll_seconds": settings.worker_idle_poll_seconds,
         "queue_keys": queue_keys(settings),
+        "rates_base": settings.queue_name,
         **overrides,
     }
     return TaskWorker(**options)
@@ -390,6 +487,6 @@ def arq_cli_options(settings: Settings) -> dict[str, Any]:
     options = worker_options(settings)
     options["queue_name"] = queue_key = queue.key(settings.queue_name, served[0])
     flag = queue.paused_key(queue_key)
-    options["functions"] = [arq_function(t, flag) for t in catalog().values()]
+    options["functions"] = [arq_function(t, flag, settings.queue_name) for t in catalog().values()]
     options["on_startup"] = functools.partial(_startup, settings, served)
     return options
