@@ -31,6 +31,9 @@ written to bench/results/<UTC time>.json):
 - fairness       bench/fairness.py: owner A floods N echo tasks (submitTasks of 100, 4 in
                  flight), owner B submits 10 a second later: A's backlog then, B's
                  created->started (fair sharing)
+- process-echo   bench/process_echo.py: no-op tasks in the worker's loop against the same in
+                 a child process (sleep 0, blocking), the pool warm: run time one at a time
+                 (process_overhead_ms) and throughput in batches of 100
 
 PostgreSQL preloads pg_stat_statements with tracking off (`pg_stat_statements.track =
 none`, so the other scenarios run as before); bench/orchestration.py turns it on while it
@@ -83,6 +86,7 @@ SCENARIOS = (
     "workflow",
     "list",
     "fairness",
+    "process-echo",
 )
 ALIASES = {"e2e": E2E}
 # 500/s is far beyond what one api process takes on a small box: every extra second of it
@@ -409,6 +413,7 @@ def main() -> int:
                 600,
                 None,
             ),
+            "process-echo": ("process_echo.py", [*auth, "-n", "1000"], 600, None),
         }
         for name in chosen:
             if name == "list":
