@@ -12,10 +12,13 @@ take it for dead and recover what it runs.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import orjson
 from pydantic import BaseModel
@@ -57,25 +60,37 @@ class Pulse:
         return not self.failing and age < STALE_BEATS * self.interval_seconds
 
 
-async def beat(
-    redis: Redis, info: WorkerInfo, interval_seconds: float, pulse: Pulse | None = None
-) -> None:
-    """Write the heartbeat (and clear the suspicion of the tasks it lists); `pulse` notes
-    whether it was written."""
+def _add_beat(pipe: Any, info: WorkerInfo, interval_seconds: float) -> None:
+    """Queue a heartbeat's commands on a pipeline (of either client)."""
     ttl_ms = int(interval_seconds * MISSED_BEATS * 1000)
+    pipe.set(worker_key(info.id), orjson.dumps(info.model_dump(mode="json")), px=ttl_ms)
+    pipe.sadd(WORKERS_SET, info.id)
+    if info.running:
+        pipe.hdel(SUSPECTS, *(str(task_id) for task_id in info.running))
+
+
+@contextlib.contextmanager
+def _noted(pulse: Pulse | None) -> Iterator[None]:
+    """Note in `pulse` whether the beat written inside was written."""
     try:
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.set(worker_key(info.id), orjson.dumps(info.model_dump(mode="json")), px=ttl_ms)
-            pipe.sadd(WORKERS_SET, info.id)
-            if info.running:
-                pipe.hdel(SUSPECTS, *(str(task_id) for task_id in info.running))
-            await pipe.execute()
+        yield
     except BaseException:
         if pulse is not None:
             pulse.failing = True
         raise
     if pulse is not None:
         pulse.failing, pulse.last_written = False, time.monotonic()
+
+
+async def beat(
+    redis: Redis, info: WorkerInfo, interval_seconds: float, pulse: Pulse | None = None
+) -> None:
+    """Write the heartbeat (and clear the suspicion of the tasks it lists); `pulse` notes
+    whether it was written."""
+    with _noted(pulse):
+        async with redis.pipeline(transaction=False) as pipe:
+            _add_beat(pipe, info, interval_seconds)
+            await pipe.execute()
 
 
 def beat_sync(
@@ -83,20 +98,9 @@ def beat_sync(
 ) -> None:
     """`beat` with a blocking client: what a worker's heartbeat thread writes, so that its
     beats go on while its event loop is blocked."""
-    ttl_ms = int(interval_seconds * MISSED_BEATS * 1000)
-    try:
-        with redis.pipeline(transaction=False) as pipe:
-            pipe.set(worker_key(info.id), orjson.dumps(info.model_dump(mode="json")), px=ttl_ms)
-            pipe.sadd(WORKERS_SET, info.id)
-            if info.running:
-                pipe.hdel(SUSPECTS, *(str(task_id) for task_id in info.running))
-            pipe.execute()
-    except BaseException:
-        if pulse is not None:
-            pulse.failing = True
-        raise
-    if pulse is not None:
-        pulse.failing, pulse.last_written = False, time.monotonic()
+    with _noted(pulse), redis.pipeline(transaction=False) as pipe:
+        _add_beat(pipe, info, interval_seconds)
+        pipe.execute()
 
 
 async def leave(redis: Redis, worker_id: str) -> None:

@@ -16,6 +16,7 @@ from tests.support.environment import task_package
 from tests.support.processes import api_process, worker_process
 from tests.support.servers import run_worker
 from tests.support.stack import Stack
+from tests.support.tasks import ended as task_ended
 from tests.support.tasks import submit, task_of
 from tests.support.waiting import eventually
 
@@ -30,16 +31,7 @@ CANCEL = "mutation($id: ID!) { cancelTask(id: $id) { status } }"
 
 
 async def ended(stack: Stack, task_id: str, within: float = 20) -> dict[str, Any]:
-    """The task once it is SUCCEEDED, FAILED or CANCELLED."""
-    found: dict[str, Any] = {}
-
-    async def done() -> bool:
-        """the task ended"""
-        found.update((await stack.execute(TASK, id=task_id))["task"])
-        return found["status"] in ("SUCCEEDED", "FAILED", "CANCELLED")
-
-    await eventually(done, within=within)
-    return found
+    return await task_ended(stack, TASK, task_id, within)
 
 
 # --- failures that never retry -----------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.support.stack import Stack
+from tests.support.waiting import eventually
 
 SUBMIT = """
 mutation($task: TaskSpecInput!, $options: TaskOptionsInput) {
@@ -49,3 +50,16 @@ async def task_of(stack: Stack, task_id: str) -> dict[str, Any]:
 async def finish(stack: Stack, task_id: str, within: float = 30) -> list[dict[str, Any]]:
     """Follow the task until its stream completes; every event of it (WATCH's fields)."""
     return [e["taskUpdates"] for e in await stack.subscribe(WATCH, id=task_id, within=within)]
+
+
+async def ended(stack: Stack, query: str, task_id: str, within: float = 20) -> dict[str, Any]:
+    """`query`'s task (its `task(id:)` field) once it is SUCCEEDED, FAILED or CANCELLED."""
+    found: dict[str, Any] = {}
+
+    async def done() -> bool:
+        """the task ended"""
+        found.update((await stack.execute(query, id=task_id))["task"])
+        return found["status"] in ("SUCCEEDED", "FAILED", "CANCELLED")
+
+    await eventually(done, within=within)
+    return found
