@@ -172,6 +172,7 @@ class ProcessPool:
         )
         watch = asyncio.create_task(self._watch_memory(child), name=f"memory:{child.pid}")
         child.usable = False  # until its body's end comes back in order
+        reading: asyncio.Future[dict[str, Any] | None] | None = None
         try:
             while True:
                 reading = asyncio.ensure_future(child.receive())
@@ -215,6 +216,8 @@ class ProcessPool:
             raise
         finally:
             watch.cancel()
+            if reading is not None:  # cancelled while waiting for a message: not left behind
+                reading.cancel()
 
     async def _watch_memory(self, child: Child) -> ProcessTaskError:
         """Returns (killing the child) once it grew past the budget; runs until cancelled."""
