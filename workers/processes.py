@@ -87,6 +87,8 @@ class Child:
     baseline_rss: int = 0
     usable: bool = True  # False once stopped, dead or confused: never reused
     tasks: int = 0
+    # why the memory watch killed it: its closed pipe may be read before the watch returns
+    killed: ProcessTaskError | None = None
 
     @property
     def pid(self) -> int:
@@ -181,6 +183,8 @@ class ProcessPool:
                     reading.cancel()
                     raise watch.result()
                 message = reading.result()
+                if message is None and child.killed is not None:  # over the budget
+                    raise child.killed
                 if message is None:  # the pipe closed: the child died
                     code = await child.process.wait()
                     why = describe_exit(code)
@@ -226,17 +230,18 @@ class ProcessPool:
             await asyncio.sleep(self.memory_check_seconds)
             grown = child.rss() - child.baseline_rss
             if grown > budget:
-                with contextlib.suppress(ProcessLookupError):
-                    child.process.kill()
-                await child.process.wait()
                 why = (
                     f"its process grew by {grown / MB:.0f} MB, over TASK_MAX_MEMORY_MB "
                     f"({self.memory_budget_mb})"
                 )
-                event("task_killed", logging.ERROR, reason=why, pid=child.pid)
-                return ProcessTaskError(
+                child.killed = ProcessTaskError(
                     "LIMIT_EXCEEDED", why, log=f"task_killed: {why}", retryable=False
                 )
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.kill()
+                event("task_killed", logging.ERROR, reason=why, pid=child.pid)
+                await child.process.wait()
+                return child.killed
 
     async def _stop(self, child: Child) -> None:
         """SIGTERM, then SIGKILL after the grace; waits until it is gone."""
