@@ -70,7 +70,10 @@ class LoopWatch:
         while not self._stop.wait(TICK_SECONDS):
             now, last = time.monotonic(), self.last_tick
             if now - last > self.warn_seconds:
-                if block is None or block.since != last:
+                if block is not None and block.since != last:  # the loop turned unseen
+                    self._report(block, max(0.0, last - block.since - TICK_SECONDS))
+                    block = None
+                if block is None:
                     block = Block(last, self._culprit(), reported=now)
                 elif now - block.reported >= STILL_BLOCKED_EVERY:
                     block.reported = now
