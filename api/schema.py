@@ -44,7 +44,7 @@ from api.types.orchestration import (
     ScheduleEdge,
     ScheduleInput,
 )
-from api.types.service import Limits, TaskType, Worker
+from api.types.service import Limits, Stats, TaskType, Worker
 from api.types.tasks import (
     PageInfo,
     Processed,
@@ -65,6 +65,7 @@ from taskrunner import (
     queries,
     queues,
     schedules,
+    stats,
     streams,
     workflows,
 )
@@ -235,7 +236,25 @@ def _domain_filter(f: TaskFilter) -> queries.TaskCriteria:
         label=f.label,
         created_after=_aware("createdAfter", f.created_after),
         created_before=_aware("createdBefore", f.created_before),
+        ids=_filter_ids(f.ids),
+        error_code=tuple(f.error_code or ()),
     )
+
+
+MAX_FILTER_IDS = 1000
+
+
+def _filter_ids(ids: list[strawberry.ID] | None) -> frozenset[uuid.UUID] | None:
+    """None: any task; an empty list: none."""
+    if ids is None:
+        return None
+    if len(ids) > MAX_FILTER_IDS:
+        raise BadInput(
+            f"filter.ids: {len(ids)} ids, more than {MAX_FILTER_IDS}; pass at most "
+            f"{MAX_FILTER_IDS}, or filter by status, type or label",
+            field="filter.ids",
+        )
+    return frozenset(_task_id(i, "filter.ids") for i in ids)
 
 
 @strawberry.type
@@ -310,6 +329,30 @@ class Query:
         return Limits.of(info.context.settings)
 
     @strawberry.field(
+        description="Counts, throughput, failures and timings of your tasks (every owner's, "
+        "for admins) since `since` (default: an hour ago), in slices of bucketSeconds: an "
+        "overview's numbers and charts."
+    )
+    async def stats(
+        self, info: Info, since: datetime | None = None, bucket_seconds: int = 60
+    ) -> Stats:
+        now = datetime.now(UTC)
+        if since is not None and since.tzinfo is None:
+            raise BadInput(
+                f"since: {since.isoformat()} has no time zone; give one, e.g. {since.isoformat()}Z",
+                field="since",
+            )
+        start = since if since is not None else now - timedelta(hours=1)
+        found = await stats.stats(
+            engine=info.context.services.engine,
+            owner=info.context.scope,
+            since=start,
+            bucket_seconds=bucket_seconds,
+            now=now,
+        )
+        return Stats.of(found)
+
+    @strawberry.field(
         description="Live workers (from their heartbeats), oldest first; each lists the "
         "running tasks you may see."
     )
@@ -327,6 +370,8 @@ class Query:
                 started_at=w.started_at,
                 last_heartbeat_at=w.last_heartbeat_at,
                 running_task_ids=[strawberry.ID(str(t)) for t in w.running if t in visible],
+                queues=w.queues,
+                memory_bytes=w.memory_bytes,
             )
             for w in sorted(found, key=lambda w: w.started_at)
         ]

@@ -43,6 +43,7 @@ class WorkerInfo(BaseModel):
     last_heartbeat_at: datetime
     running: list[uuid.UUID]
     queues: list[str] = ["default"]  # the named queues it serves
+    memory_bytes: int | None = None  # resident memory: its own and its process tasks'
 
 
 @dataclass

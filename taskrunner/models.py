@@ -71,6 +71,10 @@ class TaskTable(SQLModel, table=True):
             "deadline",
             postgresql_where=sa.text("deadline IS NOT NULL AND status = 'QUEUED'"),
         ),
+        # `stats`: what finished in a time window (the console's charts)
+        sa.Index(
+            "ix_task_finished", "finished_at", postgresql_where=sa.text("finished_at IS NOT NULL")
+        ),
         # Task.children
         sa.Index(
             "ix_task_parent",

@@ -50,11 +50,19 @@ def passes(filter: TaskCriteria, event: Event, task: dict[str, Any]) -> bool:
     status = event.data.get("status") if event.kind is EventKind.STATUS else "RUNNING"
     return (
         (not filter.status or status in filter.status)
+        and (filter.ids is None or event.task_id in filter.ids)
+        and (not filter.error_code or _error_code(event) in filter.error_code)
         and (not filter.type or task["type"] in filter.type)
         and (filter.label is None or filter.label in task["labels"])
         and (filter.created_after is None or task["created_at"] > filter.created_after)
         and (filter.created_before is None or task["created_at"] < filter.created_before)
     )
+
+
+def _error_code(event: Event) -> str | None:
+    """The error a status event carries (FAILED, or QUEUED for a retry), as of the event."""
+    error = event.data.get("error") if event.kind is EventKind.STATUS else None
+    return error.get("code") if isinstance(error, dict) else None
 
 
 Position = tuple[int, int]  # (xid, id) of the last event passed over

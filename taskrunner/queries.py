@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -30,6 +30,8 @@ class TaskCriteria:
     label: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+    ids: Collection[uuid.UUID] | None = None  # given: only these (empty: none)
+    error_code: Sequence[str] = ()  # the code of its last error (a FAILED task's)
 
 
 @dataclass
@@ -123,6 +125,10 @@ def matching(owner: str | None, filter: TaskCriteria) -> list[sa.ColumnElement[b
         where.append(t.created_at > filter.created_after)
     if filter.created_before is not None:
         where.append(t.created_at < filter.created_before)
+    if filter.ids is not None:
+        where.append(t.id.in_(list(filter.ids)) if filter.ids else sa.false())
+    if filter.error_code:
+        where.append(t.error_code.in_(list(filter.error_code)))
     return where
 
 

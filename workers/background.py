@@ -30,6 +30,7 @@ from taskrunner.events import CANCEL_CHANNEL, parse_cancel_message
 from taskrunner.models import task_table
 from taskrunner.ratelimit import RateLimiter
 from workers.loopwatch import watch_loop
+from workers.memory import process_rss
 from workers.worker_context import WorkerContext, held
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ def worker_info(ctx: WorkerContext, started_at: datetime) -> heartbeats.WorkerIn
         last_heartbeat_at=datetime.now(UTC),
         running=held(ctx),  # also attempts whose final status is still being written
         queues=ctx["queues"],
+        memory_bytes=process_rss() + ctx["processes"].rss(),
     )
 
 

@@ -111,10 +111,14 @@ class Child:
         return found
 
     def rss(self) -> int:
-        try:
-            return int(psutil.Process(self.pid).memory_info().rss)
-        except psutil.Error:
-            return 0
+        return _rss_of(self.pid)
+
+
+def _rss_of(pid: int) -> int:
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except psutil.Error:
+        return 0
 
 
 @dataclass
@@ -130,6 +134,10 @@ class ProcessPool:
     _slots: asyncio.Semaphore | None = None
     _closed: bool = False
     _spawning: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def rss(self) -> int:
+        """The children's resident memory, in bytes."""
+        return sum(c.rss() for c in self._idle) + sum(_rss_of(pid) for pid in sorted(self._busy))
 
     def pids(self) -> list[int]:
         """The children's pids, idle and busy (for tests and the heartbeat)."""

@@ -10,7 +10,10 @@ import strawberry
 from strawberry.scalars import JSON
 from strawberry.utils.str_converters import to_camel_case
 
+from api.types import status as _status  # noqa: F401  (registers TaskStatus)
+from taskrunner import stats
 from taskrunner.config import Settings
+from taskrunner.states import TaskStatus
 
 
 @strawberry.type(description="A live worker, from its heartbeat.")
@@ -21,6 +24,11 @@ class Worker:
     started_at: datetime
     last_heartbeat_at: datetime
     running_task_ids: list[strawberry.ID]
+    queues: list[str] = strawberry.field(description="The named queues it serves.")
+    memory_bytes: float | None = strawberry.field(
+        description="Its resident memory with its process tasks' children, as of its last "
+        "heartbeat (null from a worker too old to report it)."
+    )
 
 
 @strawberry.type(description="A kind of task you can submit.")
@@ -152,3 +160,85 @@ class Limits:
     def as_json(self) -> dict[str, Any]:
         """The same fields, camelCase, for `GET /limits`."""
         return {to_camel_case(k): v for k, v in dataclasses.asdict(self).items()}
+
+
+@strawberry.type(description="Two percentiles of a duration, in seconds (null: no task).")
+class Percentiles:
+    p50: float | None
+    p95: float | None
+
+    @classmethod
+    def of(cls, p: stats.Percentiles) -> Percentiles:
+        return cls(p50=p.p50, p95=p.p95)
+
+
+@strawberry.type(description="How many tasks are in a status.")
+class StatusCount:
+    status: TaskStatus
+    count: int
+
+
+@strawberry.type(description="How many FAILED tasks have an error code.")
+class ErrorCount:
+    code: str
+    count: int
+
+
+@strawberry.type(description="The tasks that finished in one slice of the window.")
+class StatsBucket:
+    start: datetime
+    succeeded: int
+    failed: int
+    cancelled: int
+    queue_wait: Percentiles = strawberry.field(
+        description="From created (or runAt) to the start of its last attempt."
+    )
+    run_time: Percentiles = strawberry.field(description="From that start to its end.")
+
+
+@strawberry.type(
+    description="An overview of your tasks (every owner's, for admins) since a time: "
+    "counts, throughput, failures and timings."
+)
+class Stats:
+    since: datetime
+    bucket_seconds: int
+    counts: list[StatusCount] = strawberry.field(
+        description="The tasks created since `since`, by their status now (every status, "
+        "0 included): the same numbers as `tasks(filter: {status, createdAfter})`."
+    )
+    buckets: list[StatsBucket] = strawberry.field(
+        description="Consecutive slices of bucketSeconds from `since` to now, each with the "
+        "tasks that finished in it."
+    )
+    queue_wait: Percentiles = strawberry.field(
+        description="Over every task that finished since `since`."
+    )
+    run_time: Percentiles = strawberry.field(
+        description="Over every task that finished since `since`."
+    )
+    failures_by_code: list[ErrorCount] = strawberry.field(
+        description="The FAILED tasks created since `since`, by error code, most first."
+    )
+
+    @classmethod
+    def of(cls, s: stats.Stats) -> Stats:
+        return cls(
+            since=s.since,
+            bucket_seconds=s.bucket_seconds,
+            counts=[StatusCount(status=k, count=v) for k, v in s.counts.items()],
+            buckets=[
+                StatsBucket(
+                    start=b.start,
+                    succeeded=b.succeeded,
+                    failed=b.failed,
+                    cancelled=b.cancelled,
+                    queue_wait=Percentiles.of(b.queue_wait),
+                    run_time=Percentiles.of(b.run_time),
+                )
+                for b in s.buckets
+            ],
+            queue_wait=Percentiles.of(s.queue_wait),
+            run_time=Percentiles.of(s.run_time),
+            failures_by_code=[ErrorCount(code=c, count=n) for c, n in s.failures_by_code],
+        )

@@ -328,6 +328,14 @@ class TaskFilter:
     label: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+    ids: list[strawberry.ID] | None = strawberry.field(
+        default=None, description="Only these tasks (at most 1,000 ids)."
+    )
+    error_code: list[str] | None = strawberry.field(
+        default=None,
+        description="Only tasks whose last error has one of these codes (FAILED ones, and "
+        "those QUEUED for a retry).",
+    )
 
 
 @strawberry.input(description="How to run a task. Every field is optional.")
