@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
@@ -44,7 +44,7 @@ from api.auth import (
 from api.context import Context, Services
 from api.errors import classify
 from api.fanout.handlers import FanoutTransportWSHandler, GraphQLWSHandler
-from api.graphiql import STATIC_DIR, STATIC_PATH, offline_graphiql_html
+from api.graphiql import STATIC_DIR, STATIC_PATH, dev_key_for, graphiql_page
 from api.limits import BodyLimitMiddleware
 from api.observability import RequestIdMiddleware, healthz, metrics_endpoint, readyz
 from api.schema import build_schema
@@ -82,10 +82,13 @@ class GraphQLApp(GraphQL[Context, None]):
     # the older graphql-ws protocol, with errors classified and a connection_init timeout
     graphql_ws_handler_class = GraphQLWSHandler
 
+    dev_key: str | None = None  # the page comes authorised with it (api.graphiql.dev_key_for)
+
     @cached_property
     def graphql_ide_html(self) -> str:
-        """GraphiQL with its scripts served from here, so it works without internet."""
-        return offline_graphiql_html(super().graphql_ide_html)
+        """GraphiQL with its scripts served from here, so it works without internet, and
+        example tabs (authorised under `taskrunner dev`)."""
+        return graphiql_page(super().graphql_ide_html, dev_key=self.dev_key)
 
     def encode_json(self, data: object) -> str:
         """orjson instead of the standard library (see the README's Performance). Text,
@@ -251,12 +254,20 @@ async def limits(request: Request) -> Response:
 DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "frontend-examples" / "dashboard" / "dist"
 
 
-def _dashboard() -> list[Mount]:
-    """The example dashboard at /dashboard/, once built (`make dashboard`)."""
+def _dashboard(settings: Settings) -> list[BaseRoute]:
+    """The console at /dashboard/, once built (`make dashboard`, which `make dev` runs), and
+    its /dashboard/config.json: the dev key under `taskrunner dev` on a loopback address
+    (api.graphiql.dev_key_for), so that a first run needs no pasting; {} elsewhere."""
     if not (DASHBOARD_DIR / "index.html").is_file():
         return []
+    key = dev_key_for(settings)
+
+    async def config(request: Request) -> Response:
+        return JSONResponse({"devKey": key} if key else {}, headers={"Cache-Control": "no-store"})
+
     return [
-        Mount("/dashboard", app=StaticFiles(directory=DASHBOARD_DIR, html=True), name="dashboard")
+        Route("/dashboard/config.json", config),
+        Mount("/dashboard", app=StaticFiles(directory=DASHBOARD_DIR, html=True), name="dashboard"),
     ]
 
 
@@ -274,13 +285,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         connection_init_wait_timeout=timedelta(seconds=settings.ws_connection_init_timeout_seconds),
         max_subscriptions_per_connection=None,  # ours: Context.subscription_slot
     )
+    graphql.dev_key = dev_key_for(settings)
     app = Starlette(
         routes=[
             Route("/graphql/stream", sse.stream, methods=["GET", "POST"]),
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
             Mount(STATIC_PATH, app=StaticFiles(directory=STATIC_DIR), name="graphiql-static"),
-            *_dashboard(),
+            *_dashboard(settings),
             Route("/artifacts/uploads/{upload_id}", artifact_upload, methods=["PUT"]),
             Route("/artifacts/{artifact_id}", artifact_download),
             Route("/limits", limits),

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, QueryParams
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketState
@@ -233,12 +233,15 @@ class AuthMiddleware:
 
 
 def _is_graphiql_page(scope: Scope) -> bool:
+    """A browser's GET of the GraphiQL page: public (the page asks for the key). The page
+    keeps what is being edited in its URL (?q=...&variables=...), so only a `query`
+    parameter makes it a GraphQL request, as strawberry decides."""
     headers = Headers(scope=scope)
     return (
         scope["method"] == "GET"
         and scope["path"] == "/graphql"
         and "text/html" in headers.get("accept", "")
-        and not scope.get("query_string")
+        and "query" not in QueryParams(scope.get("query_string", b""))
     )
 
 

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 from pathlib import Path
+
+from taskrunner.config import Settings
 
 STATIC_DIR: Path = Path(__file__).resolve().parent / "static" / "graphiql"
 STATIC_PATH = "/static/graphiql"
@@ -115,3 +118,198 @@ def sri_mismatches(html: str, *, static_path: str = STATIC_PATH) -> list[str]:
         if not actual.intersection(expected):
             problems.append(f"{ref.group(1)}: integrity {' '.join(expected)} does not match")
     return problems
+
+
+# --- the page this api serves: offline, with example tabs, pre-authorised under dev --------
+
+DEV_NOTE = """# Authorised with the development key of `taskrunner dev`: run the tabs in order.
+# Submit starts a task; Follow streams its events (an empty "id" means the task the
+# last Submit here returned; paste any other task's id to follow that one)."""
+KEY_NOTE = """# This API needs an API key. Open Headers (at the bottom) and replace
+# PASTE-YOUR-KEY with yours (once: the other tabs then use it too). `taskrunner keys
+# create NAME` makes one; `make dev` prints one. Then run the tabs in order: Submit starts
+# a task, and Follow streams its events (an empty "id" means the task the last Submit here
+# returned)."""
+
+FOLLOW = """subscription Follow($id: ID!) {
+  taskUpdates(id: $id) {
+    __typename at
+    ... on StatusChanged { status result error { code message } }
+    ... on ProgressReported { progress message }
+    ... on LogAppended { level line }
+  }
+}"""
+EXAMPLES: list[tuple[str, str, str | None]] = [  # (tab, query, variables)
+    (
+        "Submit",
+        """mutation Submit {
+  submitTask(task: {sleep: {seconds: 3}}, options: {labels: ["graphiql"]}) {
+    id status createdAt logsUrl
+  }
+}""",
+        None,
+    ),
+    ("Follow", FOLLOW, '{"id": ""}'),
+    (
+        "List",
+        """query List {
+  tasks(first: 10) {
+    edges { node { id type status createdAt finishedAt error { code } } }
+    pageInfo { hasNextPage endCursor }
+  }
+}""",
+        None,
+    ),
+    (
+        "Schedule",
+        """# An echo every minute, created paused (resumeSchedule starts it; triggerSchedule
+# fires one now). Run it again and it answers CONFLICT: names are unique per owner.
+mutation Schedule {
+  createSchedule(schedule: {
+    name: "graphiql-every-minute"
+    everySeconds: 60
+    task: {echo: {message: "tick"}}
+    paused: true
+  }) { id name paused nextRunAt }
+}""",
+        None,
+    ),
+    (
+        "Workflow",
+        """# a adds 1 and 2; b and c each add their own number to a's sum; d adds them up.
+mutation Workflow {
+  submitWorkflow(workflow: {
+    name: "diamond"
+    steps: [
+      {key: "a", task: {sum: {numbers: [1, 2]}}}
+      {key: "b", task: {sum: {numbers: [10]}}, dependsOn: ["a"],
+       bind: [{field: "numbers[]", step: "a", path: "sum"}]}
+      {key: "c", task: {sum: {numbers: [100]}}, dependsOn: ["a"],
+       bind: [{field: "numbers[]", step: "a", path: "sum"}]}
+      {key: "d", task: {sum: {numbers: [1000]}}, dependsOn: ["b", "c"],
+       bind: [{field: "numbers[]", step: "b", path: "sum"},
+              {field: "numbers[]", step: "c", path: "sum"}]}
+    ]
+  }) { id status steps { key task { id status } } }
+}""",
+        None,
+    ),
+]
+
+# What the page's own script (below) replaces in strawberry's template.
+_FETCHER = re.compile(r"const fetcher = GraphiQL\.createFetcher\(\{.*?\}\);", re.DOTALL)
+_ANCHORS = {
+    "parameters.q || EXAMPLE_QUERY,": "parameters.q,",
+    "plugins: [explorerPlugin],": (
+        "plugins: [explorerPlugin],\n"
+        "          defaultTabs: TASKRUNNER.tabs,\n"
+        "          defaultHeaders: TASKRUNNER.editorHeaders,"
+    ),
+}
+_MAIN_SCRIPT = re.compile(r"<script>\s*const EXAMPLE_QUERY")
+
+# Every request carries the editor's headers over TASKRUNNER.headers (the dev key); GraphiQL
+# sends a subscription's as its connection_init payload (the api reads the key there:
+# browsers cannot set headers on a websocket). A key typed in one tab serves the tabs that
+# still have the placeholder. The Follow tab's empty "id" is the task the last Submit on
+# this page returned.
+_SCRIPT = """<script>
+      const TASKRUNNER = %s;
+      function taskrunnerFetcher(url, subscriptionUrl, baseHeaders) {
+        const LAST = "taskrunner.graphiql.lastTaskId";
+        function remember(result) {
+          const id = result && result.data && result.data.submitTask && result.data.submitTask.id;
+          if (id) sessionStorage.setItem(LAST, id);
+          return result;
+        }
+        // A key pasted in one tab's Headers serves the tabs that still have the placeholder.
+        const AUTH = "taskrunner.graphiql.authorization";
+        function withKey(headers) {
+          const name = Object.keys(headers).find((h) => h.toLowerCase() === "authorization");
+          const value = name === undefined ? undefined : String(headers[name]);
+          if (value !== undefined && !value.includes("PASTE-YOUR-KEY")) {
+            sessionStorage.setItem(AUTH, value);
+            return headers;
+          }
+          const saved = sessionStorage.getItem(AUTH);
+          if (saved === null) return headers;
+          if (name !== undefined) delete headers[name];
+          headers.Authorization = saved;
+          return headers;
+        }
+        function through(result) {  // a result, a promise of one, or a stream of them
+          if (result && typeof result.then === "function") return result.then(through);
+          if (result && typeof result[Symbol.asyncIterator] === "function") {
+            return (async function* () {
+              for await (const item of result) yield remember(item);
+            })();
+          }
+          return remember(result);
+        }
+        const fetcher = GraphiQL.createFetcher({ url, headers: baseHeaders, subscriptionUrl });
+        return function (params, opts) {
+          const edited = withKey(Object.assign({}, (opts && opts.headers) || {}));
+          // GraphiQL sends these over HTTP, and as a subscription's connection_init payload
+          const headers = Object.assign({}, TASKRUNNER.headers, edited);
+          let request = params;
+          const last = sessionStorage.getItem(LAST);
+          if (request.variables && request.variables.id === "" && last) {
+            const variables = Object.assign({}, request.variables, { id: last });
+            request = Object.assign({}, request, { variables });
+          }
+          return through(fetcher(request, Object.assign({}, opts, { headers })));
+        };
+      }
+    </script>
+    """
+
+
+def page_config(dev_key: str | None) -> dict[str, object]:
+    """The page's settings: its tabs, and the headers every request carries (the dev key)
+    or the editor starts with (where a key goes)."""
+    note = DEV_NOTE if dev_key else KEY_NOTE
+    editor = "" if dev_key else '{\n  "Authorization": "Bearer PASTE-YOUR-KEY"\n}'
+    tabs = [
+        {"query": (f"{note}\n\n" if i == 0 else "") + query, "variables": variables}
+        for i, (_, query, variables) in enumerate(EXAMPLES)
+    ]
+    for tab in tabs:
+        if tab["variables"] is None:
+            del tab["variables"]
+        if editor:
+            tab["headers"] = editor
+    return {
+        "headers": {"Authorization": f"Bearer {dev_key}"} if dev_key else {},
+        "editorHeaders": editor,
+        "tabs": tabs,
+    }
+
+
+def graphiql_page(base_html: str, *, dev_key: str | None) -> str:
+    """The offline page (``offline_graphiql_html``) with example tabs and, given
+    ``dev_key``, every request authorised with it. Raises GraphiQLAssetError when
+    strawberry's template no longer has what this rewrites."""
+    html = offline_graphiql_html(base_html)
+    missing = [anchor for anchor in _ANCHORS if anchor not in html]
+    if not _FETCHER.search(html) or not _MAIN_SCRIPT.search(html) or missing:
+        raise GraphiQLAssetError(
+            "strawberry's GraphiQL template changed: api.graphiql.graphiql_page cannot add "
+            f"its tabs and key (missing: {missing or 'the fetcher or the main script'})"
+        )
+    html = _FETCHER.sub(
+        "const fetcher = taskrunnerFetcher(fetchURL, subscriptionUrl, defaultHeaders);", html
+    )
+    for anchor, replacement in _ANCHORS.items():
+        html = html.replace(anchor, replacement)
+    config = json.dumps(page_config(dev_key)).replace("</", "<\\/")
+    start = _MAIN_SCRIPT.search(html)
+    assert start is not None
+    return html[: start.start()] + _SCRIPT % config + html[start.start() :]
+
+
+def dev_key_for(settings: Settings) -> str | None:
+    """The key GraphiQL and the dashboard come authorised with: DEV_API_KEY (set by
+    `taskrunner dev`) when the api listens on a loopback address only."""
+    if settings.dev_api_key is None or settings.auth_disabled or not settings.on_loopback():
+        return None
+    return settings.dev_api_key.get_secret_value()

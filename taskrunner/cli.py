@@ -25,6 +25,14 @@ from taskrunner.supervisor import (
 
 DEV_DATABASE_FILE = "dev-database-url"
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schema.graphql"
+# the console, as `make dashboard` builds it (and the api serves it at /dashboard/)
+DASHBOARD_INDEX = (
+    Path(__file__).resolve().parent.parent
+    / "frontend-examples"
+    / "dashboard"
+    / "dist"
+    / "index.html"
+)
 
 
 def cmd_api(settings: Settings) -> int:
@@ -188,17 +196,24 @@ def cmd_dev(settings: Settings) -> int:
         env.setdefault("LOG_FORMAT", "console")  # people read these; set json to pipe them
         if settings.artifact_signing_key is None:
             env["ARTIFACT_SIGNING_KEY"] = load_or_create_key(data / "signing.key").hex()
+        key = None if settings.auth_disabled else dev_key(database_url, data)
+        if key is not None:  # GraphiQL and the dashboard come authorised with it
+            env["DEV_API_KEY"] = key
         for role in ("api", "worker"):
             children.append(Supervised(role, [sys.executable, "-m", "taskrunner", role], env=env))
             children[-1].start()
         wait_ready(f"http://127.0.0.1:{settings.port}/readyz", children, timeout=60)
         print(f"GraphiQL: http://127.0.0.1:{settings.port}/graphql", flush=True)
-        if settings.auth_disabled:
+        if DASHBOARD_INDEX.is_file():
+            print(f"Dashboard: http://127.0.0.1:{settings.port}/dashboard/", flush=True)
+        else:
+            print("Dashboard: not built (`make dashboard` builds it)", flush=True)
+        if key is None:
             print("API key: none needed (AUTH_DISABLED=true)", flush=True)
         else:
-            key = dev_key(database_url, data)
             print(f"API key: {key}", flush=True)
-            print(f'  (GraphiQL: Headers tab, {{"Authorization": "Bearer {key}"}})', flush=True)
+            if not settings.on_loopback():  # the pages are not authorised there
+                print(f'  (GraphiQL: Headers, {{"Authorization": "Bearer {key}"}})', flush=True)
         print(f"PostgreSQL: {database_url}\nRedis: {redis_url}\nCtrl-C stops.", flush=True)
         while True:  # until Ctrl-C or SIGTERM
             for child in children:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -133,6 +134,12 @@ class Settings(BaseSettings):
         default=False,
         description="Serve without API keys: every caller is one anonymous owner. For local "
         "experiments only; logged as a warning at start.",
+    )
+    dev_api_key: SecretStr | None = Field(
+        default=None,
+        description="Set by `taskrunner dev` to its development key: on a loopback HOST, "
+        "GraphiQL and the dashboard come authorised with it (no pasting). Leave unset "
+        "elsewhere.",
     )
     auth_recheck_seconds: float = Field(
         default=1.0,
@@ -382,6 +389,16 @@ class Settings(BaseSettings):
         if not self.database_url:
             raise ConfigError("DATABASE_URL is not set: set it, or start with `taskrunner dev`")
         return self.database_url
+
+    def on_loopback(self) -> bool:
+        """Whether HOST is a loopback address: only this machine reaches the api."""
+        host = self.host.strip("[]")
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
 
     def require_redis_url(self) -> str:
         if not self.redis_url:

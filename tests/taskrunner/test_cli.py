@@ -35,6 +35,8 @@ async def _start_dev(data_dir: Path, port: int) -> tuple[asyncio.subprocess.Proc
             assert line, "taskrunner dev exited before printing the GraphiQL line"
             if line.startswith("GraphiQL: "):
                 url = line.removeprefix("GraphiQL: ").strip()
+                dashboard_line = (await proc.stdout.readline()).decode()
+                assert dashboard_line.startswith("Dashboard: "), dashboard_line
                 key_line = (await proc.stdout.readline()).decode()
                 assert key_line.startswith("API key: "), key_line
                 return proc, url, key_line.removeprefix("API key: ").strip()
@@ -48,6 +50,7 @@ async def test_dev_serves_graphiql_stops_on_ctrl_c_and_keeps_tasks(tmp_path: Pat
         async with httpx.AsyncClient() as client:
             page = await client.get(url, headers={"Accept": "text/html"})
         assert page.status_code == 200 and "graphiql" in page.text.lower()
+        assert f'"Authorization": "Bearer {key}"' in page.text  # the page comes authorised
         stack = Stack(url.removesuffix("/graphql"), settings=None, key=key)  # type: ignore[arg-type]
         task_id = (
             await stack.execute('mutation { submitTask(task: {echo: {message: "kept"}}) { id } }')
