@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -68,6 +69,27 @@ def _trace_ids(_: Any, __: str, record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+# What libraries put on their records for their own formatters: uvicorn's coloured copy of
+# the message, and what a Formatter of theirs that saw the record first set on it.
+FOREIGN_EXTRAS = ("color_message", "asctime", "message")
+
+
+def _drop_foreign_extras(
+    _: Any, __: str, record: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for name in FOREIGN_EXTRAS:
+        record.pop(name, None)
+    return record
+
+
+def adopt_library_loggers() -> None:
+    """uvicorn installs handlers of its own: its records reach only ours, through the
+    root."""
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+
+
 SHARED: list[Any] = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_log_level,
@@ -85,7 +107,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*SHARED, structlog.stdlib.ExtraAdder()],
+        foreign_pre_chain=[*SHARED, structlog.stdlib.ExtraAdder(), _drop_foreign_extras],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
@@ -114,10 +136,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     arq_worker = logging.getLogger("arq.worker")
     if _not_arq_job_line not in arq_worker.filters:
         arq_worker.addFilter(_not_arq_job_line)
-    # uvicorn installs its own handlers; let its records reach ours instead
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        logging.getLogger(name).handlers[:] = []
-        logging.getLogger(name).propagate = True
+    adopt_library_loggers()  # uvicorn installs its own handlers; its records reach ours
 
 
 events = structlog.stdlib.get_logger("taskrunner.events")

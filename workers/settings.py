@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import socket
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -461,8 +462,29 @@ def __getattr__(name: str) -> Any:
     if name == "WorkerSettings":
         settings = get_settings()
         configure_logging(settings.log_level, settings.log_format)
+        keep_our_logging_under_the_arq_cli()
         return type("WorkerSettings", (), arq_cli_options(settings))
     raise AttributeError(name)
+
+
+def keep_our_logging_under_the_arq_cli() -> None:
+    """The arq CLI reads WorkerSettings, then applies its default logging config (unless
+    given --custom-log-dict), which gives the `arq` logger a handler of its own: each of
+    its lines would print twice, once in arq's plain format. Under the CLI, its default
+    becomes one that only sets arq's level (-v: DEBUG), so its lines go through ours."""
+    cli = sys.modules.get("arq.cli")
+    if cli is None:
+        return
+
+    def arq_levels_only(verbose: bool) -> dict[str, Any]:
+        level = "DEBUG" if verbose else "INFO"
+        return {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "loggers": {"arq": {"level": level}},
+        }
+
+    cli.default_log_config = arq_levels_only  # type: ignore[attr-defined]
 
 
 def arq_cli_options(settings: Settings) -> dict[str, Any]:
