@@ -20,7 +20,13 @@ from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
@@ -49,7 +55,7 @@ from api.limits import BodyLimitMiddleware
 from api.observability import RequestIdMiddleware, healthz, metrics_endpoint, readyz
 from api.schema import build_schema
 from api.types.service import Limits
-from taskrunner import dag, jsonx, queue, tracing
+from taskrunner import dag, jsonx, queries, queue, tasklogs, tracing
 from taskrunner.artifacts.downloads import attachment
 from taskrunner.artifacts.quotas import Quota
 from taskrunner.artifacts.records import get_artifact
@@ -218,6 +224,30 @@ async def artifact_download(request: Request) -> Response:
     )
 
 
+async def task_log(request: Request) -> Response:
+    """A task's log (`Task.logsUrl`), read from its events as it is sent (see
+    taskrunner.tasklogs), for a signed link that has not expired; the same rule for a key
+    sent along as for artifacts."""
+    services: Services = request.app.state.services
+    task_id = _signed_id(request, "task_id", "log")
+    if isinstance(task_id, Response):
+        return task_id
+    secret = bearer(request.headers.get("authorization"))
+    owner = None
+    if secret is not None:
+        caller = await services.authenticator.principal(secret)
+        if caller is None:
+            return unauthenticated(f"the API key is unknown or revoked: {HOW_TO}")
+        owner = caller.scope
+    if await queries.get(engine=services.engine, task_id=task_id, owner=owner) is None:
+        return PlainTextResponse("no such task", 404)
+    return StreamingResponse(
+        tasklogs.task_log(services.engine, task_id),
+        media_type=tasklogs.CONTENT_TYPE,
+        headers={"Cache-Control": "no-store", **NOSNIFF},
+    )
+
+
 async def artifact_upload(request: Request) -> Response:
     """The bytes of an upload granted by createArtifactUpload (local store), streamed in
     and refused past TASK_MAX_ARTIFACT_MB (or what the grant reserved of its owner's
@@ -295,6 +325,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *_dashboard(settings),
             Route("/artifacts/uploads/{upload_id}", artifact_upload, methods=["PUT"]),
             Route("/artifacts/{artifact_id}", artifact_download),
+            Route("/tasks/{task_id}/log", task_log),
             Route("/limits", limits),
             Route("/healthz", healthz),
             Route("/readyz", readyz),

@@ -22,8 +22,6 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner import concurrency, journal, queue, transitions
-from taskrunner.artifacts.storage import ArtifactStore
-from taskrunner.artifacts.tasklog import store_task_log
 from taskrunner.heartbeats import SUSPECTS
 from taskrunner.models import task_table
 from taskrunner.states import TaskStatus
@@ -150,11 +148,9 @@ async def recover_orphans(
     engine: AsyncEngine,
     pool: ArqRedis,
     orphans: list[Any],
-    store: ArtifactStore | None = None,
-    max_artifact_bytes: int = 0,
 ) -> int:
     """Run orphans again (retries left), cancel them (cancel requested), or fail them with
-    WORKER_LOST (their log stored first, as for any ending attempt): `transitions.lost`.
+    WORKER_LOST: `transitions.lost`.
     Each change holds only if the row is still that attempt of that worker."""
     if not orphans:
         return 0
@@ -168,17 +164,6 @@ async def recover_orphans(
         )
         for r in orphans
     ]
-    if store is not None:
-        for row, change in zip(orphans, changes, strict=True):
-            if change.to in (TaskStatus.FAILED, TaskStatus.CANCELLED):
-                await store_task_log(
-                    engine=engine,
-                    redis=pool,
-                    store=store,
-                    task_id=row.id,
-                    attempt=row.attempts,
-                    max_bytes=max_artifact_bytes,
-                )
     outcomes = await journal.apply(engine, pool, changes)
     again = [
         queue.job_of(r)

@@ -92,6 +92,7 @@ def started(task_id: uuid.UUID, worker_id: str, *, limited: bool = False) -> Cha
     return _move(
         task_id,
         TaskStatus.RUNNING,
+        {"worker": worker_id},  # the task's log names it (taskrunner.tasklogs)
         values={
             "started_at": NOW,
             "attempts": NEXT_ATTEMPT,
@@ -134,15 +135,23 @@ def failed(task_id: uuid.UUID, attempt: int, code: TaskErrorCode, message: str) 
 
 
 def requeued(
-    task_id: uuid.UUID, attempt: int, code: TaskErrorCode, message: str, delay_seconds: float
+    task_id: uuid.UUID,
+    attempt: int,
+    code: TaskErrorCode,
+    message: str,
+    delay_seconds: float,
+    *,
+    max_retries: int,
 ) -> Change:
     """RUNNING -> QUEUED after a failure with retries left: waits in PostgreSQL until
-    `delay_seconds` from now (the backoff), carrying the error until a later attempt."""
+    `delay_seconds` from now (the backoff), carrying the error until a later attempt. The
+    event says which retry of how many, and when (the task's log reads it)."""
     error = _error(code, message)
+    retry = {"retry": attempt, "of": max_retries, "in_seconds": round(delay_seconds, 3)}
     return _move(
         task_id,
         TaskStatus.QUEUED,
-        {"error": error},
+        {"error": error, "retry": retry},
         values={
             "due_at": seconds_from_now(delay_seconds),
             "worker_id": None,

@@ -205,13 +205,7 @@ async def reconcile(ctx: WorkerContext) -> None:
     candidates = await reconciler.find_orphans(ctx["engine"], live, grace_seconds=grace)
     due = await reconciler.due_orphans(ctx["redis"], candidates, grace_seconds=grace)
     await concurrency.release_all(ctx["engine"], ctx["redis"])  # releases lost to a crash
-    orphans = await reconciler.recover_orphans(
-        ctx["engine"],
-        ctx["redis"],
-        due,
-        ctx["store"],
-        int(settings.task_max_artifact_mb * 1024 * 1024),
-    )
+    orphans = await reconciler.recover_orphans(ctx["engine"], ctx["redis"], due)
     settled = await workflows.repair(ctx["engine"], ctx["redis"])  # settlings lost
     if lost or orphans or settled:
         log.warning(

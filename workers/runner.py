@@ -31,7 +31,6 @@ from pydantic_core import to_jsonable_python
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner import concurrency, deadlines, journal, metrics, tracing, transitions, workflows
-from taskrunner.artifacts.tasklog import store_task_log
 from taskrunner.changes import Change, Outcome
 from taskrunner.db import retry_unavailable
 from taskrunner.events import EventKind
@@ -165,10 +164,6 @@ async def _attempt(
         if attempt.workflow_id is not None:
             final = replace(final, step=True)  # its end is settled: see Change.step
         _report(task_type.name, final, run_seconds, killed)
-        # task.log holds every attempt's lines: a first attempt that succeeded without
-        # logging has none (a cancel or a failure may have lines written by others)
-        if attempt.number > 1 or final.to is not TaskStatus.SUCCEEDED or tid in ctx["logged"]:
-            await _store_log(ctx, tid, attempt.number)
         await _record_final(ctx, tid, final)
         if attempt.concurrency_key is not None:  # its slot is free: start what waits for it
             await concurrency.release(
@@ -176,7 +171,6 @@ async def _attempt(
             )
         return final
     finally:
-        ctx["logged"].discard(tid)
         running = ctx["running"].get(tid)
         if running is not None and running.attempt == attempt.number:  # not a later one's
             del ctx["running"][tid]
@@ -231,16 +225,10 @@ async def _retry_later(
     backoff."""
     delay = backoff(task_type.retry, attempt.number)
     error = failure.data["error"]
-    await _log(
-        ctx,
-        task_id,
-        attempt.number,
-        "warning",
-        f"attempt {attempt.number} failed ({error['code']}: {error['message']}); "
-        f"retry {attempt.number} of {attempt.max_retries} in {delay:.2f}s",
-    )
     code = TaskErrorCode(error["code"])
-    return transitions.requeued(task_id, attempt.number, code, error["message"], delay)
+    return transitions.requeued(
+        task_id, attempt.number, code, error["message"], delay, max_retries=attempt.max_retries
+    )
 
 
 @dataclass(frozen=True)
@@ -390,8 +378,6 @@ async def _run_body(
             # Its last progress and lines come before the outcome. Outside the timer: the
             # body's time is over, and while PostgreSQL is away they may wait.
             await tctx.close()
-            if tctx.lines:
-                ctx["logged"].add(task_id)
     except TimeoutError as exc:
         if not timer.expired():  # raised by the task itself: an error like any other
             return await _raised(ctx, task_type, task_id, attempt.number, exc)
@@ -452,21 +438,9 @@ async def _raised(
     return failure if retryable(task_type.retry, exc) else replace(failure, retryable=False)
 
 
-async def _store_log(ctx: WorkerContext, task_id: uuid.UUID, attempt: int) -> None:
-    await store_task_log(
-        engine=ctx["engine"],
-        redis=ctx["redis"],
-        store=ctx["store"],
-        task_id=task_id,
-        attempt=attempt,
-        max_bytes=int(ctx["settings"].task_max_artifact_mb * 1024 * 1024),
-    )
-
-
 async def _log(ctx: WorkerContext, task_id: uuid.UUID, attempt: int, level: str, line: str) -> None:
     """A line of the runner's own (a traceback, a retry), before the outcome; again while
     PostgreSQL cannot be reached."""
-    ctx["logged"].add(task_id)
     change = transitions.log_line(task_id, attempt, level, line)
 
     async def write() -> Outcome:

@@ -98,7 +98,6 @@ async def _startup(settings: Settings, served: list[str], ctx: dict[str, Any]) -
     ctx["running"] = {}
     ctx["cancel_requests"] = {}
     ctx["pulse"] = heartbeats.Pulse(settings.heartbeat_interval_seconds)
-    ctx["logged"] = set()
     install_log_capture()
     # The baseline of TASK_MAX_MEMORY_MB: the worker's memory once it is set up.
     ctx["memory"] = MemoryWatchdog(ctx["running"], settings.task_max_memory_mb)

@@ -45,7 +45,6 @@ class WorkerContext(TypedDict):
     store: ArtifactStore
     pulse: heartbeats.Pulse  # whether this worker's heartbeats are written
     memory: MemoryWatchdog  # TASK_MAX_MEMORY_MB
-    logged: set[uuid.UUID]  # tasks running here whose attempt wrote log lines
     processes: ProcessPool  # the children of process tasks (WORKER_PROCESSES)
 
 

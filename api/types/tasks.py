@@ -184,12 +184,17 @@ class Task:
         return [Artifact.from_row(r) for r in rows]
 
     @strawberry.field(
-        description="Download link of the task's whole log (written when an attempt ends)."
+        description="Link to the task's log as text, once it started: each attempt's steps "
+        "(started on which worker, how it ended, retries) and the task's own lines, so far "
+        "while it runs. The link expires after ARTIFACT_URL_TTL_SECONDS."
     )
-    async def logs_url(self, info: Info) -> str | None:
-        rows = await list_artifacts(info.context.services.engine, uuid.UUID(str(self.id)))
-        logs = [r for r in rows if r.is_log]
-        return await Artifact.from_row(logs[-1]).url(info) if logs else None
+    def logs_url(self, info: Info) -> str | None:
+        if self.attempts == 0:
+            return None
+        services = info.context.services
+        ttl = services.settings.artifact_url_ttl_seconds
+        path = services.signer.path(uuid.UUID(str(self.id)), ttl, "log")
+        return f"{info.context.base_url}{path}"
 
     @strawberry.field(
         description="How its attempts went: queue wait, run time, worker, peak memory."

@@ -4,6 +4,7 @@ links.
 
 Import from the module of the concept: `streams` (metered byte streams), `storage` (the
 store protocol and `make_store`), `local` and `s3` (the backends), `signing` (signed links
-and the download header), `quotas`, `records` (add, list, get, retention), `uploads`
-(client upload grants) and `tasklog` (the runner's task.log).
+and the download header), `quotas`, `records` (add, list, get, retention) and `uploads`
+(client upload grants). A task's log is not a file: `taskrunner.tasklogs` reads it from
+its events.
 """

@@ -24,7 +24,12 @@ class Signer:
     clock: Callable[[], float] = field(default=time.time)
 
     # What a link lets its holder do; a download link never works as an upload link.
-    ROUTES = {"download": "/artifacts/{}", "upload": "/artifacts/uploads/{}"}
+    # A task's log (`Task.logsUrl`) is signed with the task's id.
+    ROUTES = {
+        "download": "/artifacts/{}",
+        "upload": "/artifacts/uploads/{}",
+        "log": "/tasks/{}/log",
+    }
 
     def signature(self, artifact_id: uuid.UUID, expires: int, purpose: str = "download") -> str:
         message = f"{purpose}:{artifact_id}:{expires}".encode()

@@ -66,7 +66,7 @@ async def test_direct_delivery_keeps_every_subscriber_exact_across_backlog_and_l
     with counting_direct_sends() as sent:
         async with run_direct_api(settings) as url:
             stack = await Stack.keyed(url, settings)
-            chatter = {"chatter": {"progressSteps": 0, "logLines": 60, "intervalSeconds": 0.02}}
+            chatter = {"chatter": {"progressSteps": 0, "logLines": 61, "intervalSeconds": 0.02}}
             task_id = await submit(stack, chatter)
             ready = asyncio.Event()
             early = asyncio.create_task(subscribe_many(url, stack.key, task_id, 4, 25, ready))
@@ -87,7 +87,7 @@ async def test_direct_delivery_keeps_every_subscriber_exact_across_backlog_and_l
                 results = await asyncio.wait_for(asyncio.gather(early, *late), 60)
                 expected = await stored()
     early_results, late_results = results[0], results[1:]
-    assert len(expected) == 64  # QUEUED, RUNNING, 60 lines, task.log, SUCCEEDED
+    assert len(expected) == 64  # QUEUED, RUNNING, 61 lines, SUCCEEDED
     assert len(early_results) == 100 and all(got == expected for got in early_results)
     assert all(got == expected[5:] for got in late_results)
     assert len(sent) >= 100 * 50  # most live events went the direct way

@@ -22,7 +22,7 @@ from tests.support.processes import spawn, stop, wait_ready, worker_process
 from tests.support.rows import status_counts, wait_for
 from tests.support.servers import run_api, run_worker
 from tests.support.stack import Stack, make_key
-from tests.support.tasks import BATCH, WATCH, finish, submit, task_of
+from tests.support.tasks import BATCH, WATCH, finish, submit, task_log, task_of
 from tests.support.waiting import eventually
 
 
@@ -49,8 +49,10 @@ async def test_failures_beyond_max_retries_end_failed(stack: Stack) -> None:
     assert events[-1]["status"] == "FAILED"
     task = await task_of(stack, task_id)
     assert task["attempts"] == 2 and task["error"]["code"] == "TASK_ERROR"
-    warnings = [e["line"] for e in events if e.get("level") == "warning"]
-    assert len(warnings) == 1 and "retry 1 of 1" in warnings[0]
+    retries = [e for e in events if e.get("status") == "QUEUED" and e.get("error")]
+    assert len(retries) == 1 and retries[0]["error"]["code"] == "TASK_ERROR"
+    log = await task_log(stack, task_id)
+    assert "WARNING attempt 1 failed with TASK_ERROR: " in log and "retry 1 of 1 in " in log, log
 
 
 async def test_retry_task_runs_a_failed_task_again_keeping_its_history(stack: Stack) -> None:

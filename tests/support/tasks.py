@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
+
 from tests.support.stack import Stack
 from tests.support.waiting import eventually
 
@@ -63,3 +65,14 @@ async def ended(stack: Stack, query: str, task_id: str, within: float = 20) -> d
 
     await eventually(done, within=within)
     return found
+
+
+async def task_log(stack: Stack, task_id: str) -> str:
+    """The task's log, as its `logsUrl` serves it."""
+    task = await stack.execute("query($id: ID!) { task(id: $id) { logsUrl } }", id=task_id)
+    url = task["task"]["logsUrl"]
+    assert url is not None, "the task has not started: no log yet"
+    async with httpx.AsyncClient() as client:
+        answer = await client.get(url)
+    assert answer.status_code == 200, answer.text
+    return answer.text

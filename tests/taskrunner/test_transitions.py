@@ -62,7 +62,7 @@ BUILDERS: dict[str, tuple[Change, Change, str]] = {
         Change(
             A,
             EventKind.STATUS,
-            {"status": "RUNNING"},
+            {"status": "RUNNING", "worker": "w1"},
             to=TaskStatus.RUNNING,
             values={
                 "started_at": NOW,
@@ -112,11 +112,15 @@ BUILDERS: dict[str, tuple[Change, Change, str]] = {
         "RUNNING",
     ),
     "requeued": (
-        transitions.requeued(A, 1, TaskErrorCode.TASK_ERROR, "ValueError: x", 2.5),
+        transitions.requeued(A, 1, TaskErrorCode.TASK_ERROR, "ValueError: x", 2.5, max_retries=3),
         Change(
             A,
             EventKind.STATUS,
-            {"status": "QUEUED", "error": {"code": "TASK_ERROR", "message": "ValueError: x"}},
+            {
+                "status": "QUEUED",
+                "error": {"code": "TASK_ERROR", "message": "ValueError: x"},
+                "retry": {"retry": 1, "of": 3, "in_seconds": 2.5},
+            },
             to=TaskStatus.QUEUED,
             values={
                 "due_at": Sql("clock_timestamp() + make_interval(secs => $)", 2.5),
@@ -283,8 +287,8 @@ SAME_SHAPE: dict[str, tuple[Change, Change]] = {
         transitions.failed(B, 2, TaskErrorCode.TASK_ERROR, "KeyError: 'k'"),
     ),
     "requeued": (
-        transitions.requeued(A, 1, TaskErrorCode.TASK_ERROR, "x", 0.5),
-        transitions.requeued(B, 2, TaskErrorCode.LIMIT_EXCEEDED, "y", 30.0),
+        transitions.requeued(A, 1, TaskErrorCode.TASK_ERROR, "x", 0.5, max_retries=1),
+        transitions.requeued(B, 2, TaskErrorCode.LIMIT_EXCEEDED, "y", 30.0, max_retries=2),
     ),
     "cancelled": (transitions.cancelled(A, 1), transitions.cancelled(B, 2)),
     "handed_back": (transitions.handed_back(A, 1), transitions.handed_back(B, 5)),

@@ -218,7 +218,9 @@ def end_of(model: Model, i: int, task_id: uuid.UUID) -> Change:
     if plan == "succeed" or (plan == "retry" and attempt == 2):
         return transitions.succeeded(task_id, attempt, {"message": key(i)})
     if plan in ("retry", "retry_fail") and attempt == 1:
-        return transitions.requeued(task_id, attempt, TaskErrorCode.TASK_ERROR, "boom", 0)
+        return transitions.requeued(
+            task_id, attempt, TaskErrorCode.TASK_ERROR, "boom", 0, max_retries=1
+        )
     return transitions.failed(task_id, attempt, TaskErrorCode.TASK_ERROR, "boom")
 
 
@@ -313,7 +315,7 @@ async def test_a_step_requeued_after_another_failed_is_cancelled(
         ).accepted
     failed = transitions.failed(a, 1, TaskErrorCode.TASK_ERROR, "boom")
     assert (await journal.apply_one(engine, pool, failed)).accepted
-    again = transitions.requeued(b, 1, TaskErrorCode.TASK_ERROR, "boom", 0)
+    again = transitions.requeued(b, 1, TaskErrorCode.TASK_ERROR, "boom", 0, max_retries=1)
     assert (await journal.apply_one(engine, pool, again)).accepted
     seen = await read(engine, workflow_id)
     assert [(r.status, r.error_code) for r in seen.rows] == [
