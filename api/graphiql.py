@@ -162,8 +162,8 @@ EXAMPLES: list[tuple[str, str, str | None]] = [  # (tab, query, variables)
     ),
     (
         "Schedule",
-        """# An echo every minute, created paused (resumeSchedule starts it; triggerSchedule
-# fires one now). Run it again and it answers CONFLICT: names are unique per owner.
+        """# An echo every minute, created paused: resumeSchedule starts it, triggerSchedule
+# fires one now, deleteSchedule removes it. Each run creates another.
 mutation Schedule {
   createSchedule(schedule: {
     name: "graphiql-every-minute"
@@ -176,23 +176,43 @@ mutation Schedule {
     ),
     (
         "Workflow",
-        """# a adds 1 and 2; b and c each add their own number to a's sum; d adds them up.
-mutation Workflow {
-  submitWorkflow(workflow: {
-    name: "diamond"
-    steps: [
-      {key: "a", task: {sum: {numbers: [1, 2]}}}
-      {key: "b", task: {sum: {numbers: [10]}}, dependsOn: ["a"],
-       bind: [{field: "numbers[]", step: "a", path: "sum"}]}
-      {key: "c", task: {sum: {numbers: [100]}}, dependsOn: ["a"],
-       bind: [{field: "numbers[]", step: "a", path: "sum"}]}
-      {key: "d", task: {sum: {numbers: [1000]}}, dependsOn: ["b", "c"],
-       bind: [{field: "numbers[]", step: "b", path: "sum"},
-              {field: "numbers[]", step: "c", path: "sum"}]}
-    ]
-  }) { id status steps { key task { id status } } }
+        """# A diamond (its steps in the variables below): a adds 1 and 2; b and c each add
+# their own number to a's sum; d adds 1000 to both. workflowUpdates(id) follows it.
+mutation Workflow($workflow: WorkflowInput!) {
+  submitWorkflow(workflow: $workflow) { id status steps { key task { id status } } }
 }""",
-        None,
+        json.dumps(
+            {
+                "workflow": {
+                    "name": "diamond",
+                    "steps": [
+                        {"key": "a", "task": {"sum": {"numbers": [1, 2]}}},
+                        {
+                            "key": "b",
+                            "task": {"sum": {"numbers": [10]}},
+                            "dependsOn": ["a"],
+                            "bind": [{"field": "numbers[]", "step": "a", "path": "sum"}],
+                        },
+                        {
+                            "key": "c",
+                            "task": {"sum": {"numbers": [100]}},
+                            "dependsOn": ["a"],
+                            "bind": [{"field": "numbers[]", "step": "a", "path": "sum"}],
+                        },
+                        {
+                            "key": "d",
+                            "task": {"sum": {"numbers": [1000]}},
+                            "dependsOn": ["b", "c"],
+                            "bind": [
+                                {"field": "numbers[]", "step": "b", "path": "sum"},
+                                {"field": "numbers[]", "step": "c", "path": "sum"},
+                            ],
+                        },
+                    ],
+                }
+            },
+            indent=2,
+        ),
     ),
 ]
 

@@ -35,6 +35,9 @@ async def run_tab(page: Page, name: str) -> None:
     tab = page.locator(".graphiql-tab", has_text=name).first
     if await tab.get_attribute("aria-selected") != "true":
         await tab.click()
+        # the tab's document is in the editor, and GraphiQL has read its operation's name
+        await expect(page.locator(".graphiql-query-editor")).to_contain_text(name)
+        await page.wait_for_timeout(500)
     await page.locator(".graphiql-execute-button").click()
 
 
@@ -71,6 +74,19 @@ async def test_under_dev_the_tabs_run_as_they_are(dev_settings: Settings) -> Non
         )
         final = (await response_json(page))["data"]["taskUpdates"]
         assert final["__typename"] == "StatusChanged" and final["status"] == "SUCCEEDED"
+        for name, field in (
+            ("List", "tasks"),
+            ("Schedule", "createSchedule"),
+            ("Workflow", "submitWorkflow"),
+        ):  # the other tabs run as they are too
+            await run_tab(page, name)
+            await page.wait_for_function(
+                "field => document.querySelector('.graphiql-response').innerText"
+                '.includes(`"${field}"`)',
+                arg=field,
+            )
+            answer = await response_json(page)
+            assert "errors" not in answer and answer["data"][field], answer
         async with httpx.AsyncClient() as client:  # the task the Follow tab showed
             answer = await client.post(
                 f"{url}/graphql",
