@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner.events import EventKind
-from taskrunner.models import event_table
+from taskrunner.models import event_table, task_table
 
 PAGE = 1000  # events read at a time
 CONTENT_TYPE = "text/plain; charset=utf-8"
@@ -27,6 +27,10 @@ CONTENT_TYPE = "text/plain; charset=utf-8"
 class _Reading:
     """Where the log is in the task's life, as its events tell it."""
 
+    # the worker of each attempt: from the attempt's final event (its metrics), or the
+    # task row for the attempt running now (the RUNNING event does not carry it: it is
+    # the one every task writes, kept small)
+    workers: dict[int, str] = field(default_factory=dict)
     attempt: int = 0  # RUNNING events so far: the attempt running or last run
     running: bool = False
 
@@ -53,7 +57,7 @@ def _status_line(reading: _Reading, data: dict[str, Any]) -> tuple[str, str] | N
     reading.running = status == "RUNNING"
     if status == "RUNNING":
         reading.attempt += 1
-        worker = data.get("worker")
+        worker = reading.workers.get(reading.attempt)
         where = f" on worker {worker}" if worker else ""
         return "info", f"attempt {reading.attempt} started{where}"
     if status == "SUCCEEDED":
@@ -92,10 +96,25 @@ def render(reading: _Reading, kind: str, at: datetime, data: dict[str, Any]) -> 
     return None
 
 
+async def _workers(engine: AsyncEngine, task_id: uuid.UUID) -> dict[int, str]:
+    """Which worker ran each attempt (as far as known)."""
+    e, t = event_table.c, task_table.c
+    metrics = e.data["metrics"]
+    ended = sa.select(metrics["attempt"].as_integer(), metrics["worker_id"].as_string()).where(
+        e.task_id == task_id, e.kind == EventKind.STATUS.value, e.data.has_key("metrics")
+    )
+    now = sa.select(t.attempts, t.worker_id).where(t.id == task_id, t.worker_id.is_not(None))
+    async with engine.connect() as conn:
+        found = {int(n): str(w) for n, w in await conn.execute(ended) if n and w}
+        for n, w in await conn.execute(now):
+            found.setdefault(int(n), str(w))
+    return found
+
+
 async def task_log(engine: AsyncEngine, task_id: uuid.UUID) -> AsyncIterator[str]:
     """The task's log so far, line by line (see the module)."""
     e = event_table.c
-    reading, after = _Reading(), 0
+    reading, after = _Reading(await _workers(engine, task_id)), 0
     while True:
         query = (
             sa.select(e.seq, e.kind, e.at, e.data)

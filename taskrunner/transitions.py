@@ -92,7 +92,6 @@ def started(task_id: uuid.UUID, worker_id: str, *, limited: bool = False) -> Cha
     return _move(
         task_id,
         TaskStatus.RUNNING,
-        {"worker": worker_id},  # the task's log names it (taskrunner.tasklogs)
         values={
             "started_at": NOW,
             "attempts": NEXT_ATTEMPT,

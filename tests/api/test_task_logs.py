@@ -95,6 +95,7 @@ async def test_a_running_task_serves_its_log_so_far_and_a_cancel_ends_it(stack: 
 
     await eventually(some_lines, within=20)
     assert "succeeded" not in seen["log"] and "line 600 of 600" not in seen["log"]
+    assert re.search(r"INFO +attempt 1 started on worker \S+:\d+:\w+\n", seen["log"])
     await stack.execute("mutation($id: ID!) { cancelTask(id: $id) { id } }", id=task_id)
     task = await ended(stack, task_id)
     lines = texts(await read_log(task["logsUrl"]))

@@ -62,7 +62,7 @@ BUILDERS: dict[str, tuple[Change, Change, str]] = {
         Change(
             A,
             EventKind.STATUS,
-            {"status": "RUNNING", "worker": "w1"},
+            {"status": "RUNNING"},
             to=TaskStatus.RUNNING,
             values={
                 "started_at": NOW,
