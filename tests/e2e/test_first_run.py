@@ -54,9 +54,13 @@ from tests.support.processes import pid_alive
 NODE_TOOLS = ("node", "nodejs", "npm", "npx", "corepack")
 READY_WITHIN = 240.0  # npm ci, the dashboard's build and the stack's start, on a busy machine
 STOP_WITHIN = 30.0
-# The environment a newcomer's shell would plausibly have; nothing of the test's own
-# (DATABASE_URL, coverage's hooks, the outer make's MAKEFLAGS, PATH with this venv).
-KEPT = re.compile(r"^(HOME|USER|LOGNAME|LANG|LC_\w+|TZ|TMPDIR|(?i:npm_config_\w+|\w+_proxy))$")
+# The environment a newcomer's shell would plausibly have (with the proxy and certificates
+# npm may need to reach its registry); nothing of the test's own (DATABASE_URL, coverage's
+# hooks, the outer make's MAKEFLAGS, PATH with this venv).
+KEPT = re.compile(
+    r"^(HOME|USER|LOGNAME|LANG|LC_\w+|TZ|TMPDIR|NODE_EXTRA_CA_CERTS|SSL_CERT_(FILE|DIR)"
+    r"|(?i:npm_config_\w+|\w+_proxy))$"
+)
 
 
 def node_free_path(root: Path) -> str:
