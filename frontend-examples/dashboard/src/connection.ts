@@ -31,3 +31,23 @@ export function saveConnection({ apiUrl, key }: Connection): Connection {
   localStorage.setItem(KEY, key.trim());
   return { apiUrl: url, key: key.trim() };
 }
+
+export function forgetKey(): void {
+  localStorage.removeItem(KEY);
+}
+
+/**
+ * The development key the api hands out under `taskrunner dev` on a loopback address
+ * (GET /dashboard/config.json: {"devKey": "trk_..."}; {} elsewhere, 404 from an older
+ * api). Null when there is none.
+ */
+export async function fetchDevKey(): Promise<string | null> {
+  try {
+    const response = await fetch(`${import.meta.env.BASE_URL}config.json`, { cache: "no-store" });
+    if (!response.ok) return null;
+    const config = (await response.json()) as { devKey?: unknown };
+    return typeof config.devKey === "string" && config.devKey ? config.devKey : null;
+  } catch {
+    return null;
+  }
+}

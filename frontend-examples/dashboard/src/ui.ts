@@ -1,0 +1,211 @@
+// Small pieces every view uses: status badges, progress bars, times and sizes, the
+// loading / empty / error states (each saying what to do), and a refresher that re-runs a
+// view's query on events without flooding the api.
+import { ApiError, toApiError } from "./api";
+import { h } from "./dom";
+import type { TaskStatus, WorkflowStatus } from "./gql/graphql";
+
+export const STATUSES: readonly TaskStatus[] = ["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"];
+
+export function badge(status: TaskStatus | WorkflowStatus, testId = "status"): HTMLElement {
+  return h("span", { class: `badge badge-${status.toLowerCase()}`, "data-testid": testId }, status);
+}
+
+export function progressBar(progress: number | null | undefined, label: string): HTMLElement {
+  return h(
+    "span",
+    { class: "progress" },
+    h("progress", {
+      "data-testid": "progress",
+      max: 1,
+      value: progress ?? undefined,
+      "aria-label": label,
+    }),
+    h("span", { class: "progress-text" }, progress == null ? "" : `${Math.round(progress * 100)}%`),
+  );
+}
+
+export function formatTime(iso: string | null | undefined): string {
+  if (!iso) return "—";
+  const date = new Date(iso);
+  const today = new Date().toDateString() === date.toDateString();
+  return today ? date.toLocaleTimeString() : date.toLocaleString();
+}
+
+export function time(iso: string | null | undefined): HTMLElement | string {
+  return iso ? h("time", { datetime: iso, title: new Date(iso).toLocaleString() }, formatTime(iso)) : "—";
+}
+
+/** 0.0123 → "12 ms", 75 → "1m 15s". */
+export function formatSeconds(seconds: number | null | undefined): string {
+  if (seconds == null || !Number.isFinite(seconds)) return "—";
+  if (seconds < 1) return `${Math.round(seconds * 1000)} ms`;
+  if (seconds < 60) return `${seconds.toFixed(seconds < 10 ? 2 : 1)} s`;
+  if (seconds < 3600) return `${Math.floor(seconds / 60)}m ${Math.round(seconds % 60)}s`;
+  const hours = Math.floor(seconds / 3600);
+  if (hours < 48) return `${hours}h ${Math.round((seconds % 3600) / 60)}m`;
+  return `${Math.floor(hours / 24)}d ${hours % 24}h`;
+}
+
+/** How long ago, e.g. "3 s ago". */
+export function ago(iso: string | null | undefined, now = Date.now()): string {
+  if (!iso) return "—";
+  const seconds = Math.max(0, (now - Date.parse(iso)) / 1000);
+  if (seconds < 60) return `${Math.round(seconds)} s ago`;
+  return `${formatSeconds(seconds)} ago`;
+}
+
+export function formatBytes(bytes: number | null | undefined): string {
+  if (bytes == null) return "—";
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 ** 2) return `${(bytes / 1024).toFixed(1)} KiB`;
+  if (bytes < 1024 ** 3) return `${(bytes / 1024 ** 2).toFixed(1)} MiB`;
+  return `${(bytes / 1024 ** 3).toFixed(2)} GiB`;
+}
+
+export function json(value: unknown): string {
+  return JSON.stringify(value, null, 2);
+}
+
+export function shortId(id: string): string {
+  return id.slice(0, 8);
+}
+
+export function taskLink(id: string, text = shortId(id)): HTMLElement {
+  return h("a", { href: `#/task/${id}`, class: "id", title: id, "data-testid": "task-link" }, h("code", {}, text));
+}
+
+// --- states -----------------------------------------------------------------------------
+
+export const KEY_HINT = "create a key with `taskrunner keys create NAME`, or use the one `make dev` prints";
+
+/** What went wrong and what to do about it, for an error of the api. */
+export function explain(error: unknown, apiUrl: string): { title: string; hint: string; code: string } {
+  const err = toApiError(error);
+  const code = err.code ?? "ERROR";
+  switch (code) {
+    case "UNREACHABLE":
+      return { code, title: `Cannot reach the API at ${apiUrl}.`, hint: "Is `make dev` running?" };
+    case "UNAUTHENTICATED":
+      return { code, title: `The API refused the key (${err.message}).`, hint: `To get one, ${KEY_HINT}.` };
+    case "FORBIDDEN":
+      return { code, title: err.message, hint: "An admin key can: `taskrunner keys create NAME --admin`." };
+    default:
+      return { code, title: err.message, hint: "Try again; the api's log says more." };
+  }
+}
+
+export function errorState(error: unknown, apiUrl: string, retry?: () => void): HTMLElement {
+  const { title, hint, code } = explain(error, apiUrl);
+  const button = retry ? h("button", { type: "button" }, "Try again") : null;
+  button?.addEventListener("click", retry!);
+  return h(
+    "div",
+    { class: "state state-error", role: "alert", "data-testid": "error-state", "data-code": code },
+    h("p", { class: "state-title" }, title),
+    h("p", {}, hint),
+    button,
+  );
+}
+
+export function loadingState(what: string): HTMLElement {
+  return h("p", { class: "state state-loading", "data-testid": "loading", role: "status" }, `Loading ${what}…`);
+}
+
+export function emptyState(title: string, hint: string | Node): HTMLElement {
+  return h(
+    "div",
+    { class: "state state-empty", "data-testid": "empty-state" },
+    h("p", { class: "state-title" }, title),
+    h("p", {}, hint),
+  );
+}
+
+export function actionError(error: unknown): string {
+  const err = error instanceof ApiError ? error : toApiError(error);
+  return err.code ? `${err.code}: ${err.message}` : err.message;
+}
+
+// --- refreshing -------------------------------------------------------------------------
+
+/**
+ * Runs `load` at most once per `minGap` ms however often it is asked for (one run in flight
+ * at a time; a request during a run schedules one more after it), and every `every` ms.
+ */
+export class Refresher {
+  private last = 0;
+  private timer: ReturnType<typeof setTimeout> | null = null;
+  private running = false;
+  private again = false;
+  private readonly interval: ReturnType<typeof setInterval> | null;
+  private disposed = false;
+
+  constructor(
+    private readonly load: () => Promise<void>,
+    private readonly minGap: number,
+    every: number | null,
+  ) {
+    this.interval = every ? setInterval(() => this.request(), every) : null;
+  }
+
+  /** Run now (unless a run is in flight: then once more after it). */
+  now(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    void this.run();
+  }
+
+  request(): void {
+    if (this.disposed || this.timer) return;
+    if (this.running) {
+      this.again = true;
+      return;
+    }
+    const wait = Math.max(0, this.last + this.minGap - Date.now());
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      void this.run();
+    }, wait);
+  }
+
+  private async run(): Promise<void> {
+    if (this.disposed) return;
+    if (this.running) {
+      this.again = true;
+      return;
+    }
+    this.running = true;
+    this.last = Date.now();
+    try {
+      await this.load();
+    } finally {
+      this.running = false;
+      if (this.again) {
+        this.again = false;
+        this.request();
+      }
+    }
+  }
+
+  dispose(): void {
+    this.disposed = true;
+    if (this.timer) clearTimeout(this.timer);
+    if (this.interval) clearInterval(this.interval);
+  }
+}
+
+/** Buttons that run a mutation: disabled meanwhile, the error shown in `errors`. */
+export async function busy<T>(button: HTMLButtonElement, errors: HTMLElement, action: () => Promise<T>): Promise<T | undefined> {
+  button.disabled = true;
+  errors.hidden = true;
+  errors.textContent = "";
+  try {
+    return await action();
+  } catch (error) {
+    errors.hidden = false;
+    errors.textContent = actionError(error);
+    return undefined;
+  } finally {
+    button.disabled = false;
+  }
+}
