@@ -1,8 +1,9 @@
-"""The dashboard example (frontend-examples/dashboard): its TypeScript types are generated
-from schema.graphql and type-check, a schema change the page does not follow breaks that
-check, and in a real headless Chromium against a real api and worker the page submits a
-task from its generated form, follows it live, cancels and retries, and resumes without a
-gap after the api restarts.
+"""The console (frontend-examples/dashboard): its TypeScript types are generated from
+schema.graphql and type-check, a schema change the page does not follow breaks that check,
+and in a real headless Chromium against a real api and worker the Tasks view submits a
+task from its generated form, the task's page follows it live, cancels and retries, and
+the page resumes without a gap after the api restarts. The other views:
+tests/e2e/test_console.py.
 
 `make pytest` builds the page (`make dashboard`) and installs Debian's chromium first."""
 
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
@@ -151,36 +153,39 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 async def open_dashboard(browser: Browser, url: str, key: str) -> tuple[Page, list[str]]:
-    """The page at /dashboard/ with `?key=`, once its subscription is live; and a list
-    that collects the page's uncaught errors."""
+    """The console's Tasks view at /dashboard/ with `?key=`, once its subscription is
+    live; and a list that collects the page's uncaught errors."""
     page = await browser.new_page(viewport={"width": 1360, "height": 640})
     page.set_default_timeout(10 * SECONDS)
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
-    await page.goto(f"{url}/dashboard/?key={key}")
+    await page.goto(f"{url}/dashboard/?key={key}#/tasks")
     await expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "connected")
     await expect(page.get_by_test_id("task-type").locator("option[value=sleep]")).to_have_count(1)
     assert "key=" not in page.url, "the key stays in the address bar"
     return page, errors
 
 
+async def go(page: Page, route: str) -> None:
+    """Follow the nav's link to a view (#/tasks, #/overview, ...)."""
+    await page.get_by_test_id("nav").locator(f'a[href="#/{route}"]').click()
+    await expect(page.get_by_test_id("view")).to_have_attribute("data-view", route)
+
+
 async def submit(page: Page, task_type: str, **fields: str) -> str:
-    """Fill the generated form, submit, and return the id of the task the view then shows."""
-    view = page.get_by_test_id("task-view")
-    before = await view.get_attribute("data-task-id")
+    """Fill the Tasks view's generated form, submit, and return the id of the task whose
+    page then opens."""
+    if await page.get_by_test_id("submit-form").count() == 0:
+        await go(page, "tasks")
+    option = page.get_by_test_id("task-type").locator(f"option[value={task_type}]")
+    await expect(option).to_have_count(1)
     await page.get_by_test_id("task-type").select_option(task_type)
     for name, value in fields.items():
         await page.get_by_test_id(f"field-{name}").fill(value)
     await page.get_by_test_id("submit").click()
-    await page.wait_for_function(
-        """before => {
-            const id = document.querySelector('[data-testid=task-view]').dataset.taskId;
-            return id !== undefined && id !== before;
-        }""",
-        arg=before,
-    )
-    await expect(page.get_by_test_id("submit-error")).to_be_hidden()
-    task_id = await view.get_attribute("data-task-id")
+    await expect(page.get_by_test_id("view")).to_have_attribute("data-view", "task")
+    await expect(page.get_by_test_id("task-view")).to_have_attribute("data-status", re.compile("."))
+    task_id = await page.get_by_test_id("task-view").get_attribute("data-task-id")
     assert task_id
     return task_id
 
@@ -190,7 +195,8 @@ def row(page: Page, task_id: str) -> Locator:
 
 
 async def follow_progress(task_row: Locator, until: str, within: float) -> list[float]:
-    """The values the row's progress bar shows while RUNNING, until the status is `until`."""
+    """The values the progress bar of a row or a task's page shows while RUNNING, until the
+    status is `until`."""
     seen: list[float] = []
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
@@ -228,50 +234,59 @@ async def test_submit_follow_cancel_and_retry_in_a_browser(
             "86400",
         )
 
-        # A 3 s sleep: its bar moves, it ends SUCCEEDED with its result and its log file.
+        # A 3 s sleep: its page opens, its bar moves, it ends SUCCEEDED with its result.
         short = await submit(page, "sleep", seconds="3")
-        bar = await follow_progress(row(page, short), until="SUCCEEDED", within=20)
+        bar = await follow_progress(view, until="SUCCEEDED", within=20)
         assert any(b > a for a, b in itertools.pairwise(bar)), f"the bar never moved: {bar}"
         await expect(view.get_by_test_id("status")).to_have_text("SUCCEEDED")
         await expect(view.get_by_test_id("result")).to_contain_text('"slept": 3')
         await expect(view.get_by_test_id("attempts")).to_have_text("1")
+        await expect(view.get_by_test_id("metrics-row")).to_have_count(1)
+        await expect(view.get_by_test_id("event-status")).to_have_text(
+            ["QUEUED", "RUNNING", "SUCCEEDED"]
+        )
 
-        # A long sleep, cancelled from the page while it runs.
+        # A long sleep, cancelled from its page while it runs.
         long = await submit(page, "sleep", seconds="10")
-        await expect(row(page, long)).to_have_attribute("data-status", "RUNNING")
+        await expect(view).to_have_attribute("data-task-id", long)
+        await expect(view).to_have_attribute("data-status", "RUNNING")
         await expect(view.get_by_test_id("retry")).to_be_disabled()
         await view.get_by_test_id("cancel").click()
-        await expect(row(page, long)).to_have_attribute("data-status", "CANCELLED")
+        await expect(view).to_have_attribute("data-status", "CANCELLED")
         await expect(view.get_by_test_id("status")).to_have_text("CANCELLED")
         await expect(view.get_by_test_id("logs")).to_contain_text("cancelled after")
         await expect(view.get_by_test_id("cancel")).to_be_disabled()
-        # What it logged is stored as task.log, linked from the view.
-        await expect(view.get_by_test_id("artifact-link")).to_have_text("task.log")
-        log_url = await view.get_by_test_id("artifact-link").get_attribute("href")
+        # Its whole log, as text, is linked from the page.
+        log_url = await view.get_by_test_id("logs-link").get_attribute("href")
         assert log_url is not None
         download = await page.request.get(log_url)
-        assert download.ok, f"the artifact link answers {download.status}"
+        assert download.ok, f"the log link answers {download.status}"
         assert "cancelled after" in await download.text()
 
         # Retried, it runs again (the log follows on), and is cancelled again.
         await view.get_by_test_id("retry").click()
-        await expect(row(page, long)).to_have_attribute("data-status", "RUNNING")
+        await expect(view).to_have_attribute("data-status", "RUNNING")
         await expect(view.get_by_test_id("attempts")).to_have_text("2")
         await page.wait_for_function(
-            f"() => Number(document.querySelector('[data-task-id=\"{long}\"]')"
-            ".dataset.progress) >= 0.2"
+            "() => Number(document.querySelector('[data-testid=task-view]').dataset.progress)"
+            " >= 0.2"
         )
+        await expect(view.get_by_test_id("timeline-attempt")).to_have_count(2)
         shot = SCREENSHOT if os.environ.get("UPDATE_SCREENSHOT") else tmp_path / "dashboard.png"
         await page.screenshot(path=str(shot))
         assert shot.stat().st_size > 10_000
         await view.get_by_test_id("cancel").click()
-        await expect(row(page, long)).to_have_attribute("data-status", "CANCELLED")
+        await expect(view).to_have_attribute("data-status", "CANCELLED")
         await expect(view.get_by_test_id("logs").get_by_text("cancelled after")).to_have_count(2)
 
         stack = Stack(url, settings, key)
         got = await stack.execute("query($id: ID!) { task(id: $id) { status attempts } }", id=long)
         assert got["task"] == {"status": "CANCELLED", "attempts": 2}
+        # The Tasks view lists both, as they are now.
+        await go(page, "tasks")
         await expect(page.get_by_test_id("task-row")).to_have_count(2)
+        await expect(row(page, short)).to_have_attribute("data-status", "SUCCEEDED")
+        await expect(row(page, long)).to_have_attribute("data-status", "CANCELLED")
         assert errors == []
 
 
@@ -290,7 +305,8 @@ async def test_the_page_resumes_from_its_cursor_after_the_api_restarts(
         async with serve(dashboard_app(settings), port) as url:
             page, errors = await open_dashboard(browser, url, key)
             task_id = await submit(page, "sleep", seconds="2")
-            await expect(row(page, task_id)).to_have_attribute("data-status", "RUNNING")
+            view = page.get_by_test_id("task-view")
+            await expect(view).to_have_attribute("data-status", "RUNNING")
 
         connection = page.get_by_test_id("connection")
         await expect(connection).not_to_have_attribute("data-state", "connected")
@@ -301,14 +317,20 @@ async def test_the_page_resumes_from_its_cursor_after_the_api_restarts(
             return status == "SUCCEEDED"
 
         await eventually(finished, within=15, step=0.2)
-        await expect(row(page, task_id)).to_have_attribute("data-status", "RUNNING")
+        await expect(view).to_have_attribute("data-status", "RUNNING")
 
         async with serve(dashboard_app(settings), port):
             await expect(connection).to_have_attribute("data-state", "connected")
-            # What happened meanwhile arrives through the resumed subscription (a new one
-            # without `after` would start now and never see it), each event exactly once.
-            await expect(row(page, task_id)).to_have_attribute("data-status", "SUCCEEDED")
+            # What happened meanwhile arrives through the resumed subscriptions (new ones
+            # without `after` would start now and never see it), each event exactly once:
+            # the task's page follows taskUpdates...
+            await expect(view).to_have_attribute("data-status", "SUCCEEDED")
             events = (await side.execute(EVENTS, id=task_id))["task"]["events"]
+            await expect(view).to_have_attribute("data-events", str(len(events)))
+            # ...and the Tasks view the page's one tasksUpdates feed (its rows never take
+            # a status from a query once the feed keeps them).
+            await go(page, "tasks")
+            await expect(row(page, task_id)).to_have_attribute("data-status", "SUCCEEDED")
             await expect(row(page, task_id)).to_have_attribute("data-events", str(len(events)))
             assert errors == []
             await page.close()
