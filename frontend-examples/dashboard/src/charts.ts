@@ -61,11 +61,13 @@ export function timeChart(title: string, testId: string, specs: SeriesSpec[], yF
         width: spec.kind === "bars" ? 0 : 2,
         fill: spec.kind === "bars" ? spec.color : undefined,
         spanGaps: false,
-        points: { show: spec.kind !== "bars", size: 4 },
+        points: { show: spec.kind !== "bars", size: 6 },
         paths: spec.kind === "bars" ? uPlot.paths.bars!({ size: [0.8, 40], align: 0 }) : undefined,
         // stacked bars draw running totals; the legend shows the series' own value
+        // away from the chart the legend shows the latest bucket's values
         value: (_u: uPlot, _v: number | null, _si: number, index: number | null) => {
-          const value = index == null ? null : (raw[i]?.[index] ?? null);
+          const values = raw[i] ?? [];
+          const value = values[index ?? values.length - 1] ?? null;
           return spec.format ? spec.format(value) : value == null ? "—" : yFormat(value);
         },
       })),

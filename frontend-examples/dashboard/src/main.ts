@@ -9,7 +9,7 @@ import { byTestId, h } from "./dom";
 import type { TaskTypesQuery } from "./gql/graphql";
 import { Live } from "./live";
 import { FailuresQuery, TaskTypesQuery as TaskTypesDocument } from "./operations";
-import { KEY_HINT, Refresher, emptyState, explain } from "./ui";
+import { KEY_HINT, Refresher, emptyState } from "./ui";
 import type { Ctx, Mount } from "./views/context";
 import { mountFailed } from "./views/failed";
 import { mountOverview } from "./views/overview";
@@ -87,7 +87,6 @@ function refused(error: Error): void {
   teardown();
   problem = { state: "refused", detail: error.message };
   showState("refused", error.message);
-  connectionBox.open = true;
   render();
 }
 
@@ -110,7 +109,6 @@ async function connect(typed: boolean): Promise<void> {
   if (!key) {
     problem = { state: "closed", detail: "no key" };
     showState("closed", "no API key");
-    connectionBox.open = true;
     render();
     return;
   }
@@ -176,6 +174,7 @@ function render(): void {
     else link.removeAttribute("aria-current");
   }
   viewRoot.dataset.view = route.name;
+  formHome();
   viewRoot.replaceChildren();
   if (session === null) {
     viewRoot.append(noSession());
@@ -212,22 +211,37 @@ function render(): void {
   unmount = view.mount(viewRoot, ctx);
 }
 
-/** What to do when there is no connection: no key, or a refused one. */
+/**
+ * What to do when there is no connection (no key, or a refused one): the connection form
+ * moves from the badge's popup into the page, under the explanation.
+ */
 function noSession(): HTMLElement {
-  const hint = `Paste an API key under the connection badge (top right) and press Connect: ${KEY_HINT}.`;
+  const hint = `Paste an API key below and press Connect: ${KEY_HINT}.`;
+  let state: HTMLElement;
   if (problem?.state === "refused") {
-    const { title } = explain(Object.assign(new Error(problem.detail), { code: "UNAUTHENTICATED" }), "");
-    return h(
+    state = h(
       "div",
       { class: "state state-error", role: "alert", "data-testid": "key-refused" },
-      h("p", { class: "state-title" }, title),
+      h("p", { class: "state-title" }, "The API refused the key."),
+      h("p", { class: "small" }, `It said: ${problem.detail}`),
       h("p", {}, hint),
     );
+  } else if (problem?.detail === "no key") {
+    state = h("div", { "data-testid": "no-key" }, emptyState("No API key yet.", hint));
+  } else {
+    return h("p", { class: "state state-loading", role: "status" }, "Connecting…");
   }
-  if (problem?.detail === "no key") {
-    return h("div", { "data-testid": "no-key" }, emptyState("No API key yet.", hint));
+  connectionBox.open = false;
+  connectionForm.classList.add("connection-inline");
+  return h("div", { class: "no-session" }, state, connectionForm);
+}
+
+/** The connection form back in the badge's popup. */
+function formHome(): void {
+  if (connectionForm.parentElement !== connectionBox) {
+    connectionForm.classList.remove("connection-inline");
+    connectionBox.append(connectionForm);
   }
-  return h("p", { class: "state state-loading", role: "status" }, "Connecting…");
 }
 
 // --- start ------------------------------------------------------------------------------

@@ -87,7 +87,7 @@ export function explain(error: unknown, apiUrl: string): { title: string; hint: 
     case "UNREACHABLE":
       return { code, title: `Cannot reach the API at ${apiUrl}.`, hint: "Is `make dev` running?" };
     case "UNAUTHENTICATED":
-      return { code, title: `The API refused the key (${err.message}).`, hint: `To get one, ${KEY_HINT}.` };
+      return { code, title: "The API refused the key.", hint: `To get one, ${KEY_HINT}.` };
     case "FORBIDDEN":
       return { code, title: err.message, hint: "An admin key can: `taskrunner keys create NAME --admin`." };
     default:
@@ -137,6 +137,7 @@ export class Refresher {
   private timer: ReturnType<typeof setTimeout> | null = null;
   private running = false;
   private again = false;
+  private urgent = false; // asked for with now() during a run: run again right after it
   private readonly interval: ReturnType<typeof setInterval> | null;
   private disposed = false;
 
@@ -152,6 +153,7 @@ export class Refresher {
   now(): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
+    if (this.running) this.urgent = true;
     void this.run();
   }
 
@@ -180,7 +182,10 @@ export class Refresher {
       await this.load();
     } finally {
       this.running = false;
-      if (this.again) {
+      if (this.urgent) {
+        this.urgent = this.again = false;
+        void this.run();
+      } else if (this.again) {
         this.again = false;
         this.request();
       }

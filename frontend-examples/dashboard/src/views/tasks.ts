@@ -332,7 +332,7 @@ export function taskTable(ctx: Ctx, options: TableOptions): { element: HTMLEleme
   );
   const element = h(
     "div",
-    { class: "panel table-panel" },
+    { class: "panel table-panel", "data-testid": "task-table-panel" },
     filterForm,
     bulk,
     bulkError,
@@ -347,8 +347,16 @@ export function taskTable(ctx: Ctx, options: TableOptions): { element: HTMLEleme
     return toFilter(filters);
   }
 
+  /** The filters and page a query asks for (kept on the panel once answered). */
+  function query(): string {
+    const shown = toParams(filters, size);
+    shown.set("page", String(cursors.length));
+    return shown.toString();
+  }
+
   async function load(): Promise<void> {
     const seq = ctx.live.seq;
+    const asked = query();
     const after = cursors[cursors.length - 1] ?? null;
     const bad = filters.id.split(/[\s,]+/).find((id) => id && !UUID.test(id));
     if (bad) {
@@ -358,12 +366,13 @@ export function taskTable(ctx: Ctx, options: TableOptions): { element: HTMLEleme
     }
     try {
       const data = await ctx.request(TasksQuery, { filter: currentFilter(), first: size, after });
-      if (disposed) return;
+      if (disposed || asked !== query()) return; // the filters changed meanwhile: asked again
       rowIds = data.tasks.edges.map((edge) => ctx.live.adopt(edge.node).id);
       ctx.live.settled(seq);
       nextCursor = data.tasks.pageInfo.hasNextPage ? (data.tasks.pageInfo.endCursor ?? null) : null;
       loaded = true;
       loadError = null;
+      element.dataset.query = asked; // what the rows answer (for tests, and the curious)
     } catch (error) {
       if (disposed) return;
       loadError = error;
