@@ -266,8 +266,9 @@ class Settings(BaseSettings):
         description="Base URL of the Brave Search API (point it at another host to test).",
     )
     search_source_allowlist: str = Field(
-        default="web,news",
-        description="Comma-separated sources `search` may query (e.g. web,news,videos).",
+        default="brave",
+        description="Comma-separated search providers (sources) `search` may query: brave. "
+        "Brave's verticals (web, news, videos) are chosen per search, in `verticals`.",
     )
     search_cache_ttl_seconds: int = Field(
         default=3600, ge=0, description="How long identical searches are answered from Redis."
@@ -384,6 +385,24 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
         return level
+
+    @field_validator("search_source_allowlist")
+    @classmethod
+    def _search_providers(cls, value: str) -> str:
+        from taskrunner.search import PROVIDERS, known_verticals
+
+        names = list(dict.fromkeys(n.strip().lower() for n in value.split(",") if n.strip()))
+        for name in names:
+            if name in PROVIDERS:
+                continue
+            if name in known_verticals():
+                raise ValueError(
+                    f"{name!r} is a vertical, not a search provider: list providers here "
+                    f"(e.g. {','.join(PROVIDERS)}); each search names its verticals in its "
+                    "`verticals` field"
+                )
+            raise ValueError(f"{name!r} is not a search provider: use {', '.join(PROVIDERS)}")
+        return ",".join(names)
 
     def require_database_url(self) -> str:
         if not self.database_url:

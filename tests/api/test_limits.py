@@ -69,7 +69,7 @@ async def test_limits_query_and_get_limits_answer_the_effective_limits(api: Stac
         "maxRequestBytes": s.max_request_bytes,
         "maxQueryDepth": s.max_query_depth,
         "fetchDomainAllowlist": ["*"],
-        "searchSourceAllowlist": ["web", "news"],
+        "searchSourceAllowlist": ["brave"],
         "searchMaxResults": s.search_max_results,
     }
     async with httpx.AsyncClient(base_url=api.url) as client:

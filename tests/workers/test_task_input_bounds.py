@@ -64,7 +64,7 @@ def test_the_bounds_are_enforced_not_only_published() -> None:
         "sleep": {"seconds": 86_401},
         "report": {"rows": 2_000_001},
         "sum": {"numbers": [1e301]},
-        "search": {"query": "q", "sources": ["web"] * 11},
+        "search": {"query": "q", "sources": ["brave"] * 11},
         "webScrape": {"url": "https://example.com/" + "a" * 2100},
         "chatter": {"log_lines": 10_001},
     }
