@@ -435,7 +435,10 @@ async def test_tasks_task_workers_queues_schedules_and_workflows(
         # The diamond, laid out by dagre in ranks from left to right: a, then b and c
         # one above the other, then d.
         await page.goto(f"{url}/dashboard/#/workflow/{diamond}")
-        await expect(nodes).to_have_count(4)
+        await expect(page.get_by_test_id("workflow-view")).to_have_attribute(
+            "data-workflow-id", diamond
+        )
+        await expect(page.locator("[data-testid=dag-node][data-status=SUCCEEDED]")).to_have_count(4)
         boxes = {}
         for key_ in "abcd":
             box = await page.locator(f'[data-testid=dag-node][data-step="{key_}"]').bounding_box()
@@ -443,7 +446,6 @@ async def test_tasks_task_workers_queues_schedules_and_workflows(
             boxes[key_] = box
         assert boxes["a"]["x"] < boxes["b"]["x"] == boxes["c"]["x"] < boxes["d"]["x"]
         assert boxes["b"]["y"] != boxes["c"]["y"]
-        await expect(page.locator("[data-testid=dag-node][data-status=SUCCEEDED]")).to_have_count(4)
         await expect(page.locator("[data-testid=dag] .dag-edge")).to_have_count(4)
         assert errors == []
 

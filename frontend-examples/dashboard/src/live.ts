@@ -18,6 +18,7 @@ type Listener = (event: TaskEvent) => void;
 export const TERMINAL: ReadonlySet<TaskStatus> = new Set<TaskStatus>(["SUCCEEDED", "FAILED", "CANCELLED"]);
 const MAX_TASKS = 5000; // store entries kept (the oldest go first; they are fetched again)
 const MAX_PENDING = 2000; // unknown tasks whose events are kept for the next query
+const MAX_PENDING_EVENTS = 500; // of one of them (a chatty task): then its snapshot will do
 
 export class Live {
   readonly tasks = new Map<string, LiveTask>();
@@ -82,6 +83,7 @@ export class Live {
       }
       waiting.seq = this.seq;
       waiting.events.push(event);
+      if (waiting.events.length > MAX_PENDING_EVENTS) waiting.events.shift();
     }
     for (const listener of this.listeners) listener(event);
   }

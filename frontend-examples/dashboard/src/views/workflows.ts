@@ -367,6 +367,9 @@ export function mountWorkflow(root: HTMLElement, ctx: Ctx): () => void {
   function drawNode(group: SVGGElement, step: Step): void {
     const status = step.task.status;
     const running = status === "RUNNING" && step.task.progress != null;
+    const drawn = `${status}|${running ? step.task.progress : ""}`;
+    if (group.dataset.drawn === drawn) return; // unchanged: keep the link (and its focus)
+    group.dataset.drawn = drawn;
     const link = svg(
       "a",
       { href: `#/task/${step.task.id}`, class: `dag-node node-${status.toLowerCase()}`, "data-testid": "dag-node", "data-step": step.key, "data-status": status },
