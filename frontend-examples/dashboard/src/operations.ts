@@ -211,34 +211,34 @@ export const PercentilesFragment = graphql(`
 
 export const StatsFieldsFragment = graphql(`
   fragment StatsFields on Stats {
-      since
-      bucketSeconds
-      counts {
-        status
-        count
-      }
-      buckets {
-        start
-        succeeded
-        failed
-        cancelled
-        queueWait {
-          ...PercentileFields
-        }
-        runTime {
-          ...PercentileFields
-        }
-      }
+    since
+    bucketSeconds
+    counts {
+      status
+      count
+    }
+    buckets {
+      start
+      succeeded
+      failed
+      cancelled
       queueWait {
         ...PercentileFields
       }
       runTime {
         ...PercentileFields
       }
-      failuresByCode {
-        code
-        count
-      }
+    }
+    queueWait {
+      ...PercentileFields
+    }
+    runTime {
+      ...PercentileFields
+    }
+    failuresByCode {
+      code
+      count
+    }
   }
 `);
 
@@ -352,7 +352,7 @@ export const SchedulesQuery = graphql(`
       edges {
         node {
           ...ScheduleFields
-          tasks(first: 8) {
+          tasks(first: 6) {
             edges {
               node {
                 id
@@ -407,9 +407,7 @@ export const WorkflowsQuery = graphql(`
           createdAt
           finishedAt
           steps {
-            key
             task {
-              id
               status
             }
           }
