@@ -146,3 +146,13 @@ export function addArtifacts(task: { artifacts?: ArtifactFieldsFragment[] }, art
   for (const artifact of artifacts) byId.set(artifact.id, artifact); // newer links win
   task.artifacts = [...byId.values()];
 }
+
+/**
+ * Whether an event is older than what a snapshot already showed (its last change at one
+ * of `known`): a replayed event that would step the page back in time. Events and rows
+ * take their times from the database's clock; 1 ms of slack covers rounding.
+ */
+export function olderThan(eventAt: string, ...known: (string | null | undefined)[]): boolean {
+  const latest = Math.max(0, ...known.map((t) => (t ? Date.parse(t) : 0)));
+  return Date.parse(eventAt) + 1 < latest;
+}

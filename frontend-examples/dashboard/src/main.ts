@@ -248,6 +248,7 @@ function formHome(): void {
 
 connectionForm.addEventListener("submit", (event) => {
   event.preventDefault();
+  connectionBox.open = false;
   void connect(true);
 });
 byTestId(connectionForm, "forget-key").addEventListener("click", () => {

@@ -91,6 +91,15 @@ export function mountOverview(root: HTMLElement, ctx: Ctx): () => void {
   const workers = h("div", { class: "panel" });
   const failures = h("div", { class: "panel" });
   const chartNote = h("p", { class: "muted chart-note" });
+  const content = h(
+    "div",
+    { class: "page", hidden: true }, // until the first answer
+    counts,
+    timings,
+    chartNote,
+    h("div", { class: "charts" }, ...charts.map((c) => c.element)),
+    h("div", { class: "overview-lists" }, queues, workers, failures),
+  );
 
   root.append(
     h(
@@ -105,11 +114,7 @@ export function mountOverview(root: HTMLElement, ctx: Ctx): () => void {
         updated,
       ),
       status,
-      counts,
-      timings,
-      chartNote,
-      h("div", { class: "charts" }, ...charts.map((c) => c.element)),
-      h("div", { class: "overview-lists" }, queues, workers, failures),
+      content,
     ),
   );
 
@@ -134,6 +139,7 @@ export function mountOverview(root: HTMLElement, ctx: Ctx): () => void {
       fill(status, loadError ? errorState(loadError, ctx.apiUrl, () => refresher.now()) : loadingState("the overview"));
       return;
     }
+    content.hidden = false;
     fill(status, loadError ? h("p", { class: "error", role: "alert" }, `Could not refresh: ${actionError(loadError)}`) : null);
     root.querySelector<HTMLElement>(".overview")!.dataset.loaded = "true";
     updated.textContent = `updated ${new Date().toLocaleTimeString()}`;

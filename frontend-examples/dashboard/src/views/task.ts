@@ -35,6 +35,7 @@ export function mountTask(root: HTMLElement, ctx: Ctx): () => void {
   let loadError: unknown = null;
   let notFound = false;
   let status: TaskStatus | null = null;
+  let statusAt = 0; // when what `status` shows happened (ms)
   let progress: number | null = null;
   let progressMessage: string | null = null;
   let result: unknown = undefined;
@@ -87,8 +88,13 @@ export function mountTask(root: HTMLElement, ctx: Ctx): () => void {
       } else {
         detail = answer.task;
         ctx.live.adopt(answer.task);
-        if (status === null) {
+        // The newer of the two wins: this answer, or the events received so far.
+        const changed = [detail.createdAt, detail.startedAt, detail.finishedAt]
+          .map((t) => (t ? Date.parse(t) : 0))
+          .reduce((a, b) => Math.max(a, b), 0);
+        if (status === null || changed >= statusAt) {
           status = detail.status;
+          statusAt = changed;
           progress = detail.progress ?? null;
           progressMessage = detail.progressMessage ?? null;
           result = detail.result;
@@ -134,18 +140,24 @@ export function mountTask(root: HTMLElement, ctx: Ctx): () => void {
         view.dataset.events = String(eventCount);
         return;
       case "StatusChanged":
-        status = event.status;
-        result = event.result;
-        error = event.error ?? null;
-        if (event.status === "QUEUED") {
-          progress = null;
-          progressMessage = null;
+        // a replayed event older than what the page shows adds to the timeline only
+        if (Date.parse(event.at) + 1 >= statusAt) {
+          status = event.status;
+          statusAt = Date.parse(event.at);
+          result = event.result;
+          error = event.error ?? null;
+          if (event.status === "QUEUED") {
+            progress = null;
+            progressMessage = null;
+          }
         }
         refresher.request(); // attempts, times, metrics: not in the event
         break;
       case "ProgressReported":
-        progress = event.progress;
-        progressMessage = event.message ?? null;
+        if (Date.parse(event.at) + 1 >= statusAt) {
+          progress = event.progress;
+          progressMessage = event.message ?? null;
+        }
         break;
       case "ArtifactAdded":
         if (detail) addArtifacts(detail, [event.artifact]);

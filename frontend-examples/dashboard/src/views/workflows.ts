@@ -5,7 +5,7 @@
 import { Graph, layout } from "@dagrejs/dagre";
 import { fill, h } from "../dom";
 import type { EventFieldsFragment, TaskStatus, WorkflowQuery, WorkflowsQuery, WorkflowStatus } from "../gql/graphql";
-import { TERMINAL } from "../live";
+import { TERMINAL, olderThan } from "../live";
 import {
   CancelWorkflowMutation,
   RetryWorkflowMutation,
@@ -430,13 +430,16 @@ export function mountWorkflow(root: HTMLElement, ctx: Ctx): () => void {
   };
 }
 
+/** An event on the workflow as the page shows it, unless it is older than that. */
 function apply(workflow: Workflow, event: EventFieldsFragment): void {
   if (event.__typename === "WorkflowStatusChanged") {
+    if (olderThan(event.at, workflow.finishedAt)) return;
     workflow.status = event.workflowStatus;
+    workflow.finishedAt = event.workflowStatus === "RUNNING" ? null : event.at;
     return;
   }
   const step = workflow.steps.find((s) => s.task.id === event.taskId);
-  if (!step) return;
+  if (!step || olderThan(event.at, step.task.startedAt, step.task.finishedAt)) return;
   if (event.__typename === "StatusChanged") {
     step.task.status = event.status;
     step.task.error = event.error ?? null;
