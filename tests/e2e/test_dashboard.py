@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Locator, Page, async_playwright, expect
+from playwright.async_api import Browser, Locator, Page, expect
 from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
@@ -30,6 +30,7 @@ from api.app import create_app, uvicorn_options
 from taskrunner.config import Settings
 from taskrunner.embedded import free_port
 from tests.support import servers
+from tests.support.browser import chromium
 from tests.support.environment import repo_root
 from tests.support.servers import run_api, run_worker
 from tests.support.stack import Stack, make_key
@@ -39,7 +40,6 @@ DASHBOARD = repo_root() / "frontend-examples" / "dashboard"
 DIST = DASHBOARD / "dist"
 SCHEMA = repo_root() / "schema.graphql"
 SCREENSHOT = DASHBOARD / "screenshot.png"  # README's: refreshed with UPDATE_SCREENSHOT=1
-CHROMIUM = shutil.which("chromium") or shutil.which("/usr/bin/chromium")  # Debian's
 BUILD_FIRST = "run `make dashboard` first (npm ci and npm run build in frontend-examples/dashboard)"
 SECONDS = 1000  # playwright counts milliseconds
 expect.set_options(timeout=10 * SECONDS)
@@ -137,19 +137,8 @@ def serve(app: Starlette, port: int) -> contextlib.AbstractAsyncContextManager[s
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    if CHROMIUM is None:
-        reason = "no chromium on PATH: `make pytest` installs Debian's (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    async with chromium() as found:
+        yield found
 
 
 async def open_dashboard(browser: Browser, url: str, key: str) -> tuple[Page, list[str]]:
