@@ -108,6 +108,32 @@ export function errorState(error: unknown, apiUrl: string, retry?: () => void): 
   );
 }
 
+/** A column of `tableHead`: a label, or `num(label)` for one whose cells are numbers
+ * (right-aligned like them), or `action(label)` for a column of buttons whose label only
+ * screen readers hear. */
+export type Column = string | { label: string; kind: "num" | "action" };
+export const num = (label: string): Column => ({ label, kind: "num" });
+export const action = (label: string): Column => ({ label, kind: "action" });
+
+/** A table's `<thead>`: one `<th scope="col">` per column. */
+export function tableHead(...columns: Column[]): HTMLElement {
+  return h(
+    "thead",
+    {},
+    h(
+      "tr",
+      {},
+      ...columns.map((column) =>
+        typeof column === "string"
+          ? h("th", { scope: "col" }, column)
+          : column.kind === "num"
+            ? h("th", { scope: "col", class: "num" }, column.label)
+            : h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, column.label)),
+      ),
+    ),
+  );
+}
+
 export function loadingState(what: string): HTMLElement {
   return h("p", { class: "state state-loading", "data-testid": "loading", role: "status" }, `Loading ${what}…`);
 }

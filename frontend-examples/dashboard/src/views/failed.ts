@@ -6,11 +6,14 @@ import type { TaskFilter, TaskRowFragment } from "../gql/graphql";
 import { FailuresQuery, RetryTaskMutation, RetryTasksMutation, TasksQuery } from "../operations";
 import {
   Refresher,
+  action,
   actionError,
   emptyState,
   errorState,
   loadingState,
+  num,
   shortId,
+  tableHead,
   taskLink,
   time,
 } from "../ui";
@@ -176,13 +179,7 @@ export function mountFailed(root: HTMLElement, ctx: Ctx): () => void {
         "table",
         { class: "grid compact" },
         h("caption", { class: "visually-hidden" }, `Failed tasks with ${group.code}`),
-        h(
-          "thead",
-          {},
-          h("tr", {}, ...["Task", "Type", "Message", "Attempts", "Created", ""].map((t, i) =>
-            h("th", { scope: "col" }, i === 5 ? h("span", { class: "visually-hidden" }, "Action") : t),
-          )),
-        ),
+        tableHead("Task", "Type", "Message", num("Attempts"), "Created", action("Action")),
         h("tbody", {}, ...group.tasks.map((task) => renderTask(task))),
       ),
       more,

@@ -3,7 +3,7 @@
 import { fill, h } from "../dom";
 import type { QueueFieldsFragment } from "../gql/graphql";
 import { PauseQueueMutation, QueuesQuery, ResumeQueueMutation } from "../operations";
-import { Refresher, actionError, ago, emptyState, errorState, loadingState } from "../ui";
+import { Refresher, action, actionError, ago, emptyState, errorState, loadingState, num, tableHead } from "../ui";
 import type { Ctx } from "./context";
 
 export function mountQueues(root: HTMLElement, ctx: Ctx): () => void {
@@ -58,13 +58,7 @@ export function mountQueues(root: HTMLElement, ctx: Ctx): () => void {
           "table",
           { class: "grid", "data-testid": "queue-table" },
           h("caption", { class: "visually-hidden" }, "Queues"),
-          h(
-            "thead",
-            {},
-            h("tr", {}, ...["Queue", "State", "Depth", "Waiting", "Running", "Workers", "Oldest waiting", ""].map((t, i) =>
-              h("th", { scope: "col", class: i >= 3 && i <= 5 ? "num" : undefined }, i === 7 ? h("span", { class: "visually-hidden" }, "Action") : t),
-            )),
-          ),
+          tableHead("Queue", "State", "Depth", num("Waiting"), num("Running"), num("Workers"), "Oldest waiting", action("Action")),
           h("tbody", {}, ...queues.map((q) => row(q, deepest))),
         ),
       ),

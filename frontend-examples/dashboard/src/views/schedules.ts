@@ -8,7 +8,19 @@ import {
   SchedulesQuery as SchedulesDocument,
   TriggerScheduleMutation,
 } from "../operations";
-import { Refresher, actionError, emptyState, errorState, formatSeconds, loadingState, shortId, time } from "../ui";
+import {
+  Refresher,
+  action,
+  actionError,
+  emptyState,
+  errorState,
+  formatSeconds,
+  loadingState,
+  num,
+  shortId,
+  tableHead,
+  time,
+} from "../ui";
 import type { Ctx } from "./context";
 
 type Schedule = SchedulesQuery["schedules"]["edges"][number]["node"];
@@ -63,13 +75,7 @@ export function mountSchedules(root: HTMLElement, ctx: Ctx): () => void {
           "table",
           { class: "grid", "data-testid": "schedule-table" },
           h("caption", { class: "visually-hidden" }, "Schedules"),
-          h(
-            "thead",
-            {},
-            h("tr", {}, ...["Name", "Runs", "Task", "State", "Next run", "Last run", "Latest runs", "Skipped", ""].map((t, i) =>
-              h("th", { scope: "col" }, i === 8 ? h("span", { class: "visually-hidden" }, "Actions") : t),
-            )),
-          ),
+          tableHead("Name", "Runs", "Task", "State", "Next run", "Last run", "Latest runs", num("Skipped"), action("Actions")),
           h("tbody", {}, ...schedules.map(row)),
         ),
       ),

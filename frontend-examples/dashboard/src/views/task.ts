@@ -17,8 +17,10 @@ import {
   formatTime,
   json,
   loadingState,
+  num,
   progressBar,
   shortId,
+  tableHead,
   time,
 } from "../ui";
 import type { Ctx } from "./context";
@@ -353,17 +355,7 @@ export function mountTask(root: HTMLElement, ctx: Ctx): () => void {
             "table",
             { class: "grid compact", "data-testid": "metrics" },
             h("caption", { class: "visually-hidden" }, "Metrics per attempt"),
-            h(
-              "thead",
-              {},
-              h(
-                "tr",
-                {},
-                ...["Attempt", "Ended", "Worker", "Queue wait", "Run time", "Peak memory", "Finished"].map((t) =>
-                  h("th", { scope: "col" }, t),
-                ),
-              ),
-            ),
+            tableHead(num("Attempt"), "Ended", "Worker", num("Queue wait"), num("Run time"), num("Peak memory"), "Finished"),
             h(
               "tbody",
               {},

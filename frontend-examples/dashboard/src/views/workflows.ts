@@ -21,7 +21,9 @@ import {
   errorState,
   formatSeconds,
   loadingState,
+  num,
   shortId,
+  tableHead,
   taskLink,
   time,
 } from "../ui";
@@ -107,7 +109,7 @@ export function mountWorkflows(root: HTMLElement, ctx: Ctx): () => void {
           "table",
           { class: "grid", "data-testid": "workflow-table" },
           h("caption", { class: "visually-hidden" }, "Workflows, newest first"),
-          h("thead", {}, h("tr", {}, ...["Workflow", "Status", "Steps", "Labels", "Created", "Took"].map((t) => h("th", { scope: "col" }, t)))),
+          tableHead("Workflow", "Status", "Steps", "Labels", "Created", num("Took")),
           h(
             "tbody",
             {},
@@ -397,7 +399,7 @@ export function mountWorkflow(root: HTMLElement, ctx: Ctx): () => void {
         "table",
         { class: "grid compact", "data-testid": "workflow-steps" },
         h("caption", { class: "visually-hidden" }, "The workflow's steps"),
-        h("thead", {}, h("tr", {}, ...["Step", "Status", "Task", "Type", "Depends on", "Attempts", "Took", "Error"].map((t) => h("th", { scope: "col" }, t)))),
+        tableHead("Step", "Status", "Task", "Type", "Depends on", num("Attempts"), num("Took"), "Error"),
         h(
           "tbody",
           {},
