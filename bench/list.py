@@ -104,7 +104,12 @@ STATS = """query($since: DateTime, $bucket: Int!) {
     counts { status count }
     buckets { start succeeded failed cancelled queueWait { p50 p95 } runTime { p50 p95 } }
     queueWait { p50 p95 } runTime { p50 p95 } failuresByCode { code count } } }"""
-STATS_CASES = {"stats_last_hour_by_minute": (None, 60), "stats_last_day_by_30min": (24, 1800)}
+# the console overview's three windows and their buckets
+STATS_CASES = {
+    "stats_last_hour_by_minute": (None, 60),
+    "stats_last_6h_by_5min": (6, 300),
+    "stats_last_day_by_15min": (24, 900),
+}
 
 
 async def time_stats(
