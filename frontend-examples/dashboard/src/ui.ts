@@ -138,6 +138,17 @@ export function loadingState(what: string): HTMLElement {
   return h("p", { class: "state state-loading", "data-testid": "loading", role: "status" }, `Loading ${what}…`);
 }
 
+/** A view's body before its first answer: the error that stopped it (with Try again), or
+ * "Loading …". */
+export function pendingState(error: unknown, what: string, apiUrl: string, retry: () => void): HTMLElement {
+  return error ? errorState(error, apiUrl, retry) : loadingState(what);
+}
+
+/** Above data already shown: the error of the last refresh, if it failed (else null). */
+export function refreshFailed(error: unknown): HTMLElement | null {
+  return error ? h("p", { class: "error", role: "alert" }, `Could not refresh: ${actionError(error)}`) : null;
+}
+
 export function emptyState(title: string, hint: string | Node): HTMLElement {
   return h(
     "div",

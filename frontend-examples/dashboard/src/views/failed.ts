@@ -9,9 +9,9 @@ import {
   action,
   actionError,
   emptyState,
-  errorState,
-  loadingState,
   num,
+  pendingState,
+  refreshFailed,
   shortId,
   tableHead,
   taskLink,
@@ -106,14 +106,14 @@ export function mountFailed(root: HTMLElement, ctx: Ctx): () => void {
 
   function render(): void {
     if (groups === null) {
-      fill(body, loadError ? errorState(loadError, ctx.apiUrl, () => refresher.now()) : loadingState("failures"));
+      fill(body, pendingState(loadError, "failures", ctx.apiUrl, () => refresher.now()));
       return;
     }
     body.dataset.loaded = "true";
     if (groups.length === 0) {
       fill(
         body,
-        loadError ? h("p", { class: "error", role: "alert" }, `Could not refresh: ${actionError(loadError)}`) : null,
+        refreshFailed(loadError),
         emptyState(`No task failed in the ${window.label}.`, "Widen the window to look further back."),
       );
       return;
@@ -121,7 +121,7 @@ export function mountFailed(root: HTMLElement, ctx: Ctx): () => void {
     const most = Math.max(...groups.map((g) => g.count));
     fill(
       body,
-      loadError ? h("p", { class: "error", role: "alert" }, `Could not refresh: ${actionError(loadError)}`) : null,
+      refreshFailed(loadError),
       ...groups.map((group) => renderGroup(group, most)),
     );
     if (focusCode) body.querySelector<HTMLElement>(`[data-code="${CSS.escape(focusCode)}"]`)?.scrollIntoView();

@@ -8,13 +8,12 @@ import { OverviewQuery as OverviewDocument } from "../operations";
 import {
   Refresher,
   STATUSES,
-  actionError,
   ago,
   emptyState,
-  errorState,
   formatBytes,
   formatSeconds,
-  loadingState,
+  pendingState,
+  refreshFailed,
 } from "../ui";
 import type { Ctx } from "./context";
 
@@ -136,11 +135,11 @@ export function mountOverview(root: HTMLElement, ctx: Ctx): () => void {
 
   function render(): void {
     if (data === null) {
-      fill(status, loadError ? errorState(loadError, ctx.apiUrl, () => refresher.now()) : loadingState("the overview"));
+      fill(status, pendingState(loadError, "the overview", ctx.apiUrl, () => refresher.now()));
       return;
     }
     content.hidden = false;
-    fill(status, loadError ? h("p", { class: "error", role: "alert" }, `Could not refresh: ${actionError(loadError)}`) : null);
+    fill(status, refreshFailed(loadError));
     root.querySelector<HTMLElement>(".overview")!.dataset.loaded = "true";
     updated.textContent = `updated ${new Date().toLocaleTimeString()}`;
     const stats = data.stats;

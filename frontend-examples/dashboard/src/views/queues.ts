@@ -3,7 +3,17 @@
 import { fill, h } from "../dom";
 import type { QueueFieldsFragment } from "../gql/graphql";
 import { PauseQueueMutation, QueuesQuery, ResumeQueueMutation } from "../operations";
-import { Refresher, action, actionError, ago, emptyState, errorState, loadingState, num, tableHead } from "../ui";
+import {
+  Refresher,
+  action,
+  actionError,
+  ago,
+  emptyState,
+  num,
+  pendingState,
+  refreshFailed,
+  tableHead,
+} from "../ui";
 import type { Ctx } from "./context";
 
 export function mountQueues(root: HTMLElement, ctx: Ctx): () => void {
@@ -38,11 +48,11 @@ export function mountQueues(root: HTMLElement, ctx: Ctx): () => void {
 
   function render(): void {
     if (queues === null) {
-      fill(body, loadError ? errorState(loadError, ctx.apiUrl, () => refresher.now()) : loadingState("queues"));
+      fill(body, pendingState(loadError, "queues", ctx.apiUrl, () => refresher.now()));
       return;
     }
     body.dataset.loaded = "true";
-    const problem = loadError ? h("p", { class: "error", role: "alert" }, `Could not refresh: ${actionError(loadError)}`) : null;
+    const problem = refreshFailed(loadError);
     if (queues.length === 0) {
       fill(body, problem, emptyState("No queues.", "A queue appears once a task type, a task or a worker names it."));
       return;

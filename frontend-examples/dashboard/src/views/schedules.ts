@@ -13,10 +13,10 @@ import {
   action,
   actionError,
   emptyState,
-  errorState,
   formatSeconds,
-  loadingState,
   num,
+  pendingState,
+  refreshFailed,
   shortId,
   tableHead,
   time,
@@ -52,11 +52,11 @@ export function mountSchedules(root: HTMLElement, ctx: Ctx): () => void {
 
   function render(): void {
     if (schedules === null) {
-      fill(body, loadError ? errorState(loadError, ctx.apiUrl, () => refresher.now()) : loadingState("schedules"));
+      fill(body, pendingState(loadError, "schedules", ctx.apiUrl, () => refresher.now()));
       return;
     }
     body.dataset.loaded = "true";
-    const problem = loadError ? h("p", { class: "error", role: "alert" }, `Could not refresh: ${actionError(loadError)}`) : null;
+    const problem = refreshFailed(loadError);
     if (schedules.length === 0) {
       fill(
         body,

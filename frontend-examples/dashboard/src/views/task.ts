@@ -11,14 +11,14 @@ import {
   actionError,
   badge,
   emptyState,
-  errorState,
   formatBytes,
   formatSeconds,
   formatTime,
   json,
-  loadingState,
   num,
+  pendingState,
   progressBar,
+  refreshFailed,
   shortId,
   tableHead,
   time,
@@ -217,7 +217,7 @@ export function mountTask(root: HTMLElement, ctx: Ctx): () => void {
       return;
     }
     if (detail === null || status === null) {
-      fill(head, loadError ? errorState(loadError, ctx.apiUrl, () => refresher.now()) : loadingState("the task"));
+      fill(head, pendingState(loadError, "the task", ctx.apiUrl, () => refresher.now()));
       return;
     }
     view.dataset.status = status;
@@ -260,7 +260,7 @@ export function mountTask(root: HTMLElement, ctx: Ctx): () => void {
         : null,
       current === "QUEUED" ? h("p", { class: "muted", "data-testid": "waiting" }, waitingText(task)) : null,
       error ? h("p", { class: "error", "data-testid": "error" }, h("strong", {}, error.code), `: ${error.message}`) : null,
-      loadError ? h("p", { class: "error", role: "alert" }, `Could not refresh: ${actionError(loadError)}`) : null,
+      refreshFailed(loadError),
       actionProblem ? h("p", { class: "error", "data-testid": "action-error", role: "alert" }, actionProblem) : null,
     );
     if (focusedId) head.querySelector<HTMLElement>(`[data-testid="${focusedId}"]`)?.focus();

@@ -23,6 +23,7 @@ import {
   formatSeconds,
   loadingState,
   progressBar,
+  refreshFailed,
   shortId,
   time,
 } from "../ui";
@@ -393,7 +394,7 @@ export function taskTable(ctx: Ctx, options: TableOptions): { element: HTMLEleme
     focus?.();
     const page = cursors.length;
     if (loadError && !loaded) fill(state, errorState(loadError, ctx.apiUrl, () => refresher.now()));
-    else if (loadError) fill(state, h("p", { class: "error", role: "alert" }, `Could not refresh: ${actionError(loadError)}`));
+    else if (loadError) fill(state, refreshFailed(loadError));
     else if (!loaded) fill(state, loadingState("tasks"));
     else if (rowIds.length === 0) {
       const filtered = [...toParams(filters, PAGE_SIZES[0]!).keys()].length > 0;

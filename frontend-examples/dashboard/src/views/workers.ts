@@ -5,15 +5,14 @@ import type { TaskRowFragment, WorkerFieldsFragment } from "../gql/graphql";
 import { TasksQuery, WorkersQuery } from "../operations";
 import {
   Refresher,
-  actionError,
   ago,
   badge,
   emptyState,
-  errorState,
   formatBytes,
   formatSeconds,
-  loadingState,
+  pendingState,
   progressBar,
+  refreshFailed,
   shortId,
   taskLink,
 } from "../ui";
@@ -59,11 +58,11 @@ export function mountWorkers(root: HTMLElement, ctx: Ctx): () => void {
 
   function render(): void {
     if (workers === null) {
-      fill(body, loadError ? errorState(loadError, ctx.apiUrl, () => refresher.now()) : loadingState("workers"));
+      fill(body, pendingState(loadError, "workers", ctx.apiUrl, () => refresher.now()));
       return;
     }
     body.dataset.loaded = "true";
-    const problem = loadError ? h("p", { class: "error", role: "alert" }, `Could not refresh: ${actionError(loadError)}`) : null;
+    const problem = refreshFailed(loadError);
     if (workers.length === 0) {
       fill(body, problem, emptyState("No live workers.", "Start one: `make dev` runs one, or `taskrunner worker` (WORKER_QUEUES names its queues). Queued tasks wait until then."));
       return;

@@ -18,10 +18,10 @@ import {
   actionError,
   badge,
   emptyState,
-  errorState,
   formatSeconds,
-  loadingState,
   num,
+  pendingState,
+  refreshFailed,
   shortId,
   tableHead,
   taskLink,
@@ -84,11 +84,11 @@ export function mountWorkflows(root: HTMLElement, ctx: Ctx): () => void {
 
   function render(): void {
     if (items === null) {
-      fill(body, loadError ? errorState(loadError, ctx.apiUrl, () => refresher.now()) : loadingState("workflows"));
+      fill(body, pendingState(loadError, "workflows", ctx.apiUrl, () => refresher.now()));
       return;
     }
     body.dataset.loaded = "true";
-    const problem = loadError ? h("p", { class: "error", role: "alert" }, `Could not refresh: ${actionError(loadError)}`) : null;
+    const problem = refreshFailed(loadError);
     if (items.length === 0) {
       fill(
         body,
@@ -273,7 +273,7 @@ export function mountWorkflow(root: HTMLElement, ctx: Ctx): () => void {
       return;
     }
     if (workflow === null) {
-      fill(head, loadError ? errorState(loadError, ctx.apiUrl, () => refresher.now()) : loadingState("the workflow"));
+      fill(head, pendingState(loadError, "the workflow", ctx.apiUrl, () => refresher.now()));
       return;
     }
     const wf = workflow;
@@ -303,7 +303,7 @@ export function mountWorkflow(root: HTMLElement, ctx: Ctx): () => void {
         wf.finishedAt ? " · finished " : "",
         wf.finishedAt ? time(wf.finishedAt) : "",
       ),
-      loadError ? h("p", { class: "error", role: "alert" }, `Could not refresh: ${actionError(loadError)}`) : null,
+      refreshFailed(loadError),
       errors,
     );
     drawGraph(wf);
