@@ -247,6 +247,21 @@ def test_a_fresh_clone_make_dev_serves_the_dashboard_and_graphiql(
         assert graphiql.status_code == 200, graphiql.text
         assert graphiql.headers["content-type"].startswith("text/html")
         assert re.search(r"<title>[^<]*GraphiQL[^<]*</title>", graphiql.text), graphiql.text
+        # Both pages come authorised with the key make dev printed: GraphiQL's default
+        # header and the console's config carry it, and it is a key the api takes.
+        key = output.wait_for("API key:", 10).removeprefix("API key:").strip()
+        assert key.startswith("trk_"), key
+        assert f"Bearer {key}" in graphiql.text, graphiql.text
+        config = httpx.get(f"{base}/dashboard/config.json", timeout=10)
+        assert config.json() == {"devKey": key}, config.text
+        answer = httpx.post(
+            f"{base}/graphql",
+            json={"query": "{ taskTypes { name } }"},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=10,
+        )
+        assert answer.status_code == 200 and "errors" not in answer.json(), answer.text
+        assert {"name": "echo"} in answer.json()["data"]["taskTypes"], answer.text
     finally:
         took = stop(proc)
         kill_leftovers(data)
