@@ -1,9 +1,11 @@
 """Alembic environment: runs migrations over asyncpg. The URL comes from the caller
-(`taskrunner migrate`) as `config.attributes["database_url"]`, or from DATABASE_URL."""
+(`taskrunner migrate`) as `config.attributes["database_url"]`, or from DATABASE_URL (the
+alembic CLI, configured by alembic.ini)."""
 
 from __future__ import annotations
 
 import asyncio
+from logging.config import fileConfig
 
 from alembic import context
 from sqlalchemy.engine import Connection
@@ -15,6 +17,9 @@ from taskrunner.config import get_settings
 from taskrunner.db import async_url
 
 target_metadata = SQLModel.metadata
+
+if context.config.config_file_name is not None:  # the alembic CLI (alembic.ini): its logging
+    fileConfig(context.config.config_file_name, disable_existing_loggers=False)
 
 
 def _url() -> str:
