@@ -64,7 +64,7 @@ from taskrunner.artifacts.storage import make_store
 from taskrunner.artifacts.streams import ArtifactTooLarge
 from taskrunner.artifacts.uploads import find_upload, receive_upload
 from taskrunner.config import Settings, get_settings
-from taskrunner.db import create_engine
+from taskrunner.db import engine_for
 from taskrunner.errors import NotFound
 from taskrunner.hub import EventHub
 from taskrunner.logs import redact_access_log
@@ -142,7 +142,7 @@ class GraphQLApp(GraphQL[Context, None]):
 @contextlib.asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    engine = create_engine(settings.require_database_url())
+    engine = engine_for(settings, "api")
     tracing.instrument_engine(engine)
     redis = await queue.connect(settings.require_redis_url(), settings.queue_name)
     hub = EventHub(redis)

@@ -7,7 +7,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from taskrunner.errors import ConfigError
@@ -34,6 +34,17 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         default=Path(".taskrunner"),
         description="Where `taskrunner dev` keeps the embedded servers' data.",
+    )
+    db_pool_size: int = Field(
+        default=20,
+        ge=1,
+        description="Connections each api or worker process keeps open to PostgreSQL.",
+    )
+    db_max_overflow: int | None = Field(
+        default=None,
+        ge=0,
+        description="Connections a process may open beyond DB_POOL_SIZE in a burst (closed "
+        "when returned). Unset: a quarter of DB_POOL_SIZE, at least 2.",
     )
     host: str = Field(default="127.0.0.1", description="Address the api binds.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port the api binds.")
@@ -217,7 +228,12 @@ class Settings(BaseSettings):
     minio_bucket: str = Field(
         default="taskrunner", description="Bucket for artifacts (created when missing)."
     )
-    minio_secure: bool = Field(default=False, description="Talk to MINIO_ENDPOINT over HTTPS.")
+    minio_secure: bool = Field(
+        default=False,
+        # MINIO_USE_SSL: seed 000's name for it
+        validation_alias=AliasChoices("minio_secure", "minio_use_ssl"),
+        description="Talk to MINIO_ENDPOINT over HTTPS (also read as MINIO_USE_SSL).",
+    )
     minio_region: str = Field(default="us-east-1", description="The bucket's region.")
     task_max_artifact_mb: float = Field(
         default=100, gt=0, description="Largest artifact a task or client may store (MB)."

@@ -19,6 +19,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from taskrunner.config import Settings
 from taskrunner.errors import Unavailable
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -111,7 +112,28 @@ def async_url(database_url: str) -> str:
     return url.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
 
 
-def create_engine(database_url: str, *, pool_size: int = 20) -> AsyncEngine:
+def engine_for(settings: Settings, process: str) -> AsyncEngine:
+    """The engine of an api or worker process: its pool sized by DB_POOL_SIZE and
+    DB_MAX_OVERFLOW, said in the log at start."""
+    engine = create_engine(
+        settings.require_database_url(),
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+    )
+    pool: Any = engine.pool
+    log.info(
+        "database pool of the %s: %d connections (DB_POOL_SIZE), up to %d more in a burst "
+        "(DB_MAX_OVERFLOW)",
+        process,
+        pool.size(),
+        pool._max_overflow,
+    )
+    return engine
+
+
+def create_engine(
+    database_url: str, *, pool_size: int = 20, max_overflow: int | None = None
+) -> AsyncEngine:
     # A pool as large as the concurrency it serves, with little overflow: overflow
     # connections are closed on return, and opening one is costly. No pre-ping
     # (a round trip per checkout); connections are recycled instead, and a connection
@@ -121,7 +143,7 @@ def create_engine(database_url: str, *, pool_size: int = 20) -> AsyncEngine:
     engine = create_async_engine(
         async_url(database_url),
         pool_size=pool_size,
-        max_overflow=max(2, pool_size // 4),
+        max_overflow=max(2, pool_size // 4) if max_overflow is None else max_overflow,
         pool_recycle=1800,
     )
     event.listen(engine.sync_engine, "checkout", _replace_closed)

@@ -35,7 +35,7 @@ from redis.commands.core import AsyncScript
 from taskrunner import dag, heartbeats, metrics, queue, ratelimit, tracing
 from taskrunner.artifacts.storage import make_store
 from taskrunner.config import Settings, get_settings
-from taskrunner.db import create_engine
+from taskrunner.db import engine_for
 from taskrunner.errors import ConfigError
 from taskrunner.logs import configure_logging
 from workers import background
@@ -90,7 +90,7 @@ async def _startup(settings: Settings, served: list[str], ctx: dict[str, Any]) -
     # worker on `alpha` must enqueue a `default` task where `default` workers read)
     ctx["redis"].default_queue_name = settings.queue_name
     tracing.setup("taskrunner-worker", settings)
-    ctx["engine"] = create_engine(settings.require_database_url())
+    ctx["engine"] = engine_for(settings, "worker")
     tracing.instrument_engine(ctx["engine"])
     ctx["store"] = make_store(settings)
     ctx["worker_id"] = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"

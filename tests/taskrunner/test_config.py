@@ -67,3 +67,18 @@ def test_a_bad_key_or_secret_value_is_never_echoed(monkeypatch: pytest.MonkeyPat
         assert name in message, message
     assert "s3cret" not in message and "12345678" not in message, message
     assert "MINIO_SECURE" in message and "'perhaps'" in message  # not a secret: shown
+
+
+@pytest.mark.parametrize("name", ["MINIO_SECURE", "MINIO_USE_SSL"])
+def test_minio_https_is_read_under_both_names(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """MINIO_USE_SSL is seed 000's name for MINIO_SECURE."""
+    assert load_settings(_env_file=None).minio_secure is False
+    monkeypatch.setenv(name, "true")
+    assert load_settings(_env_file=None).minio_secure is True
+    assert load_settings(_env_file=None, minio_secure=False).minio_secure is False
+
+
+def test_bad_pool_size_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DB_POOL_SIZE", "0")
+    with pytest.raises(ConfigError, match="DB_POOL_SIZE"):
+        load_settings(_env_file=None)
