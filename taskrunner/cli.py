@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from taskrunner.config import Settings, load_settings
+from taskrunner.config import Settings, env_example, load_settings
 from taskrunner.errors import ConfigError
 from taskrunner.logs import configure_logging
 from taskrunner.supervisor import (
@@ -25,6 +25,7 @@ from taskrunner.supervisor import (
 
 DEV_DATABASE_FILE = "dev-database-url"
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schema.graphql"
+ENV_EXAMPLE_FILE = SCHEMA_FILE.with_name(".env.example")
 # the console, as `make dashboard` builds it (and the api serves it at /dashboard/)
 DASHBOARD_INDEX = (
     Path(__file__).resolve().parent.parent
@@ -161,10 +162,13 @@ def cmd_export_schema(output: str | None) -> int:
     text = export_schema()
     if output == "-":
         sys.stdout.write(text)
-    else:
-        path = Path(output) if output else SCHEMA_FILE
-        path.write_text(text)
-        print(f"wrote {path}")
+        return 0
+    path = Path(output) if output else SCHEMA_FILE
+    path.write_text(text)
+    print(f"wrote {path}")
+    if not output:  # the other generated file of the repository
+        ENV_EXAMPLE_FILE.write_text(env_example())
+        print(f"wrote {ENV_EXAMPLE_FILE}")
     return 0
 
 
@@ -244,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated named queues to serve (default: WORKER_QUEUES, or `default`)",
     )
     sub.add_parser("migrate", help="apply database migrations (alembic upgrade head)")
-    export = sub.add_parser("export-schema", help="write schema.graphql from the code")
+    export = sub.add_parser(
+        "export-schema", help="write schema.graphql (and .env.example) from the code"
+    )
     export.add_argument("-o", "--output", help="file to write, '-' for stdout")
     keys_parser = sub.add_parser("keys", help="API keys: create, list, revoke")
     keys_sub = keys_parser.add_subparsers(dest="keys_command", required=True)

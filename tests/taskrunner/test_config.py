@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -82,3 +83,19 @@ def test_bad_pool_size_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("DB_POOL_SIZE", "0")
     with pytest.raises(ConfigError, match="DB_POOL_SIZE"):
         load_settings(_env_file=None)
+
+
+def test_env_example_is_generated_and_lists_every_setting() -> None:
+    """.env.example is `make schema`'s output, and each of its defaults is the setting's."""
+    from taskrunner.cli import ENV_EXAMPLE_FILE
+    from taskrunner.config import Settings, env_example
+
+    text = ENV_EXAMPLE_FILE.read_text()
+    assert text == env_example(), "stale .env.example: run `make schema`"
+    lines = [line[2:] for line in text.splitlines() if re.match(r"# [A-Z0-9_]+=", line)]
+    assert [line.split("=", 1)[0] for line in lines] == [n.upper() for n in Settings.model_fields]
+    # uncommented, the values given are the defaults
+    given = dict(line.split("=", 1) for line in lines if not line.endswith("="))
+    assert load_settings(
+        _env_file=None, **{k.lower(): v for k, v in given.items()}
+    ).model_dump() == (load_settings(_env_file=None).model_dump())
