@@ -1,5 +1,5 @@
 """OpenTelemetry: one trace from the GraphQL request through the enqueue to the worker's
-run, with the database and HTTP calls of both as child spans.
+run, with the database, Redis and HTTP calls of both as child spans.
 
 - `setup(service, settings)` installs an SDK tracer provider exporting OTLP/HTTP to
   OTEL_EXPORTER_OTLP_ENDPOINT; without it nothing is exported, and unless some other code
@@ -8,6 +8,8 @@ run, with the database and HTTP calls of both as child spans.
   captures it (W3C trace context) when a task is submitted, and the task row keeps it, so
   the worker's `task_span` continues the same trace, whichever worker runs it and however
   often it is re-enqueued.
+- A database, Redis or HTTP call is recorded only inside a trace (`SAMPLER`): alone, it is a
+  background loop's (a worker polls its queues 20 times a second), not a trace of its own.
 - Secrets in URLs never reach a span: the api's server spans and httpx's client spans go
   through `redact_span`, which blanks the values of sensitive query parameters (compared
   without regard to case; OpenTelemetry's own list is case-sensitive and misses the
@@ -26,10 +28,14 @@ from typing import Any
 
 from asyncpg.connection import LoggedQuery
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, SamplingResult
+from opentelemetry.trace import SpanKind, TraceState
 from opentelemetry.util.http import PARAMS_TO_REDACT, remove_url_credentials
+from opentelemetry.util.types import Attributes
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner.config import Settings
@@ -39,6 +45,32 @@ TRACER = trace.get_tracer("taskrunner")
 _instrumented: set[str] = set()
 
 
+class NoRootClientSpans(Sampler):
+    """The root sampler: a trace may start with a request (SERVER) or a task run (CONSUMER),
+    never with a client call (PostgreSQL, Redis, HTTP) made outside of one."""
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Any = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        if kind is SpanKind.CLIENT:
+            return SamplingResult(Decision.DROP)
+        return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
+
+    def get_description(self) -> str:
+        return "NoRootClientSpans"
+
+
+# Within a sampled trace everything is recorded; a root is recorded unless it is a call.
+SAMPLER = ParentBased(root=NoRootClientSpans())
+
+
 def setup(service: str, settings: Settings) -> None:
     """Export to OTEL_EXPORTER_OTLP_ENDPOINT when it is set (once per process)."""
     endpoint = settings.otel_exporter_otlp_endpoint
@@ -46,7 +78,7 @@ def setup(service: str, settings: Settings) -> None:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         name = os.environ.get("OTEL_SERVICE_NAME") or service
-        provider = TracerProvider(resource=Resource.create({"service.name": name}))
+        provider = TracerProvider(resource=Resource.create({"service.name": name}), sampler=SAMPLER)
         exporter = OTLPSpanExporter(endpoint=f"{endpoint.rstrip('/')}/v1/traces")
         provider.add_span_processor(BatchSpanProcessor(exporter))
         trace.set_tracer_provider(provider)
@@ -58,6 +90,11 @@ def setup(service: str, settings: Settings) -> None:
             request_hook=redact_span, async_request_hook=redact_span_async
         )
         _instrumented.add("httpx")
+    if enabled() and "redis" not in _instrumented:
+        from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+        RedisInstrumentor().instrument()
+        _instrumented.add("redis")
 
 
 # Query parameters whose values are credentials, compared in lower case: OpenTelemetry's

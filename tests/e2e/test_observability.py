@@ -106,6 +106,15 @@ async def test_one_trace_spans_the_request_the_worker_and_their_calls(settings: 
         task["trace_id"]
     }
 
+    # Redis: the request enqueues the task, the run reports to the api's subscribers
+    def redis(calls: list[dict[str, Any]]) -> list[str]:
+        return [s["name"] for s in calls if s["attributes"].get("db.system") == "redis"]
+
+    assert redis(children(request)), [s["name"] for s in children(request)]
+    assert redis(run_calls), [s["name"] for s in run_calls]
+    # and no call is a trace of its own (the worker polls Redis 20 times a second)
+    assert [s["name"] for s in spans if s["kind"] == "CLIENT" and not s["parent"]] == []
+
 
 async def test_logs_are_json_lines_with_one_schema(settings: Settings, tmp_path: Path) -> None:
     worker_log = tmp_path / "worker.log"

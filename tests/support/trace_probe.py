@@ -7,6 +7,7 @@ process, one webScrape task submitted over HTTP that fetches the api's own /heal
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 
@@ -16,8 +17,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+# the sampler setup() installs (importing tracing first is safe: its tracer is a proxy
+# until a provider is set)
+from taskrunner.tracing import SAMPLER
+
 EXPORTER = InMemorySpanExporter()
-PROVIDER = TracerProvider()
+PROVIDER = TracerProvider(sampler=SAMPLER)
 PROVIDER.add_span_processor(SimpleSpanProcessor(EXPORTER))
 trace.set_tracer_provider(PROVIDER)
 
@@ -34,11 +39,15 @@ async def main() -> None:
     settings = load_settings(fetch_domain_allowlist="127.0.0.1", **FAST)
     key = await make_key(settings)
     headers = {"Authorization": f"Bearer {key}"}
+    # the probe's own calls to the api are in a trace of the probe's: a client call alone
+    # starts no trace (tracing.SAMPLER), and the api follows its caller's decision
     async with (
+        contextlib.AsyncExitStack() as spans,
         run_api(settings) as url,
         run_worker(settings),
         httpx.AsyncClient(base_url=url, headers=headers, timeout=10) as client,
     ):
+        spans.enter_context(trace.get_tracer("probe").start_as_current_span("probe"))
         variables = {"url": f"{url}/healthz"}
         response = await client.post("/graphql", json={"query": SUBMIT, "variables": variables})
         task_id = response.json()["data"]["submitTask"]["id"]
