@@ -53,6 +53,7 @@ from api.fanout.handlers import FanoutTransportWSHandler, GraphQLWSHandler
 from api.graphiql import STATIC_DIR, STATIC_PATH, dev_key_for, graphiql_page
 from api.limits import BodyLimitMiddleware
 from api.observability import RequestIdMiddleware, healthz, metrics_endpoint, readyz
+from api.origins import OriginMiddleware
 from api.schema import build_schema
 from api.types.service import Limits
 from taskrunner import dag, jsonx, queries, queue, tasklogs, tracing
@@ -310,6 +311,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         build_schema(),
         graphql_ide="graphiql",
         subscription_protocols=[GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL],
+        # strawberry's own Origin check of websockets: the origins api.origins lets through
+        allowed_origins=settings.allowed_origin_list(),
         keep_alive=True,  # graphql-ws "ka" messages; uvicorn pings websockets as well
         keep_alive_interval=15,
         connection_init_wait_timeout=timedelta(seconds=settings.ws_connection_init_timeout_seconds),
@@ -339,6 +342,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 else []
             ),
             Middleware(RequestIdMiddleware),
+            Middleware(OriginMiddleware, settings=settings),
             Middleware(BodyLimitMiddleware, limit=settings.max_request_bytes),
             Middleware(AuthMiddleware),
         ],

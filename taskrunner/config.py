@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from taskrunner.errors import ConfigError
 
 QUEUE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+ORIGIN = re.compile(r"^https?://(\[[0-9a-f:.]+\]|[^/\s:\[\]]+)(:\d{1,5})?$", re.IGNORECASE)
 QUEUE_NAME_RULE = "1 to 63 of a-z, 0-9, '_', '.', '-', starting with a letter or digit"
 
 
@@ -45,6 +46,13 @@ class Settings(BaseSettings):
         ge=0,
         description="Connections a process may open beyond DB_POOL_SIZE in a burst (closed "
         "when returned). Unset: a quarter of DB_POOL_SIZE, at least 2.",
+    )
+    allowed_origins: str = Field(
+        default="",
+        description="Web pages of other origins that may call the api from a browser, "
+        "comma-separated scheme://host[:port] (e.g. http://localhost:5173), or * for any: "
+        "CORS over HTTP, and the Origin check of websockets and SSE. Unset: only pages the "
+        "api serves itself.",
     )
     host: str = Field(default="127.0.0.1", description="Address the api binds.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port the api binds.")
@@ -402,6 +410,17 @@ class Settings(BaseSettings):
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
         return level
 
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for entry in (o.strip().rstrip("/") for o in value.split(",")):
+            if entry and entry != "*" and not ORIGIN.match(entry):
+                raise ValueError(
+                    f"{entry!r} is not an origin: give scheme://host[:port] with no path, "
+                    "e.g. http://localhost:5173, comma-separated, or * for any"
+                )
+        return value
+
     @field_validator("search_source_allowlist")
     @classmethod
     def _search_providers(cls, value: str) -> str:
@@ -424,6 +443,10 @@ class Settings(BaseSettings):
         if not self.database_url:
             raise ConfigError("DATABASE_URL is not set: set it, or start with `taskrunner dev`")
         return self.database_url
+
+    def allowed_origin_list(self) -> list[str]:
+        """ALLOWED_ORIGINS as a list, each lower-cased without a trailing slash."""
+        return [o.strip().rstrip("/").lower() for o in self.allowed_origins.split(",") if o.strip()]
 
     def on_loopback(self) -> bool:
         """Whether HOST is a loopback address: only this machine reaches the api."""
