@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint typecheck pytest schema install clean dashboard chromium bench lock audit
+.PHONY: dev test lint typecheck pytest schema install clean dashboard chromium bench lock audit smoke
 
 # Python dependencies come from lock files: every package pinned, with the hashes of its
 # files, for Linux, macOS and Windows and every Python >= 3.11 (a universal resolution).
@@ -77,6 +77,11 @@ pytest: $(STAMP) dashboard chromium
 	$(WITH_NODE) $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 test: lint typecheck pytest
+
+# Against a running `make dev` (or URL= and API_KEY= of another): one call per task type,
+# cancel, retry and an artifact download; a PASS/FAIL/SKIP line each.
+smoke: $(STAMP)
+	$(BIN)/taskrunner smoke $(if $(URL),--url $(URL))
 
 schema: $(STAMP)
 	$(BIN)/taskrunner export-schema

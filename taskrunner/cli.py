@@ -142,6 +142,17 @@ def cmd_worker(settings: Settings) -> int:
     return 0
 
 
+def cmd_smoke(settings: Settings, url: str | None, key: str | None, within: float) -> int:
+    from taskrunner.smoke import smoke
+
+    kept = settings.data_dir / "dev-api-key"
+    key = key or os.environ.get("API_KEY") or (kept.read_text().strip() if kept.exists() else None)
+    url = (url or f"http://127.0.0.1:{settings.port}").rstrip("/")
+    print(f"smoke: {url}{'' if key else ' (no API key: give --key or API_KEY)'}", flush=True)
+    ok = asyncio.run(smoke(url, key, within, out=lambda line: print(line, flush=True)))
+    return 0 if ok else 1
+
+
 def cmd_migrate(settings: Settings) -> int:
     from taskrunner.db import migrate
 
@@ -252,6 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
         "export-schema", help="write schema.graphql (and .env.example) from the code"
     )
     export.add_argument("-o", "--output", help="file to write, '-' for stdout")
+    smoke = sub.add_parser(
+        "smoke", help="check a running service end to end, one line per check (make smoke)"
+    )
+    smoke.add_argument("--url", help="the api (default: http://127.0.0.1:PORT)")
+    smoke.add_argument(
+        "--key", help="an API key (default: API_KEY, or the key `make dev` keeps in DATA_DIR)"
+    )
+    smoke.add_argument(
+        "--within", type=float, default=30, help="seconds each check may take (default 30)"
+    )
     keys_parser = sub.add_parser("keys", help="API keys: create, list, revoke")
     keys_sub = keys_parser.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="make a key and print it (shown only once)")
@@ -282,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "keys":
             return cmd_keys(settings, args)
+        if args.command == "smoke":
+            return cmd_smoke(settings, args.url, args.key, args.within)
         return commands[args.command](settings)
     except ConfigError as exc:
         print(f"taskrunner: {exc}", file=sys.stderr)
