@@ -30,6 +30,7 @@ from api.app import uvicorn_options
 from api.fanout.websocket import CoalescingWebSocketsProtocol
 from taskrunner.config import load_settings
 from tests.support.environment import repo_root
+from tests.support.parsing import parse
 
 README = repo_root() / "api" / "fanout" / "README.md"
 
@@ -320,7 +321,7 @@ def _assigned(cls: type) -> set[str]:
             source = textwrap.dedent(inspect.getsource(klass))
         except (OSError, TypeError):
             continue
-        for node in ast.walk(ast.parse(source)):
+        for node in ast.walk(parse(source)):
             if isinstance(node, ast.Assign):
                 targets = node.targets
             elif isinstance(node, ast.AnnAssign | ast.AugAssign):
@@ -488,7 +489,7 @@ def test_uvicorns_scope_has_extensions_before_the_app_runs() -> None:
     source = textwrap.dedent(inspect.getsource(module.WebSocketsSansIOProtocol))
     keys = [
         key.value
-        for node in ast.walk(ast.parse(source))
+        for node in ast.walk(parse(source))
         if isinstance(node, ast.AnnAssign | ast.Assign)
         and any(
             isinstance(t, ast.Attribute) and t.attr == "scope"

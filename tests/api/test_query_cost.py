@@ -38,6 +38,7 @@ from api.app import create_app
 from api.schema import build_schema
 from taskrunner.config import Settings, load_settings
 from tests.support.environment import repo_root
+from tests.support.parsing import parse as parse_python
 from tests.support.servers import run_api
 from tests.support.stack import Stack
 from tests.support.tasks import WATCH
@@ -343,7 +344,7 @@ async def test_events_read_one_page_of_100_by_default_and_refuse_a_larger_first(
 
 def _documents_in_python(path: str) -> Iterator[str]:
     """The GraphQL documents among a Python file's string constants."""
-    tree = ast.parse((repo_root() / path).read_text(encoding="utf-8"))
+    tree = parse_python((repo_root() / path).read_text(encoding="utf-8"))
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             text = node.value.strip()
@@ -355,7 +356,7 @@ def _readme_documents() -> Iterator[str]:
     readme = (repo_root() / "README.md").read_text(encoding="utf-8")
     yield from re.findall(r"```graphql\n(.*?)```", readme, re.DOTALL)
     for block in re.findall(r"```python\n(.*?)```", readme, re.DOTALL):
-        for node in ast.walk(ast.parse(block)):
+        for node in ast.walk(parse_python(block)):
             if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "GraphQLRequest":
                 first = node.args[0]
                 if isinstance(first, ast.Constant) and isinstance(first.value, str):
