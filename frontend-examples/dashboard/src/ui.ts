@@ -2,7 +2,7 @@
 // loading / empty / error states (each saying what to do), and a refresher that re-runs a
 // view's query on events without flooding the api.
 import { ApiError, toApiError } from "./api";
-import { h } from "./dom";
+import { fill, h } from "./dom";
 import type { TaskStatus, WorkflowStatus } from "./gql/graphql";
 
 export const STATUSES: readonly TaskStatus[] = ["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"];
@@ -147,6 +147,30 @@ export function pendingState(error: unknown, what: string, apiUrl: string, retry
 /** Above data already shown: the error of the last refresh, if it failed (else null). */
 export function refreshFailed(error: unknown): HTMLElement | null {
   return error ? h("p", { class: "error", role: "alert" }, `Could not refresh: ${actionError(error)}`) : null;
+}
+
+/** The start of a list view's render. Until its first answer (`items` null) the body shows
+ * the pending state; with no items, `empty()` under the last refresh's error. True when
+ * there are items for the view to show (under `refreshFailed(error)`). */
+export function listReady<T>(
+  body: HTMLElement,
+  items: T[] | null,
+  error: unknown,
+  what: string,
+  apiUrl: string,
+  retry: () => void,
+  empty: () => HTMLElement,
+): items is T[] {
+  if (items === null) {
+    fill(body, pendingState(error, what, apiUrl, retry));
+    return false;
+  }
+  body.dataset.loaded = "true";
+  if (items.length === 0) {
+    fill(body, refreshFailed(error), empty());
+    return false;
+  }
+  return true;
 }
 
 export function emptyState(title: string, hint: string | Node): HTMLElement {

@@ -9,8 +9,8 @@ import {
   actionError,
   ago,
   emptyState,
+  listReady,
   num,
-  pendingState,
   refreshFailed,
   tableHead,
 } from "../ui";
@@ -47,16 +47,10 @@ export function mountQueues(root: HTMLElement, ctx: Ctx): () => void {
   }
 
   function render(): void {
-    if (queues === null) {
-      fill(body, pendingState(loadError, "queues", ctx.apiUrl, () => refresher.now()));
-      return;
-    }
-    body.dataset.loaded = "true";
+    if (!listReady(body, queues, loadError, "queues", ctx.apiUrl, () => refresher.now(), () =>
+      emptyState("No queues.", "A queue appears once a task type, a task or a worker names it."),
+    )) return;
     const problem = refreshFailed(loadError);
-    if (queues.length === 0) {
-      fill(body, problem, emptyState("No queues.", "A queue appears once a task type, a task or a worker names it."));
-      return;
-    }
     const deepest = Math.max(1, ...queues.map((q) => q.queued + q.running));
     fill(
       body,

@@ -14,8 +14,8 @@ import {
   actionError,
   emptyState,
   formatSeconds,
+  listReady,
   num,
-  pendingState,
   refreshFailed,
   shortId,
   tableHead,
@@ -51,20 +51,10 @@ export function mountSchedules(root: HTMLElement, ctx: Ctx): () => void {
   }
 
   function render(): void {
-    if (schedules === null) {
-      fill(body, pendingState(loadError, "schedules", ctx.apiUrl, () => refresher.now()));
-      return;
-    }
-    body.dataset.loaded = "true";
+    if (!listReady(body, schedules, loadError, "schedules", ctx.apiUrl, () => refresher.now(), () =>
+      emptyState("No schedules yet.", "Create one with the createSchedule mutation: GraphiQL's Schedule tab has one ready to run."),
+    )) return;
     const problem = refreshFailed(loadError);
-    if (schedules.length === 0) {
-      fill(
-        body,
-        problem,
-        emptyState("No schedules yet.", "Create one with the createSchedule mutation: GraphiQL's Schedule tab has one ready to run."),
-      );
-      return;
-    }
     fill(
       body,
       problem,

@@ -10,7 +10,7 @@ import {
   emptyState,
   formatBytes,
   formatSeconds,
-  pendingState,
+  listReady,
   progressBar,
   refreshFailed,
   shortId,
@@ -57,16 +57,10 @@ export function mountWorkers(root: HTMLElement, ctx: Ctx): () => void {
   }
 
   function render(): void {
-    if (workers === null) {
-      fill(body, pendingState(loadError, "workers", ctx.apiUrl, () => refresher.now()));
-      return;
-    }
-    body.dataset.loaded = "true";
+    if (!listReady(body, workers, loadError, "workers", ctx.apiUrl, () => refresher.now(), () =>
+      emptyState("No live workers.", "Start one: `make dev` runs one, or `taskrunner worker` (WORKER_QUEUES names its queues). Queued tasks wait until then."),
+    )) return;
     const problem = refreshFailed(loadError);
-    if (workers.length === 0) {
-      fill(body, problem, emptyState("No live workers.", "Start one: `make dev` runs one, or `taskrunner worker` (WORKER_QUEUES names its queues). Queued tasks wait until then."));
-      return;
-    }
     const most = Math.max(1, ...workers.map((w) => w.memoryBytes ?? 0));
     fill(body, problem, h("div", { class: "cards" }, ...workers.map((w) => card(w, most))));
   }

@@ -19,6 +19,7 @@ import {
   badge,
   emptyState,
   formatSeconds,
+  listReady,
   num,
   pendingState,
   refreshFailed,
@@ -83,22 +84,12 @@ export function mountWorkflows(root: HTMLElement, ctx: Ctx): () => void {
   }
 
   function render(): void {
-    if (items === null) {
-      fill(body, pendingState(loadError, "workflows", ctx.apiUrl, () => refresher.now()));
-      return;
-    }
-    body.dataset.loaded = "true";
+    if (!listReady(body, items, loadError, "workflows", ctx.apiUrl, () => refresher.now(), () =>
+      status
+        ? emptyState(`No ${status.toLowerCase()} workflow.`, "Pick another status.")
+        : emptyState("No workflows yet.", "Submit one with submitWorkflow: GraphiQL's Workflow tab has one ready to run."),
+    )) return;
     const problem = refreshFailed(loadError);
-    if (items.length === 0) {
-      fill(
-        body,
-        problem,
-        status
-          ? emptyState(`No ${status.toLowerCase()} workflow.`, "Pick another status.")
-          : emptyState("No workflows yet.", "Submit one with submitWorkflow: GraphiQL's Workflow tab has one ready to run."),
-      );
-      return;
-    }
     fill(
       body,
       problem,
