@@ -115,6 +115,7 @@ async def _change_task(
         pool=services.redis,
         task_id=_task_id(id),
         owner=info.context.scope,
+        actor=info.context.caller.actor,
     )
     return Task.from_row(row)
 
@@ -468,6 +469,7 @@ class Mutation:
             pool=services.redis,
             owner=info.context.owner,
             submissions=[submission],
+            actor=info.context.caller.actor,
             crash_after_commit=services.settings.test_crash_after_commit,
         )
         return Task.from_row(row)
@@ -496,6 +498,7 @@ class Mutation:
             pool=services.redis,
             owner=info.context.owner,
             submissions=submissions,
+            actor=info.context.caller.actor,
             crash_after_commit=services.settings.test_crash_after_commit,
         )
         return [Task.from_row(r) for r in rows]
@@ -547,6 +550,7 @@ class Mutation:
             redis=services.redis,
             workflow_id=_workflow_id(id),
             owner=info.context.scope,
+            actor=info.context.caller.actor,
         )
         return Workflow.from_record(found)
 
@@ -569,6 +573,7 @@ class Mutation:
             redis=services.redis,
             workflow_id=workflow_id,
             owner=info.context.scope,
+            actor=info.context.caller.actor,
         )
         return Workflow.from_record(found)
 
@@ -601,6 +606,7 @@ class Mutation:
             owner=info.context.scope,
             filter=_domain_filter(filter),
             most=services.settings.max_bulk_action,
+            actor=info.context.caller.actor,
         )
 
     @strawberry.mutation(
@@ -629,6 +635,7 @@ class Mutation:
             owner=info.context.scope,
             filter=criteria,
             most=most,
+            actor=info.context.caller.actor,
         )
 
     @strawberry.mutation(
@@ -656,6 +663,7 @@ class Mutation:
             key_id=info.context.caller.key_id,
             spec=spec,
             most=services.settings.max_schedules_per_owner,
+            actor=info.context.caller.actor,
         )
         return Schedule.from_record(created)
 
@@ -673,6 +681,7 @@ class Mutation:
             scope=info.context.scope,
             schedule_id=schedule_id,
             spec=spec,
+            actor=info.context.caller.actor,
         )
         return Schedule.from_record(updated)
 
@@ -683,6 +692,7 @@ class Mutation:
             scope=info.context.scope,
             schedule_id=_schedule_id(id),
             paused=True,
+            actor=info.context.caller.actor,
         )
         return Schedule.from_record(found)
 
@@ -696,6 +706,7 @@ class Mutation:
             scope=info.context.scope,
             schedule_id=_schedule_id(id),
             paused=False,
+            actor=info.context.caller.actor,
         )
         return Schedule.from_record(found)
 
@@ -714,7 +725,11 @@ class Mutation:
         schedule_id = _schedule_id(id)
         await _take_rate(info, 1)
         row = await schedules.trigger(
-            services.engine, services.redis, scope=info.context.scope, schedule_id=schedule_id
+            services.engine,
+            services.redis,
+            scope=info.context.scope,
+            schedule_id=schedule_id,
+            actor=info.context.caller.actor,
         )
         return Task.from_row(row)
 
@@ -935,6 +950,7 @@ async def _submit_workflows(
         owner=info.context.owner,
         specs=specs,
         key_id=info.context.caller.key_id,
+        actor=info.context.caller.actor,
     )
     return [Workflow.from_record(w) for w in found]
 
@@ -944,7 +960,9 @@ async def _set_queue_paused(info: Info, name: str, paused: bool) -> Queue:
     if not QUEUE_NAME.match(name):
         raise BadInput(f"name: {name!r} is not a queue name; use {QUEUE_NAME_RULE}", field="name")
     services = info.context.services
-    await queues.set_paused(services.engine, services.redis, name, paused)
+    await queues.set_paused(
+        services.engine, services.redis, name, paused, actor=info.context.caller.actor
+    )
     found = await queues.describe(services.engine, services.redis, info.context.scope, [name])
     return Queue.from_info(next(q for q in found if q.name == name))
 

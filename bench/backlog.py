@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from common import log
 
-from taskrunner import queue
+from taskrunner import actors, queue
 from taskrunner.config import load_settings
 from taskrunner.db import create_engine, migrate
 from taskrunner.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -63,6 +63,7 @@ async def drain(
                 pool=pool,
                 owner="bench",
                 submissions=work[start : start + BATCH],
+                actor=actors.key("bench", "bench"),
             )
         log(f"[backlog] {n} tasks queued; one worker with {slots} slots starts")
         worker = task_worker(

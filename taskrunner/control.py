@@ -12,7 +12,8 @@ from arq import ArqRedis
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import journal, queue, transitions
+from taskrunner import actors, journal, queue, transitions
+from taskrunner.actors import Actor
 from taskrunner.errors import Conflict, LimitExceeded
 from taskrunner.events import CANCEL_CHANNEL, cancel_message
 from taskrunner.models import TaskRecord
@@ -25,7 +26,13 @@ before_cancel_write: Callable[[uuid.UUID, TaskStatus], Awaitable[None]] | None =
 
 
 async def cancel(
-    *, engine: AsyncEngine, redis: Redis, pool: ArqRedis, task_id: uuid.UUID, owner: str | None
+    *,
+    engine: AsyncEngine,
+    redis: Redis,
+    pool: ArqRedis,
+    task_id: uuid.UUID,
+    owner: str | None,
+    actor: Actor,
 ) -> TaskRecord:
     """QUEUED: CANCELLED at once, and it never runs. RUNNING: flag it and tell the workers;
     the one running it cancels the coroutine, which ends CANCELLED. Finished: CONFLICT.
@@ -51,19 +58,27 @@ async def cancel(
             change = transitions.cancelled_while_queued(task_id)
         else:  # the attempt read: the cancel message names that one
             change = transitions.cancel_requested(task_id, task.attempts)
-        outcome = await journal.apply_one(engine, redis, change)
+        outcome = await journal.apply_one(engine, redis, actors.recorded(change, actor))
         if outcome.accepted:
             if status is TaskStatus.QUEUED:
                 await queue.remove(pool, task_id, task.queue)
             else:
                 await redis.publish(CANCEL_CHANNEL, cancel_message(task_id, task.attempts))
-            await cancel_children(engine=engine, redis=redis, pool=pool, parent_ids=[task_id])
+            await cancel_children(
+                engine=engine, redis=redis, pool=pool, parent_ids=[task_id], actor=actor
+            )
             return await require(engine=engine, task_id=task_id, owner=owner)
     raise Conflict(f"task {task_id} kept changing state; try cancelTask again")
 
 
 async def retry(
-    *, engine: AsyncEngine, redis: Redis, pool: ArqRedis, task_id: uuid.UUID, owner: str | None
+    *,
+    engine: AsyncEngine,
+    redis: Redis,
+    pool: ArqRedis,
+    task_id: uuid.UUID,
+    owner: str | None,
+    actor: Actor,
 ) -> TaskRecord:
     """Run a FAILED or CANCELLED task again, as a new attempt (its history stays). A
     workflow's step is run again by retryWorkflow, which runs its dependents after it."""
@@ -74,7 +89,8 @@ async def retry(
             f'again with retryWorkflow(id: "{task.workflow_id}"), which also runs the steps '
             "that depend on it"
         )
-    outcome = await journal.apply_one(engine, redis, transitions.retried(task_id))
+    change = actors.recorded(transitions.retried(task_id), actor)
+    outcome = await journal.apply_one(engine, redis, change)
     if not outcome.accepted:
         found = outcome.found.value if outcome.found else "gone"
         raise Conflict(f"task {task_id} is {found}; only FAILED or CANCELLED tasks can be retried")
@@ -119,6 +135,7 @@ async def cancel_many(
     owner: str | None,
     filter: TaskCriteria,
     most: int,
+    actor: Actor,
 ) -> int:
     """cancelTask for each matching QUEUED or RUNNING task, at most `most` (else
     LIMIT_EXCEEDED, nothing done); returns how many were cancelled (or, running, asked to
@@ -127,13 +144,13 @@ async def cancel_many(
     tasks = await _bulk(
         engine, owner, filter, (TaskStatus.QUEUED, TaskStatus.RUNNING), most, "cancelTasks"
     )
-    cancelled = await _cancel_all(engine, redis, pool, tasks)
-    await cancel_children(engine=engine, redis=redis, pool=pool, parent_ids=cancelled)
+    cancelled = await _cancel_all(engine, redis, pool, tasks, actor)
+    await cancel_children(engine=engine, redis=redis, pool=pool, parent_ids=cancelled, actor=actor)
     return len(cancelled)
 
 
 async def _cancel_all(
-    engine: AsyncEngine, redis: Redis, pool: ArqRedis, tasks: list[TaskRecord]
+    engine: AsyncEngine, redis: Redis, pool: ArqRedis, tasks: list[TaskRecord], actor: Actor
 ) -> list[uuid.UUID]:
     """cancelTask for each of `tasks` (QUEUED or RUNNING as read); the ids of those whose
     cancel took."""
@@ -143,7 +160,7 @@ async def _cancel_all(
         running = [t for t in tasks if t.status == TaskStatus.RUNNING.value]
         changes = [transitions.cancelled_while_queued(t.id) for t in queued]
         changes += [transitions.cancel_requested(t.id, t.attempts) for t in running]
-        outcomes = await journal.apply(engine, redis, changes)
+        outcomes = await journal.apply(engine, redis, actors.all_recorded(changes, actor))
         by_id = {t.id: t for t in tasks}
         again: list[uuid.UUID] = []
         removed: list[tuple[uuid.UUID, str]] = []
@@ -189,11 +206,16 @@ MAX_CASCADE = 10_000  # descendants cancelled with one parent (more: the rest st
 
 
 async def cancel_children(
-    *, engine: AsyncEngine, redis: Redis, pool: ArqRedis, parent_ids: Sequence[uuid.UUID]
+    *,
+    engine: AsyncEngine,
+    redis: Redis,
+    pool: ArqRedis,
+    parent_ids: Sequence[uuid.UUID],
+    actor: Actor,
 ) -> int:
     """A cancelled task's subtasks (ctx.submit) go with it: every unfinished descendant not
     submitted `detached` is cancelled as cancelTask would (QUEUED: at once; RUNNING: its
-    worker stops it). Returns how many."""
+    worker stops it), by `actor` (the parent's canceller). Returns how many."""
     if not parent_ids:
         return 0
     async with engine.connect() as conn:
@@ -201,7 +223,7 @@ async def cancel_children(
             await conn.execute(DESCENDANTS, {"ids": list(parent_ids), "most": MAX_CASCADE})
         ).mappings()
         tasks = [TaskRecord(**dict(r)) for r in rows]
-    return len(await _cancel_all(engine, redis, pool, tasks))
+    return len(await _cancel_all(engine, redis, pool, tasks, actor))
 
 
 async def retry_many(
@@ -212,6 +234,7 @@ async def retry_many(
     owner: str | None,
     filter: TaskCriteria,
     most: int,
+    actor: Actor,
 ) -> int:
     """retryTask for each matching FAILED or CANCELLED task, at most `most` (else
     LIMIT_EXCEEDED, nothing done); returns how many run again. Workflows' steps are left
@@ -225,7 +248,8 @@ async def retry_many(
         "retryTasks",
         steps=False,
     )
-    outcomes = await journal.apply(engine, redis, [transitions.retried(t.id) for t in tasks])
+    changes = [actors.recorded(transitions.retried(t.id), actor) for t in tasks]
+    outcomes = await journal.apply(engine, redis, changes)
     again = [queue.job_of(t) for t, o in zip(tasks, outcomes, strict=True) if o.accepted]
     await queue.enqueue(pool, again)
     return len(again)

@@ -25,7 +25,8 @@ from typing import Any
 
 import asyncpg
 
-from taskrunner import fastpath, queue, transitions
+from taskrunner import actors, fastpath, queue, transitions
+from taskrunner.actors import Actor
 from taskrunner.changes import WAITING_PARENTS, Change
 from taskrunner.errors import BadInput
 from taskrunner.events import Event, EventKind
@@ -380,13 +381,16 @@ async def settle(
     conn: asyncpg.Connection,
     noted_on: Mapping[uuid.UUID, uuid.UUID | None],
     after: AfterCommit,
+    actor: Actor | None = None,
 ) -> dict[uuid.UUID, WorkflowStatus]:
     """Settle the workflows of `noted_on` (workflow id -> the step its WorkflowStatusChanged
     goes on, if it ends now: the step that ended in this transaction; None: its last step):
     under their rows' locks, make ready the steps whose parents all SUCCEEDED, cancel what
     a failure (or cancelWorkflow) calls for, and end each workflow whose steps have all
     ended. Returns the workflows that ended. All of a transaction's workflows at once: a
-    few statements however many there are."""
+    few statements however many there are. Its changes record `actor` (cancelWorkflow's or
+    retryWorkflow's caller), else the workflow's own (a step's end did them)."""
+    by = actor or actors.system(actors.System.WORKFLOW)
     steps = await _read(conn, list(noted_on))
     todo = sorted(steps)
     for _ in range(MAX_ROUNDS):
@@ -405,7 +409,7 @@ async def settle(
         if not changes and not ready:
             break
         changes += await _readied(conn, ready)
-        outcomes, _ = await fastpath.record_on(conn, changes)
+        outcomes, _ = await fastpath.record_on(conn, actors.all_recorded(changes, by))
         after.events.extend(o.event for o in outcomes if o.event is not None)
         rows_of = {r["task_id"]: r for rows in steps.values() for r in rows}
         replan: set[uuid.UUID] = set()
@@ -452,7 +456,7 @@ async def settle(
         transitions.workflow_changed(noted_on.get(w) or steps[w][-1]["task_id"], w, end.value)
         for w, end in sorted(ended.items())
     ]
-    outcomes, _ = await fastpath.record_on(conn, notes)
+    outcomes, _ = await fastpath.record_on(conn, actors.all_recorded(notes, by))
     after.events.extend(o.event for o in outcomes if o.event is not None)
     return ended
 

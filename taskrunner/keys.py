@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from taskrunner import actors
 from taskrunner.errors import BadInput, Conflict, NotFound
 from taskrunner.models import ApiKey, api_key_table
 
@@ -40,6 +41,11 @@ class Principal:
     def scope(self) -> str | None:
         """The owner whose tasks this caller may touch; None: every owner (admin)."""
         return None if self.admin else self.owner
+
+    @property
+    def actor(self) -> dict[str, str]:
+        """This caller as the actor of the changes it asks for (taskrunner.actors)."""
+        return actors.key(self.name, self.owner)
 
 
 ANONYMOUS = Principal(key_id=None, name="anonymous", owner="")

@@ -376,6 +376,12 @@ class ScheduleTable(SQLModel, table=True):
     created_at: datetime = Field(
         sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False, server_default=NOW)
     )
+    # who made it, who changed it last (update, pause, resume) and when (taskrunner.actors)
+    created_by: dict[str, str] | None = Field(default=None, sa_column=sa.Column(JSONB))
+    changed_by: dict[str, str] | None = Field(default=None, sa_column=sa.Column(JSONB))
+    changed_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
+    )
 
 
 schedule_table: sa.Table = ScheduleTable.__table__  # type: ignore[attr-defined]
@@ -471,6 +477,8 @@ class QueueState(SQLModel, table=True):
     changed_at: datetime = Field(
         sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False, server_default=NOW)
     )
+    # the actor of its last pause or resume (taskrunner.actors)
+    changed_by: dict[str, str] | None = Field(default=None, sa_column=sa.Column(JSONB))
 
 
 queue_state_table: sa.Table = QueueState.__table__  # type: ignore[attr-defined]

@@ -16,12 +16,16 @@ from arq import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner import heartbeats, queue
+from taskrunner.actors import Actor
+from taskrunner.changes import json_text
 from taskrunner.connections import connection
 from taskrunner.logs import event
 
 SET_PAUSED = """
-INSERT INTO queue_state (name, paused, changed_at) VALUES ($1, $2, clock_timestamp())
-ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, changed_at = excluded.changed_at
+INSERT INTO queue_state (name, paused, changed_at, changed_by)
+VALUES ($1, $2, clock_timestamp(), $3::jsonb)
+ON CONFLICT (name) DO UPDATE
+SET paused = excluded.paused, changed_at = excluded.changed_at, changed_by = excluded.changed_by
 RETURNING changed_at
 """
 
@@ -56,16 +60,18 @@ async def write_flags(pool: ArqRedis, rows: list[tuple[str, bool, datetime]]) ->
     await pool.eval(WRITE_FLAGS, len(flags), *flags, *args)  # type: ignore[misc]
 
 
-async def set_paused(engine: AsyncEngine, pool: ArqRedis, name: str, paused: bool) -> None:
-    """Pause (or resume) the named queue: the row first (it decides), then the flag the
-    workers read; a resume wakes them up."""
+async def set_paused(
+    engine: AsyncEngine, pool: ArqRedis, name: str, paused: bool, *, actor: Actor
+) -> None:
+    """Pause (or resume) the named queue, by `actor`: the row first (it decides), then the
+    flag the workers read; a resume wakes them up."""
     async with connection(engine) as conn:
-        changed_at: datetime = await conn.fetchval(SET_PAUSED, name, paused)
+        changed_at: datetime = await conn.fetchval(SET_PAUSED, name, paused, json_text(actor))
     await write_flags(pool, [(name, paused, changed_at)])
     if not paused:
         await pool.publish(queue.wake_channel(queue.key(pool.default_queue_name, name)), b"")
     # no event stream carries a queue's changes (`queues` shows its state): the log does
-    event("queue_paused" if paused else "queue_resumed", queue=name)
+    event("queue_paused" if paused else "queue_resumed", queue=name, actor=actor)
 
 
 async def sync_paused(engine: AsyncEngine, pool: ArqRedis) -> None:
@@ -85,6 +91,8 @@ class QueueInfo:
     running: int
     oldest_queued_at: datetime | None
     workers: int
+    changed_at: datetime | None = None  # its last pause or resume, and by whom
+    changed_by: Actor | None = None
 
 
 # Per queue: tasks QUEUED and RUNNING (of `owner`, or all when null) and the oldest QUEUED
@@ -107,7 +115,8 @@ async def describe(
     paused, is served by a live worker, or is in `known`; by name."""
     async with connection(engine) as conn:
         active = {r["queue"]: r for r in await conn.fetch(ACTIVE, owner)}
-        paused = {r["name"]: r["paused"] for r in await conn.fetch("SELECT * FROM queue_state")}
+        states = {r["name"]: r for r in await conn.fetch("SELECT * FROM queue_state")}
+    paused = {name: r["paused"] for name, r in states.items()}
     serving: dict[str, int] = {}
     for worker in await heartbeats.live_workers(pool):
         for name in worker.queues:
@@ -121,6 +130,8 @@ async def describe(
             running=active[name]["running"] if name in active else 0,
             oldest_queued_at=active[name]["oldest"] if name in active else None,
             workers=serving.get(name, 0),
+            changed_at=states[name]["changed_at"] if name in states else None,
+            changed_by=states[name]["changed_by"] if name in states else None,
         )
         for name in names
     ]

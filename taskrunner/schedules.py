@@ -31,7 +31,8 @@ import asyncpg
 from arq import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import cron, journal, paging, submissions, transitions
+from taskrunner import actors, cron, journal, paging, submissions, transitions
+from taskrunner.actors import Actor
 from taskrunner.changes import json_text
 from taskrunner.connections import connection, transaction
 from taskrunner.cron import Cadence
@@ -85,6 +86,10 @@ class ScheduleRecord:
     skipped: int
     last_skipped_at: datetime | None
     created_at: datetime
+    # who made it, and who changed it last (update, pause, resume) and when: actors
+    created_by: dict[str, str] | None = None
+    changed_by: dict[str, str] | None = None
+    changed_at: datetime | None = None
 
     @classmethod
     def of(cls, row: Any) -> ScheduleRecord:
@@ -106,6 +111,8 @@ class ScheduleRecord:
             **options,
         )
 
+
+BY_SCHEDULE = actors.system(actors.System.SCHEDULE)  # a tick's task
 
 # The template's fields stored in `options` (the rest: type, input; never per-tick ones).
 OPTION_FIELDS = (
@@ -188,8 +195,10 @@ async def create(
     key_id: uuid.UUID | None,
     spec: ScheduleSpec,
     most: int,
+    actor: Actor,
 ) -> ScheduleRecord:
-    """Store a new schedule; at most `most` (MAX_SCHEDULES_PER_OWNER) per owner."""
+    """Store a new schedule, made by `actor`; at most `most` (MAX_SCHEDULES_PER_OWNER) per
+    owner."""
     check_template(spec.template)
     async with transaction(engine) as conn:
         # one owner's creations queue up here, so two at once cannot both pass the bound
@@ -203,9 +212,10 @@ async def create(
             )
         now: datetime = await conn.fetchval("SELECT clock_timestamp()")
         row = await conn.fetchrow(
-            f"""INSERT INTO schedule (id, owner, key_id, {SPEC_COLUMNS}, next_run_at, created_at)
+            f"""INSERT INTO schedule (id, owner, key_id, {SPEC_COLUMNS}, next_run_at, created_at,
+                                      created_by)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10::jsonb, $11, $12, $13,
-                        $14, $15)
+                        $14, $15, $16::jsonb)
                 RETURNING {COLUMNS}""",
             uuid.uuid4(),
             owner,
@@ -213,12 +223,18 @@ async def create(
             *_spec_values(spec),
             _first_tick(spec.cadence, now, now),
             now,
+            json_text(actor),
         )
     return ScheduleRecord.of(row)
 
 
 async def update(
-    engine: AsyncEngine, *, scope: str | None, schedule_id: uuid.UUID, spec: ScheduleSpec
+    engine: AsyncEngine,
+    *,
+    scope: str | None,
+    schedule_id: uuid.UUID,
+    spec: ScheduleSpec,
+    actor: Actor,
 ) -> ScheduleRecord:
     """Replace a schedule's definition; its next tick is computed again from now (its
     fired tasks and counts stay)."""
@@ -227,18 +243,26 @@ async def update(
         current = await _locked(conn, scope, schedule_id)
         now: datetime = await conn.fetchval("SELECT clock_timestamp()")
         row = await conn.fetchrow(
-            f"""UPDATE schedule SET ({SPEC_COLUMNS}, next_run_at)
-                    = ($2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9, $10, $11, $12)
+            f"""UPDATE schedule SET ({SPEC_COLUMNS}, next_run_at, changed_by, changed_at)
+                    = ($2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9, $10, $11, $12,
+                       $13::jsonb, $14)
                 WHERE id = $1 RETURNING {COLUMNS}""",
             schedule_id,
             *_spec_values(spec),
             await _next_after_now(conn, current, spec.cadence, now),
+            json_text(actor),
+            now,
         )
     return ScheduleRecord.of(row)
 
 
 async def set_paused(
-    engine: AsyncEngine, *, scope: str | None, schedule_id: uuid.UUID, paused: bool
+    engine: AsyncEngine,
+    *,
+    scope: str | None,
+    schedule_id: uuid.UUID,
+    paused: bool,
+    actor: Actor,
 ) -> ScheduleRecord:
     """Pause (no tick fires) or resume (the next tick from now on fires: ticks that fell
     while paused are not missed ticks, and never fire)."""
@@ -249,10 +273,13 @@ async def set_paused(
         if not paused and current.paused:
             next_run = await _next_after_now(conn, current, current.cadence, now)
         row = await conn.fetchrow(
-            f"UPDATE schedule SET paused = $2, next_run_at = $3 WHERE id = $1 RETURNING {COLUMNS}",
+            "UPDATE schedule SET paused = $2, next_run_at = $3, changed_by = $4::jsonb, "
+            f"changed_at = $5 WHERE id = $1 RETURNING {COLUMNS}",
             schedule_id,
             paused,
             next_run,
+            json_text(actor),
+            now,
         )
     return ScheduleRecord.of(row)
 
@@ -425,7 +452,10 @@ async def fire_due(
             for r in rows
         ]
         plans = await _within_rates(plans, limiter)
-        units = [(p.schedule.owner, [p.schedule.submission(t) for t in p.fire]) for p in plans]
+        units = [
+            (p.schedule.owner, [p.schedule.submission(t) for t in p.fire], BY_SCHEDULE)
+            for p in plans
+        ]
         per_unit, events = await submissions.insert(conn, units)
         last = [tasks[-1].id if tasks else None for tasks in per_unit]
         await conn.execute(
@@ -530,13 +560,14 @@ async def trigger(
     *,
     scope: str | None,
     schedule_id: uuid.UUID,
+    actor: Actor,
 ) -> TaskRecord:
     """Fire the schedule now, outside its cadence (its next tick stays): a task whose
     scheduledFor is now. Works on a paused schedule too."""
     async with transaction(engine) as conn:
         s = await _locked(conn, scope, schedule_id)
         now: datetime = await conn.fetchval("SELECT clock_timestamp()")
-        (tasks,), events = await submissions.insert(conn, [(s.owner, [s.submission(now)])])
+        (tasks,), events = await submissions.insert(conn, [(s.owner, [s.submission(now)], actor)])
         await conn.execute(
             "UPDATE schedule SET last_run_at = $2, last_task_id = $3 WHERE id = $1",
             schedule_id,

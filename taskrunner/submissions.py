@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from taskrunner import connections, metrics, queue, tracing
+from taskrunner.actors import Actor
 from taskrunner.changes import json_text
 from taskrunner.events import Event, EventKind, add_publishes
 from taskrunner.groupcommit import GroupCommit, Refused
@@ -69,7 +70,9 @@ class Submission:
 
 MAX_GROUP_REQUESTS = 100  # submit() calls (up to MAX_BATCH_SIZE tasks each) in one transaction
 
-Unit = tuple[str, Sequence[Submission], bool]  # owner, its submissions, crash_after_commit
+Unit = tuple[
+    str, Sequence[Submission], Actor, bool
+]  # owner, submissions, actor, crash_after_commit
 # Live groups by (engine, Redis, arq pool), as in journal._groups: held by their users only.
 _groups: weakref.WeakValueDictionary[tuple[int, int, int], GroupCommit[Unit, list[TaskRecord]]] = (
     weakref.WeakValueDictionary()
@@ -83,9 +86,11 @@ async def submit(
     pool: ArqRedis,
     owner: str,
     submissions: Sequence[Submission],
+    actor: Actor,
     crash_after_commit: bool = False,
 ) -> list[TaskRecord]:
-    """Insert the tasks and their QUEUED events in one transaction, publish, then enqueue.
+    """Insert the tasks and their QUEUED events (by `actor`) in one transaction, publish,
+    then enqueue.
     A submission whose idempotency key the owner already used returns the first task.
     Concurrent submissions of this process share the transaction (group commit)."""
     key = (id(engine), id(redis), id(pool))
@@ -96,15 +101,15 @@ async def submit(
             return await _submit_now(engine, redis, pool, units)
 
         group = _groups[key] = GroupCommit(flush, MAX_GROUP_REQUESTS)
-    return await group.submit((owner, submissions, crash_after_commit))
+    return await group.submit((owner, submissions, actor, crash_after_commit))
 
 
 async def _submit_now(
     engine: AsyncEngine, redis: Redis, pool: ArqRedis, units: list[Unit]
 ) -> list[list[TaskRecord]]:
     async with connections.connection(engine) as conn:
-        per_unit, events = await insert(conn, [(owner, subs) for owner, subs, _ in units])
-    if any(crash for _, _, crash in units):
+        per_unit, events = await insert(conn, [(owner, subs, by) for owner, subs, by, _ in units])
+    if any(crash for *_, crash in units):
         os._exit(70)  # fault injection: see Settings.test_crash_after_commit
     created = {e.task_id for e in events}  # each new task once, whoever else reused its key
     new = []
@@ -158,11 +163,11 @@ WITH s AS (
                        $7::int[], $8::text[], $9::jsonb[], $10::text[], $11::timestamptz[],
                        $12::timestamptz[], $13::text[], $14::text[], $15::int[], $16::uuid[],
                        $17::uuid[], $18::text[], $19::text[], $20::timestamptz[], $21::text[],
-                       $22::uuid[], $23::boolean[])
+                       $22::uuid[], $23::boolean[], $25::jsonb[])
     AS s(id, owner, type, input, priority, max_retries, timeout_seconds, idempotency_key,
          labels, trace_parent, scheduled_for, due_at, queue, concurrency_key,
          concurrency_limit, schedule_id, workflow_id, step_key, waiting, deadline,
-         rate_limit, parent_id, detached)
+         rate_limit, parent_id, detached, actor)
 ),
 t AS (
   INSERT INTO task (id, owner, type, status, input, priority, max_retries, timeout_seconds,
@@ -181,7 +186,9 @@ t AS (
 ),
 e AS (
   INSERT INTO task_event (task_id, seq, owner, kind, data)
-  SELECT id, 1, owner, '{EventKind.STATUS.value}', '{{"status": "QUEUED"}}'::jsonb FROM t
+  SELECT t.id, 1, t.owner, '{EventKind.STATUS.value}',
+         jsonb_build_object('status', 'QUEUED', 'actor', s.actor)
+  FROM t JOIN s ON s.id = t.id
   RETURNING id, task_id, xid, at, data
 )
 SELECT t.*, e.id AS e_id, e.xid AS e_xid, e.at AS e_at, e.data AS e_data
@@ -194,10 +201,11 @@ EXISTING = (
 
 
 async def insert(
-    conn: asyncpg.Connection, units: Sequence[tuple[str, Sequence[Submission]]]
+    conn: asyncpg.Connection, units: Sequence[tuple[str, Sequence[Submission], Actor]]
 ) -> tuple[list[list[TaskRecord]], list[Event]]:
-    """Insert every unit's tasks (a unit: an owner and its submissions) with their QUEUED
-    events, in one statement on `conn` (a `connections.connection` or `connections.transaction`).
+    """Insert every unit's tasks (a unit: an owner, its submissions and who submitted them,
+    taskrunner.actors) with their QUEUED events, in one statement on `conn` (a
+    `connections.connection` or `connections.transaction`).
     Returns each unit's tasks in order, an already used idempotency key giving the owner's
     first task, and the events of the tasks created.
 
@@ -209,15 +217,16 @@ async def insert(
     # the whole group then shares it, and createdAt + delaySeconds is exactly the earliest
     # start. Without one, the round trip is saved.
     now: datetime | None = None
-    if any(s.delay_seconds or s.scheduled_for for _, subs in units for s in subs):
+    if any(s.delay_seconds or s.scheduled_for for _, subs, _ in units for s in subs):
         now = cast(datetime, await conn.fetchval("SELECT clock_timestamp()"))
-    rows = [[_row(s, owner, now) for s in subs] for owner, subs in units]
+    rows = [[_row(s, owner, now) for s in subs] for owner, subs, _ in units]
     flat = [row for unit in rows for row in unit]
     if not flat:
         return [[] for _ in units], []
     columns = [list(column) for column in zip(*flat, strict=True)]
     try:
-        found = await conn.fetch(INSERT_TASKS, *columns, now)
+        actor_texts = [json_text(actor) for _, subs, actor in units for _ in subs]
+        found = await conn.fetch(INSERT_TASKS, *columns, now, actor_texts)
     except (asyncpg.PostgresError, ValueError) as exc:
         raise Refused(str(exc)) from exc
     inserted: dict[uuid.UUID, TaskRecord] = {}

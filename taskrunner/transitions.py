@@ -16,6 +16,7 @@ from dataclasses import replace
 from enum import StrEnum
 from typing import Any
 
+from taskrunner import actors
 from taskrunner.changes import NEXT_ATTEMPT, NOW, WAITING_PARENTS, Change, seconds_from_now
 from taskrunner.events import EventKind
 from taskrunner.retries import retries_left
@@ -64,6 +65,13 @@ def error_of(exc: BaseException) -> tuple[TaskErrorCode, str]:
     if isinstance(code, str) and code in TaskErrorCode.__members__:
         return TaskErrorCode(code), text or name
     return TaskErrorCode.TASK_ERROR, f"{name}: {text}" if text else name
+
+
+# The parts of the service that make these moves on their own (taskrunner.actors).
+BY_WORKER = actors.system(actors.System.WORKER)
+BY_RETRY = actors.system(actors.System.RETRY)
+BY_RECONCILER = actors.system(actors.System.RECONCILER)
+BY_DEADLINE = actors.system(actors.System.DEADLINE)
 
 
 def _status(to: TaskStatus, **data: Any) -> dict[str, Any]:
@@ -150,7 +158,7 @@ def requeued(
     return _move(
         task_id,
         TaskStatus.QUEUED,
-        {"error": error, "retry": retry},
+        {"error": error, "retry": retry, "actor": BY_RETRY},
         values={
             "due_at": seconds_from_now(delay_seconds),
             "worker_id": None,
@@ -178,6 +186,7 @@ def handed_back(task_id: uuid.UUID, attempt: int) -> Change:
     return _move(
         task_id,
         TaskStatus.QUEUED,
+        {"actor": BY_WORKER},
         values={"worker_id": None},
         expect_attempt=attempt,
     )
@@ -239,6 +248,7 @@ def lost(
         return _move(
             task_id,
             TaskStatus.CANCELLED,
+            {"actor": BY_RECONCILER},
             values={"finished_at": NOW, "worker_id": None},
             expect_attempt=attempt,
             expect_worker=worker_id,
@@ -248,7 +258,7 @@ def lost(
         return _move(
             task_id,
             TaskStatus.QUEUED,
-            {"error": error},
+            {"error": error, "actor": BY_RECONCILER},
             values={
                 "worker_id": None,
                 "error_code": error["code"],
@@ -260,7 +270,7 @@ def lost(
     return _move(
         task_id,
         TaskStatus.FAILED,
-        {"error": error},
+        {"error": error, "actor": BY_RECONCILER},
         values={
             "finished_at": NOW,
             "worker_id": None,
@@ -345,7 +355,8 @@ def deadline_exceeded(task_id: uuid.UUID) -> Change:
         "error_code": error["code"],
         "error_message": message,
     }
-    return _move(task_id, target, {"error": error}, only_from=source, values=values)
+    data = {"error": error, "actor": BY_DEADLINE}
+    return _move(task_id, target, data, only_from=source, values=values)
 
 
 def step_cancelled(task_id: uuid.UUID, code: TaskErrorCode | None, message: str) -> Change:

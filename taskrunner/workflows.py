@@ -23,7 +23,8 @@ from arq import ArqRedis
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import journal, owner_streams, paging, queue, submissions, transitions
+from taskrunner import actors, journal, owner_streams, paging, queue, submissions, transitions
+from taskrunner.actors import Actor
 from taskrunner.changes import PARENTS, WAITING_PARENTS, json_text
 from taskrunner.connections import connection
 from taskrunner.dag import (
@@ -131,6 +132,7 @@ async def submit(
     pool: ArqRedis,
     owner: str,
     specs: Sequence[WorkflowSpec],
+    actor: Actor,
     key_id: uuid.UUID | None = None,
 ) -> list[WorkflowRecord]:
     """Create the workflows and every step's task (with its QUEUED event) in one
@@ -168,7 +170,7 @@ async def submit(
         tasks: list[TaskRecord] = []
         events: list[Event] = []
         if subs:
-            (tasks,), events = await submissions.insert(conn, [(owner, subs)])
+            (tasks,), events = await submissions.insert(conn, [(owner, subs, actor)])
             steps = [(i, n, step) for i, spec in new for n, step in enumerate(spec.steps)]
             await conn.execute(
                 INSERT_STEPS,
@@ -326,7 +328,12 @@ async def _locked(conn: asyncpg.Connection, workflow_id: uuid.UUID) -> dict[str,
 
 
 async def cancel(
-    *, engine: AsyncEngine, redis: Redis, workflow_id: uuid.UUID, owner: str | None
+    *,
+    engine: AsyncEngine,
+    redis: Redis,
+    workflow_id: uuid.UUID,
+    owner: str | None,
+    actor: Actor,
 ) -> WorkflowRecord:
     """Cancel every unfinished step: QUEUED ones at once, RUNNING ones interrupted (their
     workers record CANCELLED); the workflow ends CANCELLED once every step has ended.
@@ -345,12 +352,15 @@ async def cancel(
         # the QUEUED steps first: a worker's start takes no workflow lock, so a step started
         # meanwhile is refused its cancel there, and read below as RUNNING (a statement of
         # its own, after: it sees every start committed before), then interrupted
-        await settle(conn, {workflow_id: None}, after)
+        await settle(conn, {workflow_id: None}, after, actor)
         running = await conn.fetch(
             "SELECT id, attempts FROM task WHERE workflow_id = $1 AND status = 'RUNNING'",
             workflow_id,
         )
-        changes = [transitions.cancel_requested(r["id"], r["attempts"]) for r in running]
+        changes = [
+            actors.recorded(transitions.cancel_requested(r["id"], r["attempts"]), actor)
+            for r in running
+        ]
         outcomes = await journal.record(conn, changes, after, settle=False)
         after.events.extend(o.event for o in outcomes if o.event is not None)
         return [
@@ -369,7 +379,12 @@ async def cancel(
 
 
 async def retry(
-    *, engine: AsyncEngine, redis: Redis, workflow_id: uuid.UUID, owner: str | None
+    *,
+    engine: AsyncEngine,
+    redis: Redis,
+    workflow_id: uuid.UUID,
+    owner: str | None,
+    actor: Actor,
 ) -> WorkflowRecord:
     """Run a FAILED or CANCELLED workflow's FAILED and CANCELLED steps again (each a new
     attempt, with its input as submitted): those whose parents all SUCCEEDED at once, the
@@ -407,6 +422,7 @@ async def retry(
             changes.append(
                 transitions.workflow_changed(again[0]["task_id"], workflow_id, "RUNNING")
             )
+        changes = actors.all_recorded(changes, actor)
         outcomes = await journal.record(conn, changes, after, settle=False)
         after.events.extend(o.event for o in outcomes if o.event is not None)
         after.jobs.extend(
@@ -422,7 +438,7 @@ async def retry(
             for r in again
             if not r["depends_on"]
         )
-        await settle(conn, {workflow_id: None}, after)
+        await settle(conn, {workflow_id: None}, after, actor)
 
     await journal.transact(engine, redis, work)
     return await require(engine=engine, workflow_id=workflow_id, owner=owner)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 import sqlalchemy as sa
 from arq import ArqRedis
 
-from taskrunner import control, submissions
+from taskrunner import actors, control, submissions
 from taskrunner.errors import BadInput, NotFound
 from taskrunner.models import task_table
 from taskrunner.options import options_from, submission
@@ -35,6 +35,7 @@ from workers.catalog import catalog
 if TYPE_CHECKING:
     from workers.task_context import TaskContext
 
+BY_TASK = actors.system(actors.System.TASK)  # a running task submitted it (ctx.submit)
 WAIT_POLL_SECONDS = (0.05, 0.5)  # first and longest wait between looks at the children
 
 
@@ -79,11 +80,16 @@ async def submit(
     owner = await _owner(ctx)
     pool = cast(ArqRedis, ctx.redis)  # the worker's arq pool
     (child,) = await submissions.submit(
-        engine=ctx.engine, redis=ctx.redis, pool=pool, owner=owner, submissions=[checked]
+        engine=ctx.engine,
+        redis=ctx.redis,
+        pool=pool,
+        owner=owner,
+        submissions=[checked],
+        actor=BY_TASK,
     )
     if not detached and await _cancelling(ctx):  # the cancel's cascade may have missed it
         await control.cancel_children(
-            engine=ctx.engine, redis=ctx.redis, pool=pool, parent_ids=[ctx.task_id]
+            engine=ctx.engine, redis=ctx.redis, pool=pool, parent_ids=[ctx.task_id], actor=BY_TASK
         )
     return child.id
 

@@ -9,8 +9,10 @@ from typing import Any
 import strawberry
 from strawberry.scalars import JSON
 
+from api.types.actors import Actor
 from api.types.artifacts import Artifact
 from api.types.status import TaskError
+from taskrunner import actors
 from taskrunner.events import Event, EventKind, encode_cursor
 from taskrunner.states import TaskStatus
 
@@ -22,6 +24,11 @@ class TaskEvent:
     )
     task_id: strawberry.ID
     at: datetime
+    actor: Actor | None = strawberry.field(
+        description="Who did it: the API key that asked (submit, cancel, retry, a workflow's "
+        "or schedule's change), or the part of the service (SYSTEM); null for what the "
+        "task's own code reported (progress, logs, artifacts)."
+    )
 
 
 @strawberry.type(description="The task moved to `status`.")
@@ -91,6 +98,7 @@ def event_type(event: Event) -> TaskEvent:
         "cursor": encode_cursor(event.id),
         "task_id": strawberry.ID(str(event.task_id)),
         "at": event.at,
+        "actor": Actor.of(actors.of_event(event.kind, event.data)),
     }
     data = event.data
     if event.kind is EventKind.STATUS:

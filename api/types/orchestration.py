@@ -12,6 +12,7 @@ from strawberry.scalars import JSON
 
 from api.context import Info
 from api.inputs import TaskSpecInput
+from api.types.actors import Actor
 from api.types.tasks import PageInfo, Task, TaskConnection, TaskEdge, TaskOptionsInput, page_size
 from taskrunner import queries
 from taskrunner.queues import QueueInfo
@@ -83,6 +84,12 @@ class Schedule:
     )
     last_skipped_at: datetime | None
     created_at: datetime
+    created_by: Actor | None = strawberry.field(description="Who created it.")
+    changed_by: Actor | None = strawberry.field(
+        description="Who changed it last (updateSchedule, pauseSchedule, resumeSchedule); "
+        "null if nobody has since it was created."
+    )
+    changed_at: datetime | None = strawberry.field(description="When it was changed last.")
 
     @strawberry.field(description="The tasks it fired, newest tick first.")
     async def tasks(
@@ -131,6 +138,9 @@ class Schedule:
             skipped_ticks=s.skipped,
             last_skipped_at=s.last_skipped_at,
             created_at=s.created_at,
+            created_by=Actor.of(s.created_by),
+            changed_by=Actor.of(s.changed_by),
+            changed_at=s.changed_at,
         )
 
 
@@ -156,6 +166,12 @@ class Queue:
         description="When the oldest of those waiting was created."
     )
     workers: int = strawberry.field(description="Live workers serving it.")
+    changed_by: Actor | None = strawberry.field(
+        description="Who paused or resumed it last; null if nobody has."
+    )
+    changed_at: datetime | None = strawberry.field(
+        description="When it was paused or resumed last."
+    )
 
     @classmethod
     def from_info(cls, q: QueueInfo) -> Queue:
@@ -166,4 +182,6 @@ class Queue:
             running=q.running,
             oldest_queued_at=q.oldest_queued_at,
             workers=q.workers,
+            changed_by=Actor.of(q.changed_by),
+            changed_at=q.changed_at,
         )

@@ -12,11 +12,13 @@ import sqlalchemy as sa
 from gql.transport.exceptions import TransportQueryError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import connections
+from taskrunner import actors, connections
 from taskrunner.queries import TaskCriteria, list_tasks
 from taskrunner.submissions import Submission, insert
 from tests.support.stack import Stack
 from tests.support.tasks import WATCH
+
+T = actors.key("tester", "tester")  # the actor of the changes these tests make
 
 
 async def _errors(stack: Stack, query: str, **variables: Any) -> list[dict[str, Any]]:
@@ -164,12 +166,12 @@ async def test_one_insert_keeps_order_labels_and_first_tasks_of_keys(engine: Asy
         for i in range(5)
     ]
     async with connections.transaction(engine) as conn:
-        (tasks,), events = await insert(conn, [("o", submissions)])
+        (tasks,), events = await insert(conn, [("o", submissions, T)])
     assert [t.input["message"] for t in tasks] == ["0", "1", "2", "1", "4"]
     assert tasks[3] == tasks[1]
     assert [t.labels for t in tasks] == [["all", f"n{i}"] for i in (0, 1, 2, 1, 4)]
     assert [e.task_id for e in events] == [tasks[i].id for i in (0, 1, 2, 4)]
-    assert all(e.seq == 1 and e.data == {"status": "QUEUED"} for e in events)
+    assert all(e.seq == 1 and e.data == {"status": "QUEUED", "actor": T} for e in events)
     created = [tasks[i].created_at for i in (0, 1, 2, 4)]
     assert created == sorted(created)
     assert await _count(engine, "task") == 4
@@ -185,9 +187,9 @@ async def test_a_label_filter_pages_newest_first_through_every_match(
         for i in range(12)
     ]
     async with connections.transaction(engine) as conn:
-        await insert(conn, [("o", submissions[:6])])
-        await insert(conn, [("o", submissions[6:])])
-        await insert(conn, [("someone-else", submissions)])
+        await insert(conn, [("o", submissions[:6], T)])
+        await insert(conn, [("o", submissions[6:], T)])
+        await insert(conn, [("someone-else", submissions, T)])
     labelled = TaskCriteria(label="page")
     seen, after, more = [], None, True
     while more:

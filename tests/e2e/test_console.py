@@ -11,6 +11,7 @@ The submit form and the task page's cancel/retry/resume: tests/e2e/test_dashboar
 from __future__ import annotations
 
 import os
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ SUBMIT_MANY = "mutation($ts: [TaskSubmissionInput!]!) { submitTasks(tasks: $ts) 
 TASK = "query($id: ID!) { task(id: $id) { status attempts scheduleId } }"
 IDS = "query($f: TaskFilter) { tasks(filter: $f, first: 100) { edges { node { id } } } }"
 WORKFLOW = "mutation($w: WorkflowInput!) { submitWorkflow(workflow: $w) { id } }"
+BY_THE_KEY = re.compile(r"^ · by tester-\d+ \(tester\)$")  # a change by make_key's key
 
 
 def console_app(settings: Settings) -> Starlette:
@@ -327,6 +329,10 @@ async def test_tasks_task_workers_queues_schedules_and_workflows(
         await expect(view.get_by_test_id("event-status")).to_have_text(
             ["QUEUED", "RUNNING", "SUCCEEDED"]
         )
+        # who did each: the key that submitted it, then its worker (taskrunner.actors)
+        await expect(view.get_by_test_id("timeline").get_by_test_id("actor")).to_have_text(
+            [BY_THE_KEY, " · by worker", " · by worker"]
+        )
 
         # Workers: the one worker, its heartbeat, its memory, the three sleeps it runs.
         await go(page, "workers")
@@ -346,6 +352,7 @@ async def test_tasks_task_workers_queues_schedules_and_workflows(
         await expect(default).to_have_attribute("data-paused", "false")
         await default.get_by_test_id("pause-queue").click()
         await expect(default).to_have_attribute("data-paused", "true")
+        await expect(default.get_by_test_id("actor")).to_have_text(BY_THE_KEY)
         paused = await stack.execute("{ queues { name paused } }")
         assert {"name": "default", "paused": True} in paused["queues"]
         await check_view(page, "queues", tmp_path)
@@ -365,6 +372,7 @@ async def test_tasks_task_workers_queues_schedules_and_workflows(
         await expect(schedule).to_contain_text("every hour")
         await schedule.get_by_test_id("pause-schedule").click()
         await expect(schedule).to_have_attribute("data-paused", "true")
+        await expect(schedule.get_by_test_id("actor")).to_have_text(BY_THE_KEY)
         await schedule.get_by_test_id("resume-schedule").click()
         await expect(schedule).to_have_attribute("data-paused", "false")
         await schedule.get_by_test_id("trigger-schedule").click()

@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import connections
+from taskrunner import actors, connections
 from taskrunner.submissions import Submission, insert
 
 
@@ -25,7 +25,7 @@ async def new_task(
     worker takes it."""
     submission = Submission(type, input if input is not None else {"message": "x"}, 60)
     async with connections.transaction(engine) as conn:
-        ((task,),), _ = await insert(conn, [(owner, [submission])])
+        ((task,),), _ = await insert(conn, [(owner, [submission], actors.key(owner, owner))])
     return task.id
 
 

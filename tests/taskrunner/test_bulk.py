@@ -10,9 +10,11 @@ from arq import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import control, queue
+from taskrunner import actors, control, queue
 from taskrunner.queries import TaskCriteria
 from taskrunner.submissions import Submission, submit
+
+T = actors.key("tester", "tester")  # the actor of the changes these tests make
 
 
 async def test_cancel_many_drops_the_jobs_of_the_tasks_it_cancels(
@@ -23,7 +25,9 @@ async def test_cancel_many_drops_the_jobs_of_the_tasks_it_cancels(
         Submission("echo", {"message": str(i)}, 60, labels=(label,), queue=q)
         for i, q in enumerate(["default", "other", "default"])
     ]
-    tasks = await submit(engine=engine, redis=pool, pool=pool, owner="bulk", submissions=subs)
+    tasks = await submit(
+        engine=engine, redis=pool, pool=pool, owner="bulk", submissions=subs, actor=T
+    )
     for t in tasks:
         assert await pool.exists(job_key_prefix + str(t.id))
     taken = tasks[2]  # a worker claimed it just before the cancel: its job stays
@@ -35,6 +39,7 @@ async def test_cancel_many_drops_the_jobs_of_the_tasks_it_cancels(
         owner="bulk",
         filter=TaskCriteria(label=label),
         most=10,
+        actor=T,
     )
     assert cancelled == 3
     for t in tasks[:2]:

@@ -13,9 +13,11 @@ import sqlalchemy as sa
 from arq import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import concurrency, connections, journal, transitions
+from taskrunner import actors, concurrency, connections, journal, transitions
 from taskrunner.states import TaskStatus
 from taskrunner.submissions import Submission, insert
+
+T = actors.key("tester", "tester")  # the actor of the changes these tests make
 
 
 async def keyed_tasks(engine: AsyncEngine, n: int, key: str, limit: int) -> list[uuid.UUID]:
@@ -24,7 +26,7 @@ async def keyed_tasks(engine: AsyncEngine, n: int, key: str, limit: int) -> list
         for i in range(n)
     ]
     async with connections.transaction(engine) as conn:
-        (tasks,), _ = await insert(conn, [("slots", subs)])
+        (tasks,), _ = await insert(conn, [("slots", subs, T)])
     return [t.id for t in tasks]
 
 
@@ -81,7 +83,7 @@ async def test_starts_over_the_limit_are_held_back(
 
 async def test_a_start_without_a_key_ignores_slots(engine: AsyncEngine, pool: ArqRedis) -> None:
     async with connections.transaction(engine) as conn:
-        (tasks,), _ = await insert(conn, [("slots", [Submission("echo", {"message": "x"}, 60)])])
+        (tasks,), _ = await insert(conn, [("slots", [Submission("echo", {"message": "x"}, 60)], T)])
     (outcome,) = await journal.apply(
         engine, pool, [transitions.started(tasks[0].id, "w1", limited=True)]
     )

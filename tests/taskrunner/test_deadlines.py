@@ -13,14 +13,16 @@ import sqlalchemy as sa
 from arq import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import connections, deadlines, journal, transitions
+from taskrunner import actors, connections, deadlines, journal, transitions
 from taskrunner.submissions import Submission, insert
+
+T = actors.key("tester", "tester")  # the actor of the changes these tests make
 
 
 async def task_with(engine: AsyncEngine, deadline: datetime | None, **fields: object) -> uuid.UUID:
     submission = Submission("echo", {"message": "x"}, 60, deadline=deadline, **fields)  # type: ignore[arg-type]
     async with connections.transaction(engine) as conn:
-        ((task,),), _ = await insert(conn, [("owner", [submission])])
+        ((task,),), _ = await insert(conn, [("owner", [submission], T)])
     return task.id
 
 

@@ -9,12 +9,14 @@ from datetime import timedelta
 from arq import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import queue, queues
+from taskrunner import actors, queue, queues
+
+T = actors.key("tester", "tester")  # the actor of the changes these tests make
 
 
 async def test_a_stale_resync_does_not_undo_a_pause(engine: AsyncEngine, pool: ArqRedis) -> None:
     flag = queue.paused_key(queue.key(pool.default_queue_name, "stale"))
-    await queues.set_paused(engine, pool, "stale", True)
+    await queues.set_paused(engine, pool, "stale", True, actor=T)
     assert await pool.exists(flag)
     async with engine.connect() as conn:
         row = (
@@ -26,11 +28,11 @@ async def test_a_stale_resync_does_not_undo_a_pause(engine: AsyncEngine, pool: A
     # a re-sync of the current row keeps it; a resume (newer) clears it
     await queues.sync_paused(engine, pool)
     assert await pool.exists(flag)
-    await queues.set_paused(engine, pool, "stale", False)
+    await queues.set_paused(engine, pool, "stale", False, actor=T)
     assert not await pool.exists(flag)
     # a flag lost with Redis comes back from the table
-    await queues.set_paused(engine, pool, "stale", True)
+    await queues.set_paused(engine, pool, "stale", True, actor=T)
     await pool.delete(flag)
     await queues.sync_paused(engine, pool)
     assert await pool.exists(flag)
-    await queues.set_paused(engine, pool, "stale", False)
+    await queues.set_paused(engine, pool, "stale", False, actor=T)

@@ -10,8 +10,10 @@ from datetime import UTC, datetime
 from arq import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import cron, schedules
+from taskrunner import actors, cron, schedules
 from taskrunner.submissions import Submission
+
+T = actors.key("tester", "tester")  # the actor of the changes these tests make
 
 
 def spec(name: str) -> schedules.ScheduleSpec:
@@ -26,8 +28,12 @@ async def test_a_schedule_that_cannot_fire_does_not_stop_the_others(
     engine: AsyncEngine, pool: ArqRedis
 ) -> None:
     owner = f"o-{uuid.uuid4().hex[:6]}"
-    good = await schedules.create(engine, owner=owner, key_id=None, spec=spec("good"), most=10)
-    bad = await schedules.create(engine, owner=owner, key_id=None, spec=spec("bad"), most=10)
+    good = await schedules.create(
+        engine, owner=owner, key_id=None, spec=spec("good"), most=10, actor=T
+    )
+    bad = await schedules.create(
+        engine, owner=owner, key_id=None, spec=spec("bad"), most=10, actor=T
+    )
     async with engine.begin() as conn:
         await conn.exec_driver_sql(
             "UPDATE schedule SET options = options || '{\"bogus\": 1}', "

@@ -41,6 +41,7 @@ from workers.settings import arq_function
 A = uuid.UUID("00000000-0000-0000-0000-00000000000a")
 B = uuid.UUID("00000000-0000-0000-0000-00000000000b")
 NOW = Sql("clock_timestamp()")
+RECONCILER = {"system": "reconciler"}
 LOST = {"code": "WORKER_LOST", "message": "the worker running this task stopped responding"}
 CLEARED = {
     "due_at": None,
@@ -120,6 +121,7 @@ BUILDERS: dict[str, tuple[Change, Change, str]] = {
                 "status": "QUEUED",
                 "error": {"code": "TASK_ERROR", "message": "ValueError: x"},
                 "retry": {"retry": 1, "of": 3, "in_seconds": 2.5},
+                "actor": {"system": "retry"},
             },
             to=TaskStatus.QUEUED,
             values={
@@ -149,7 +151,7 @@ BUILDERS: dict[str, tuple[Change, Change, str]] = {
         Change(
             A,
             EventKind.STATUS,
-            {"status": "QUEUED"},
+            {"status": "QUEUED", "actor": {"system": "worker"}},
             to=TaskStatus.QUEUED,
             values={"worker_id": None},
             expect_attempt=1,
@@ -177,7 +179,7 @@ BUILDERS: dict[str, tuple[Change, Change, str]] = {
         Change(
             A,
             EventKind.STATUS,
-            {"status": "CANCELLED"},
+            {"status": "CANCELLED", "actor": RECONCILER},
             to=TaskStatus.CANCELLED,
             values={"finished_at": NOW, "worker_id": None},
             expect_attempt=1,
@@ -190,7 +192,7 @@ BUILDERS: dict[str, tuple[Change, Change, str]] = {
         Change(
             A,
             EventKind.STATUS,
-            {"status": "QUEUED", "error": LOST},
+            {"status": "QUEUED", "error": LOST, "actor": RECONCILER},
             to=TaskStatus.QUEUED,
             values={
                 "worker_id": None,
@@ -207,7 +209,7 @@ BUILDERS: dict[str, tuple[Change, Change, str]] = {
         Change(
             A,
             EventKind.STATUS,
-            {"status": "FAILED", "error": LOST},
+            {"status": "FAILED", "error": LOST, "actor": RECONCILER},
             to=TaskStatus.FAILED,
             values={
                 "finished_at": NOW,

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from arq import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import control, dag, journal, queue, submissions, transitions, workflows
+from taskrunner import actors, control, dag, journal, queue, submissions, transitions, workflows
 from taskrunner.changes import Outcome
 from taskrunner.config import Settings
 from taskrunner.dag import Binding
@@ -26,6 +26,8 @@ from taskrunner.models import TaskRecord
 from taskrunner.queries import TaskCriteria
 from taskrunner.submissions import Submission
 from taskrunner.workflows import StepSpec, WorkflowSpec
+
+T = actors.key("tester", "tester")  # the actor of the changes these tests make
 
 
 def step(key: str, *parents: str) -> StepSpec:
@@ -40,7 +42,7 @@ def step(key: str, *parents: str) -> StepSpec:
 async def submit(engine: AsyncEngine, pool: ArqRedis, *steps: StepSpec) -> dict[str, uuid.UUID]:
     """Submit a workflow of `steps` as owner `wj`; its step keys -> task ids."""
     (record,) = await workflows.submit(
-        engine=engine, pool=pool, owner="wj", specs=[WorkflowSpec(steps=steps)]
+        engine=engine, pool=pool, owner="wj", specs=[WorkflowSpec(steps=steps)], actor=T
     )
     found = await workflows.steps(engine=engine, workflow_ids=[record.id])
     return {s.key: s.task.id for s in found[record.id]}
@@ -54,6 +56,7 @@ async def plain_task(engine: AsyncEngine, pool: ArqRedis) -> TaskRecord:
         pool=pool,
         owner="wj",
         submissions=[Submission("echo", {"message": "x"}, 60)],
+        actor=T,
     )
     return task
 
@@ -159,10 +162,12 @@ async def test_one_submission_of_several_workflows_keeps_each_apart(
         WorkflowSpec(steps=(step("a"),), idempotency_key="k1"),
     ]
     first, second, again = await workflows.submit(
-        engine=engine, pool=pool, owner="wj-batch", specs=specs
+        engine=engine, pool=pool, owner="wj-batch", specs=specs, actor=T
     )
     assert again == first and second.id != first.id
-    (later,) = await workflows.submit(engine=engine, pool=pool, owner="wj-batch", specs=[specs[2]])
+    (later,) = await workflows.submit(
+        engine=engine, pool=pool, owner="wj-batch", specs=[specs[2]], actor=T
+    )
     assert later == first
     found = await workflows.steps(engine=engine, workflow_ids=[first.id, second.id])
     assert [(s.key, s.depends_on) for s in found[first.id]] == [("a", []), ("b", ["a"])]
@@ -180,9 +185,11 @@ async def test_retry_task_and_retry_tasks_leave_steps_to_retry_workflow(
     failed = transitions.failed(ids["a"], 1, transitions.TaskErrorCode.TASK_ERROR, "boom")
     assert (await journal.apply_one(engine, pool, failed)).accepted
     with pytest.raises(Conflict, match="retryWorkflow"):
-        await control.retry(engine=engine, redis=pool, pool=pool, task_id=ids["a"], owner="wj")
+        await control.retry(
+            engine=engine, redis=pool, pool=pool, task_id=ids["a"], owner="wj", actor=T
+        )
     again = await control.retry_many(
-        engine=engine, redis=pool, pool=pool, owner="wj", filter=TaskCriteria(), most=10
+        engine=engine, redis=pool, pool=pool, owner="wj", filter=TaskCriteria(), most=10, actor=T
     )
     assert again == 0
     assert (await state(engine, ids["a"]))[0] == "FAILED"
@@ -214,15 +221,15 @@ async def test_cancel_workflow_interrupts_a_step_that_started_while_it_cancelled
     assert (await journal.apply_one(engine, pool, transitions.started(ids["a"], "w"))).accepted
     real = workflows.settle
 
-    async def start_b_first(conn: Any, noted: Any, after: Any) -> Any:
+    async def start_b_first(conn: Any, noted: Any, after: Any, actor: Any) -> Any:
         start = transitions.started(ids["b"], "w2")
         assert (await journal.apply_one(other_engine, pool, start)).accepted
         monkeypatch.setattr(workflows, "settle", real)
-        return await real(conn, noted, after)
+        return await real(conn, noted, after, actor)
 
     monkeypatch.setattr(workflows, "settle", start_b_first)
     (workflow_id,) = {s.workflow_id for s in await tasks_of(engine, ids)}
-    await workflows.cancel(engine=engine, redis=pool, workflow_id=workflow_id, owner="wj")
+    await workflows.cancel(engine=engine, redis=pool, workflow_id=workflow_id, owner="wj", actor=T)
     for key in ("a", "b"):
         async with engine.connect() as conn:
             flagged = await conn.scalar(

@@ -18,12 +18,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import journal, queue, reconciler, transitions, workflows
+from taskrunner import actors, journal, queue, reconciler, transitions, workflows
 from taskrunner.changes import Change
 from taskrunner.dag import StepFailurePolicy
 from taskrunner.states import TaskStatus
 from taskrunner.submissions import Submission
 from taskrunner.transitions import TaskErrorCode
+
+T = actors.key("tester", "tester")  # the actor of the changes these tests make
 
 Plan = Literal["succeed", "fail", "retry", "retry_fail"]  # retry: fail, then the next attempt
 ATTEMPTS: dict[Plan, int] = {"succeed": 1, "fail": 1, "retry": 2, "retry_fail": 2}
@@ -209,7 +211,7 @@ async def submit(engine: AsyncEngine, pool: ArqRedis, dag: Dag) -> uuid.UUID:
         for i, (parents, plan) in enumerate(zip(dag.parents, dag.plans, strict=True))
     )
     spec = workflows.WorkflowSpec(steps, name="property", on_step_failure=dag.policy)
-    (record,) = await workflows.submit(engine=engine, pool=pool, owner=OWNER, specs=[spec])
+    (record,) = await workflows.submit(engine=engine, pool=pool, owner=OWNER, specs=[spec], actor=T)
     return record.id
 
 

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from arq import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import heartbeats, journal, reconciler, submissions
+from taskrunner import actors, heartbeats, journal, reconciler, submissions
 from taskrunner.changes import NEXT_ATTEMPT, Change, Sql
 from taskrunner.config import Settings
 from taskrunner.events import EventKind
@@ -41,6 +41,7 @@ async def _submit(
         pool=pool,
         owner="tester",
         submissions=[Submission(name, data, 60, max_retries=max_retries)],
+        actor=actors.key("tester", "tester"),
     )
     return row.id
 

@@ -40,12 +40,23 @@ export const ArtifactFieldsFragment = graphql(`
   }
 `);
 
+export const ActorFieldsFragment = graphql(`
+  fragment ActorFields on Actor {
+    kind
+    name
+    owner
+  }
+`);
+
 export const EventFieldsFragment = graphql(`
   fragment EventFields on TaskEvent {
     __typename
     cursor
     taskId
     at
+    actor {
+      ...ActorFields
+    }
     ... on StatusChanged {
       status
       result
@@ -250,6 +261,10 @@ export const QueueFieldsFragment = graphql(`
     running
     oldestQueuedAt
     workers
+    changedAt
+    changedBy {
+      ...ActorFields
+    }
   }
 `);
 
@@ -343,6 +358,13 @@ export const ScheduleFieldsFragment = graphql(`
     catchup
     skippedTicks
     createdAt
+    createdBy {
+      ...ActorFields
+    }
+    changedAt
+    changedBy {
+      ...ActorFields
+    }
   }
 `);
 

@@ -3,12 +3,28 @@
 // view's query on events without flooding the api.
 import { ApiError, toApiError } from "./api";
 import { fill, h } from "./dom";
-import type { TaskStatus, WorkflowStatus } from "./gql/graphql";
+import type { ActorFieldsFragment, TaskStatus, WorkflowStatus } from "./gql/graphql";
 
 export const STATUSES: readonly TaskStatus[] = ["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"];
 
 export function badge(status: TaskStatus | WorkflowStatus, testId = "status"): HTMLElement {
   return h("span", { class: `badge badge-${status.toLowerCase()}`, "data-testid": testId }, status);
+}
+
+/** Who made a change: "alice-ci (acme)" for an API key, the part's name for the service. */
+export function actorText(actor: ActorFieldsFragment): string {
+  return actor.kind === "API_KEY" ? `${actor.name} (${actor.owner ?? ""})` : actor.name;
+}
+
+/** " · by alice-ci (acme)": who made a change, next to what changed (nothing if unknown). */
+export function byActor(actor: ActorFieldsFragment | null | undefined, at?: string | null): HTMLElement | null {
+  if (!actor) return null;
+  const what = actor.kind === "API_KEY" ? `API key ${actor.name} of owner ${actor.owner ?? ""}` : `the service (${actor.name})`;
+  return h(
+    "span",
+    { class: "actor muted", "data-testid": "actor", "data-actor-kind": actor.kind, title: at ? `${what}, ${new Date(at).toLocaleString()}` : what },
+    ` · by ${actorText(actor)}`,
+  );
 }
 
 export function progressBar(progress: number | null | undefined, label: string): HTMLElement {

@@ -8,6 +8,7 @@ import {
   action,
   actionError,
   ago,
+  byActor,
   emptyState,
   listReady,
   num,
@@ -102,6 +103,7 @@ export function mountQueues(root: HTMLElement, ctx: Ctx): () => void {
         queue.paused
           ? h("span", { class: "pill pill-paused", "data-testid": "queue-state" }, "paused")
           : h("span", { class: "pill pill-fresh", "data-testid": "queue-state" }, "active"),
+        byActor(queue.changedBy, queue.changedAt),
         noWorkers ? h("span", { class: "pill pill-stale", title: "Tasks wait here but no live worker serves this queue" }, "no worker") : null,
       ),
       h(

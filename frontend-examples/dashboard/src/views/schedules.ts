@@ -12,6 +12,7 @@ import {
   Refresher,
   action,
   actionError,
+  byActor,
   emptyState,
   formatSeconds,
   listReady,
@@ -120,6 +121,7 @@ export function mountSchedules(root: HTMLElement, ctx: Ctx): () => void {
         schedule.paused
           ? h("span", { class: "pill pill-paused", "data-testid": "schedule-state" }, "paused")
           : h("span", { class: "pill pill-fresh", "data-testid": "schedule-state" }, "active"),
+        byActor(schedule.changedBy ?? schedule.createdBy, schedule.changedAt ?? schedule.createdAt),
       ),
       h("td", {}, schedule.paused ? "—" : time(schedule.nextRunAt)),
       h("td", {}, time(schedule.lastRunAt)),

@@ -10,6 +10,7 @@ import {
   Refresher,
   actionError,
   badge,
+  byActor,
   emptyState,
   formatBytes,
   formatSeconds,
@@ -140,7 +141,8 @@ export function mountTask(root: HTMLElement, ctx: Ctx): () => void {
       case "LogAppended":
         appendLog(event);
         view.dataset.events = String(eventCount);
-        return;
+        if (!event.actor) return; // the task's own line; a request (cancel) also goes on the timeline
+        break;
       case "StatusChanged":
         // a replayed event older than what the page shows adds to the timeline only
         if (Date.parse(event.at) + 1 >= statusAt) {
@@ -180,6 +182,7 @@ export function mountTask(root: HTMLElement, ctx: Ctx): () => void {
         h("time", { datetime: event.at }, formatTime(event.at)),
         " ",
         event.line,
+        byActor(event.actor) ?? "",
       ),
     );
     while (logs.childElementCount > MAX_LOG_LINES) logs.firstElementChild?.remove();
@@ -456,7 +459,10 @@ export function mountTask(root: HTMLElement, ctx: Ctx): () => void {
           event.at,
           badge(event.status, "event-status"),
           event.error ? h("span", { class: "error-code" }, ` ${event.error.code}: ${event.error.message}`) : "",
+          byActor(event.actor) ?? "",
         );
+      case "LogAppended": // only a request someone made (cancel requested) is on the timeline
+        return item("request", event.at, event.line, byActor(event.actor) ?? "");
       case "ArtifactAdded":
         return item("artifact", event.at, `stored ${event.artifact.name} (${formatBytes(event.artifact.size)})`);
       case "StepReady":
