@@ -127,6 +127,14 @@ class Settings(BaseSettings):
         "(its start, progress and lines, its final status) while PostgreSQL cannot be "
         "reached; longer than a restart. Past it the reconciler recovers the task.",
     )
+    hook_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="How long a task module's on_success, on_failure or on_retry hook may "
+        "run; past it, it is cancelled and logged. A hook its worker died before running "
+        "is run by another worker twice this long after.",
+    )
     max_subscriptions_per_connection: int = Field(
         default=100, gt=0, description="Subscriptions one websocket connection may hold open."
     )

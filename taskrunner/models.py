@@ -107,6 +107,10 @@ class TaskTable(SQLModel, table=True):
             "ix_task_workflow", "workflow_id", postgresql_where=sa.text("workflow_id IS NOT NULL")
         ),
         sa.Index("ix_task_labels", "labels", postgresql_using="gin"),
+        # hooks a dead worker left to run, by the end of its lease (workers.hooks)
+        sa.Index(
+            "ix_task_hooks_due", "hooks_lease", postgresql_where=sa.text("hooks_due IS NOT NULL")
+        ),
         sa.Index(
             "ux_task_owner_idempotency",
             "owner",
@@ -204,6 +208,12 @@ class TaskTable(SQLModel, table=True):
     event_seq: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     last_xid: int = Field(
         sa_column=sa.Column(sa.BigInteger, nullable=False, server_default=CURRENT_XID)
+    )
+    # a task module's hooks due after an attempt's end (`on_retry:2`), and until when the
+    # worker that recorded them has them to run (workers.hooks)
+    hooks_due: list[str] | None = Field(default=None, sa_column=sa.Column(ARRAY(sa.Text)))
+    hooks_lease: datetime | None = Field(
+        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
     )
 
 
@@ -331,6 +341,8 @@ class TaskRecord:
     rate_limit: str | None
     event_seq: int
     last_xid: int
+    hooks_due: list[str] | None = None
+    hooks_lease: datetime | None = None
 
 
 event_table: sa.Table = TaskEventTable.__table__  # type: ignore[attr-defined]

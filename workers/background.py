@@ -29,6 +29,7 @@ from taskrunner.config import Settings
 from taskrunner.events import CANCEL_CHANNEL, parse_cancel_message
 from taskrunner.models import task_table
 from taskrunner.ratelimit import RateLimiter
+from workers import hooks
 from workers.loopwatch import watch_loop
 from workers.memory import process_rss
 from workers.worker_context import WorkerContext, held
@@ -275,6 +276,13 @@ async def fire_schedules(ctx: WorkerContext) -> None:
         await asyncio.sleep(wait)
 
 
+async def run_due_hooks(ctx: WorkerContext) -> None:
+    """Run the hooks a dead worker left recorded (workers.hooks), of the types this one
+    knows."""
+    timeout = ctx["settings"].hook_timeout_seconds
+    await hooks.run_due(ctx["engine"], timeout, lease_seconds=2 * timeout)
+
+
 async def every(seconds: float, step: Callable[[], Awaitable[None]], name: str) -> None:
     """Run `step` every `seconds` forever; an error is logged and the loop goes on."""
     while True:
@@ -296,6 +304,7 @@ def start(ctx: WorkerContext) -> list[asyncio.Task[None]]:
         (s.scheduler_interval_seconds, expire_deadlines, "deadlines"),
         (s.memory_check_interval_seconds, check_memory, "memory"),
         (s.reconcile_interval_seconds, reconcile, "reconciler"),
+        (s.reconcile_interval_seconds, run_due_hooks, "hooks"),
         (RETENTION_EVERY_SECONDS, expire_artifacts, "retention"),
         (upload_sweep_seconds(s), expire_artifact_uploads, "uploads"),
     ]

@@ -10,7 +10,7 @@ import importlib
 import inspect
 import logging
 import pkgutil
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -52,6 +52,24 @@ class TaskType:
     # (a plain def) in a child process instead of `run` (e.g. `sleep {blocking: true}`)
     in_process: Callable[[Any], bool] | None = None
     rate_limit: Rate | None = None  # the module's RATE_LIMIT: starts of the type, all workers
+    # the module's on_success, on_failure, on_retry (async def hook(task)): workers.hooks
+    hooks: Mapping[str, Callable[[Any], Awaitable[None]]] = field(default_factory=dict)
+
+
+def _hooks(module: Any) -> dict[str, Callable[[Any], Awaitable[None]]]:
+    """The module's on_success, on_failure and on_retry (workers.hooks)."""
+    hooks = {}
+    for hook in ("on_success", "on_failure", "on_retry"):
+        found = getattr(module, hook, None)
+        if found is None:
+            continue
+        if not inspect.iscoroutinefunction(found):
+            raise TypeError(
+                f"{module.__name__}: {hook} must be `async def {hook}(task)` (a hook runs in "
+                "the worker's event loop after the status is committed)"
+            )
+        hooks[hook] = found
+    return hooks
 
 
 def _load(module_name: str) -> TaskType:
@@ -88,6 +106,7 @@ def _load(module_name: str) -> TaskType:
     retry = getattr(module, "RETRY", RetryPolicy())
     if not isinstance(retry, RetryPolicy):
         raise TypeError(f"{module.__name__}: RETRY must be a taskrunner.retries.RetryPolicy")
+    hooks = _hooks(module)
     queue = getattr(module, "QUEUE", DEFAULT_QUEUE)
     if not isinstance(queue, str) or not QUEUE_NAME.match(queue):
         raise TypeError(f"{module.__name__}: QUEUE must be a queue name ({QUEUE_NAME_RULE})")
@@ -107,6 +126,7 @@ def _load(module_name: str) -> TaskType:
         process=process,
         in_process=in_process,
         rate_limit=rate,
+        hooks=hooks,
     )
 
 

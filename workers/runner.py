@@ -39,6 +39,7 @@ from taskrunner.models import event_table, task_table
 from taskrunner.retries import backoff, retries_left, retryable
 from taskrunner.states import TaskStatus
 from taskrunner.transitions import TaskErrorCode
+from workers import hooks
 from workers.catalog import TaskType
 from workers.processes import BadResult, ProcessTaskError
 from workers.task_context import Fence, TaskContext, run_with_context
@@ -163,12 +164,18 @@ async def _attempt(
         )
         if attempt.workflow_id is not None:
             final = replace(final, step=True)  # its end is settled: see Change.step
+        hook = hooks.hook_for(task_type, final)
+        timeout = ctx["settings"].hook_timeout_seconds
+        if hook is not None:  # recorded with the end: run once committed, at least once
+            final = hooks.recorded(final, hook, attempt.number, lease_seconds=2 * timeout)
         _report(task_type.name, final, run_seconds, killed)
-        await _record_final(ctx, tid, final)
+        recorded = await _record_final(ctx, tid, final)
         if attempt.concurrency_key is not None:  # its slot is free: start what waits for it
             await concurrency.release(
                 ctx["engine"], ctx["redis"], [(attempt.owner, attempt.concurrency_key)]
             )
+        if hook is not None and recorded:
+            await hooks.run_recorded(ctx["engine"], tid, timeout)
         return final
     finally:
         running = ctx["running"].get(tid)
@@ -177,10 +184,11 @@ async def _attempt(
         unbind("task_id", "task_type", "attempt")
 
 
-async def _record_final(ctx: WorkerContext, task_id: uuid.UUID, final: Change) -> None:
+async def _record_final(ctx: WorkerContext, task_id: uuid.UUID, final: Change) -> bool:
     """Write the attempt's outcome, again with backoff while PostgreSQL cannot be reached
     (a try that failed with the connection and did commit makes the next one refused:
-    the outcome is written once). Refused otherwise: the attempt moved on meanwhile."""
+    the outcome is written once). Refused otherwise: the attempt moved on meanwhile.
+    Whether it is written."""
 
     async def write() -> Outcome:
         return await journal.apply_one(ctx["engine"], ctx["redis"], final)
@@ -191,6 +199,8 @@ async def _record_final(ctx: WorkerContext, task_id: uuid.UUID, final: Change) -
     if not outcome.accepted and outcome.found is not final.to:
         found = outcome.found.value if outcome.found else "gone"
         event("task_fenced", logging.WARNING, found=found)
+        return False
+    return True
 
 
 def _report(task_type: str, final: Change, run_seconds: float, killed: str | None) -> None:
