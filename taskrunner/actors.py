@@ -6,7 +6,8 @@ change the service makes on its own records the part that made it: `{"system": <
 Events carry it in their data (`actor`); schedules and queues keep their last change's.
 
 What a task's own run reports (its start and end, progress, logs, artifacts) records none:
-it is the worker's, and `of_event` says so for the moves, without a byte on the hot path.
+it is the worker's, and `of_event` says so for the moves, without a byte on the hot path
+(and a schedule's note of a skipped tick is the schedule's).
 """
 
 from __future__ import annotations
@@ -66,4 +67,6 @@ def of_event(kind: str, data: Mapping[str, Any]) -> Actor | None:
         return actor
     if kind == "status" and data.get("status") in _RUN_MOVES:
         return system(System.WORKER)
+    if kind == "schedule":  # a tick skipped while this task is unfinished
+        return system(System.SCHEDULE)
     return None

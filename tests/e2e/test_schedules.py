@@ -369,7 +369,7 @@ TICKS_SKIPPED = """
 subscription {
   tasksUpdates {
     __typename taskId
-    ... on TickSkipped { scheduleId scheduledFor }
+    ... on TickSkipped { scheduleId scheduledFor actor { kind name } }
   }
 }"""
 
@@ -417,6 +417,7 @@ async def test_overlap_skip_fires_nothing_while_the_last_run_is_unfinished(
     note = next(e for e in seen if e["__typename"] == "TickSkipped")
     assert note["scheduleId"] == s["id"]
     assert note["taskId"] == tasks[0]["id"]  # noted on the run that was unfinished
+    assert note["actor"] == {"kind": "SYSTEM", "name": "schedule"}
     skipped_tick = {"scheduledFor": note["scheduledFor"]}
     assert tick_numbers(s, [skipped_tick])[0] not in numbers  # a tick that did not fire
 
