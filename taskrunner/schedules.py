@@ -103,6 +103,7 @@ class ScheduleRecord:
             input=self.task_input,
             scheduled_for=tick,
             schedule_id=self.id,
+            key_id=self.key_id,
             **options,
         )
 
@@ -117,6 +118,7 @@ OPTION_FIELDS = (
     "concurrency_key",
     "concurrency_limit",
     "rate_limit",
+    "webhook_url",
 )
 
 
