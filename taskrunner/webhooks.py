@@ -50,10 +50,13 @@ EVENT_HEADER = "Taskrunner-Event"
 ATTEMPT_HEADER = "Taskrunner-Attempt"
 USER_AGENT = "taskrunner-webhook/0.1"
 
+
 def lease_seconds(settings: Settings) -> float:
     """How long a claim holds an attempt: twice the POST's timeout and 5 s more (the POST
     is cut at its timeout; what follows is writing the outcome)."""
     return 2 * settings.webhook_timeout_seconds + 5
+
+
 BACKOFF_FACTOR = 3
 MAX_ERROR_LENGTH = 500
 
