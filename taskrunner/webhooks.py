@@ -202,7 +202,8 @@ async def post(http: httpx.AsyncClient, claimed: Claimed, settings: Settings) ->
     except fetch.Unresolved as exc:
         return Outcome(DeliveryStatus.FAILED, error=_error(str(exc)), retry=True)
     except fetch.FetchRefused as exc:  # the same URL is refused again: not retried
-        return Outcome(DeliveryStatus.FAILED, error=_error(f"refused: {exc}"))
+        why = str(exc).replace("to fetch it", "to send webhooks there")
+        return Outcome(DeliveryStatus.FAILED, error=_error(f"refused: {why}"))
     except (TimeoutError, httpx.TimeoutException):
         return Outcome(
             DeliveryStatus.FAILED,
