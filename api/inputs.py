@@ -6,6 +6,7 @@ The catalog is read when the schema is built (`build_task_inputs`), never at imp
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import cache
 from typing import Any
 
@@ -15,6 +16,7 @@ from strawberry.experimental.pydantic import input as pydantic_input
 from api.types.tasks import TaskOptionsInput
 from taskrunner.config import Settings
 from taskrunner.errors import BadInput
+from taskrunner.keys import Principal
 from taskrunner.options import submission
 from taskrunner.submissions import Submission
 from workers.catalog import TaskType, catalog
@@ -92,3 +94,37 @@ def _submission(
 ) -> Submission:
     name, value = chosen_type(spec, path)
     return submission(catalog()[name], strawberry.asdict(value), options, settings, path, bound)
+
+
+def as_callers(
+    submissions: list[Submission],
+    caller: Principal,
+    settings: Settings,
+    where: str = "",
+    *,
+    default_webhook: bool = True,
+) -> list[Submission]:
+    """The submissions as the caller's: its key, which signs their webhooks, and (with
+    `default_webhook`: submitTask, submitTasks) the key's default webhook where the options
+    gave none. A webhook nothing could sign is BAD_INPUT (`where`: the submission's path,
+    with `{i}` for its index)."""
+    found = []
+    for i, given in enumerate(submissions):
+        url = given.webhook_url
+        if url is None and default_webhook:
+            url = caller.webhook_url
+        if url is not None and not caller.signs_webhooks and settings.webhook_secret is None:
+            field = f"{where.format(i=i)}options.webhookUrl"
+            raise BadInput(
+                f"{field}: nothing can sign this task's webhook: "
+                + (
+                    f"the key {caller.name!r} has no webhook secret; make one with `taskrunner "
+                    f"keys set-webhook {caller.name} --new-secret --url URL`"
+                    if caller.key_id is not None
+                    else "this server runs without API keys"
+                )
+                + ", or set WEBHOOK_SECRET",
+                field=field,
+            )
+        found.append(replace(given, webhook_url=url, key_id=caller.key_id))
+    return found

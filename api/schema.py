@@ -21,7 +21,13 @@ from api.fanout.direct import Direct
 from api.fanout.events import typed_event
 from api.fanout.executor import SharedEventExecutor
 from api.fanout.extensions import FanoutSchema
-from api.inputs import TaskSpecInput, TaskSubmissionInput, build_task_inputs, to_submission
+from api.inputs import (
+    TaskSpecInput,
+    TaskSubmissionInput,
+    as_callers,
+    build_task_inputs,
+    to_submission,
+)
 from api.limits import QueryLimits
 from api.observability import GraphQLMetrics
 from api.types.artifacts import Artifact, ArtifactUpload
@@ -183,6 +189,9 @@ def _schedule_spec(info: Info, given: ScheduleInput) -> schedules.ScheduleSpec:
     cadence = cron.cadence(given.cron, given.every_seconds, given.timezone)
     template = to_submission(given.task, given.options, info.context.settings, prefix="schedule.")
     schedules.check_template(template)
+    as_callers(
+        [template], info.context.caller, info.context.settings, "schedule.", default_webhook=False
+    )
     return schedules.ScheduleSpec(
         name=name,
         cadence=cadence,
@@ -460,7 +469,11 @@ class Mutation:
         self, info: Info, task: TaskSpecInput, options: TaskOptionsInput | None = None
     ) -> Task:
         services = info.context.services
-        submission = to_submission(task, options, services.settings)
+        (submission,) = as_callers(
+            [to_submission(task, options, services.settings)],
+            info.context.caller,
+            services.settings,
+        )
         await _check_queues(info, [submission])
         await _take_rate(info, 1)
         (row,) = await submit(
@@ -486,10 +499,15 @@ class Mutation:
                 "split the batch",
                 field="tasks",
             )
-        submissions = [
-            to_submission(item.task, item.options, services.settings, prefix=f"tasks[{i}].")
-            for i, item in enumerate(tasks)
-        ]
+        submissions = as_callers(
+            [
+                to_submission(item.task, item.options, services.settings, prefix=f"tasks[{i}].")
+                for i, item in enumerate(tasks)
+            ],
+            info.context.caller,
+            services.settings,
+            "tasks[{i}].",
+        )
         await _check_queues(info, submissions, "tasks[{i}].")
         await _take_rate(info, len(submissions))
         rows = await submit(
@@ -942,7 +960,15 @@ async def _submit_workflows(
     """Check the steps' queues, count the steps against TASKS_PER_MINUTE, submit."""
     services = info.context.services
     for spec, where in zip(specs, wheres, strict=True):
-        await _check_queues(info, [s.submission for s in spec.steps], f"{where}.steps[{{i}}].")
+        steps = [s.submission for s in spec.steps]
+        as_callers(
+            steps,
+            info.context.caller,
+            services.settings,
+            f"{where}.steps[{{i}}].",
+            default_webhook=False,
+        )  # only checks: the steps get the key in `submit`
+        await _check_queues(info, steps, f"{where}.steps[{{i}}].")
     await _take_rate(info, sum(len(spec.steps) for spec in specs))
     found = await workflows.submit(
         engine=services.engine,

@@ -54,10 +54,12 @@ def cmd_api(settings: Settings) -> int:
 
 
 def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
-    """keys create NAME [--owner O] [--admin] | keys list | keys revoke NAME"""
+    """keys create NAME [--owner O] [--admin] [--webhook-url URL] | keys list | keys revoke
+    NAME | keys set-webhook NAME (--url URL | --clear) [--new-secret]"""
     from taskrunner import keys
     from taskrunner.db import create_engine
-    from taskrunner.errors import TaskrunnerError
+    from taskrunner.errors import BadInput, TaskrunnerError
+    from taskrunner.options import webhook_url
 
     database_url = settings.database_url or _running_dev_database(settings.data_dir)
 
@@ -65,12 +67,29 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
         engine = create_engine(database_url, pool_size=1)
         try:
             if args.keys_command == "create":
+                url = webhook_url(args.webhook_url, settings, "--webhook-url")
                 row, secret = await keys.create(
-                    engine, name=args.name, owner=args.owner, admin=args.admin
+                    engine, name=args.name, owner=args.owner, admin=args.admin, webhook_url=url
                 )
                 role = "admin key" if row.admin else f"key of owner {row.owner!r}"
                 print(f"created {role} {row.name!r}; it is shown only this once:", file=sys.stderr)
                 print(secret)
+                print(
+                    "its webhook secret (signs its tasks' webhooks), shown only this once:",
+                    file=sys.stderr,
+                )
+                print(row.webhook_secret)
+            elif args.keys_command == "set-webhook":
+                url = None if args.clear else webhook_url(args.url, settings, "--url")
+                if url is None and not args.clear:
+                    raise BadInput("give --url URL, or --clear", field="--url")
+                row, made = await keys.set_webhook(
+                    engine, args.name, url=url, new_secret=args.new_secret
+                )
+                print(f"{row.name!r}: default webhook {row.webhook_url or 'none'}", file=sys.stderr)
+                if made is not None:
+                    print("its new webhook secret, shown only this once:", file=sys.stderr)
+                    print(made)
             elif args.keys_command == "revoke":
                 row = await keys.revoke(engine, args.name)
                 print(f"revoked {row.name!r} (at {row.revoked_at:%Y-%m-%d %H:%M:%S %Z})")
@@ -273,15 +292,30 @@ def build_parser() -> argparse.ArgumentParser:
     smoke.add_argument(
         "--within", type=float, default=30, help="seconds each check may take (default 30)"
     )
-    keys_parser = sub.add_parser("keys", help="API keys: create, list, revoke")
+    keys_parser = sub.add_parser("keys", help="API keys: create, list, revoke, set-webhook")
     keys_sub = keys_parser.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="make a key and print it (shown only once)")
     create.add_argument("name", help="the key's name (unique), e.g. ci or alice-laptop")
     create.add_argument("--owner", help="whose tasks it acts on (default: NAME)")
     create.add_argument("--admin", action="store_true", help="sees every owner's tasks")
+    create.add_argument(
+        "--webhook-url", help="default webhook of the tasks it submits (options.webhookUrl)"
+    )
     keys_sub.add_parser("list", help="every key: name, owner, role, prefix, dates")
     revoke = keys_sub.add_parser("revoke", help="refuse a key from now on")
     revoke.add_argument("name")
+    hook = keys_sub.add_parser(
+        "set-webhook",
+        help="set or clear a key's default webhook; prints a new webhook secret when it makes one",
+    )
+    hook.add_argument("name")
+    hook.add_argument("--url", help="POST the final status of the tasks it submits here")
+    hook.add_argument("--clear", action="store_true", help="no default webhook")
+    hook.add_argument(
+        "--new-secret",
+        action="store_true",
+        help="replace its webhook secret (a key made before webhooks gets one anyway)",
+    )
     return parser
 
 

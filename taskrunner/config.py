@@ -290,6 +290,52 @@ class Settings(BaseSettings):
         "matching it; to a loopback, link-local or cloud-metadata address, an entry without "
         "wildcards that is the host itself or that address.",
     )
+    webhook_allowlist: str = Field(
+        default="*",
+        description="Hosts completion webhooks may be POSTed to, as FETCH_DOMAIN_ALLOWLIST: "
+        "glob patterns, `*` any public host; a private address needs a pattern other than `*` "
+        "naming it, a loopback or link-local one an entry that is the host or the address.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Signs the webhooks of tasks whose key has no webhook secret of its own "
+        "(AUTH_DISABLED, keys made before webhooks). Unset: such tasks may not ask for one.",
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Longest one webhook POST may take, resolving and connecting included; "
+        "past it the attempt fails and is retried.",
+    )
+    webhook_max_attempts: int = Field(
+        default=8,
+        ge=1,
+        le=50,
+        description="Attempts of one webhook delivery before it is given up.",
+    )
+    webhook_retry_base_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Wait before a webhook's second attempt; each later one waits 3 times "
+        "longer (at most WEBHOOK_RETRY_MAX_SECONDS), each wait jittered by +-25%.",
+    )
+    webhook_retry_max_seconds: float = Field(
+        default=6 * 3600.0,
+        gt=0,
+        description="Longest wait between two attempts of a webhook delivery.",
+    )
+    webhook_concurrency: int = Field(
+        default=10,
+        ge=1,
+        description="Webhook POSTs one worker makes at once (beside its tasks, never in a "
+        "task's slot).",
+    )
+    webhook_poll_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="How often a worker looks for due webhook deliveries.",
+    )
     brave_api_key: SecretStr | None = Field(
         default=None, description="Brave Search API key for the `search` task type."
     )

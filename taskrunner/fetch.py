@@ -71,6 +71,10 @@ class FetchRefused(Exception):
     retryable = False  # the same URL is refused again: never retried (taskrunner.retries)
 
 
+class Unresolved(FetchRefused):
+    """The URL's host does not resolve (now: a later try may succeed)."""
+
+
 class TooManyRedirects(Exception):
     """More redirects than allowed, or a redirect loop."""
 
@@ -193,35 +197,59 @@ async def resolve(host: str, port: int) -> list[IPAddress]:
     return list(dict.fromkeys(found))
 
 
-async def check_url(url: str, allowlist: str) -> list[IPAddress]:
-    """Refuse (FetchRefused) a URL this service must not fetch; else the addresses its
-    host resolved to, all of them allowed: the only ones to connect to."""
+def check_host(
+    url: str, allowlist: str, setting: str = "FETCH_DOMAIN_ALLOWLIST"
+) -> tuple[str, int, list[str]]:
+    """What `check_url` refuses (FetchRefused) without resolving a name: the scheme, a
+    host the allowlist (the setting named `setting`) does not match, an IP literal it does
+    not allow. Else the host, the port and the allowlist's patterns."""
     parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        raise FetchRefused(f"{url!r}: the port is not a number from 0 to 65535") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise FetchRefused(f"{url!r}: only http and https URLs with a host can be fetched")
     host = parts.hostname.lower()
     allowed = patterns(allowlist)
     if not any(fnmatch.fnmatch(host, p) for p in allowed):
-        raise FetchRefused(
-            f"host {host} is not in FETCH_DOMAIN_ALLOWLIST ({allowlist!r}); add it to fetch it"
-        )
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+        raise FetchRefused(f"host {host} is not in {setting} ({allowlist!r}); add it to fetch it")
+    port = port or (443 if parts.scheme == "https" else 80)
     try:
-        addresses = await resolve(host, port)
-    except OSError as exc:
-        raise FetchRefused(f"host {host} does not resolve: {exc}") from None
+        literal = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host, port, allowed
+    _refuse([literal], host, allowed, setting)
+    return host, port, allowed
+
+
+def _refuse(addresses: list[IPAddress], host: str, allowed: list[str], setting: str) -> None:
     refused = [a for a in addresses if not _permits(host, a, allowed)]
     if any(reach(a) is Reach.LOCAL for a in refused):
         raise FetchRefused(
             f"host {host} resolves to a loopback, link-local or cloud-metadata address; only "
-            "a FETCH_DOMAIN_ALLOWLIST entry that is this exact host or address (no wildcard) "
+            f"a {setting} entry that is this exact host or address (no wildcard) "
             "lets it through"
         )
     if refused:
         raise FetchRefused(
             f"host {host} resolves to a non-public address; allow it explicitly in "
-            "FETCH_DOMAIN_ALLOWLIST (a pattern naming it, not `*`) to fetch it"
+            f"{setting} (a pattern naming it, not `*`) to fetch it"
         )
+
+
+async def check_url(
+    url: str, allowlist: str, setting: str = "FETCH_DOMAIN_ALLOWLIST"
+) -> list[IPAddress]:
+    """Refuse (FetchRefused) a URL this service must not fetch; else the addresses its
+    host resolved to, all of them allowed: the only ones to connect to. `setting`: the
+    allowlist's name, for the refusals' messages."""
+    host, port, allowed = check_host(url, allowlist, setting)
+    try:
+        addresses = await resolve(host, port)
+    except OSError as exc:
+        raise Unresolved(f"host {host} does not resolve: {exc}") from None
+    _refuse(addresses, host, allowed, setting)
     return addresses
 
 
@@ -234,12 +262,18 @@ class Page:
 
 
 @contextlib.asynccontextmanager
-async def _get(
-    client: httpx.AsyncClient, url: httpx.URL, addresses: list[IPAddress]
+async def send_pinned(
+    client: httpx.AsyncClient,
+    url: httpx.URL,
+    addresses: list[IPAddress],
+    method: str = "GET",
+    *,
+    content: bytes | None = None,
+    headers: dict[str, str] | None = None,
 ) -> AsyncIterator[httpx.Response]:
-    """GET `url` from one of `addresses` (tried in order while connecting fails), never
-    from whatever its name resolves to now. The name stays in Host, SNI and the
-    certificate check."""
+    """Send `method` `url` to one of `addresses` (tried in order while connecting fails),
+    never to whatever its name resolves to now; the answer streamed. The name stays in
+    Host, SNI and the certificate check."""
     extensions = {}
     try:
         ipaddress.ip_address(url.host)
@@ -248,9 +282,10 @@ async def _get(
     failure: httpx.ConnectError | None = None
     for address in addresses:
         request = client.build_request(
-            "GET",
+            method,
             url.copy_with(host=str(address)),
-            headers={"Host": url.netloc.decode("ascii")},
+            headers={**(headers or {}), "Host": url.netloc.decode("ascii")},
+            content=content,
             extensions=extensions,
         )
         try:
@@ -373,7 +408,7 @@ async def fetch(
             addresses = await check_url(url, allowlist)
             seen.add(url)
             target = httpx.URL(url)
-            async with _get(client, target, addresses) as response:
+            async with send_pinned(client, target, addresses) as response:
                 if response.is_redirect and "location" in response.headers:
                     location = urljoin(url, response.headers["location"])
                     if location in seen:

@@ -5,6 +5,10 @@ with that much entropy a plain hash cannot be reversed, and it lets a lookup by 
 an index. Every key belongs to an owner (by default its own name); keys of one owner share
 its tasks, so a key can be rotated by creating a new one for the owner and revoking the old.
 An admin key sees every owner's tasks.
+
+A key also has a webhook secret, `whsec_` and 43 random characters, which signs the
+completion webhooks of the tasks it submits (taskrunner.webhooks). Signing (HMAC) needs
+the secret itself, so that one is stored as it is; it too is shown once, when made.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from taskrunner.errors import BadInput, Conflict, NotFound
 from taskrunner.models import ApiKey, api_key_table
 
 PREFIX = "trk_"
+WEBHOOK_SECRET_PREFIX = "whsec_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$")
 
 
@@ -36,6 +41,8 @@ class Principal:
     name: str
     owner: str
     admin: bool = False
+    webhook_url: str | None = None  # the default webhook of the tasks it submits
+    signs_webhooks: bool = False  # it has a webhook secret of its own
 
     @property
     def scope(self) -> str | None:
@@ -66,10 +73,21 @@ def _check_name(field: str, value: str) -> str:
     return value
 
 
+def new_webhook_secret() -> str:
+    return WEBHOOK_SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
 async def create(
-    engine: AsyncEngine, *, name: str, owner: str | None = None, admin: bool = False
+    engine: AsyncEngine,
+    *,
+    name: str,
+    owner: str | None = None,
+    admin: bool = False,
+    webhook_url: str | None = None,
 ) -> tuple[ApiKey, str]:
-    """A new key: its row and the secret, which is shown once and never stored."""
+    """A new key: its row and the secret, which is shown once and never stored. The row
+    holds its webhook secret (`row.webhook_secret`), to be shown once too; `webhook_url`
+    (checked by the caller): the default webhook of the tasks it submits."""
     _check_name("name", name)
     secret = PREFIX + secrets.token_urlsafe(32)
     row = {
@@ -79,6 +97,8 @@ async def create(
         "admin": admin,
         "prefix": secret[: len(PREFIX) + 6],
         "hash": hash_key(secret),
+        "webhook_url": webhook_url,
+        "webhook_secret": new_webhook_secret(),
     }
     try:
         async with engine.begin() as conn:
@@ -92,6 +112,30 @@ async def create(
             field="name",
         ) from None
     return created, secret
+
+
+async def set_webhook(
+    engine: AsyncEngine, name: str, *, url: str | None, new_secret: bool = False
+) -> tuple[ApiKey, str | None]:
+    """Set (None: clear) the default webhook of the key called `name` (checked by the
+    caller); with `new_secret`, or when it has none (a key made before webhooks), give it
+    a new webhook secret: returned then, to be shown once. Api processes see the change
+    within a minute (they keep a key's lookup that long)."""
+    k = api_key_table.c
+    secret = new_webhook_secret()
+    kept = k.webhook_secret if not new_secret else sa.literal(secret)
+    async with engine.begin() as conn:
+        result = await conn.execute(
+            sa.update(api_key_table)
+            .where(k.name == name)
+            .values(webhook_url=url, webhook_secret=sa.func.coalesce(kept, secret))
+            .returning(*api_key_table.c)
+        )
+        row = result.mappings().one_or_none()
+    if row is None:
+        raise NotFound(f"name: no key named {name!r} (keys list shows them)", field="name")
+    updated = ApiKey.model_validate(row)
+    return updated, secret if updated.webhook_secret == secret else None
 
 
 async def list_keys(engine: AsyncEngine) -> list[ApiKey]:
@@ -123,14 +167,21 @@ async def authenticate(engine: AsyncEngine, secret: str) -> Principal | None:
     k = api_key_table.c
     async with engine.connect() as conn:
         result = await conn.execute(
-            sa.select(k.id, k.name, k.owner, k.admin).where(
-                k.hash == hash_key(secret), k.revoked_at.is_(None)
-            )
+            sa.select(
+                k.id, k.name, k.owner, k.admin, k.webhook_url, k.webhook_secret.is_not(None)
+            ).where(k.hash == hash_key(secret), k.revoked_at.is_(None))
         )
         row = result.one_or_none()
     if row is None:
         return None
-    return Principal(key_id=row.id, name=row.name, owner=row.owner, admin=row.admin)
+    return Principal(
+        key_id=row[0],
+        name=row[1],
+        owner=row[2],
+        admin=row[3],
+        webhook_url=row[4],
+        signs_webhooks=bool(row[5]),
+    )
 
 
 async def revoked_since(

@@ -205,6 +205,18 @@ class TaskTable(SQLModel, table=True):
         description="The rate its starts are held to (its type's RATE_LIMIT or its "
         "options.rateLimit), across all workers.",
     )
+    webhook_url: str | None = Field(
+        default=None,
+        sa_column=sa.Column(sa.Text),
+        description="Where its final status is POSTed (taskrunner.webhooks; the trigger of "
+        "migration 0018 queues each delivery with the final status).",
+    )
+    key_id: uuid.UUID | None = Field(
+        default=None,
+        sa_column=sa.Column(sa.Uuid),
+        description="The API key that submitted it (a subtask: its parent's; a schedule's "
+        "task: the schedule's); its webhook secret signs the deliveries.",
+    )
     event_seq: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     last_xid: int = Field(
         sa_column=sa.Column(sa.BigInteger, nullable=False, server_default=CURRENT_XID)
@@ -339,6 +351,8 @@ class TaskRecord:
     parent_id: uuid.UUID | None
     detached: bool
     rate_limit: str | None
+    webhook_url: str | None
+    key_id: uuid.UUID | None
     event_seq: int
     last_xid: int
     hooks_due: list[str] | None = None
@@ -513,6 +527,73 @@ class ApiKey(SQLModel, table=True):
     revoked_at: datetime | None = Field(
         default=None, sa_column=sa.Column(sa.DateTime(timezone=True), index=True)
     )
+    webhook_url: str | None = Field(
+        default=None,
+        sa_column=sa.Column(sa.Text),
+        description="Default webhook of the tasks it submits (submitTask, submitTasks).",
+    )
+    webhook_secret: str | None = Field(
+        default=None,
+        sa_column=sa.Column(sa.Text),
+        description="The HMAC key that signs its tasks' webhooks: kept as is (signing needs "
+        "it), shown once when made. None: a key made before webhooks; WEBHOOK_SECRET signs.",
+    )
 
 
 api_key_table: sa.Table = ApiKey.__table__  # type: ignore[attr-defined]
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """The `webhook_delivery` table, the outbox of completion webhooks: one row per attempt
+    to POST one final status of a task (`delivery_id` is shared by a delivery's attempts).
+    The first attempt is inserted by a trigger in the transaction that writes the final
+    status (migration 0018); taskrunner.webhooks claims due rows under a lease, records
+    the outcome and inserts the next attempt."""
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (
+        sa.Index("ix_webhook_delivery_task", "task_id", "delivery_id", "attempt"),
+        sa.Index(
+            "ix_webhook_delivery_due", "due_at", postgresql_where=sa.text("status = 'PENDING'")
+        ),
+    )
+
+    id: int | None = Field(
+        default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True)
+    )
+    delivery_id: uuid.UUID = Field(sa_column=sa.Column(sa.Uuid, nullable=False))
+    task_id: uuid.UUID = Field(
+        sa_column=sa.Column(sa.Uuid, sa.ForeignKey("task.id", ondelete="CASCADE"), nullable=False)
+    )
+    attempt: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    status: str = Field(
+        sa_column=sa.Column(sa.Text, nullable=False),
+        description="PENDING (due at due_at), DELIVERED (a 2xx answer) or FAILED.",
+    )
+    url: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    task: dict[str, Any] = Field(
+        sa_column=sa.Column(JSONB, nullable=False),
+        description="The body's `task`, as the final status was written.",
+    )
+    due_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+    lease_until: datetime | None = Field(
+        default=None,
+        sa_column=sa.Column(sa.DateTime(timezone=True)),
+        description="Claimed by a worker until then (a crashed worker's claim runs out).",
+    )
+    lease_token: uuid.UUID | None = Field(default=None, sa_column=sa.Column(sa.Uuid))
+    started_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
+    )
+    finished_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
+    )
+    duration_ms: float | None = Field(default=None, sa_column=sa.Column(sa.Float))
+    status_code: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    error: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    created_at: datetime = Field(
+        sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False, server_default=NOW)
+    )
+
+
+webhook_delivery_table: sa.Table = WebhookDelivery.__table__  # type: ignore[attr-defined]

@@ -19,12 +19,14 @@ from pydantic import BaseModel, ValidationError
 from taskrunner import jsonx
 from taskrunner.config import QUEUE_NAME, QUEUE_NAME_RULE, Settings
 from taskrunner.errors import BadInput, LimitExceeded
+from taskrunner.fetch import FetchRefused, check_host
 from taskrunner.queue import PRIORITY_MAX, PRIORITY_MIN
 from taskrunner.rates import RATE_RULE, Rate, parse_rate
 from taskrunner.retries import RetryPolicy
 from taskrunner.submissions import Submission
 
 MAX_CONCURRENCY_KEY_LENGTH = 200
+MAX_WEBHOOK_URL_LENGTH = 2000
 
 
 class TaskTypeLike(Protocol):
@@ -60,6 +62,7 @@ class TaskOptions:
     concurrency_limit: int | None = None
     deadline: datetime | None = None
     rate_limit: str | None = None
+    webhook_url: str | None = None
 
 
 def camel(name: str) -> str:
@@ -163,6 +166,7 @@ def submission(
         concurrency_limit=limit,
         deadline=_deadline(opts, run_at),
         rate_limit=_rate_limit(opts, task_type),
+        webhook_url=webhook_url(opts.webhook_url, settings),
     )
 
 
@@ -322,3 +326,26 @@ def idempotency_key(opts: Any, settings: Settings) -> str | None:
         )
     found: str | None = key
     return found
+
+
+def webhook_url(
+    url: str | None, settings: Settings, field: str = "options.webhookUrl"
+) -> str | None:
+    """A webhook URL as submitted: http or https, a host, at most MAX_WEBHOOK_URL_LENGTH
+    characters, a host WEBHOOK_ALLOWLIST matches (an IP literal: one it allows). A name is
+    resolved and checked again at each delivery (taskrunner.webhooks)."""
+    if url is None:
+        return None
+    if not 1 <= len(url) <= MAX_WEBHOOK_URL_LENGTH or url != url.strip():
+        raise BadInput(
+            f"{field}: give an http:// or https:// URL of 1 to {MAX_WEBHOOK_URL_LENGTH} "
+            "characters without surrounding spaces",
+            field=field,
+        )
+    try:
+        check_host(url, settings.webhook_allowlist, "WEBHOOK_ALLOWLIST")
+    except FetchRefused as exc:
+        raise BadInput(
+            f"{field}: {str(exc).replace('to fetch it', 'to send webhooks there')}", field=field
+        ) from None
+    return url

@@ -108,6 +108,7 @@ class ScheduleRecord:
             input=self.task_input,
             scheduled_for=tick,
             schedule_id=self.id,
+            key_id=self.key_id,
             **options,
         )
 
@@ -124,6 +125,7 @@ OPTION_FIELDS = (
     "concurrency_key",
     "concurrency_limit",
     "rate_limit",
+    "webhook_url",
 )
 
 

@@ -56,15 +56,24 @@ class Submission:
     rate_limit: str | None = None  # str(rates.Rate): its starts are held to it
     parent_id: uuid.UUID | None = None  # submitted by this task's body (ctx.submit)
     detached: bool = False  # a cancel of its parent leaves it be
+    webhook_url: str | None = None  # its final status is POSTed there (taskrunner.webhooks)
+    key_id: uuid.UUID | None = None  # the API key that submitted it (signs its webhooks)
 
-    def as_step(self, workflow_id: uuid.UUID, step_key: str, waiting: str | None) -> Submission:
-        """This submission as a step of the workflow `workflow_id`: a copy with those three
-        fields (dataclasses.replace does the same at several times the cost, which shows
-        in a submitWorkflows of thousands of steps)."""
+    def as_step(
+        self,
+        workflow_id: uuid.UUID,
+        step_key: str,
+        waiting: str | None,
+        key_id: uuid.UUID | None = None,
+    ) -> Submission:
+        """This submission as a step of the workflow `workflow_id` submitted by the key
+        `key_id`: a copy with those four fields (dataclasses.replace does the same at
+        several times the cost, which shows in a submitWorkflows of thousands of steps)."""
         step = copy.copy(self)
         object.__setattr__(step, "workflow_id", workflow_id)  # a frozen dataclass's own way
         object.__setattr__(step, "step_key", step_key)
         object.__setattr__(step, "waiting", waiting)
+        object.__setattr__(step, "key_id", key_id)
         return step
 
 
@@ -163,23 +172,23 @@ WITH s AS (
                        $7::int[], $8::text[], $9::jsonb[], $10::text[], $11::timestamptz[],
                        $12::timestamptz[], $13::text[], $14::text[], $15::int[], $16::uuid[],
                        $17::uuid[], $18::text[], $19::text[], $20::timestamptz[], $21::text[],
-                       $22::uuid[], $23::boolean[], $25::jsonb[])
+                       $22::uuid[], $23::boolean[], $24::text[], $25::uuid[], $27::jsonb[])
     AS s(id, owner, type, input, priority, max_retries, timeout_seconds, idempotency_key,
          labels, trace_parent, scheduled_for, due_at, queue, concurrency_key,
          concurrency_limit, schedule_id, workflow_id, step_key, waiting, deadline,
-         rate_limit, parent_id, detached, actor)
+         rate_limit, parent_id, detached, webhook_url, key_id, actor)
 ),
 t AS (
   INSERT INTO task (id, owner, type, status, input, priority, max_retries, timeout_seconds,
                     idempotency_key, labels, trace_parent, scheduled_for, due_at, queue,
                     concurrency_key, concurrency_limit, schedule_id, workflow_id, step_key,
-                    waiting, deadline, rate_limit, parent_id, detached, event_seq,
-                    created_at)
+                    waiting, deadline, rate_limit, parent_id, detached, webhook_url, key_id,
+                    event_seq, created_at)
   SELECT id, owner, type, 'QUEUED', input, priority, max_retries, timeout_seconds,
          idempotency_key, ARRAY(SELECT jsonb_array_elements_text(labels)), trace_parent,
          scheduled_for, due_at, queue, concurrency_key, concurrency_limit, schedule_id,
-         workflow_id, step_key, waiting, deadline, rate_limit, parent_id, detached, 1,
-         coalesce($24::timestamptz, clock_timestamp())
+         workflow_id, step_key, waiting, deadline, rate_limit, parent_id, detached,
+         webhook_url, key_id, 1, coalesce($26::timestamptz, clock_timestamp())
   FROM s
   ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
   RETURNING *
@@ -285,4 +294,6 @@ def _row(s: Submission, owner: str, now: datetime | None) -> tuple[Any, ...]:
         s.rate_limit,
         s.parent_id,
         s.detached,
+        s.webhook_url,
+        s.key_id,
     )

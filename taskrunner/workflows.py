@@ -163,7 +163,9 @@ async def submit(
         }
         new = [(i, s) for i, s in zip(ids, specs, strict=True) if i in created]
         subs = [
-            step.submission.as_step(i, step.key, WAITING_PARENTS if step.depends_on else None)
+            step.submission.as_step(
+                i, step.key, WAITING_PARENTS if step.depends_on else None, key_id
+            )
             for i, spec in new
             for step in spec.steps
         ]

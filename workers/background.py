@@ -1,5 +1,6 @@
 """What a worker does besides running tasks: follow cancellations, beat its heartbeat,
-enqueue tasks that became due, fail those past their deadline, watch its memory, and (one
+enqueue tasks that became due, fail those past their deadline, watch its memory, POST
+completion webhooks, and (one
 worker at a time) reconcile, delete expired artifacts and expired upload grants with their
 bytes.
 
@@ -19,10 +20,21 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import sqlalchemy as sa
 from redis import Redis as SyncRedis
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner import concurrency, deadlines, heartbeats, queues, reconciler, schedules, workflows
+from taskrunner import (
+    concurrency,
+    deadlines,
+    heartbeats,
+    queues,
+    reconciler,
+    schedules,
+    webhooks,
+    workflows,
+)
 from taskrunner.artifacts.records import delete_expired
 from taskrunner.artifacts.uploads import expire_uploads
 from taskrunner.config import Settings
@@ -283,6 +295,61 @@ async def run_due_hooks(ctx: WorkerContext) -> None:
     await hooks.run_due(ctx["engine"], timeout, lease_seconds=2 * timeout)
 
 
+async def deliver_webhooks(ctx: WorkerContext) -> None:
+    """POST due completion webhooks, forever: at most WEBHOOK_CONCURRENCY at once, each in a
+    task of its own beside the arq job slots (a receiver that never answers holds none of
+    them, only one of these until WEBHOOK_TIMEOUT_SECONDS). Every worker runs it; the rows
+    are claimed under a lease, so each attempt is posted by one worker. At shutdown the
+    unfinished claims are given back, due again at once."""
+    settings, engine = ctx["settings"], ctx["engine"]
+    poll = settings.webhook_poll_seconds
+    posting: dict[asyncio.Task[None], uuid.UUID] = {}
+    async with webhooks.client(settings) as http:
+        try:
+            while True:
+                free = settings.webhook_concurrency - len(posting)
+                try:
+                    claimed = await webhooks.claim(engine, free, settings) if free else []
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("webhooks: claiming failed; trying again in %.1fs", poll)
+                    claimed = []
+                for c in claimed:
+                    posting[asyncio.create_task(_deliver(engine, http, c, settings))] = c.token
+                if posting:
+                    done, _ = await asyncio.wait(
+                        posting, timeout=poll, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for finished in done:
+                        del posting[finished]
+                    if done and len(claimed) == free:
+                        continue  # slots free and maybe more due: claim at once
+                else:
+                    await asyncio.sleep(poll)
+        finally:
+            for task in posting:
+                task.cancel()
+            await asyncio.gather(*posting, return_exceptions=True)
+            try:
+                await asyncio.shield(webhooks.release(engine, list(set(posting.values()))))
+            except Exception:  # their leases run out by themselves
+                log.warning("webhooks: could not give back %d claims", len(posting))
+
+
+async def _deliver(
+    engine: AsyncEngine, http: httpx.AsyncClient, claimed: webhooks.Claimed, settings: Settings
+) -> None:
+    try:
+        await webhooks.deliver(engine, http, claimed, settings)
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # PostgreSQL away: the lease runs out, the attempt is made again
+        log.exception(
+            "webhooks: delivery %s attempt %d failed", claimed.delivery_id, claimed.attempt
+        )
+
+
 async def every(seconds: float, step: Callable[[], Awaitable[None]], name: str) -> None:
     """Run `step` every `seconds` forever; an error is logged and the loop goes on."""
     while True:
@@ -316,4 +383,5 @@ def start(ctx: WorkerContext) -> list[asyncio.Task[None]]:
     tasks.append(asyncio.create_task(watch_loop(s.worker_block_warn_seconds), name="loopwatch"))
     tasks.append(asyncio.create_task(watch_cancellations(ctx), name="cancellations"))
     tasks.append(asyncio.create_task(fire_schedules(ctx), name="schedules"))
+    tasks.append(asyncio.create_task(deliver_webhooks(ctx), name="webhooks"))
     return tasks

@@ -76,8 +76,8 @@ async def submit(
             field=f"spec.{name}",
         )
     checked = submission(task_type, raw, options_from(options), ctx.settings, "spec")
-    checked = replace(checked, parent_id=ctx.task_id, detached=detached)
-    owner = await _owner(ctx)
+    owner, key_id = await _owner(ctx)
+    checked = replace(checked, parent_id=ctx.task_id, detached=detached, key_id=key_id)
     pool = cast(ArqRedis, ctx.redis)  # the worker's arq pool
     (child,) = await submissions.submit(
         engine=ctx.engine,
@@ -94,14 +94,16 @@ async def submit(
     return child.id
 
 
-async def _owner(ctx: TaskContext) -> str:
+async def _owner(ctx: TaskContext) -> tuple[str, uuid.UUID | None]:
+    """The owner of the running task, and the key that submitted it (its children's too:
+    it signs their webhooks)."""
+    t = task_table.c
     async with ctx.engine.connect() as conn:
-        owner = await conn.scalar(
-            sa.select(task_table.c.owner).where(task_table.c.id == ctx.task_id)
-        )
-    if owner is None:
+        query = sa.select(t.owner, t.key_id).where(t.id == ctx.task_id)
+        row = (await conn.execute(query)).first()
+    if row is None:
         raise NotFound(f"task {ctx.task_id} is gone")
-    return str(owner)
+    return str(row.owner), row.key_id
 
 
 async def _cancelling(ctx: TaskContext) -> bool:

@@ -14,7 +14,7 @@ from api.context import Info
 from api.types.artifacts import Artifact
 from api.types.events import TaskEvent, event_type
 from api.types.status import TaskError
-from taskrunner import queries, workflows
+from taskrunner import queries, webhooks, workflows
 from taskrunner.artifacts.records import list_artifacts
 from taskrunner.changes import WAITING_PARENTS
 from taskrunner.concurrency import WAITING as WAITING_SLOT
@@ -61,6 +61,55 @@ class TaskMetrics:
     )
     run_seconds: float | None = strawberry.field(description="Run time of all attempts.")
     attempts: list[AttemptMetrics] = strawberry.field(description="Finished attempts, in order.")
+
+
+WebhookDeliveryStatus = strawberry.enum(
+    webhooks.DeliveryStatus,
+    name="WebhookDeliveryStatus",
+    description="PENDING: due at dueAt (or being posted); DELIVERED: the receiver answered "
+    "2xx; FAILED: this attempt failed (a PENDING next attempt follows unless given up).",
+)
+
+
+@strawberry.type(
+    description="One attempt to POST a task's final status to its webhook (options.webhookUrl)."
+)
+class WebhookDelivery:
+    delivery_id: strawberry.ID = strawberry.field(
+        description="Shared by the attempts of one delivery; sent as Taskrunner-Delivery."
+    )
+    attempt: int = strawberry.field(description="1 for the first attempt, then 2, 3 ...")
+    status: WebhookDeliveryStatus  # type: ignore[valid-type]
+    url: str
+    task_status: TaskStatus = strawberry.field(description="The final status it carries.")
+    at: datetime = strawberry.field(
+        description="When the attempt was made (while PENDING: when it is due)."
+    )
+    due_at: datetime
+    finished_at: datetime | None
+    duration_ms: float | None
+    status_code: int | None = strawberry.field(
+        description="The receiver's HTTP status (null: no answer, or not sent)."
+    )
+    error: str | None = strawberry.field(
+        description="Why it failed: the HTTP status, a timeout, a refused address ..."
+    )
+
+    @classmethod
+    def from_record(cls, r: webhooks.DeliveryRecord) -> WebhookDelivery:
+        return cls(
+            delivery_id=strawberry.ID(str(r.delivery_id)),
+            attempt=r.attempt,
+            status=webhooks.DeliveryStatus(r.status),
+            url=r.url,
+            task_status=TaskStatus(r.task_status),
+            at=r.started_at or r.due_at,
+            due_at=r.due_at,
+            finished_at=r.finished_at,
+            duration_ms=r.duration_ms,
+            status_code=r.status_code,
+            error=r.error,
+        )
 
 
 @strawberry.type(description="A submitted task and its current state.")
@@ -126,6 +175,34 @@ class Task:
     detached: bool = strawberry.field(
         description="Submitted by a task's body as detached: a cancel of the parent leaves it be."
     )
+    webhook_url: str | None = strawberry.field(
+        description="Where its final status is POSTed (options.webhookUrl, or its key's "
+        "default); see webhookDeliveries."
+    )
+
+    @strawberry.field(
+        description="Its webhook's attempts, oldest first: each final status it reached is one "
+        "delivery, tried up to WEBHOOK_MAX_ATTEMPTS times with backoff (the first `first`, "
+        "default and at most MAX_PAGE_SIZE)."
+    )
+    async def webhook_deliveries(
+        self,
+        info: Info,
+        first: Annotated[
+            int | None,
+            strawberry.argument(
+                description="At most MAX_PAGE_SIZE (see `limits`), also the default."
+            ),
+        ] = None,
+    ) -> list[WebhookDelivery]:
+        if self.webhook_url is None:
+            return []
+        found = await webhooks.list_deliveries(
+            info.context.services.engine,
+            uuid.UUID(str(self.id)),
+            page_size(first, info.context.settings),
+        )
+        return [WebhookDelivery.from_record(r) for r in found]
 
     @strawberry.field(
         description="The tasks its body submitted (ctx.submit), oldest first: the first "
@@ -275,6 +352,7 @@ class Task:
             rate_limit=row.rate_limit,
             parent_id=strawberry.ID(str(row.parent_id)) if row.parent_id else None,
             detached=row.detached,
+            webhook_url=row.webhook_url,
             waiting_for_parents=row.waiting == WAITING_PARENTS
             and row.status == TaskStatus.QUEUED.value,
         )
@@ -398,4 +476,11 @@ class TaskOptionsInput:
         description="Hold the starts of this type's tasks submitted with the same rate to it, "
         'across all workers, e.g. "10/second", "100/minute", "5 per 2 seconds" (default: the '
         "task type's RATE_LIMIT, if any). A task over it waits QUEUED, no attempt used.",
+    )
+    webhook_url: str | None = strawberry.field(
+        default=None,
+        description="POST the task's final status (SUCCEEDED, FAILED, CANCELLED: status, "
+        "result, error) here, signed with HMAC-SHA256 (header Taskrunner-Signature) by your "
+        "key's webhook secret, retried with backoff; default: your key's webhook. http or "
+        "https, a host WEBHOOK_ALLOWLIST allows. See Task.webhookDeliveries.",
     )
