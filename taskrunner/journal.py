@@ -118,6 +118,25 @@ INSERT_EVENT = (
 )
 
 
+# The workflows of these tasks, locked (in id order) before any of the tasks' rows: see
+# lock_workflows.
+LOCK_WORKFLOWS = (
+    "SELECT id FROM workflow WHERE id IN "
+    "(SELECT workflow_id FROM task WHERE id = ANY($1::uuid[])) ORDER BY id FOR UPDATE"
+)
+
+
+async def lock_workflows(conn: asyncpg.Connection, ids: Sequence[uuid.UUID]) -> None:
+    """Lock the workflows of the tasks `ids` (steps ending here) first, before this
+    transaction writes anything. Streams follow (xid, id) order, and a transaction's xid is
+    taken at its first write: had the end of a step written its row before waiting for its
+    workflow (which dag.settle locks), another step's end could take a later xid, commit
+    first, and leave this one to make their child ready, so that the child's StepReady came
+    before that other parent's end in every stream. Waiting first, the end that settles
+    last also takes its xid last."""
+    await conn.execute(LOCK_WORKFLOWS, sorted(set(ids)))
+
+
 async def lock_tasks(
     conn: asyncpg.Connection, ids: Sequence[uuid.UUID], *, full: bool = False
 ) -> dict[uuid.UUID, _Row]:
@@ -178,6 +197,8 @@ async def record(
             else replace(next(kept), change=c)
             for c in changes
         ]
+    if settle and any(c.step and c.to in SETTLES for c in changes):
+        await lock_workflows(conn, [c.task_id for c in changes if c.step])
     rows = await lock_tasks(
         conn, [c.task_id for c in changes], full=any(c.want_row for c in changes)
     )
@@ -432,6 +453,7 @@ async def record_ends(
     transaction, then their workflows settled (dag.settle). Each statement locks its rows
     in id order, but two shapes lock theirs one after the other: a deadlock with another
     transaction is possible, and it runs again (AGAIN), at the cost of deadlock_timeout."""
+    await lock_workflows(conn, [c.task_id for c in changes if c.to in SETTLES])
     outcomes, steps = await record_on(conn, changes)
     ended = {
         steps[o.change.task_id]: o.change.task_id

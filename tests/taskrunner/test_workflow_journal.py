@@ -302,3 +302,48 @@ async def test_a_bound_input_check_that_raises_refuses_the_step_not_its_parents_
         ).one()
     assert (b.status, b.error_code) == ("FAILED", "BAD_INPUT")
     assert "could not be checked" in b.error_message and "TypeError" in b.error_message
+
+
+@HINTS
+async def test_a_child_made_ready_comes_after_both_parents_ends_in_stream_order(
+    engine: AsyncEngine,
+    other_engine: AsyncEngine,
+    pool: ArqRedis,
+    monkeypatch: pytest.MonkeyPatch,
+    hinted: bool,
+) -> None:
+    """Streams follow (xid, id) order. Parent a's end writes its row, and before a's
+    transaction settles the workflow, parent b's end runs whole: a's transaction then makes
+    the child ready. Its StepReady must still come after b's end: the end that settles last
+    takes its xid last (journal.lock_workflows: a's transaction locked the workflow before
+    writing, so b's waited for it)."""
+    ids = await submit(engine, pool, step("a"), step("b"), step("c", "a", "b"))
+    for key in ("a", "b"):
+        assert (await journal.apply_one(engine, pool, transitions.started(ids[key], "w"))).accepted
+    a_end = replace(transitions.succeeded(ids["a"], 1, {"sum": 1}), step=hinted)
+    b_end = replace(transitions.succeeded(ids["b"], 1, {"sum": 2}), step=hinted)
+    real = dag.settle
+    others: list[asyncio.Task[Outcome]] = []
+
+    async def b_ends_meanwhile(conn: Any, noted: Any, after: Any, actor: Any = None) -> Any:
+        if not others:  # a's transaction, a's row written: b's end runs now, on its own
+            others.append(asyncio.create_task(journal.apply_one(other_engine, pool, b_end)))
+            await asyncio.wait(others, timeout=1.0)  # it waits for a's, or it is done
+        return await real(conn, noted, after, actor)
+
+    monkeypatch.setattr(dag, "settle", b_ends_meanwhile)
+    assert (await journal.apply_one(engine, pool, a_end)).accepted
+    assert (await others[0]).accepted
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            sa.text(
+                "SELECT task_id, kind, data->>'status' AS status FROM task_event "
+                "WHERE task_id = ANY(:ids) AND (kind = 'step_ready' OR data->>'status' = "
+                "'SUCCEEDED') ORDER BY xid, id"
+            ),
+            {"ids": list(ids.values())},
+        )
+        key_of = {v: k for k, v in ids.items()}
+        order = [(key_of[r.task_id], r.kind) for r in rows]
+    assert sorted(order[:2]) == [("a", "status"), ("b", "status")], order
+    assert order[2:] == [("c", "step_ready")], order
