@@ -81,14 +81,14 @@ class ChatterInput(BaseModel):
         alias="intervalSeconds", default=None, description="Pause between steps."
     )
     "Pause between steps.\nDefault: 0.0"
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
 class EchoInput(BaseModel):
     """Return the message it was given."""
 
     message: str = Field(description="Text to return as the result.")
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
 class FailInput(BaseModel):
@@ -107,7 +107,7 @@ class FailInput(BaseModel):
         description="false: the failure raises NonRetryable, and no retry follows whatever maxRetries says.",
     )
     "false: the failure raises NonRetryable, and no retry follows whatever maxRetries says.\nDefault: True"
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
 class ReportInput(BaseModel):
@@ -117,7 +117,7 @@ class ReportInput(BaseModel):
         default=None, description="Data rows in the CSV."
     )
     "Data rows in the CSV.\nDefault: 100"
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
 class ScheduleInput(BaseModel):
@@ -149,7 +149,7 @@ class ScheduleInput(BaseModel):
     "Default: ONE"
     paused: Annotated[bool | None, GraphQLDefault("False")] = None
     "Default: False"
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
 class SearchInput(BaseModel):
@@ -176,7 +176,7 @@ class SearchInput(BaseModel):
         default=None,
         description="Most results to return (never more than SEARCH_MAX_RESULTS).",
     )
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
 class SleepInput(BaseModel):
@@ -190,7 +190,7 @@ class SleepInput(BaseModel):
         description="Sleep with time.sleep in a child process (a process task): timeout and cancel end it with SIGTERM, then SIGKILL.",
     )
     "Sleep with time.sleep in a child process (a process task): timeout and cancel end it with SIGTERM, then SIGKILL.\nDefault: False"
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
 class StepBindingInput(BaseModel):
@@ -204,14 +204,14 @@ class StepBindingInput(BaseModel):
         default=None,
         description="Dotted path into that step's result (`sum`, `items.0.url`); omitted: the whole result.",
     )
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
 class SumInput(BaseModel):
     """Add up a list of numbers."""
 
     numbers: tuple[float, ...] = Field(description="The numbers to add (at least one).")
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
 class TaskFilter(BaseModel):
@@ -230,7 +230,7 @@ class TaskFilter(BaseModel):
         default=None,
         description="Only tasks whose last error has one of these codes (FAILED ones, and those QUEUED for a retry).",
     )
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
 class TaskOptionsInput(BaseModel):
@@ -290,7 +290,7 @@ class TaskOptionsInput(BaseModel):
         default=None,
         description='Hold the starts of this type\'s tasks submitted with the same rate to it, across all workers, e.g. "10/second", "100/minute", "5 per 2 seconds" (default: the task type\'s RATE_LIMIT, if any). A task over it waits QUEUED, no attempt used.',
     )
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
 class TaskSubmissionInput(BaseModel):
@@ -298,7 +298,7 @@ class TaskSubmissionInput(BaseModel):
 
     task: "TaskSpecInput"
     options: TaskOptionsInput | None = None
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
 class WebScrapeInput(BaseModel):
@@ -313,7 +313,7 @@ class WebScrapeInput(BaseModel):
         alias="followRedirects", default=None, description="Follow up to 5 redirects."
     )
     "Follow up to 5 redirects.\nDefault: True"
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
 class WorkflowInput(BaseModel):
@@ -336,7 +336,7 @@ class WorkflowInput(BaseModel):
         default=None,
         description="Submitting again with the same key returns the first workflow.",
     )
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
 class WorkflowStepInput(BaseModel):
@@ -356,7 +356,7 @@ class WorkflowStepInput(BaseModel):
         description="Input fields set from those steps' results when this step is ready.",
     )
     "Input fields set from those steps' results when this step is ready.\nDefault: []"
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
 def _serialize_task_spec_input(value, handler):
@@ -453,6 +453,55 @@ class PageInfo(BaseModel):
         document = "fragment PageInfo on PageInfo {\n  hasNextPage\n  endCursor\n  __typename\n}"
         name = "PageInfo"
         type = "PageInfo"
+
+
+class WorkflowSummaryStepsTask(BaseModel):
+    """A submitted task and its current state."""
+
+    typename: Literal["Task"] = Field(alias="__typename", default="Task")
+    id: str
+    type: str
+    status: TaskStatus
+    attempts: int
+    model_config = ConfigDict(frozen=True)
+
+
+class WorkflowSummarySteps(BaseModel):
+    """A step of a workflow: its key, what it waits for, its task."""
+
+    typename: Literal["WorkflowStep"] = Field(
+        alias="__typename", default="WorkflowStep"
+    )
+    key: str
+    depends_on: tuple[str, ...] = Field(alias="dependsOn")
+    task: WorkflowSummaryStepsTask
+    model_config = ConfigDict(frozen=True)
+
+
+class WorkflowSummary(BaseModel):
+    """A DAG of tasks: a step starts when every step it depends on SUCCEEDED."""
+
+    typename: Literal["Workflow"] = Field(alias="__typename", default="Workflow")
+    id: str
+    name: str | None = Field(default=None)
+    status: WorkflowStatus
+    "RUNNING until every step has ended; then SUCCEEDED, FAILED (a step FAILED) or CANCELLED."
+    on_step_failure: StepFailurePolicy = Field(alias="onStepFailure")
+    labels: tuple[str, ...]
+    idempotency_key: str | None = Field(default=None, alias="idempotencyKey")
+    step_count: int = Field(alias="stepCount")
+    created_at: datetime = Field(alias="createdAt")
+    finished_at: datetime | None = Field(default=None, alias="finishedAt")
+    steps: tuple[WorkflowSummarySteps, ...]
+    "Its steps, in the order they were submitted."
+    model_config = ConfigDict(frozen=True)
+
+    class Meta:
+        """Meta class for WorkflowSummary"""
+
+        document = "fragment WorkflowSummary on Workflow {\n  id\n  name\n  status\n  onStepFailure\n  labels\n  idempotencyKey\n  stepCount\n  createdAt\n  finishedAt\n  steps {\n    key\n    dependsOn\n    task {\n      id\n      type\n      status\n      attempts\n      __typename\n    }\n    __typename\n  }\n  __typename\n}"
+        name = "WorkflowSummary"
+        type = "Workflow"
 
 
 class Percentiles(BaseModel):
@@ -1409,7 +1458,7 @@ class ListWorkflowsWorkflowsEdges(BaseModel):
         alias="__typename", default="WorkflowEdge"
     )
     cursor: str
-    node: Workflow
+    node: WorkflowSummary
     model_config = ConfigDict(frozen=True)
 
 
@@ -1441,7 +1490,7 @@ class ListWorkflows(BaseModel):
     class Meta:
         """Meta class for ListWorkflows"""
 
-        document = "fragment Artifact on Artifact {\n  id\n  name\n  contentType\n  size\n  sha256\n  createdAt\n  url\n  __typename\n}\n\nfragment Task on Task {\n  id\n  type\n  status\n  input\n  result\n  error {\n    code\n    message\n    __typename\n  }\n  progress\n  progressMessage\n  priority\n  attempts\n  maxRetries\n  timeoutSeconds\n  idempotencyKey\n  labels\n  createdAt\n  scheduledFor\n  startedAt\n  finishedAt\n  cancelRequested\n  workerId\n  nextAttemptAt\n  queue\n  concurrencyKey\n  concurrencyLimit\n  waitingForSlot\n  waitingForParents\n  scheduleId\n  workflowId\n  stepKey\n  deadline\n  rateLimit\n  parentId\n  detached\n  queuePosition\n  logsUrl\n  artifacts {\n    ...Artifact\n    __typename\n  }\n  __typename\n}\n\nfragment WorkflowStep on WorkflowStep {\n  key\n  dependsOn\n  task {\n    ...Task\n    __typename\n  }\n  __typename\n}\n\nfragment PageInfo on PageInfo {\n  hasNextPage\n  endCursor\n  __typename\n}\n\nfragment Workflow on Workflow {\n  id\n  name\n  status\n  onStepFailure\n  labels\n  idempotencyKey\n  stepCount\n  createdAt\n  finishedAt\n  steps {\n    ...WorkflowStep\n    __typename\n  }\n  __typename\n}\n\nquery ListWorkflows($first: Int, $after: String, $status: [WorkflowStatus!], $label: String) {\n  workflows(first: $first, after: $after, status: $status, label: $label) {\n    edges {\n      cursor\n      node {\n        ...Workflow\n        __typename\n      }\n      __typename\n    }\n    pageInfo {\n      ...PageInfo\n      __typename\n    }\n    __typename\n  }\n}"
+        document = "fragment PageInfo on PageInfo {\n  hasNextPage\n  endCursor\n  __typename\n}\n\nfragment WorkflowSummary on Workflow {\n  id\n  name\n  status\n  onStepFailure\n  labels\n  idempotencyKey\n  stepCount\n  createdAt\n  finishedAt\n  steps {\n    key\n    dependsOn\n    task {\n      id\n      type\n      status\n      attempts\n      __typename\n    }\n    __typename\n  }\n  __typename\n}\n\nquery ListWorkflows($first: Int, $after: String, $status: [WorkflowStatus!], $label: String) {\n  workflows(first: $first, after: $after, status: $status, label: $label) {\n    edges {\n      cursor\n      node {\n        ...WorkflowSummary\n        __typename\n      }\n      __typename\n    }\n    pageInfo {\n      ...PageInfo\n      __typename\n    }\n    __typename\n  }\n}"
 
 
 class SubmitWorkflow(BaseModel):
@@ -1464,7 +1513,7 @@ class SubmitWorkflow(BaseModel):
 class SubmitWorkflows(BaseModel):
     """No documentation found for this operation."""
 
-    submit_workflows: tuple[Workflow, ...] = Field(alias="submitWorkflows")
+    submit_workflows: tuple[WorkflowSummary, ...] = Field(alias="submitWorkflows")
     "Submit several workflows at once, all or none (one transaction): at most MAX_BATCH_SIZE of them with MAX_WORKFLOW_STEPS steps in all; errors name `workflows[i]`. Each as submitWorkflow; the answer is in the same order."
 
     class Arguments(BaseModel):
@@ -1475,7 +1524,7 @@ class SubmitWorkflows(BaseModel):
     class Meta:
         """Meta class for SubmitWorkflows"""
 
-        document = "fragment Artifact on Artifact {\n  id\n  name\n  contentType\n  size\n  sha256\n  createdAt\n  url\n  __typename\n}\n\nfragment Task on Task {\n  id\n  type\n  status\n  input\n  result\n  error {\n    code\n    message\n    __typename\n  }\n  progress\n  progressMessage\n  priority\n  attempts\n  maxRetries\n  timeoutSeconds\n  idempotencyKey\n  labels\n  createdAt\n  scheduledFor\n  startedAt\n  finishedAt\n  cancelRequested\n  workerId\n  nextAttemptAt\n  queue\n  concurrencyKey\n  concurrencyLimit\n  waitingForSlot\n  waitingForParents\n  scheduleId\n  workflowId\n  stepKey\n  deadline\n  rateLimit\n  parentId\n  detached\n  queuePosition\n  logsUrl\n  artifacts {\n    ...Artifact\n    __typename\n  }\n  __typename\n}\n\nfragment WorkflowStep on WorkflowStep {\n  key\n  dependsOn\n  task {\n    ...Task\n    __typename\n  }\n  __typename\n}\n\nfragment Workflow on Workflow {\n  id\n  name\n  status\n  onStepFailure\n  labels\n  idempotencyKey\n  stepCount\n  createdAt\n  finishedAt\n  steps {\n    ...WorkflowStep\n    __typename\n  }\n  __typename\n}\n\nmutation SubmitWorkflows($workflows: [WorkflowInput!]!) {\n  submitWorkflows(workflows: $workflows) {\n    ...Workflow\n    __typename\n  }\n}"
+        document = "fragment WorkflowSummary on Workflow {\n  id\n  name\n  status\n  onStepFailure\n  labels\n  idempotencyKey\n  stepCount\n  createdAt\n  finishedAt\n  steps {\n    key\n    dependsOn\n    task {\n      id\n      type\n      status\n      attempts\n      __typename\n    }\n    __typename\n  }\n  __typename\n}\n\nmutation SubmitWorkflows($workflows: [WorkflowInput!]!) {\n  submitWorkflows(workflows: $workflows) {\n    ...WorkflowSummary\n    __typename\n  }\n}"
 
 
 class CancelWorkflow(BaseModel):
@@ -2448,7 +2497,7 @@ class Operations(Transport):
 
     async def submit_workflows(
         self, workflows: list[WorkflowInput]
-    ) -> tuple[Workflow, ...]:
+    ) -> tuple[WorkflowSummary, ...]:
         """SubmitWorkflows
 
         Submit several workflows at once, all or none (one transaction): at most MAX_BATCH_SIZE of them with MAX_WORKFLOW_STEPS steps in all; errors name `workflows[i]`. Each as submitWorkflow; the answer is in the same order.
@@ -2457,7 +2506,7 @@ class Operations(Transport):
             workflows (list[WorkflowInput]): No description
 
         Returns:
-            list[Workflow]
+            list[WorkflowSummary]
         """
         variables: dict[str, builtins.object] = {}
         variables["workflows"] = workflows

@@ -38,7 +38,8 @@ def _task_types() -> dict[str, type[BaseModel]]:
     members: tuple[type[BaseModel], ...] = get_args(get_args(TaskSpecInput)[0])
     found = {}
     for member in members:
-        (tag,) = _SPEC.dump_python(member.model_construct(), exclude_unset=True)
+        empty = member.model_construct()  # (its fields unset: not valid, only its tag is read)
+        (tag,) = _SPEC.dump_python(empty, exclude_unset=True, warnings=False)
         found[tag] = member
     return found
 
