@@ -83,8 +83,13 @@ test: lint typecheck pytest
 smoke: $(STAMP)
 	$(BIN)/taskrunner smoke $(if $(URL),--url $(URL))
 
+# schema.graphql and .env.example from the code, then the Python client's operations
+# (frontend-examples/python-client/taskrunner_client/api.py) from schema.graphql, by turms.
+PYTHON_CLIENT := frontend-examples/python-client
+
 schema: $(STAMP)
 	$(BIN)/taskrunner export-schema
+	cd $(PYTHON_CLIENT) && $(abspath $(BIN))/turms gen
 
 # The benchmark suite (bench/run.py): its own embedded stack, one JSON document on stdout,
 # also written under bench/results/. Scale with ARGS, e.g. make bench ARGS="-n 10000".

@@ -17,26 +17,24 @@ import asyncio
 import json
 import os
 import sys
-from pathlib import Path
 
 from gql.transport.exceptions import TransportError
 from taskrunner_client import (
-    ArtifactAdded,
-    LogAppended,
-    Operations,
-    ProgressReported,
-    SchemaMismatch,
-    StatusChanged,
-    StepReady,
-    TaskEvent,
+    FINISHED,
+    TaskEventArtifactAdded,
+    TaskEventBase,
+    TaskEventLogAppended,
+    TaskEventProgressReported,
+    TaskEventStatusChanged,
+    TaskEventStepReady,
+    TaskEventTickSkipped,
+    TaskEventWorkflowStatusChanged,
+    TaskOptionsInput,
     TaskrunnerClient,
     TaskrunnerError,
     TaskStatus,
-    TickSkipped,
-    WorkflowStatusChanged,
-    load_schema,
+    task_spec,
 )
-from taskrunner_client.operations import SCHEMA_PATH
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,7 +57,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--options", metavar="JSON", help='TaskOptionsInput: {"labels": ["demo"], "maxRetries": 0}'
     )
-    parser.add_argument("--schema", type=Path, default=SCHEMA_PATH, help="schema.graphql")
     args = parser.parse_args(argv)
     if args.after is not None and args.id is None:
         parser.error("--after goes with --id")
@@ -77,39 +74,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def describe(event: TaskEvent) -> str:
+def describe(event: TaskEventBase) -> str:
     """One line for an event."""
     at = event.at.astimezone().strftime("%H:%M:%S.%f")[:-3]
-    if isinstance(event, StatusChanged):
+    if isinstance(event, TaskEventStatusChanged):
         text = f"status {event.status}"
         if event.error is not None:
             text += f" error={event.error.code}: {event.error.message}"
         if event.status is TaskStatus.SUCCEEDED:
             text += f" result={json.dumps(event.result)}"
-    elif isinstance(event, ProgressReported):
+    elif isinstance(event, TaskEventProgressReported):
         text = f"progress {event.progress:.0%}" + (f" {event.message}" if event.message else "")
-    elif isinstance(event, LogAppended):
+    elif isinstance(event, TaskEventLogAppended):
         text = f"log {event.level} " + event.line.rstrip("\n").replace("\n", "\n    ")
-    elif isinstance(event, ArtifactAdded):
+    elif isinstance(event, TaskEventArtifactAdded):
         artifact = event.artifact
         text = f"artifact {artifact.name} ({artifact.size} bytes) {artifact.url}"
-    elif isinstance(event, TickSkipped):
+    elif isinstance(event, TaskEventTickSkipped):
         text = f"tick skipped: schedule {event.schedule_id} at {event.scheduled_for.isoformat()}"
-    elif isinstance(event, StepReady):
+    elif isinstance(event, TaskEventStepReady):
         text = f"step {event.step_key} ready (workflow {event.workflow_id})"
-    elif isinstance(event, WorkflowStatusChanged):
+    elif isinstance(event, TaskEventWorkflowStatusChanged):
         text = f"workflow {event.workflow_id} {event.workflow_status}"
     else:
-        text = f"{event.typename} (an event this client does not know)"
+        text = f"{type(event).__name__} (an event this client does not know)"
     return f"{at} {text}"
 
 
 async def run(args: argparse.Namespace) -> int:
-    client = TaskrunnerClient(
-        args.url, args.key, operations=Operations.build(load_schema(args.schema))
-    )
+    client = TaskrunnerClient(args.url, args.key)
     if args.id is None:
-        task = await client.submit_task(args.task, args.options)
+        options = None if args.options is None else TaskOptionsInput.model_validate(args.options)
+        task = await client.submit_task(task_spec(args.task), options)
         print(f"submitted {task.id} ({task.type}, {task.status})", flush=True)
         task_id, after = task.id, None
     else:
@@ -117,7 +113,7 @@ async def run(args: argparse.Namespace) -> int:
     final: TaskStatus | None = None
     async for event in client.follow(task_id, after):
         print(describe(event), flush=True)
-        if isinstance(event, StatusChanged) and event.status.finished:
+        if isinstance(event, TaskEventStatusChanged) and event.status in FINISHED:
             final = event.status
     if final is None:
         print(f"the stream of {task_id} ended before the task did", file=sys.stderr)
@@ -132,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stopped following (the task goes on)", file=sys.stderr)
         return 130
-    except (ValueError, TaskrunnerError, SchemaMismatch) as error:
+    except (ValueError, TaskrunnerError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (TransportError, ConnectionError, OSError) as error:

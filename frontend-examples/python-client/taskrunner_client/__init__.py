@@ -1,47 +1,21 @@
-"""A typed client of the taskrunner GraphQL API, checked against schema.graphql."""
+"""A typed client of the taskrunner GraphQL API, generated from schema.graphql (api.py)
+with a small hand-written layer: the transport (transport.py) and following a task or a
+workflow to its end (client.py)."""
 
-from .client import TaskrunnerClient, TaskrunnerError
-from .models import (
-    Artifact,
-    ArtifactAdded,
-    LogAppended,
-    OtherEvent,
-    ProgressReported,
-    StatusChanged,
-    StepReady,
-    Task,
-    TaskError,
-    TaskEvent,
-    TaskStatus,
-    TickSkipped,
-    Workflow,
-    WorkflowStatus,
-    WorkflowStatusChanged,
-    WorkflowStep,
-)
-from .operations import Operations, SchemaMismatch, check_models, load_schema
+from .api import *  # noqa: F403  (every operation's models, inputs and enums)
+from .api import Operations
+from .client import FINISHED, TASK_TYPES, WORKFLOW_FINISHED, TaskrunnerClient, task_spec
+from .transport import UNSET, TaskrunnerError, Transport
 
+# the hand-written names; api.py's come with the star import
 __all__ = [
-    "Artifact",
-    "ArtifactAdded",
-    "LogAppended",
+    "FINISHED",
+    "TASK_TYPES",
+    "UNSET",
+    "WORKFLOW_FINISHED",
     "Operations",
-    "OtherEvent",
-    "ProgressReported",
-    "SchemaMismatch",
-    "StatusChanged",
-    "StepReady",
-    "Task",
-    "TaskError",
-    "TaskEvent",
-    "TaskStatus",
     "TaskrunnerClient",
     "TaskrunnerError",
-    "TickSkipped",
-    "Workflow",
-    "WorkflowStatus",
-    "WorkflowStatusChanged",
-    "WorkflowStep",
-    "check_models",
-    "load_schema",
+    "Transport",
+    "task_spec",
 ]

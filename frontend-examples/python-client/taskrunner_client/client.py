@@ -1,166 +1,81 @@
-"""A small typed client of the taskrunner GraphQL API: HTTP for queries and mutations,
-graphql-transport-ws for subscriptions, the API key on both."""
+"""The client: every operation of the API (generated in api.py), plus what a caller
+writes by hand every time: following a task or a workflow to its end across dropped
+connections, and a task given as JSON (`{"sleep": {"seconds": 2}}`) as its typed input."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable, Mapping
+import difflib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing
-from typing import Any
+from typing import Any, cast, get_args
 
-from gql import Client, GraphQLRequest
-from gql.transport.exceptions import (
-    TransportClosed,
-    TransportConnectionFailed,
-    TransportQueryError,
+from gql.transport.exceptions import TransportClosed, TransportConnectionFailed
+from pydantic import BaseModel, TypeAdapter
+
+from .api import (
+    Operations,
+    TaskEventBase,
+    TaskEventStatusChanged,
+    TaskEventWorkflowStatusChanged,
+    TaskSpecInput,
+    TaskStatus,
+    WorkflowStatus,
 )
-from gql.transport.httpx import HTTPXAsyncTransport
-from gql.transport.websockets import WebsocketsTransport
-from pydantic import TypeAdapter
+from .transport import TaskrunnerError
 
-from .models import StatusChanged, Task, TaskEvent, Workflow, WorkflowStatusChanged
-from .operations import Operations, check_input, load_schema
+FINISHED = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+WORKFLOW_FINISHED = frozenset(
+    {WorkflowStatus.SUCCEEDED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED}
+)
 
-_EVENT: TypeAdapter[TaskEvent] = TypeAdapter(TaskEvent)
-
-
-class TaskrunnerError(Exception):
-    """The server answered with a GraphQL error; `code` is its `extensions.code`."""
-
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(f"{code}: {message}" if code else message)
-        self.code = code
-
-    @classmethod
-    def of(cls, error: TransportQueryError) -> TaskrunnerError:
-        first: Any = (error.errors or [{}])[0]
-        if not isinstance(first, dict):
-            return cls(str(error))
-        code = (first.get("extensions") or {}).get("code")
-        return cls(str(first.get("message", error)), code if isinstance(code, str) else None)
+_SPEC: TypeAdapter[Any] = TypeAdapter(TaskSpecInput)
 
 
-class TaskrunnerClient:
-    """`url` is the GraphQL endpoint (`http://127.0.0.1:8000/graphql`), `key` an API key
-    (None: send none, for a server with AUTH_DISABLED)."""
+def _task_types() -> dict[str, type[BaseModel]]:
+    """The field of TaskSpecInput (`sleep`, `webScrape`, ...) of each task type's input
+    model, as the generated serializer writes it."""
+    members: tuple[type[BaseModel], ...] = get_args(get_args(TaskSpecInput)[0])
+    found = {}
+    for member in members:
+        empty = member.model_construct()  # (its fields unset: not valid, only its tag is read)
+        (tag,) = _SPEC.dump_python(empty, exclude_unset=True, warnings=False)
+        found[tag] = member
+    return found
 
-    def __init__(
-        self,
-        url: str,
-        key: str | None,
-        *,
-        operations: Operations | None = None,
-        timeout: float = 30,
-    ) -> None:
-        self.url = url
-        self.operations = operations or Operations.build(load_schema())
-        self.timeout = timeout
-        self._auth = {"Authorization": f"Bearer {key}"} if key else {}
 
-    @property
-    def ws_url(self) -> str:
-        scheme, rest = self.url.split("://", 1)
-        return f"{'wss' if scheme == 'https' else 'ws'}://{rest}"
+TASK_TYPES = _task_types()
 
-    async def _execute(self, request: GraphQLRequest) -> dict[str, Any]:
-        transport = HTTPXAsyncTransport(url=self.url, headers=self._auth, timeout=self.timeout)
-        client = Client(
-            transport=transport, schema=self.operations.schema, execute_timeout=self.timeout
-        )
-        try:
-            async with client as session:
-                result: dict[str, Any] = await session.execute(request)
-        except TransportQueryError as error:
-            raise TaskrunnerError.of(error) from error
-        return result
 
-    async def submit_task(
-        self, task: Mapping[str, object], options: Mapping[str, object] | None = None
-    ) -> Task:
-        """Submit one task, e.g. `{"sleep": {"seconds": 2}}`; it is QUEUED when this returns.
+def task_spec(value: Mapping[str, Any]) -> TaskSpecInput:
+    """A TaskSpecInput given as JSON, one task type and its input: `{"echo": {"message":
+    "hi"}}` is `EchoInput(message="hi")`. ValueError (pydantic's, naming the field) when
+    it is not one."""
+    if len(value) != 1:
+        raise ValueError(f"a task is one of {sorted(TASK_TYPES)} with its input, not {value}")
+    ((name, fields),) = value.items()
+    model = TASK_TYPES.get(name)
+    if model is None:
+        close = difflib.get_close_matches(name, TASK_TYPES, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown task type {name!r}.{hint} Known: {sorted(TASK_TYPES)}")
+    return model.model_validate(fields)  # type: ignore[return-value]  # a member of the union
 
-        Raises ValueError, before sending anything, when the input does not fit the schema.
-        """
-        schema = self.operations.schema
-        problems = check_input(schema, "TaskSpecInput", task)
-        if options is not None:
-            problems += check_input(schema, "TaskOptionsInput", options)
-        if problems:
-            raise ValueError("; ".join(problems))
-        request = self.operations.request(
-            self.operations.submit_task, task=dict(task), options=options and dict(options)
-        )
-        return Task.model_validate((await self._execute(request))["submitTask"])
 
-    async def get_task(self, task_id: str) -> Task | None:
-        request = self.operations.request(self.operations.get_task, id=task_id)
-        found = (await self._execute(request))["task"]
-        return None if found is None else Task.model_validate(found)
-
-    async def task_updates(
-        self, task_id: str, after: str | None = None
-    ) -> AsyncGenerator[TaskEvent, None]:
-        """One subscription to the task's events after the cursor `after` (all when None);
-        it ends after the terminal StatusChanged."""
-        request = self.operations.request(self.operations.task_updates, id=task_id, after=after)
-        async with aclosing(self._subscribe(request, "taskUpdates")) as events:
-            async for event in events:
-                yield event
-
-    async def submit_workflow(self, workflow: Mapping[str, object]) -> Workflow:
-        """Submit a workflow (a `WorkflowInput`: `{"steps": [{"key": "a", "task": {...}},
-        ...]}`), all or none; its steps are QUEUED when this returns.
-
-        Raises ValueError, before sending anything, when the input does not fit the schema.
-        """
-        problems = check_input(self.operations.schema, "WorkflowInput", workflow)
-        if problems:
-            raise ValueError("; ".join(problems))
-        request = self.operations.request(self.operations.submit_workflow, workflow=workflow)
-        return Workflow.model_validate((await self._execute(request))["submitWorkflow"])
-
-    async def get_workflow(self, workflow_id: str) -> Workflow | None:
-        request = self.operations.request(self.operations.get_workflow, id=workflow_id)
-        found = (await self._execute(request))["workflow"]
-        return None if found is None else Workflow.model_validate(found)
-
-    async def workflow_updates(
-        self, workflow_id: str, after: str | None = None
-    ) -> AsyncGenerator[TaskEvent, None]:
-        """One subscription to every event of the workflow's steps after the cursor `after`
-        (all when None), in commit order; it ends after the WorkflowStatusChanged that ends
-        the workflow."""
-        request = self.operations.request(
-            self.operations.workflow_updates, id=workflow_id, after=after
-        )
-        async with aclosing(self._subscribe(request, "workflowUpdates")) as events:
-            async for event in events:
-                yield event
-
-    async def _subscribe(
-        self, request: GraphQLRequest, field: str
-    ) -> AsyncGenerator[TaskEvent, None]:
-        transport = WebsocketsTransport(
-            url=self.ws_url,
-            subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL],
-            init_payload=self._auth,  # graphql-transport-ws: the key goes in connection_init
-            connect_timeout=self.timeout,
-        )
-        try:
-            async with Client(transport=transport, schema=self.operations.schema) as session:
-                async for result in session.subscribe(request):
-                    yield _EVENT.validate_python(result[field])
-        except TransportQueryError as error:
-            raise TaskrunnerError.of(error) from error
+class TaskrunnerClient(Operations):
+    """`TaskrunnerClient(url, key)`: `url` the GraphQL endpoint, `key` an API key. Every
+    operation of operations.graphql is a method (`submit_task`, `list_tasks`,
+    `create_schedule`, `pause_queue`, `tasks_updates`, ...); `follow` and
+    `follow_workflow` are added here."""
 
     async def follow(
         self, task_id: str, after: str | None = None, *, reconnects: int = 5
-    ) -> AsyncGenerator[TaskEvent, None]:
+    ) -> AsyncGenerator[TaskEventBase, None]:
         """The task's events until it finishes, across dropped connections: after one it
         subscribes again from the last cursor it got, so no event is missed or repeated."""
 
-        def finished(event: TaskEvent) -> bool:
-            return isinstance(event, StatusChanged) and event.status.finished
+        def finished(event: TaskEventBase) -> bool:
+            return isinstance(event, TaskEventStatusChanged) and event.status in FINISHED
 
         async with aclosing(
             self._follow(
@@ -172,12 +87,15 @@ class TaskrunnerClient:
 
     async def follow_workflow(
         self, workflow_id: str, after: str | None = None, *, reconnects: int = 5
-    ) -> AsyncGenerator[TaskEvent, None]:
-        """The workflow's events until it ends (its WorkflowStatusChanged to SUCCEEDED,
+    ) -> AsyncGenerator[TaskEventBase, None]:
+        """The workflow's events until it ends (the WorkflowStatusChanged to SUCCEEDED,
         FAILED or CANCELLED), across dropped connections, as `follow` does for a task."""
 
-        def ended(event: TaskEvent) -> bool:
-            return isinstance(event, WorkflowStatusChanged) and event.workflow_status.finished
+        def ended(event: TaskEventBase) -> bool:
+            return (
+                isinstance(event, TaskEventWorkflowStatusChanged)
+                and event.workflow_status in WORKFLOW_FINISHED
+            )
 
         async with aclosing(
             self._follow(
@@ -189,18 +107,24 @@ class TaskrunnerClient:
 
     async def _follow(
         self,
-        subscribe: Callable[[str | None], AsyncGenerator[TaskEvent, None]],
+        subscribe: Callable[[str | None], AsyncIterator[object]],
         after: str | None,
-        last: Callable[[TaskEvent], bool],
+        last: Callable[[TaskEventBase], bool],
         reconnects: int,
-    ) -> AsyncGenerator[TaskEvent, None]:
+    ) -> AsyncGenerator[TaskEventBase, None]:
         """`subscribe(after)` again from the last cursor after a dropped connection, until
-        an event for which `last` holds (or the subscription completes)."""
+        an event for which `last` holds (or the subscription completes). An event of a
+        kind this client does not know (the server added one) has no cursor here: it is
+        skipped, and a resumption may bring it again."""
         failures = 0
         while True:
             try:
-                async with aclosing(subscribe(after)) as events:
+                # (each generated subscription method is an async generator)
+                subscription = cast("AsyncGenerator[object, None]", subscribe(after))
+                async with aclosing(subscription) as events:
                     async for event in events:
+                        if not isinstance(event, TaskEventBase):
+                            continue
                         after, failures = event.cursor, 0
                         yield event
                         if last(event):
