@@ -13,6 +13,7 @@ Every step is idempotent: a job is enqueued NX, a transition is conditional.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -148,22 +149,27 @@ async def recover_orphans(
     engine: AsyncEngine,
     pool: ArqRedis,
     orphans: list[Any],
+    hooks: Mapping[str, Collection[str]] | None = None,
 ) -> int:
     """Run orphans again (retries left), cancel them (cancel requested), or fail them with
-    WORKER_LOST: `transitions.lost`.
+    WORKER_LOST: `transitions.lost`; with the hook that end calls for recorded as due at
+    once (its on_retry or on_failure, if `hooks`, by task type, has it: workers.hooks).
     Each change holds only if the row is still that attempt of that worker."""
     if not orphans:
         return 0
-    changes = [
-        transitions.lost(
+    changes = []
+    for r in orphans:
+        change = transitions.lost(
             r.id,
             attempt=r.attempts,
             worker_id=r.worker_id,
             max_retries=r.max_retries,
             cancel_requested=r.cancel_requested,
         )
-        for r in orphans
-    ]
+        hook = transitions.hook_of(change)
+        if hooks is not None and hook is not None and hook in hooks.get(r.type, ()):
+            change = transitions.with_hook(change, hook, r.attempts, lease_seconds=0)
+        changes.append(change)
     outcomes = await journal.apply(engine, pool, changes)
     again = [
         queue.job_of(r)

@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from taskrunner import actors
-from taskrunner.changes import NEXT_ATTEMPT, NOW, WAITING_PARENTS, Change, seconds_from_now
+from taskrunner.changes import NEXT_ATTEMPT, NOW, WAITING_PARENTS, Change, Sql, seconds_from_now
 from taskrunner.events import EventKind
 from taskrunner.retries import retries_left
 from taskrunner.states import CANCEL_QUEUED, REFUSE_QUEUED, TaskStatus
@@ -228,6 +228,27 @@ def with_metrics(
         "peak_memory_mb": peak_memory_mb,
     }
     return replace(final, data={**final.data, "metrics": figures})
+
+
+def with_hook(change: Change, hook: str, attempt: int, lease_seconds: float) -> Change:
+    """`change` (an attempt's end) that also records the task module's `hook` as due
+    (`task.hooks_due`, e.g. `on_retry:2`), leased for `lease_seconds` to whoever runs it
+    once committed (0: to any worker's sweep at once; workers.hooks)."""
+    due = Sql("array_append(hooks_due, $)", f"{hook}:{attempt}", "text")
+    lease = seconds_from_now(lease_seconds)
+    return replace(change, values={**change.values, "hooks_due": due, "hooks_lease": lease})
+
+
+def hook_of(change: Change) -> str | None:
+    """The hook an attempt's end calls for: on_success for SUCCEEDED, on_failure for FAILED,
+    on_retry for a failure queued again (with its error)."""
+    if change.to is TaskStatus.SUCCEEDED:
+        return "on_success"
+    if change.to is TaskStatus.FAILED:
+        return "on_failure"
+    if change.to is TaskStatus.QUEUED and "error" in change.data:
+        return "on_retry"
+    return None
 
 
 # --- the reconciler: an attempt whose worker stopped responding -----------------------------

@@ -218,7 +218,8 @@ async def reconcile(ctx: WorkerContext) -> None:
     candidates = await reconciler.find_orphans(ctx["engine"], live, grace_seconds=grace)
     due = await reconciler.due_orphans(ctx["redis"], candidates, grace_seconds=grace)
     await concurrency.release_all(ctx["engine"], ctx["redis"])  # releases lost to a crash
-    orphans = await reconciler.recover_orphans(ctx["engine"], ctx["redis"], due)
+    hooked = {name: t.hooks.keys() for name, t in catalog().items() if t.hooks}
+    orphans = await reconciler.recover_orphans(ctx["engine"], ctx["redis"], due, hooked)
     settled = await workflows.repair(ctx["engine"], ctx["redis"])  # settlings lost
     if lost or orphans or settled:
         log.warning(

@@ -19,16 +19,16 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from taskrunner.changes import Change, Sql, seconds_from_now
+from taskrunner import transitions
+from taskrunner.changes import Change
 from taskrunner.connections import connection
 from taskrunner.logs import event
-from taskrunner.states import TaskStatus
 from workers.catalog import TaskType, catalog
 
 log = logging.getLogger(__name__)
@@ -59,45 +59,39 @@ Hook = Callable[[HookTask], Awaitable[None]]
 
 
 def hook_for(task_type: TaskType, final: Change) -> str | None:
-    """The hook an attempt's end calls for, if the type defines it: on_success for
-    SUCCEEDED, on_failure for FAILED, on_retry for a failure queued again."""
-    name = (
-        {
-            TaskStatus.SUCCEEDED: "on_success",
-            TaskStatus.FAILED: "on_failure",
-            TaskStatus.QUEUED: "on_retry",
-        }.get(final.to)
-        if final.to is not None
-        else None
-    )
+    """The hook an attempt's end calls for (transitions.hook_of), if the type defines it."""
+    name = transitions.hook_of(final)
     return name if name is not None and name in task_type.hooks else None
 
 
 def recorded(final: Change, hook: str, attempt: int, lease_seconds: float) -> Change:
     """`final` that also records `hook` as due, leased to this worker for `lease_seconds`."""
-    due = Sql("array_append(hooks_due, $)", f"{hook}:{attempt}", "text")
-    lease = seconds_from_now(lease_seconds)
-    return replace(final, values={**final.values, "hooks_due": due, "hooks_lease": lease})
+    return transitions.with_hook(final, hook, attempt, lease_seconds)
 
 
 READ = """
 SELECT id, type, status, input, result, error_code, error_message, labels, owner,
        created_at, finished_at, hooks_due
 FROM task WHERE id = $1"""
-# Remove the hooks run from what is due (NULL once none is left) and end the lease.
+# Remove the hooks run from what is due (NULL once none is left); the lease ends with the
+# last of them. Hooks recorded meanwhile (a later attempt's) keep the lease of the worker
+# that recorded them: its run, or the sweep once it runs out, takes them.
 DONE = """
-UPDATE task SET hooks_due = nullif(array(SELECT h FROM unnest(hooks_due) h
-                                         WHERE NOT h = ANY($2::text[])), '{}'),
-                hooks_lease = NULL
+UPDATE task
+SET hooks_due = nullif(array(SELECT h FROM unnest(hooks_due) h WHERE NOT h = ANY($2::text[])),
+                       '{}'),
+    hooks_lease = CASE WHEN hooks_due <@ $2::text[] THEN NULL ELSE hooks_lease END
 WHERE id = $1"""
-# Hooks due whose lease ran out (their worker died), of the types this worker knows: leased
-# to this worker now.
+# The task with hooks due whose lease ran out (their worker died) longest ago, of the types
+# this worker knows: leased to this worker now (one at a time: a lease covers one task's
+# hooks, not a queue of them).
 TAKE = """
-UPDATE task SET hooks_lease = clock_timestamp() + make_interval(secs => $3)
-WHERE id IN (
+UPDATE task SET hooks_lease = clock_timestamp() + make_interval(secs => $2)
+WHERE id = (
   SELECT id FROM task
-  WHERE hooks_due IS NOT NULL AND hooks_lease < clock_timestamp() AND type = ANY($1::text[])
-  ORDER BY hooks_lease LIMIT $2
+  WHERE hooks_due IS NOT NULL AND coalesce(hooks_lease, '-infinity') < clock_timestamp()
+    AND type = ANY($1::text[])
+  ORDER BY hooks_lease NULLS FIRST LIMIT 1
   FOR UPDATE SKIP LOCKED
 )
 RETURNING id"""
@@ -152,8 +146,10 @@ async def _run_one(hook: Hook, name: str, task: HookTask, within: float) -> None
         await asyncio.wait_for(hook(task), within)
     except asyncio.CancelledError:
         raise
-    except TimeoutError:
-        event("hook_failed", logging.WARNING, reason=f"ran past {within}s", **fields)
+    except TimeoutError as exc:
+        # wait_for's own, or one the hook raised: both end it
+        reason = f"ran past {within}s" if not str(exc) else f"TimeoutError: {exc}"
+        event("hook_failed", logging.WARNING, reason=reason, **fields)
     except Exception as exc:
         log.warning("hook %s of task %s raised", name, task.id, exc_info=True)
         event("hook_failed", logging.WARNING, reason=f"{type(exc).__name__}: {exc}", **fields)
@@ -162,13 +158,16 @@ async def _run_one(hook: Hook, name: str, task: HookTask, within: float) -> None
 
 
 async def run_due(engine: AsyncEngine, within: float, lease_seconds: float) -> int:
-    """Run the hooks whose worker died before it ran them (their lease ran out), for the
-    types this worker knows; how many tasks' hooks ran."""
+    """Run the hooks whose worker died before it ran them (their lease ran out, or the
+    reconciler recorded them), for the types this worker knows, one task at a time, at most
+    SWEEP_BATCH; how many tasks' hooks ran."""
     types = [name for name, t in catalog().items() if t.hooks]
-    if not types:
-        return 0
-    async with connection(engine) as conn:
-        ids = [r["id"] for r in await conn.fetch(TAKE, types, SWEEP_BATCH, lease_seconds)]
-    for task_id in ids:
+    ran = 0
+    while types and ran < SWEEP_BATCH:
+        async with connection(engine) as conn:
+            task_id = await conn.fetchval(TAKE, types, lease_seconds)
+        if task_id is None:
+            break
         await run_recorded(engine, task_id, within)
-    return len(ids)
+        ran += 1
+    return ran

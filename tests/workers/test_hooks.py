@@ -13,12 +13,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from taskrunner import connections
 from taskrunner.config import Settings
 from tests.support.environment import task_package
 from tests.support.processes import api_process, worker_process
+from tests.support.rows import new_task
 from tests.support.stack import Stack
 from tests.support.tasks import finish, submit
 from tests.support.waiting import eventually
+from workers import hooks
 
 # A task type with all three hooks. Each hook writes a line to HOOK_LOG: which hook, for
 # which attempt, and the status PostgreSQL has for the task as the hook runs (committed
@@ -39,12 +42,14 @@ NAME = "hooked"
 
 class Input(BaseModel):
     fail_times: int = 0
+    sleep: float = 0
     hook_fails: str = ""
     hook_hangs: str = ""
     hook_kills: str = ""
 
 
 async def run(ctx, input):
+    await asyncio.sleep(input.sleep)
     if ctx.attempt <= input.fail_times:
         raise RuntimeError(f"attempt {ctx.attempt} fails")
     return {"attempt": ctx.attempt}
@@ -195,5 +200,68 @@ async def test_a_worker_killed_in_a_hook_leaves_it_to_another_worker(
             return await hooks_due(engine, task_id) is None
 
         await eventually(cleared, within=5)
-        await asyncio.sleep(1.5)  # a lease later, nobody runs it again
+        await asyncio.sleep(2.5)  # more than a lease later, nobody has run it again
         assert len(lines(log)) == 1
+
+
+async def test_the_reconcilers_end_of_a_lost_attempt_calls_its_hook(
+    settings: Settings, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """A worker killed while it runs the last attempt: the reconciler fails the task with
+    WORKER_LOST, and on_failure runs (on the worker left) all the same."""
+    env, log = environment(tmp_path)
+    async with (
+        worker_process(settings, **env) as first,
+        api_process(settings, **env) as url,
+    ):
+        stack = await Stack.keyed(url, settings)
+        task_id = await submit(stack, {"hooked": {"sleep": 60}}, maxRetries=0)
+
+        async def running() -> bool:
+            """the task runs"""
+            found = await stack.execute("query($id: ID!) { task(id: $id) { status } }", id=task_id)
+            return bool(found["task"]["status"] == "RUNNING")
+
+        await eventually(running, within=10)
+        first.kill()
+        await first.wait()
+        async with worker_process(settings, **env):
+            events = await finish(stack, task_id, within=30)
+            assert (events[-1]["status"], events[-1]["error"]["code"]) == ("FAILED", "WORKER_LOST")
+
+            async def ran() -> bool:
+                """on_failure ran"""
+                return len(lines(log)) == 1
+
+            await eventually(ran, within=10)
+    (note,) = lines(log)
+    assert (note["hook"], note["status"], note["error"]) == ("on_failure", "FAILED", "WORKER_LOST")
+    assert note["attempt"] == 1
+    assert await hooks_due(engine, task_id) is None
+
+
+async def test_a_hook_recorded_meanwhile_keeps_its_lease_and_is_run_once_it_runs_out(
+    engine: AsyncEngine,
+) -> None:
+    """A worker that ran one hook clears only that one: a hook a later attempt recorded
+    meanwhile keeps its worker's lease, and once that runs out the sweep takes it (a NULL
+    lease was never taken: the hook ran zero times)."""
+    task_id = await new_task(engine, type="hooked")
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.text(
+                "UPDATE task SET hooks_due = ARRAY['on_retry:1', 'on_success:2'], "
+                "hooks_lease = clock_timestamp() + interval '0.5 s' WHERE id = :id"
+            ),
+            {"id": task_id},
+        )
+    async with connections.connection(engine) as conn:
+        await conn.execute(hooks.DONE, task_id, ["on_retry:1"])  # the first worker's run
+        row = await conn.fetchrow("SELECT hooks_due, hooks_lease FROM task WHERE id = $1", task_id)
+        assert row["hooks_due"] == ["on_success:2"] and row["hooks_lease"] is not None
+        assert await conn.fetchval(hooks.TAKE, ["hooked"], 10.0) is None  # still leased
+        await asyncio.sleep(0.6)
+        assert await conn.fetchval(hooks.TAKE, ["hooked"], 10.0) == task_id
+        await conn.execute(hooks.DONE, task_id, ["on_success:2"])
+        row = await conn.fetchrow("SELECT hooks_due, hooks_lease FROM task WHERE id = $1", task_id)
+        assert row["hooks_due"] is None and row["hooks_lease"] is None
