@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Protocol
 
+import httpx
 import orjson
 from pydantic import BaseModel, ValidationError
 
@@ -343,7 +344,13 @@ def webhook_url(
             field=field,
         )
     try:
+        httpx.URL(url)  # what the delivery sends to: it must take it
         check_host(url, settings.webhook_allowlist, "WEBHOOK_ALLOWLIST")
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise BadInput(
+            f"{field}: {url!r} is not a URL ({exc}); give an http:// or https:// URL",
+            field=field,
+        ) from None
     except FetchRefused as exc:
         raise BadInput(
             f"{field}: {str(exc).replace('to fetch it', 'to send webhooks there')}", field=field

@@ -26,7 +26,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -93,7 +93,8 @@ class Claimed:
     attempt: int
     url: str
     task: dict[str, Any]
-    secret: str | None  # the submitting key's webhook secret (None: WEBHOOK_SECRET)
+    # the submitting key's webhook secret (None: WEBHOOK_SECRET); kept out of reprs and logs
+    secret: str | None = field(repr=False)
     token: uuid.UUID
 
     def body(self) -> bytes:
@@ -214,6 +215,9 @@ async def post(http: httpx.AsyncClient, claimed: Claimed, settings: Settings) ->
         return Outcome(
             DeliveryStatus.FAILED, error=_error(f"{type(exc).__name__}: {exc}"), retry=True
         )
+    except Exception as exc:  # e.g. a URL stored before its check took httpx's view of it
+        log.warning("webhook %s: could not be sent", claimed.delivery_id, exc_info=True)
+        return Outcome(DeliveryStatus.FAILED, error=_error(f"{type(exc).__name__}: {exc}"))
     if 200 <= code < 300:
         return Outcome(DeliveryStatus.DELIVERED, status_code=code)
     if code == 410:

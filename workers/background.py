@@ -42,6 +42,7 @@ from taskrunner.events import CANCEL_CHANNEL, parse_cancel_message
 from taskrunner.models import task_table
 from taskrunner.ratelimit import RateLimiter
 from workers import hooks
+from workers.catalog import catalog
 from workers.loopwatch import watch_loop
 from workers.memory import process_rss
 from workers.worker_context import WorkerContext, held

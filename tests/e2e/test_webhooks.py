@@ -282,6 +282,9 @@ PUBLIC_OR_EXAMPLE = "*,example.com"  # any public host, and example.com
         ("https://example.com/" + "x" * 2000, PUBLIC_OR_EXAMPLE, "1 to 2000 characters"),
         (" https://example.com/hook", PUBLIC_OR_EXAMPLE, "1 to 2000 characters"),
         ("http://example.com:99999/hook", PUBLIC_OR_EXAMPLE, "port"),
+        # urlsplit takes both; the delivery's httpx.URL would not (a row retried forever)
+        ("https://example.com/\x7f", PUBLIC_OR_EXAMPLE, "not a URL"),
+        ("http://[::1/hook", PUBLIC_OR_EXAMPLE, "not a URL"),
     ],
 )
 async def test_a_bad_webhook_url_is_refused_naming_the_field_and_creates_nothing(
