@@ -20,18 +20,23 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    # nullable, no default: adding them rewrites nothing, however large the table
+    # nullable, no default: adding them rewrites nothing, however large the table; the
+    # index is built CONCURRENTLY, after that commit, so that a large table is not locked
+    # while it is read whole (every row has no hook due: the index starts empty)
     op.add_column("task", sa.Column("hooks_due", ARRAY(sa.Text)))
     op.add_column("task", sa.Column("hooks_lease", sa.DateTime(timezone=True)))
-    op.create_index(
-        "ix_task_hooks_due",
-        "task",
-        ["hooks_lease"],
-        postgresql_where=sa.text("hooks_due IS NOT NULL"),
-    )
+    with op.get_context().autocommit_block():
+        op.create_index(
+            "ix_task_hooks_due",
+            "task",
+            ["hooks_lease"],
+            postgresql_where=sa.text("hooks_due IS NOT NULL"),
+            postgresql_concurrently=True,
+        )
 
 
 def downgrade() -> None:
-    op.drop_index("ix_task_hooks_due", table_name="task")
+    with op.get_context().autocommit_block():
+        op.drop_index("ix_task_hooks_due", table_name="task", postgresql_concurrently=True)
     op.drop_column("task", "hooks_lease")
     op.drop_column("task", "hooks_due")
