@@ -60,12 +60,16 @@ _RUN_MOVES = frozenset({"RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"})
 
 def of_event(kind: str, data: Mapping[str, Any]) -> Actor | None:
     """The actor of a stored event: the one recorded, or the worker's for a status move a
-    run made; None for what the task itself reported (progress, logs, artifacts) and for a
-    move recorded before actors were."""
+    run made (its start, its end: RUNNING, SUCCEEDED, FAILED, CANCELLED with the run's
+    `result`); None for what the task itself reported (progress, logs, artifacts) and for a
+    submit, cancel or retry recorded before actors were (events made before then by the
+    reconciler or a deadline read as the worker's)."""
     actor = data.get("actor")
     if isinstance(actor, Mapping):
         return actor
     if kind == "status" and data.get("status") in _RUN_MOVES:
+        if data["status"] == "CANCELLED" and "result" not in data:
+            return None  # a cancel of a QUEUED task recorded before actors were: whose?
         return system(System.WORKER)
     if kind == "schedule":  # a tick skipped while this task is unfinished
         return system(System.SCHEDULE)
