@@ -469,6 +469,7 @@ class Mutation:
             owner=info.context.owner,
             submissions=[submission],
             crash_after_commit=services.settings.test_crash_after_commit,
+            key_ttl=services.settings.idempotency_key_ttl(),
         )
         return Task.from_row(row)
 
@@ -497,6 +498,7 @@ class Mutation:
             owner=info.context.owner,
             submissions=submissions,
             crash_after_commit=services.settings.test_crash_after_commit,
+            key_ttl=services.settings.idempotency_key_ttl(),
         )
         return [Task.from_row(r) for r in rows]
 
@@ -935,6 +937,7 @@ async def _submit_workflows(
         owner=info.context.owner,
         specs=specs,
         key_id=info.context.caller.key_id,
+        key_ttl=services.settings.idempotency_key_ttl(),
     )
     return [Workflow.from_record(w) for w in found]
 

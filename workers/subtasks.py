@@ -79,7 +79,12 @@ async def submit(
     owner = await _owner(ctx)
     pool = cast(ArqRedis, ctx.redis)  # the worker's arq pool
     (child,) = await submissions.submit(
-        engine=ctx.engine, redis=ctx.redis, pool=pool, owner=owner, submissions=[checked]
+        engine=ctx.engine,
+        redis=ctx.redis,
+        pool=pool,
+        owner=owner,
+        submissions=[checked],
+        key_ttl=ctx.settings.idempotency_key_ttl(),
     )
     if not detached and await _cancelling(ctx):  # the cancel's cascade may have missed it
         await control.cancel_children(
