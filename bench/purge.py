@@ -9,7 +9,7 @@ Against a running stack (`bench/run.py --only purge` starts one; or `make dev` w
 2. without the purge: bench/e2e.py --mode rate (--rate submitTask calls a second for
    --seconds), its created -> started percentiles;
 3. with the purge: `taskrunner.retention.purge` (TASK_RETENTION_DAYS 7, the module's batch
-   and pause unless --batch / --pause say otherwise) started in this process, the same
+   pause and pace unless --batch / --pause / --pace say otherwise) started in this process, the same
    e2e run while it deletes, then the purge left to finish;
 4. one JSON document: both runs' created -> started p50/p95/p99 and the ratio of the p99s,
    what the purge deleted during the window and in all, and its rate (tasks/s, events/s).
@@ -140,6 +140,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "window_seconds": args.seconds,
         "batch": args.batch,
         "pause_seconds": args.pause,
+        "pace": args.pace,
     }
     report["fill"] = await fill(args.database_url, args.rows, args.events_per_task)
     log("without the purge")
@@ -149,7 +150,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         started = time.perf_counter()
         purging = asyncio.create_task(
-            retention.purge(engine, store, timedelta(days=7), batch=args.batch, pause=args.pause)
+            retention.purge(
+                engine,
+                store,
+                timedelta(days=7),
+                batch=args.batch,
+                pause=args.pause,
+                pace=args.pace,
+            )
         )
         await asyncio.sleep(1.0)  # under way
         log("with the purge")
@@ -195,6 +203,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="each measured window")
     parser.add_argument("--batch", type=int, default=retention.BATCH)
     parser.add_argument("--pause", type=float, default=retention.PAUSE_SECONDS)
+    parser.add_argument("--pace", type=float, default=retention.PACE)
     parser.add_argument("--purge-timeout", type=float, default=1800.0)
     args = parser.parse_args()
     if args.rows < 1 or args.events_per_task < 1 or args.seconds <= 0 or args.rate <= 0:
