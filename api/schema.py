@@ -484,6 +484,7 @@ class Mutation:
             submissions=[submission],
             actor=info.context.caller.actor,
             crash_after_commit=services.settings.test_crash_after_commit,
+            key_ttl=services.settings.idempotency_key_ttl(),
         )
         return Task.from_row(row)
 
@@ -518,6 +519,7 @@ class Mutation:
             submissions=submissions,
             actor=info.context.caller.actor,
             crash_after_commit=services.settings.test_crash_after_commit,
+            key_ttl=services.settings.idempotency_key_ttl(),
         )
         return [Task.from_row(r) for r in rows]
 
@@ -977,6 +979,7 @@ async def _submit_workflows(
         specs=specs,
         key_id=info.context.caller.key_id,
         actor=info.context.caller.actor,
+        key_ttl=services.settings.idempotency_key_ttl(),
     )
     return [Workflow.from_record(w) for w in found]
 

@@ -34,6 +34,10 @@ written to bench/results/<UTC time>.json):
 - process-echo   bench/process_echo.py: no-op tasks in the worker's loop against the same in
                  a child process (sleep 0, blocking), the pool warm: run time one at a time
                  (process_overhead_ms) and throughput in batches of 100
+- purge          bench/purge.py: --purge-rows (1,000,000) tasks finished 30 days ago, 3 events
+                 each, in the stack's database; created->started at 200 submitTask/s for
+                 --rate-seconds without, then with the retention purge running: both, the
+                 ratio of the p99s, the purge's rate (tasks/s, events/s)
 
 PostgreSQL preloads pg_stat_statements with tracking off (`pg_stat_statements.track =
 none`, so the other scenarios run as before); bench/orchestration.py turns it on while it
@@ -45,6 +49,7 @@ for the pairs whose figures are both there.
 
 Options: --only e2e,list   -n 5000   --concurrency 50   --rate-seconds 30   --rows 1000000
          --subscribers 1,100,1000   --schedule-seconds 10   --diamonds 1000
+         --purge-rows 1000000
 """
 
 from __future__ import annotations
@@ -87,6 +92,7 @@ SCENARIOS = (
     "list",
     "fairness",
     "process-echo",
+    "purge",
 )
 ALIASES = {"e2e": E2E}
 # 500/s is far beyond what one api process takes on a small box: every extra second of it
@@ -301,6 +307,12 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows for the list scenario")
     parser.add_argument("--subscribers", default="1,100,1000")
     parser.add_argument(
+        "--purge-rows",
+        type=int,
+        default=1_000_000,
+        help="finished tasks the purge scenario deletes",
+    )
+    parser.add_argument(
         "--workers", type=int, default=1, help="`taskrunner worker` processes (default 1)"
     )
     parser.add_argument(
@@ -414,6 +426,22 @@ def main() -> int:
                 None,
             ),
             "process-echo": ("process_echo.py", [*auth, "-n", "1000"], 600, None),
+            "purge": (
+                "purge.py",
+                [
+                    *auth,
+                    "--database-url",
+                    s["database_url"],
+                    "--data-dir",
+                    str(Path(tmp) / "data"),
+                    "--rows",
+                    str(args.purge_rows),
+                    "--seconds",
+                    str(args.rate_seconds),
+                ],
+                3600,
+                None,
+            ),
         }
         for name in chosen:
             if name == "list":

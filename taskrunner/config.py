@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 
@@ -257,6 +258,18 @@ class Settings(BaseSettings):
     artifact_retention_days: float = Field(
         default=30, gt=0, description="Artifacts older than this are deleted (bytes and rows)."
     )
+    task_retention_days: float = Field(
+        default=0,
+        description="Finished tasks (with their events and artifacts) and finished workflows "
+        "older than this many days are deleted by the workers, in batches; 0 keeps them "
+        "forever.",
+    )
+    idempotency_key_ttl_hours: float = Field(
+        default=0,
+        description="An idempotencyKey returns its first task (or workflow) for this many "
+        "hours after that was submitted; after it, a submission with the key makes a new one. "
+        "0: for as long as the first one is kept.",
+    )
     artifact_url_ttl_seconds: int = Field(
         default=3600, gt=0, description="How long an artifact's download URL stays valid."
     )
@@ -435,6 +448,22 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis:// (e.g. redis://127.0.0.1:6379/0)")
         return value
+
+    @field_validator("task_retention_days", "idempotency_key_ttl_hours")
+    @classmethod
+    def _not_negative(cls, value: float) -> float:
+        if not value >= 0 or value == float("inf"):  # also NaN
+            raise ValueError("give a finite number >= 0 (0 turns it off: keep forever)")
+        return value
+
+    def task_retention(self) -> timedelta | None:
+        """TASK_RETENTION_DAYS as a period (None: keep forever)."""
+        return timedelta(days=self.task_retention_days) if self.task_retention_days else None
+
+    def idempotency_key_ttl(self) -> timedelta | None:
+        """IDEMPOTENCY_KEY_TTL_HOURS as a period (None: a key lasts as long as its task)."""
+        hours = self.idempotency_key_ttl_hours
+        return timedelta(hours=hours) if hours else None
 
     @field_validator("worker_queues")
     @classmethod

@@ -50,6 +50,12 @@ LOOP_BLOCKED_SECONDS = Histogram(
     "How long each such block of a worker's event loop lasted.",
     buckets=DURATION_BUCKETS,
 )
+RETENTION_PURGED = Counter(
+    "taskrunner_retention_purged_total",
+    "Rows deleted by retention (TASK_RETENTION_DAYS), by kind: tasks (workflow steps "
+    "included), workflows, events, artifacts.",
+    ["kind"],
+)
 QUEUE_DEPTH = Gauge("taskrunner_queue_depth", "Jobs waiting in the arq queue (Redis).")
 SUBSCRIPTIONS = Gauge(
     "taskrunner_active_subscriptions", "Open GraphQL subscriptions on this api process."

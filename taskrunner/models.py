@@ -424,6 +424,12 @@ class WorkflowTable(SQLModel, table=True):
         sa.Index(
             "ix_workflow_running", "created_at", postgresql_where=sa.text("status = 'RUNNING'")
         ),
+        # retention: finished workflows, oldest first
+        sa.Index(
+            "ix_workflow_finished",
+            "finished_at",
+            postgresql_where=sa.text("finished_at IS NOT NULL"),
+        ),
         sa.Index(
             "ux_workflow_owner_idempotency",
             "owner",

@@ -83,9 +83,9 @@ Unit = tuple[
     str, Sequence[Submission], Actor, bool
 ]  # owner, submissions, actor, crash_after_commit
 # Live groups by (engine, Redis, arq pool), as in journal._groups: held by their users only.
-_groups: weakref.WeakValueDictionary[tuple[int, int, int], GroupCommit[Unit, list[TaskRecord]]] = (
-    weakref.WeakValueDictionary()
-)
+_groups: weakref.WeakValueDictionary[
+    tuple[int, int, int, timedelta | None], GroupCommit[Unit, list[TaskRecord]]
+] = weakref.WeakValueDictionary()
 
 
 async def submit(
@@ -97,27 +97,30 @@ async def submit(
     submissions: Sequence[Submission],
     actor: Actor,
     crash_after_commit: bool = False,
+    key_ttl: timedelta | None = None,
 ) -> list[TaskRecord]:
     """Insert the tasks and their QUEUED events (by `actor`) in one transaction, publish,
-    then enqueue.
-    A submission whose idempotency key the owner already used returns the first task.
+    then enqueue. A submission whose idempotency key the owner already used returns the
+    first task, unless that was submitted more than `key_ttl` ago (IDEMPOTENCY_KEY_TTL_HOURS).
     Concurrent submissions of this process share the transaction (group commit)."""
-    key = (id(engine), id(redis), id(pool))
+    key = (id(engine), id(redis), id(pool), key_ttl)
     group = _groups.get(key)
     if group is None:
 
         async def flush(units: list[Unit]) -> list[list[TaskRecord]]:
-            return await _submit_now(engine, redis, pool, units)
+            return await _submit_now(engine, redis, pool, units, key_ttl)
 
         group = _groups[key] = GroupCommit(flush, MAX_GROUP_REQUESTS)
     return await group.submit((owner, submissions, actor, crash_after_commit))
 
 
 async def _submit_now(
-    engine: AsyncEngine, redis: Redis, pool: ArqRedis, units: list[Unit]
+    engine: AsyncEngine, redis: Redis, pool: ArqRedis, units: list[Unit], key_ttl: timedelta | None
 ) -> list[list[TaskRecord]]:
     async with connections.connection(engine) as conn:
-        per_unit, events = await insert(conn, [(owner, subs, by) for owner, subs, by, _ in units])
+        per_unit, events = await insert(
+            conn, [(owner, subs, by) for owner, subs, by, _ in units], key_ttl
+        )
     if any(crash for *_, crash in units):
         os._exit(70)  # fault injection: see Settings.test_crash_after_commit
     created = {e.task_id for e in events}  # each new task once, whoever else reused its key
@@ -172,7 +175,7 @@ WITH s AS (
                        $7::int[], $8::text[], $9::jsonb[], $10::text[], $11::timestamptz[],
                        $12::timestamptz[], $13::text[], $14::text[], $15::int[], $16::uuid[],
                        $17::uuid[], $18::text[], $19::text[], $20::timestamptz[], $21::text[],
-                       $22::uuid[], $23::boolean[], $24::text[], $25::uuid[], $27::jsonb[])
+                       $22::uuid[], $23::boolean[], $24::text[], $25::uuid[], $26::jsonb[])
     AS s(id, owner, type, input, priority, max_retries, timeout_seconds, idempotency_key,
          labels, trace_parent, scheduled_for, due_at, queue, concurrency_key,
          concurrency_limit, schedule_id, workflow_id, step_key, waiting, deadline,
@@ -188,7 +191,7 @@ t AS (
          idempotency_key, ARRAY(SELECT jsonb_array_elements_text(labels)), trace_parent,
          scheduled_for, due_at, queue, concurrency_key, concurrency_limit, schedule_id,
          workflow_id, step_key, waiting, deadline, rate_limit, parent_id, detached,
-         webhook_url, key_id, 1, coalesce($26::timestamptz, clock_timestamp())
+         webhook_url, key_id, 1, coalesce($27::timestamptz, clock_timestamp())
   FROM s
   ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
   RETURNING *
@@ -202,21 +205,39 @@ e AS (
 )
 SELECT t.*, e.id AS e_id, e.xid AS e_xid, e.at AS e_at, e.data AS e_data
 FROM t JOIN e ON e.task_id = t.id ORDER BY e.id"""
-EXISTING = (
-    f"SELECT {', '.join(f't.{c}' for c in TASK_COLUMNS)} FROM task t "
-    "JOIN unnest($1::text[], $2::text[]) AS k(owner, key) "
-    "ON t.owner = k.owner AND t.idempotency_key = k.key"
+# The tasks holding the keys, those submitted within the keys' time to live ($3: NULL for
+# ever). A key held past it is released (the old task's idempotency_key set to NULL) in
+# the same statement, so that the unique index lets the next insert take it over; the
+# SELECT reads the snapshot before that UPDATE and leaves the released ones out itself.
+EXISTING = f"""
+WITH k AS (SELECT * FROM unnest($1::text[], $2::text[]) AS k(owner, key)),
+released AS (
+  UPDATE task t SET idempotency_key = NULL FROM k
+  WHERE $3::interval IS NOT NULL AND t.owner = k.owner AND t.idempotency_key = k.key
+    AND t.created_at < statement_timestamp() - $3::interval
+  RETURNING t.id
 )
+SELECT {", ".join(f"t.{c}" for c in TASK_COLUMNS)} FROM task t
+JOIN k ON t.owner = k.owner AND t.idempotency_key = k.key
+WHERE $3::interval IS NULL OR t.created_at >= statement_timestamp() - $3::interval"""
+# Inserts at most: the first; again after an expired key was released; once more when a
+# key's holder went meanwhile (deleted by retention, or taken by a racing submission that
+# then expired, with a TTL of moments).
+KEY_ROUNDS = 3
 
 
 async def insert(
-    conn: asyncpg.Connection, units: Sequence[tuple[str, Sequence[Submission], Actor]]
+    conn: asyncpg.Connection,
+    units: Sequence[tuple[str, Sequence[Submission], Actor]],
+    key_ttl: timedelta | None = None,
 ) -> tuple[list[list[TaskRecord]], list[Event]]:
     """Insert every unit's tasks (a unit: an owner, its submissions and who submitted them,
     taskrunner.actors) with their QUEUED events, in one statement on `conn` (a
     `connections.connection` or `connections.transaction`).
     Returns each unit's tasks in order, an already used idempotency key giving the owner's
-    first task, and the events of the tasks created.
+    first task, and the events of the tasks created. A key whose task was submitted more
+    than `key_ttl` ago (IDEMPOTENCY_KEY_TTL_HOURS; None: never) is released and taken by a
+    new task: that costs two more statements, only when it happens.
 
     Nothing is published or enqueued: `submit` does both once the insert is committed (a
     ready task left out of the queue is enqueued by the reconciler's `requeue_lost`).
@@ -228,18 +249,51 @@ async def insert(
     now: datetime | None = None
     if any(s.delay_seconds or s.scheduled_for for _, subs, _ in units for s in subs):
         now = cast(datetime, await conn.fetchval("SELECT clock_timestamp()"))
-    rows = [[_row(s, owner, now) for s in subs] for owner, subs, _ in units]
+    rows = [[_row(s, owner, now, json_text(by)) for s in subs] for owner, subs, by in units]
     flat = [row for unit in rows for row in unit]
     if not flat:
         return [[] for _ in units], []
-    columns = [list(column) for column in zip(*flat, strict=True)]
-    try:
-        actor_texts = [json_text(actor) for _, subs, actor in units for _ in subs]
-        found = await conn.fetch(INSERT_TASKS, *columns, now, actor_texts)
-    except (asyncpg.PostgresError, ValueError) as exc:
-        raise Refused(str(exc)) from exc
     inserted: dict[uuid.UUID, TaskRecord] = {}
-    events = []
+    events: list[Event] = []
+    existing: dict[tuple[str, str | None], TaskRecord] = {}
+    todo = flat
+    for attempt in range(KEY_ROUNDS):
+        await _insert_rows(conn, todo, now, inserted, events, refusable=attempt == 0)
+        keys = {(r[1], r[7]) for r in todo if r[0] not in inserted}
+        if not keys:
+            break
+        owners, names = zip(*keys, strict=True)
+        ttl = key_ttl if attempt < KEY_ROUNDS - 1 else None  # the last look takes any holder
+        earlier = await conn.fetch(EXISTING, list(owners), list(names), ttl)
+        existing |= {(r["owner"], r["idempotency_key"]): TaskRecord(**dict(r)) for r in earlier}
+        # keys released just now (expired), or whose holder was deleted meanwhile: again
+        todo = [r for r in todo if r[0] not in inserted and (r[1], r[7]) not in existing]
+        if not todo:
+            break
+    else:
+        raise RuntimeError(f"idempotency keys without a task after {KEY_ROUNDS} inserts")
+    tasks = [[inserted.get(r[0]) or existing[(r[1], r[7])] for r in unit] for unit in rows]
+    return tasks, events
+
+
+async def _insert_rows(
+    conn: asyncpg.Connection,
+    rows: list[tuple[Any, ...]],
+    now: datetime | None,
+    inserted: dict[uuid.UUID, TaskRecord],
+    events: list[Event],
+    *,
+    refusable: bool,
+) -> None:
+    """Run INSERT_TASKS for `rows` (`_row`s), adding the tasks it created and their events.
+    `refusable`: nothing was written before it, so its failure is `Refused`."""
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    try:
+        found = await conn.fetch(INSERT_TASKS, *columns, now)
+    except (asyncpg.PostgresError, ValueError) as exc:
+        if not refusable:
+            raise
+        raise Refused(str(exc)) from exc
     for r in found:
         inserted[r["id"]] = TaskRecord(**{c: r[c] for c in TASK_COLUMNS})
         events.append(
@@ -254,17 +308,9 @@ async def insert(
                 data=r["e_data"],
             )
         )
-    keys = {(r[1], r[7]) for r in flat if r[0] not in inserted}
-    existing: dict[tuple[str, str | None], TaskRecord] = {}
-    if keys:
-        owners, names = zip(*keys, strict=True)
-        earlier = await conn.fetch(EXISTING, list(owners), list(names))
-        existing = {(r["owner"], r["idempotency_key"]): TaskRecord(**dict(r)) for r in earlier}
-    tasks = [[inserted.get(r[0]) or existing[(r[1], r[7])] for r in unit] for unit in rows]
-    return tasks, events
 
 
-def _row(s: Submission, owner: str, now: datetime | None) -> tuple[Any, ...]:
+def _row(s: Submission, owner: str, now: datetime | None, actor: str | None) -> tuple[Any, ...]:
     """INSERT_TASKS's values for one submission (one element of each array)."""
     start, due = None, None
     if now is not None:
@@ -296,4 +342,5 @@ def _row(s: Submission, owner: str, now: datetime | None) -> tuple[Any, ...]:
         s.detached,
         s.webhook_url,
         s.key_id,
+        actor,  # who submitted it (JSON text): its QUEUED event's actor
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -115,9 +115,18 @@ FROM unnest($1::uuid[], $4::text[], $5::text[], $6::jsonb[], $7::text[], $8::int
 ORDER BY w.n
 ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING {COLUMNS}"""
-FIRST_WORKFLOWS = (
-    f"SELECT {COLUMNS} FROM workflow WHERE owner = $1 AND idempotency_key = ANY($2::text[])"
+# The workflows holding the keys, those submitted within the keys' time to live ($3: NULL
+# for ever); a key held past it is released in the same statement (as
+# submissions.EXISTING does for tasks), so the next insert takes it over.
+FIRST_WORKFLOWS = f"""
+WITH released AS (
+  UPDATE workflow SET idempotency_key = NULL
+  WHERE $3::interval IS NOT NULL AND owner = $1 AND idempotency_key = ANY($2::text[])
+    AND created_at < statement_timestamp() - $3::interval
+  RETURNING id
 )
+SELECT {COLUMNS} FROM workflow WHERE owner = $1 AND idempotency_key = ANY($2::text[])
+  AND ($3::interval IS NULL OR created_at >= statement_timestamp() - $3::interval)"""
 INSERT_STEPS = """
 INSERT INTO workflow_step (task_id, workflow_id, key, position, depends_on, bindings, input)
 SELECT s.task_id, s.workflow_id, s.key, s.position,
@@ -134,33 +143,21 @@ async def submit(
     specs: Sequence[WorkflowSpec],
     actor: Actor,
     key_id: uuid.UUID | None = None,
+    key_ttl: timedelta | None = None,
 ) -> list[WorkflowRecord]:
     """Create the workflows and every step's task (with its QUEUED event) in one
     transaction, a few statements however many there are; once committed, enqueue the
     steps without parents. A repeated `idempotency_key` of the owner (also within `specs`)
-    returns the first workflow, unchanged."""
+    returns the first workflow, unchanged, unless that was submitted more than `key_ttl`
+    ago (IDEMPOTENCY_KEY_TTL_HOURS): then the key is released and a new workflow made."""
     ids = [uuid.uuid4() for _ in specs]
 
     async def work(
         conn: asyncpg.Connection,
     ) -> tuple[list[WorkflowRecord], list[TaskRecord], list[Event]]:
-        rows = await conn.fetch(
-            INSERT_WORKFLOWS,
-            ids,
-            owner,
-            key_id,
-            [s.name for s in specs],
-            [s.on_step_failure.value for s in specs],
-            [json_text(list(s.labels)) for s in specs],
-            [s.idempotency_key for s in specs],
-            [len(s.steps) for s in specs],
+        created, first = await _insert_workflows(
+            conn, owner, key_id, list(zip(ids, specs, strict=True)), key_ttl
         )
-        created = {r["id"]: WorkflowRecord.of(r) for r in rows}
-        keys = [s.idempotency_key for i, s in zip(ids, specs, strict=True) if i not in created]
-        first = {
-            r["idempotency_key"]: WorkflowRecord.of(r)
-            for r in (await conn.fetch(FIRST_WORKFLOWS, owner, keys) if keys else [])
-        }
         new = [(i, s) for i, s in zip(ids, specs, strict=True) if i in created]
         subs = [
             step.submission.as_step(
@@ -194,6 +191,45 @@ async def submit(
     if tasks:
         await submissions.announce(pool, tasks, events)
     return records
+
+
+async def _insert_workflows(
+    conn: asyncpg.Connection,
+    owner: str,
+    key_id: uuid.UUID | None,
+    todo: list[tuple[uuid.UUID, WorkflowSpec]],
+    key_ttl: timedelta | None,
+) -> tuple[dict[uuid.UUID, WorkflowRecord], dict[str | None, WorkflowRecord]]:
+    """Insert the workflow rows: those created by id, and the workflows already holding
+    the others' keys by key. A key held past `key_ttl` is released and inserted again
+    (at most submissions.KEY_ROUNDS inserts, the last look taking any holder)."""
+    created: dict[uuid.UUID, WorkflowRecord] = {}
+    first: dict[str | None, WorkflowRecord] = {}
+    for attempt in range(submissions.KEY_ROUNDS):
+        rows = await conn.fetch(
+            INSERT_WORKFLOWS,
+            [i for i, _ in todo],
+            owner,
+            key_id,
+            [s.name for _, s in todo],
+            [s.on_step_failure.value for _, s in todo],
+            [json_text(list(s.labels)) for _, s in todo],
+            [s.idempotency_key for _, s in todo],
+            [len(s.steps) for _, s in todo],
+        )
+        created |= {r["id"]: WorkflowRecord.of(r) for r in rows}
+        keys = [s.idempotency_key for i, s in todo if i not in created]
+        if not keys:
+            break
+        ttl = key_ttl if attempt < submissions.KEY_ROUNDS - 1 else None
+        found = await conn.fetch(FIRST_WORKFLOWS, owner, keys, ttl)
+        first |= {r["idempotency_key"]: WorkflowRecord.of(r) for r in found}
+        todo = [(i, s) for i, s in todo if i not in created and s.idempotency_key not in first]
+        if not todo:
+            break
+    else:
+        raise RuntimeError("workflow idempotency keys without a workflow after every insert")
+    return created, first
 
 
 # --- queries --------------------------------------------------------------------------------

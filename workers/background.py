@@ -1,8 +1,8 @@
 """What a worker does besides running tasks: follow cancellations, beat its heartbeat,
 enqueue tasks that became due, fail those past their deadline, watch its memory, POST
-completion webhooks, and (one
-worker at a time) reconcile, delete expired artifacts and expired upload grants with their
-bytes.
+completion webhooks, run the hooks a dead worker left, and (one worker at a time)
+reconcile, delete expired artifacts, finished tasks and workflows past TASK_RETENTION_DAYS,
+and expired upload grants with their bytes.
 
 Each loop survives errors (logged, retried next round): a Redis or PostgreSQL hiccup must
 not take the worker down, and a later round repairs what an earlier one missed.
@@ -31,6 +31,7 @@ from taskrunner import (
     heartbeats,
     queues,
     reconciler,
+    retention,
     schedules,
     webhooks,
     workflows,
@@ -236,14 +237,34 @@ RETENTION_LOCK = "taskrunner:retention"
 RETENTION_EVERY_SECONDS = 600.0
 
 
-async def expire_artifacts(ctx: WorkerContext) -> None:
-    """Delete artifacts past ARTIFACT_RETENTION_DAYS; one worker per round."""
+async def apply_retention(ctx: WorkerContext) -> None:
+    """One worker per round: delete artifacts past ARTIFACT_RETENTION_DAYS, then finished
+    tasks and workflows past TASK_RETENTION_DAYS (taskrunner.retention, in batches). A
+    round ends by the time its lock expires; the next one goes on from there."""
     lock_ms = int(RETENTION_EVERY_SECONDS * 1000 * 0.9)
     if not await ctx["redis"].set(RETENTION_LOCK, ctx["worker_id"], px=lock_ms, nx=True):
         return
-    days = ctx["settings"].artifact_retention_days
+    until = time.monotonic() + lock_ms / 1000 * 0.9
+    settings = ctx["settings"]
+    days = settings.artifact_retention_days
     while await delete_expired(ctx["engine"], ctx["store"], timedelta(days=days)):
         pass
+    keep = settings.task_retention()
+    if keep is None:
+        return
+    started = time.monotonic()
+    done = await retention.purge(ctx["engine"], ctx["store"], keep, until=until)
+    log.info(
+        "retention: deleted %d finished tasks (%d events, %d artifacts) and %d workflows "
+        "finished over %s days ago, in %d batches, %.1fs",
+        done.tasks,
+        done.events,
+        done.artifacts,
+        done.workflows,
+        f"{settings.task_retention_days:g}",
+        len(done.batches),
+        time.monotonic() - started,
+    )
 
 
 UPLOADS_LOCK = "taskrunner:upload-expiry"
@@ -374,7 +395,7 @@ def start(ctx: WorkerContext) -> list[asyncio.Task[None]]:
         (s.memory_check_interval_seconds, check_memory, "memory"),
         (s.reconcile_interval_seconds, reconcile, "reconciler"),
         (s.reconcile_interval_seconds, run_due_hooks, "hooks"),
-        (RETENTION_EVERY_SECONDS, expire_artifacts, "retention"),
+        (RETENTION_EVERY_SECONDS, apply_retention, "retention"),
         (upload_sweep_seconds(s), expire_artifact_uploads, "uploads"),
     ]
     tasks = [

@@ -86,6 +86,7 @@ async def submit(
         owner=owner,
         submissions=[checked],
         actor=BY_TASK,
+        key_ttl=ctx.settings.idempotency_key_ttl(),
     )
     if not detached and await _cancelling(ctx):  # the cancel's cascade may have missed it
         await control.cancel_children(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from datetime import timedelta
 
 import pytest
 
@@ -99,3 +100,23 @@ def test_env_example_is_generated_and_lists_every_setting() -> None:
     assert load_settings(
         _env_file=None, **{k.lower(): v for k, v in given.items()}
     ).model_dump() == (load_settings(_env_file=None).model_dump())
+
+
+@pytest.mark.parametrize("name", ["TASK_RETENTION_DAYS", "IDEMPOTENCY_KEY_TTL_HOURS"])
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_a_bad_retention_period_names_the_variable_and_the_fix(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=rf"{name}: .*give a finite number >= 0 \(0 turns"):
+        load_settings(_env_file=None)
+
+
+def test_retention_periods_are_off_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings(_env_file=None)
+    assert settings.task_retention() is None and settings.idempotency_key_ttl() is None
+    monkeypatch.setenv("TASK_RETENTION_DAYS", "0.5")
+    monkeypatch.setenv("IDEMPOTENCY_KEY_TTL_HOURS", "24")
+    settings = load_settings(_env_file=None)
+    assert settings.task_retention() == timedelta(hours=12)
+    assert settings.idempotency_key_ttl() == timedelta(days=1)
