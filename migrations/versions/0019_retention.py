@@ -18,13 +18,20 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.create_index(
-        "ix_workflow_finished",
-        "workflow",
-        ["finished_at"],
-        postgresql_where=sa.text("finished_at IS NOT NULL"),
-    )
+    # CONCURRENTLY, outside the migration's transaction: a large workflow table is read
+    # whole while it builds, and is not locked against writes meanwhile
+    with op.get_context().autocommit_block():
+        op.create_index(
+            "ix_workflow_finished",
+            "workflow",
+            ["finished_at"],
+            postgresql_where=sa.text("finished_at IS NOT NULL"),
+            postgresql_concurrently=True,
+        )
 
 
 def downgrade() -> None:
-    op.drop_index("ix_workflow_finished", table_name="workflow")
+    with op.get_context().autocommit_block():
+        op.drop_index(
+            "ix_workflow_finished", table_name="workflow", postgresql_concurrently=True
+        )
