@@ -24,6 +24,12 @@ from taskrunner.events import decode_cursor
 from taskrunner.models import TaskRecord
 from taskrunner.states import TaskStatus
 
+# A list field's `first`: how many of its items (at most MAX_PAGE_SIZE, also the default).
+FirstOfList = Annotated[
+    int | None,
+    strawberry.argument(description="At most MAX_PAGE_SIZE (see `limits`), also the default."),
+]
+
 
 @strawberry.type(description="One attempt of a task, as its worker measured it.")
 class AttemptMetrics:
@@ -188,12 +194,7 @@ class Task:
     async def webhook_deliveries(
         self,
         info: Info,
-        first: Annotated[
-            int | None,
-            strawberry.argument(
-                description="At most MAX_PAGE_SIZE (see `limits`), also the default."
-            ),
-        ] = None,
+        first: FirstOfList = None,
     ) -> list[WebhookDelivery]:
         if self.webhook_url is None:
             return []
@@ -211,12 +212,7 @@ class Task:
     async def children(
         self,
         info: Info,
-        first: Annotated[
-            int | None,
-            strawberry.argument(
-                description="At most MAX_PAGE_SIZE (see `limits`), also the default."
-            ),
-        ] = None,
+        first: FirstOfList = None,
     ) -> list[Task]:
         found = await queries.children(
             engine=info.context.services.engine,
@@ -295,12 +291,7 @@ class Task:
         self,
         info: Info,
         after: str | None = None,
-        first: Annotated[
-            int | None,
-            strawberry.argument(
-                description="At most MAX_PAGE_SIZE (see `limits`), also the default."
-            ),
-        ] = None,
+        first: FirstOfList = None,
     ) -> list[TaskEvent]:
         after_id = decode_cursor(after) if after else None
         limit = page_size(first, info.context.settings)
