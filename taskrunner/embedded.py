@@ -78,8 +78,12 @@ class EmbeddedPostgres:
             input=sql,
             capture_output=True,
             text=True,
-            check=True,
         )
+        if out.returncode != 0:  # say why (psql's stderr), not only its exit status
+            raise RuntimeError(
+                f"psql on the embedded PostgreSQL ({self.data_dir}) exited with "
+                f"{out.returncode}: {out.stderr.strip() or '(nothing on stderr)'}"
+            )
         return out.stdout.strip()
 
     def create_database(self, name: str, template: str | None = None) -> None:
